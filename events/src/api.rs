@@ -1,0 +1,216 @@
+//! REST request and response bodies (all under `/v1`), and the one error format.
+//!
+//! Request bodies refuse unknown fields, so a typo in automation is an error rather than a
+//! silently ignored setting.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::domain::SystemInfo;
+use crate::ids::{DeviceId, DeviceName, Email, KeyId, RequestId, Scope};
+
+/// The body of every error answer: `{"error": {"code": ..., "message": ...}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong, for machines (`code`) and people (`message`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable, snake_case code, for example `not_found` or `already_decided`.
+    pub code: String,
+    /// One lowercase sentence for a person.
+    pub message: String,
+}
+
+/// `POST /v1/registrations`: a device asks to join.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// The id the device generated for itself and keeps.
+    pub device_id: DeviceId,
+    /// The display name.
+    pub name: DeviceName,
+    /// Who the device asks to belong to: `user:<email>` or `org:<id>`.
+    pub owner_scope: Scope,
+    /// What the device tells about itself.
+    pub system_info: SystemInfo,
+    /// A random secret (at least 32 characters) that only this device knows; its key is released
+    /// only to a poll that presents it.
+    pub claim_secret: String,
+}
+
+/// The answer to a registration request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RegisterResponse {
+    /// The new request's id, to give to an approver.
+    pub request_id: RequestId,
+    /// Always `pending` for a new request.
+    pub status: DeviceStatus,
+    /// When the request expires if nobody decides.
+    pub expires_at: DateTime<Utc>,
+    /// How often the device should poll, in seconds.
+    pub poll_interval_secs: u64,
+}
+
+/// `POST /v1/registrations/{id}/poll`: a device asks how its request stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PollRequest {
+    /// The claim secret sent with the request.
+    pub claim_secret: String,
+}
+
+/// How a registration request stands, as seen by the device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PollResponse {
+    /// The request.
+    pub request_id: RequestId,
+    /// `pending`, `approved`, `rejected` or `expired`.
+    pub status: DeviceStatus,
+    /// The device's API key: present exactly once, in the first poll after approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+    /// The device id, once approved.
+    pub device_id: DeviceId,
+}
+
+/// The status of a device or registration request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceStatus {
+    /// Waiting for an approver.
+    Pending,
+    /// Part of the fleet.
+    Approved,
+    /// Refused by an approver.
+    Rejected,
+    /// Not decided within its lifetime.
+    Expired,
+    /// Was part of the fleet and was removed.
+    Removed,
+}
+
+impl DeviceStatus {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceStatus::Pending => "pending",
+            DeviceStatus::Approved => "approved",
+            DeviceStatus::Rejected => "rejected",
+            DeviceStatus::Expired => "expired",
+            DeviceStatus::Removed => "removed",
+        }
+    }
+}
+
+/// One row of `GET /v1/devices`: a device, or a registration request not (yet) approved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeviceSummary {
+    /// The device id.
+    pub id: DeviceId,
+    /// The registration request behind this row.
+    pub request_id: RequestId,
+    /// The display name.
+    pub name: DeviceName,
+    /// Where it stands.
+    pub status: DeviceStatus,
+    /// Who owns it.
+    pub owner_scope: Scope,
+    /// Who else may reach it.
+    pub allowed_scopes: Vec<Scope>,
+    /// What it told about itself.
+    pub system_info: SystemInfo,
+    /// When it asked to join.
+    pub requested_at: DateTime<Utc>,
+    /// When the request was decided (approved, rejected, expired), if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<DateTime<Utc>>,
+    /// Who decided it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    /// When a pending request expires.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// `POST /v1/api-keys`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKeyRequest {
+    /// The user the key acts as; defaults to the caller. Only platform admins may name another.
+    #[serde(default)]
+    pub email: Option<Email>,
+    /// A label to recognise the key by (at most 64 characters).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A newly created API key: the only time the key itself is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CreatedApiKey {
+    /// The key's id, for listing and revoking.
+    pub id: KeyId,
+    /// The key. It is not stored and cannot be shown again.
+    pub key: String,
+    /// The user it acts as.
+    pub email: Email,
+    /// Its label.
+    pub name: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// One row of `GET /v1/api-keys`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeySummary {
+    /// The key's id.
+    pub id: KeyId,
+    /// The user it acts as.
+    pub email: Email,
+    /// Its label.
+    pub name: String,
+    /// The key's first characters.
+    pub hint: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it was revoked, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// `POST /v1/devices/{id}/access`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRequest {
+    /// The scope to give access to.
+    pub scope: Scope,
+}
+
+/// `GET /v1/whoami`: the caller as the server sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    /// `user` or `device`.
+    pub kind: String,
+    /// The user's email, for users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<Email>,
+    /// The device, for devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<DeviceId>,
+    /// The scopes whose devices the caller can see.
+    pub scopes: Vec<Scope>,
+    /// Whether the caller is a platform admin.
+    pub platform_admin: bool,
+}
+
+/// `GET /v1/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`.
+    pub status: String,
+    /// The server's version.
+    pub version: String,
+}

@@ -1,0 +1,318 @@
+//! The domain events: everything that ever changes who may reach which device.
+//!
+//! Events are past tense and carry the facts a reader needs, never secrets: API keys and claim
+//! secrets appear only as SHA-256 digests. Each event has a type name and a schema version; an
+//! old version is upcast (see `m87-migrations`) before it is decoded here.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::ids::{DeviceId, DeviceName, Email, KeyId, RequestId, Scope};
+
+/// What a device tells about itself when it registers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SystemInfo {
+    /// The device's host name.
+    pub hostname: String,
+    /// Operating system family, for example `linux`.
+    pub platform: String,
+    /// CPU architecture, for example `x86_64` or `aarch64`.
+    pub architecture: String,
+    /// Operating system name and version, for example `Debian GNU/Linux 12 (bookworm)`.
+    pub os_version: String,
+    /// Kernel release.
+    pub kernel: String,
+    /// Number of CPUs.
+    pub cpu_count: u32,
+    /// Total memory in bytes.
+    pub memory_bytes: u64,
+}
+
+impl SystemInfo {
+    /// Longest string accepted in any field.
+    pub const MAX_FIELD_LEN: usize = 256;
+
+    /// Refuses fields that are too long or hold control characters.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        for field in [
+            &self.hostname,
+            &self.platform,
+            &self.architecture,
+            &self.os_version,
+            &self.kernel,
+        ] {
+            if field.len() > Self::MAX_FIELD_LEN {
+                return Err("system information fields must be at most 256 characters");
+            }
+            if field.chars().any(char::is_control) {
+                return Err("system information must not contain control characters");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The kind of an API key; the key's prefix tells them apart too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyKind {
+    /// A key that acts as a user (prefix `m87u_`).
+    User,
+    /// A key that acts as a device (prefix `m87d_`).
+    Device,
+}
+
+impl KeyKind {
+    /// The prefix every key of this kind starts with.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            KeyKind::User => "m87u_",
+            KeyKind::Device => "m87d_",
+        }
+    }
+}
+
+/// Every event m87 records. Serialised as `{"type": ..., "data": {...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum DomainEvent {
+    /// A device asked to join.
+    RegistrationRequested(RegistrationRequested),
+    /// An approver accepted a registration request.
+    RegistrationApproved(RegistrationApproved),
+    /// An approver refused a registration request.
+    RegistrationRejected(RegistrationRejected),
+    /// A registration request was not decided in time.
+    RegistrationExpired(RegistrationExpired),
+    /// A device became part of the fleet (follows an approval, on the device's stream).
+    DeviceEnrolled(DeviceEnrolled),
+    /// A device received its API key (once per enrollment).
+    DeviceCredentialsIssued(DeviceCredentialsIssued),
+    /// A device was removed from the fleet; its key stops working.
+    DeviceRemoved(DeviceRemoved),
+    /// A scope was given access to a device.
+    AccessGranted(AccessGranted),
+    /// A scope's access to a device was taken away.
+    AccessRevoked(AccessRevoked),
+    /// A user API key was created.
+    ApiKeyCreated(ApiKeyCreated),
+    /// A user API key was revoked.
+    ApiKeyRevoked(ApiKeyRevoked),
+}
+
+/// Payload of [`DomainEvent::RegistrationRequested`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegistrationRequested {
+    /// The new request.
+    pub request_id: RequestId,
+    /// The id the device gave itself.
+    pub device_id: DeviceId,
+    /// The device's display name.
+    pub name: DeviceName,
+    /// Who the device asks to belong to.
+    pub owner_scope: Scope,
+    /// What the device told about itself.
+    pub system_info: SystemInfo,
+    /// SHA-256 (hex) of the device's claim secret.
+    pub claim_secret_hash: String,
+    /// When the request expires if nobody decides.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Payload of [`DomainEvent::RegistrationApproved`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegistrationApproved {
+    /// The approved request.
+    pub request_id: RequestId,
+    /// The device it enrolls.
+    pub device_id: DeviceId,
+}
+
+/// Payload of [`DomainEvent::RegistrationRejected`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegistrationRejected {
+    /// The rejected request.
+    pub request_id: RequestId,
+    /// The device that asked.
+    pub device_id: DeviceId,
+}
+
+/// Payload of [`DomainEvent::RegistrationExpired`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegistrationExpired {
+    /// The expired request.
+    pub request_id: RequestId,
+    /// The device that asked.
+    pub device_id: DeviceId,
+}
+
+/// Payload of [`DomainEvent::DeviceEnrolled`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceEnrolled {
+    /// The device.
+    pub device_id: DeviceId,
+    /// The approved request that enrolled it.
+    pub request_id: RequestId,
+    /// Its display name.
+    pub name: DeviceName,
+    /// Who owns it.
+    pub owner_scope: Scope,
+    /// What it told about itself when it registered.
+    pub system_info: SystemInfo,
+}
+
+/// Payload of [`DomainEvent::DeviceCredentialsIssued`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceCredentialsIssued {
+    /// The device.
+    pub device_id: DeviceId,
+    /// The enrollment's request.
+    pub request_id: RequestId,
+    /// The id of the new device key.
+    pub key_id: KeyId,
+    /// SHA-256 (hex) of the key.
+    pub key_hash: String,
+}
+
+/// Payload of [`DomainEvent::DeviceRemoved`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceRemoved {
+    /// The removed device.
+    pub device_id: DeviceId,
+}
+
+/// Payload of [`DomainEvent::AccessGranted`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccessGranted {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Who may now reach it.
+    pub scope: Scope,
+}
+
+/// Payload of [`DomainEvent::AccessRevoked`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccessRevoked {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Who may no longer reach it.
+    pub scope: Scope,
+}
+
+/// Payload of [`DomainEvent::ApiKeyCreated`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyCreated {
+    /// The key's id.
+    pub key_id: KeyId,
+    /// The user the key acts as.
+    pub email: Email,
+    /// A label chosen by its creator.
+    pub name: String,
+    /// SHA-256 (hex) of the key.
+    pub key_hash: String,
+    /// The first characters of the key, to recognise it in listings.
+    pub key_hint: String,
+    /// Whether the server created it at first start for the platform admin.
+    pub bootstrap: bool,
+}
+
+/// Payload of [`DomainEvent::ApiKeyRevoked`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyRevoked {
+    /// The revoked key.
+    pub key_id: KeyId,
+}
+
+/// Why stored event data could not be turned into a [`DomainEvent`].
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeEventError {
+    /// The type name is not one this build knows.
+    #[error("unknown event type {0}")]
+    UnknownType(String),
+    /// The schema version is newer than this build understands.
+    #[error("event {event_type} has schema version {version}, newer than this build's {current}")]
+    TooNew {
+        /// The event's type name.
+        event_type: String,
+        /// Its stored version.
+        version: u32,
+        /// The newest version this build knows.
+        current: u32,
+    },
+    /// The data does not match the type.
+    #[error("event data does not match its type: {0}")]
+    Data(#[from] serde_json::Error),
+}
+
+impl DomainEvent {
+    /// Every event type name, in declaration order.
+    pub const TYPES: &'static [&'static str] = &[
+        "RegistrationRequested",
+        "RegistrationApproved",
+        "RegistrationRejected",
+        "RegistrationExpired",
+        "DeviceEnrolled",
+        "DeviceCredentialsIssued",
+        "DeviceRemoved",
+        "AccessGranted",
+        "AccessRevoked",
+        "ApiKeyCreated",
+        "ApiKeyRevoked",
+    ];
+
+    /// The type name stored beside the data.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            DomainEvent::RegistrationRequested(_) => "RegistrationRequested",
+            DomainEvent::RegistrationApproved(_) => "RegistrationApproved",
+            DomainEvent::RegistrationRejected(_) => "RegistrationRejected",
+            DomainEvent::RegistrationExpired(_) => "RegistrationExpired",
+            DomainEvent::DeviceEnrolled(_) => "DeviceEnrolled",
+            DomainEvent::DeviceCredentialsIssued(_) => "DeviceCredentialsIssued",
+            DomainEvent::DeviceRemoved(_) => "DeviceRemoved",
+            DomainEvent::AccessGranted(_) => "AccessGranted",
+            DomainEvent::AccessRevoked(_) => "AccessRevoked",
+            DomainEvent::ApiKeyCreated(_) => "ApiKeyCreated",
+            DomainEvent::ApiKeyRevoked(_) => "ApiKeyRevoked",
+        }
+    }
+
+    /// The schema version this build writes for the event's type.
+    pub fn current_version(event_type: &str) -> u32 {
+        let _ = event_type;
+        1
+    }
+
+    /// The event's data alone, as stored.
+    pub fn data(&self) -> serde_json::Value {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(mut map)) => {
+                map.remove("data").unwrap_or(serde_json::Value::Null)
+            }
+            _ => serde_json::Value::Null,
+        }
+    }
+
+    /// Decodes stored data of the current schema version.
+    pub fn decode(
+        event_type: &str,
+        version: u32,
+        data: serde_json::Value,
+    ) -> Result<Self, DecodeEventError> {
+        if !Self::TYPES.contains(&event_type) {
+            return Err(DecodeEventError::UnknownType(event_type.to_owned()));
+        }
+        let current = Self::current_version(event_type);
+        if version > current {
+            return Err(DecodeEventError::TooNew {
+                event_type: event_type.to_owned(),
+                version,
+                current,
+            });
+        }
+        let tagged = serde_json::json!({ "type": event_type, "data": data });
+        Ok(serde_json::from_value(tagged)?)
+    }
+}

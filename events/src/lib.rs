@@ -1,0 +1,21 @@
+//! Shared contracts of m87, with no I/O: the domain events and their envelope, the REST request
+//! and response types, and validated ids, names and scopes.
+//!
+//! # Layout
+//!
+//! - [`ids`]: validated newtypes (`DeviceId`, `Scope`, `Email`, `RequestId`, …).
+//! - [`domain`]: the domain events and their payloads.
+//! - [`envelope`]: the envelope a stored event travels in (position, actor, correlation).
+//! - [`api`]: REST request and response bodies and the one error body format.
+
+pub mod api;
+pub mod domain;
+pub mod envelope;
+pub mod ids;
+
+pub use domain::{DomainEvent, KeyKind, SystemInfo};
+pub use envelope::{Actor, EventEnvelope, Metadata, StreamId};
+pub use ids::{
+    CorrelationId, DeviceId, DeviceName, Email, EventId, KeyId, OrgId, ParseIdError, RequestId,
+    Scope, ScopeKind,
+};
