@@ -1,0 +1,110 @@
+//! The event bus, and the publisher that feeds it from the store.
+//!
+//! The store is the source of truth; the [`Publisher`] tails it in global order and puts each
+//! event on the bus, so nothing reaches the bus that was not stored. On one machine the bus is
+//! an in-process broadcast channel; subscribers that fall behind (or start late) catch up from
+//! the store, so the bus is a fast path, never the only path.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use m87_events::EventEnvelope;
+use tokio::sync::{Notify, broadcast, watch};
+
+use crate::store::{EventStore, StoreError};
+
+/// The bus seam: in-process here, NATS JetStream in a fleet.
+#[async_trait]
+pub trait EventBus: Send + Sync + 'static {
+    /// Publishes one stored event. Publishing the same event id twice must be harmless.
+    async fn publish(&self, event: &EventEnvelope) -> Result<(), StoreError>;
+    /// A live feed of events published from now on.
+    fn subscribe(&self) -> broadcast::Receiver<EventEnvelope>;
+}
+
+/// An in-process bus over a broadcast channel.
+#[derive(Debug, Clone)]
+pub struct InProcessBus {
+    sender: broadcast::Sender<EventEnvelope>,
+}
+
+impl InProcessBus {
+    /// A bus whose subscribers may lag by up to `capacity` events before they must catch up
+    /// from the store.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            sender: broadcast::channel(capacity.max(1)).0,
+        }
+    }
+}
+
+#[async_trait]
+impl EventBus for InProcessBus {
+    async fn publish(&self, event: &EventEnvelope) -> Result<(), StoreError> {
+        // No subscriber is not an error: they catch up from the store when they come.
+        let _ = self.sender.send(event.clone());
+        Ok(())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<EventEnvelope> {
+        self.sender.subscribe()
+    }
+}
+
+/// Tails the store and publishes every new event on the bus, in global order.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    wake: Arc<Notify>,
+    published: watch::Receiver<u64>,
+}
+
+impl Publisher {
+    /// Starts the publisher task from position `from` (events after it are published). It stops
+    /// when `shutdown` fires.
+    pub fn spawn(
+        store: Arc<dyn EventStore>,
+        bus: Arc<dyn EventBus>,
+        from: u64,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let wake = Arc::new(Notify::new());
+        let (tx, published) = watch::channel(from);
+        let task_wake = Arc::clone(&wake);
+        tokio::spawn(async move {
+            let mut position = from;
+            loop {
+                match store.read_all(position, 500).await {
+                    Ok(events) if !events.is_empty() => {
+                        for e in &events {
+                            if let Err(err) = bus.publish(e).await {
+                                tracing::warn!(error = %err, "publishing to the bus failed; retrying");
+                                break;
+                            }
+                            position = e.global_position;
+                            let _ = tx.send(position);
+                        }
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, "publisher cannot read the store"),
+                }
+                tokio::select! {
+                    _ = task_wake.notified() => {}
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        });
+        Self { wake, published }
+    }
+
+    /// Tells the publisher that new events were stored.
+    pub fn notify(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The last position published.
+    pub fn published(&self) -> u64 {
+        *self.published.borrow()
+    }
+}

@@ -1,0 +1,397 @@
+//! A device's request to join the fleet.
+//!
+//! Lifecycle: requested → approved | rejected | expired. Approval enrolls the device on its own
+//! stream (see [`super::device`]); the device's key is released later, once, to a poll that
+//! presents the claim secret.
+
+use chrono::{DateTime, Duration, Utc};
+use m87_events::api::DeviceStatus;
+use m87_events::domain::{
+    DeviceEnrolled, RegistrationApproved, RegistrationExpired, RegistrationRejected,
+    RegistrationRequested,
+};
+use m87_events::{DeviceId, DeviceName, DomainEvent, RequestId, Scope, SystemInfo};
+
+use super::device::Device;
+use super::{DomainError, Identity, digests_match, secret_digest};
+
+/// Shortest claim secret accepted.
+pub const MIN_CLAIM_SECRET_LEN: usize = 32;
+/// Longest claim secret accepted.
+pub const MAX_CLAIM_SECRET_LEN: usize = 256;
+
+/// The registration aggregate, folded from its stream.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Registration {
+    /// The request as asked, once it exists.
+    pub requested: Option<RegistrationRequested>,
+    /// Where it stands.
+    pub status: Option<DeviceStatus>,
+}
+
+/// `RequestRegistration`: what a device sends to join.
+#[derive(Debug, Clone)]
+pub struct RequestRegistration {
+    /// The id the device gave itself.
+    pub device_id: DeviceId,
+    /// Its display name.
+    pub name: DeviceName,
+    /// Who it asks to belong to.
+    pub owner_scope: Scope,
+    /// What it tells about itself.
+    pub system_info: SystemInfo,
+    /// Its claim secret, in the clear (only its digest is kept).
+    pub claim_secret: String,
+}
+
+impl Registration {
+    /// Folds one event into the state. Unrelated events are ignored.
+    pub fn apply(&mut self, event: &DomainEvent) {
+        match event {
+            DomainEvent::RegistrationRequested(e) => {
+                self.requested = Some(e.clone());
+                self.status = Some(DeviceStatus::Pending);
+            }
+            DomainEvent::RegistrationApproved(_) => self.status = Some(DeviceStatus::Approved),
+            DomainEvent::RegistrationRejected(_) => self.status = Some(DeviceStatus::Rejected),
+            DomainEvent::RegistrationExpired(_) => self.status = Some(DeviceStatus::Expired),
+            _ => {}
+        }
+    }
+
+    /// Folds a whole stream.
+    pub fn from_events<'a>(events: impl IntoIterator<Item = &'a DomainEvent>) -> Self {
+        let mut state = Self::default();
+        for e in events {
+            state.apply(e);
+        }
+        state
+    }
+
+    /// The status a reader should see at `now`: a pending request past its expiry is expired
+    /// even before the expiry is recorded.
+    pub fn effective_status(&self, now: DateTime<Utc>) -> Option<DeviceStatus> {
+        match (&self.requested, self.status) {
+            (Some(r), Some(DeviceStatus::Pending)) if now >= r.expires_at => {
+                Some(DeviceStatus::Expired)
+            }
+            (_, status) => status,
+        }
+    }
+
+    fn visible_to<'a>(
+        &'a self,
+        caller: &Identity,
+    ) -> Result<&'a RegistrationRequested, DomainError> {
+        match &self.requested {
+            Some(r) if caller.can_see(&r.owner_scope, &[]) => Ok(r),
+            _ => Err(DomainError::NotFound("registration request")),
+        }
+    }
+
+    fn pending_at(&self, now: DateTime<Utc>) -> Result<(), DomainError> {
+        match self.effective_status(now) {
+            Some(DeviceStatus::Pending) => Ok(()),
+            Some(DeviceStatus::Expired) => Err(DomainError::Expired),
+            Some(other) => Err(DomainError::AlreadyDecided(other)),
+            None => Err(DomainError::NotFound("registration request")),
+        }
+    }
+}
+
+/// Decides a new registration request. Returns the event for the new request's stream.
+pub fn decide_request(
+    cmd: &RequestRegistration,
+    request_id: RequestId,
+    now: DateTime<Utc>,
+    ttl: Duration,
+) -> Result<DomainEvent, DomainError> {
+    let len = cmd.claim_secret.len();
+    if !(MIN_CLAIM_SECRET_LEN..=MAX_CLAIM_SECRET_LEN).contains(&len) {
+        return Err(DomainError::Validation(format!(
+            "claim secret must be {MIN_CLAIM_SECRET_LEN} to {MAX_CLAIM_SECRET_LEN} characters"
+        )));
+    }
+    cmd.system_info
+        .validate()
+        .map_err(|m| DomainError::Validation(m.to_owned()))?;
+    Ok(DomainEvent::RegistrationRequested(RegistrationRequested {
+        request_id,
+        device_id: cmd.device_id.clone(),
+        name: cmd.name.clone(),
+        owner_scope: cmd.owner_scope.clone(),
+        system_info: cmd.system_info.clone(),
+        claim_secret_hash: secret_digest(&cmd.claim_secret),
+        expires_at: now + ttl,
+    }))
+}
+
+/// What an approval appends: one event on the request's stream, one on the device's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Approval {
+    /// For the registration stream.
+    pub registration_event: DomainEvent,
+    /// For the device stream.
+    pub device_event: DomainEvent,
+}
+
+/// `ApproveRegistration`.
+pub fn decide_approve(
+    registration: &Registration,
+    device: &Device,
+    caller: &Identity,
+    now: DateTime<Utc>,
+) -> Result<Approval, DomainError> {
+    let r = registration.visible_to(caller)?;
+    if !caller.administers(&r.owner_scope) {
+        return Err(DomainError::Forbidden(format!(
+            "you do not administer {}, so you cannot approve its devices",
+            r.owner_scope
+        )));
+    }
+    registration.pending_at(now)?;
+    if device.is_enrolled() {
+        return Err(DomainError::DeviceAlreadyEnrolled(r.device_id.to_string()));
+    }
+    Ok(Approval {
+        registration_event: DomainEvent::RegistrationApproved(RegistrationApproved {
+            request_id: r.request_id,
+            device_id: r.device_id.clone(),
+        }),
+        device_event: DomainEvent::DeviceEnrolled(DeviceEnrolled {
+            device_id: r.device_id.clone(),
+            request_id: r.request_id,
+            name: r.name.clone(),
+            owner_scope: r.owner_scope.clone(),
+            system_info: r.system_info.clone(),
+        }),
+    })
+}
+
+/// `RejectRegistration`.
+pub fn decide_reject(
+    registration: &Registration,
+    caller: &Identity,
+    now: DateTime<Utc>,
+) -> Result<DomainEvent, DomainError> {
+    let r = registration.visible_to(caller)?;
+    if !caller.administers(&r.owner_scope) {
+        return Err(DomainError::Forbidden(format!(
+            "you do not administer {}, so you cannot reject its devices",
+            r.owner_scope
+        )));
+    }
+    registration.pending_at(now)?;
+    Ok(DomainEvent::RegistrationRejected(RegistrationRejected {
+        request_id: r.request_id,
+        device_id: r.device_id.clone(),
+    }))
+}
+
+/// `ExpireRegistration`: records the expiry of a pending request past its lifetime. Returns no
+/// event when there is nothing to record.
+pub fn decide_expire(registration: &Registration, now: DateTime<Utc>) -> Option<DomainEvent> {
+    let r = registration.requested.as_ref()?;
+    (registration.status == Some(DeviceStatus::Pending) && now >= r.expires_at).then(|| {
+        DomainEvent::RegistrationExpired(RegistrationExpired {
+            request_id: r.request_id,
+            device_id: r.device_id.clone(),
+        })
+    })
+}
+
+/// Checks a poll's claim secret and returns the request's status at `now`.
+pub fn check_claim<'a>(
+    registration: &'a Registration,
+    claim_secret: &str,
+    now: DateTime<Utc>,
+) -> Result<(DeviceStatus, &'a RegistrationRequested), DomainError> {
+    let r = registration
+        .requested
+        .as_ref()
+        .ok_or(DomainError::NotFound("registration request"))?;
+    if !digests_match(&secret_digest(claim_secret), &r.claim_secret_hash) {
+        return Err(DomainError::InvalidClaimSecret);
+    }
+    let status = registration
+        .effective_status(now)
+        .ok_or(DomainError::NotFound("registration request"))?;
+    Ok((status, r))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::test_support::{admin, user};
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+
+    fn request_cmd(owner: &str) -> RequestRegistration {
+        RequestRegistration {
+            device_id: "dev-00000001".parse().unwrap(),
+            name: "robot-1".parse().unwrap(),
+            owner_scope: owner.parse().unwrap(),
+            system_info: SystemInfo::default(),
+            claim_secret: SECRET.into(),
+        }
+    }
+
+    /// Given no events, when a device requests registration, then RegistrationRequested.
+    fn requested(owner: &str) -> (RequestId, Vec<DomainEvent>) {
+        let id = RequestId::new();
+        let e = decide_request(&request_cmd(owner), id, t0(), Duration::minutes(60)).unwrap();
+        (id, vec![e])
+    }
+
+    #[test]
+    fn request_records_digest_and_expiry_never_the_secret() {
+        let (id, events) = requested("user:alice@example.com");
+        let DomainEvent::RegistrationRequested(r) = &events[0] else {
+            panic!("wrong event {events:?}")
+        };
+        assert_eq!(r.request_id, id);
+        assert_eq!(r.expires_at, t0() + Duration::minutes(60));
+        assert_eq!(r.claim_secret_hash, secret_digest(SECRET));
+        assert!(!serde_json::to_string(&events[0]).unwrap().contains(SECRET));
+    }
+
+    #[test]
+    fn short_claim_secret_is_refused() {
+        let mut cmd = request_cmd("user:alice@example.com");
+        cmd.claim_secret = "short".into();
+        let err = decide_request(&cmd, RequestId::new(), t0(), Duration::minutes(60)).unwrap_err();
+        assert!(matches!(err, DomainError::Validation(_)));
+    }
+
+    #[test]
+    fn owner_approves_and_device_is_enrolled() {
+        let (id, events) = requested("user:alice@example.com");
+        let reg = Registration::from_events(&events);
+        let approval =
+            decide_approve(&reg, &Device::default(), &user("alice@example.com"), t0()).unwrap();
+        assert_eq!(
+            approval.registration_event,
+            DomainEvent::RegistrationApproved(RegistrationApproved {
+                request_id: id,
+                device_id: "dev-00000001".parse().unwrap()
+            })
+        );
+        assert!(matches!(approval.device_event, DomainEvent::DeviceEnrolled(ref d) if d.request_id == id));
+    }
+
+    #[test]
+    fn platform_admin_approves_any_scope() {
+        let (_, events) = requested("org:acme");
+        let reg = Registration::from_events(&events);
+        assert!(decide_approve(&reg, &Device::default(), &admin("root@example.com"), t0()).is_ok());
+    }
+
+    #[test]
+    fn stranger_gets_not_found_not_forbidden() {
+        let (_, events) = requested("user:alice@example.com");
+        let reg = Registration::from_events(&events);
+        let err =
+            decide_approve(&reg, &Device::default(), &user("bob@example.com"), t0()).unwrap_err();
+        assert_eq!(err, DomainError::NotFound("registration request"));
+        let err = decide_reject(&reg, &user("bob@example.com"), t0()).unwrap_err();
+        assert_eq!(err, DomainError::NotFound("registration request"));
+    }
+
+    #[test]
+    fn member_of_scope_who_does_not_administer_is_forbidden() {
+        let (_, events) = requested("org:acme");
+        let reg = Registration::from_events(&events);
+        let mut member = user("bob@example.com");
+        member.scopes.push("org:acme".parse().unwrap());
+        let err = decide_approve(&reg, &Device::default(), &member, t0()).unwrap_err();
+        assert!(matches!(err, DomainError::Forbidden(_)));
+    }
+
+    #[test]
+    fn approving_twice_is_refused() {
+        let (_, mut events) = requested("user:alice@example.com");
+        let alice = user("alice@example.com");
+        let approval =
+            decide_approve(&Registration::from_events(&events), &Device::default(), &alice, t0())
+                .unwrap();
+        events.push(approval.registration_event);
+        let reg = Registration::from_events(&events);
+        let err = decide_approve(&reg, &Device::default(), &alice, t0()).unwrap_err();
+        assert_eq!(err, DomainError::AlreadyDecided(DeviceStatus::Approved));
+        let err = decide_reject(&reg, &alice, t0()).unwrap_err();
+        assert_eq!(err, DomainError::AlreadyDecided(DeviceStatus::Approved));
+    }
+
+    #[test]
+    fn rejected_request_cannot_be_approved() {
+        let (_, mut events) = requested("user:alice@example.com");
+        let alice = user("alice@example.com");
+        events.push(decide_reject(&Registration::from_events(&events), &alice, t0()).unwrap());
+        let err = decide_approve(
+            &Registration::from_events(&events),
+            &Device::default(),
+            &alice,
+            t0(),
+        )
+        .unwrap_err();
+        assert_eq!(err, DomainError::AlreadyDecided(DeviceStatus::Rejected));
+    }
+
+    #[test]
+    fn expired_request_cannot_be_decided_and_expiry_is_recorded_once() {
+        let (_, mut events) = requested("user:alice@example.com");
+        let alice = user("alice@example.com");
+        let later = t0() + Duration::minutes(60);
+        let reg = Registration::from_events(&events);
+        assert_eq!(
+            decide_approve(&reg, &Device::default(), &alice, later).unwrap_err(),
+            DomainError::Expired
+        );
+        assert_eq!(decide_reject(&reg, &alice, later).unwrap_err(), DomainError::Expired);
+        assert!(decide_expire(&reg, t0()).is_none(), "not yet expired");
+        events.push(decide_expire(&reg, later).unwrap());
+        let reg = Registration::from_events(&events);
+        assert!(decide_expire(&reg, later).is_none(), "expiry recorded once");
+        assert_eq!(
+            decide_approve(&reg, &Device::default(), &alice, later).unwrap_err(),
+            DomainError::Expired
+        );
+    }
+
+    #[test]
+    fn enrolled_device_cannot_be_approved_again() {
+        let (_, events) = requested("user:alice@example.com");
+        let alice = user("alice@example.com");
+        let reg = Registration::from_events(&events);
+        let first = decide_approve(&reg, &Device::default(), &alice, t0()).unwrap();
+        let device = Device::from_events([&first.device_event]);
+        // A second request from the same device while it is enrolled.
+        let (_, events2) = requested("user:alice@example.com");
+        let err = decide_approve(&Registration::from_events(&events2), &device, &alice, t0())
+            .unwrap_err();
+        assert!(matches!(err, DomainError::DeviceAlreadyEnrolled(_)));
+    }
+
+    #[test]
+    fn claim_secret_is_checked() {
+        let (_, events) = requested("user:alice@example.com");
+        let reg = Registration::from_events(&events);
+        assert_eq!(
+            check_claim(&reg, "wrong-secret-wrong-secret-wrong-secret", t0()).unwrap_err(),
+            DomainError::InvalidClaimSecret
+        );
+        assert_eq!(check_claim(&reg, SECRET, t0()).unwrap().0, DeviceStatus::Pending);
+        assert_eq!(
+            check_claim(&reg, SECRET, t0() + Duration::hours(2)).unwrap().0,
+            DeviceStatus::Expired
+        );
+        assert_eq!(
+            check_claim(&Registration::default(), SECRET, t0()).unwrap_err(),
+            DomainError::NotFound("registration request")
+        );
+    }
+}

@@ -1,0 +1,332 @@
+//! Command handlers: load the aggregates a command touches, decide, append.
+
+use chrono::Utc;
+use m87_events::api::{
+    CreateApiKeyRequest, CreatedApiKey, DeviceStatus, PollResponse, RegisterRequest,
+    RegisterResponse,
+};
+use m87_events::domain::ApiKeyCreated;
+use m87_events::{DeviceId, DomainEvent, Email, KeyId, KeyKind, Metadata, RequestId, Scope, StreamId};
+
+use super::auth::generate_key;
+use super::{ControlPlane, ServiceError};
+use crate::domain::api_key::{self, ApiKey};
+use crate::domain::device::{self, Device};
+use crate::domain::registration::{self, Registration, RequestRegistration};
+use crate::domain::{DomainError, Identity};
+use crate::projections::models::{API_KEYS, ApiKeyRow, REGISTRATIONS, RegistrationRow};
+use crate::store::StreamAppend;
+
+fn one(stream_id: StreamId, expected_version: u64, event: DomainEvent) -> Vec<StreamAppend> {
+    vec![StreamAppend {
+        stream_id,
+        expected_version,
+        events: vec![event],
+    }]
+}
+
+fn chrono_ttl(d: std::time::Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::hours(1))
+}
+
+impl ControlPlane {
+    /// `POST /v1/registrations`.
+    pub async fn request_registration(
+        &self,
+        req: RegisterRequest,
+        metadata: &Metadata,
+    ) -> Result<RegisterResponse, ServiceError> {
+        let cmd = RequestRegistration {
+            device_id: req.device_id,
+            name: req.name,
+            owner_scope: req.owner_scope,
+            system_info: req.system_info,
+            claim_secret: req.claim_secret,
+        };
+        let request_id = RequestId::new();
+        let ttl = chrono_ttl(self.settings.registration_ttl);
+        let ((), stored) = self
+            .execute(metadata, || {
+                let cmd = &cmd;
+                async move {
+                    let event = registration::decide_request(cmd, request_id, Utc::now(), ttl)?;
+                    Ok(((), one(StreamId::registration(&request_id), 0, event)))
+                }
+            })
+            .await?;
+        let expires_at = match stored.first().map(|e| &e.event) {
+            Some(DomainEvent::RegistrationRequested(r)) => r.expires_at,
+            _ => Utc::now() + ttl,
+        };
+        Ok(RegisterResponse {
+            request_id,
+            status: DeviceStatus::Pending,
+            expires_at,
+            poll_interval_secs: self.settings.approval_poll_interval.as_secs().max(1),
+        })
+    }
+
+    async fn load_registration(
+        &self,
+        id: &RequestId,
+    ) -> Result<(Registration, u64), ServiceError> {
+        let (events, version) = self.load(&StreamId::registration(id)).await?;
+        Ok((Registration::from_events(&events), version))
+    }
+
+    async fn load_device(&self, id: &DeviceId) -> Result<(Device, u64), ServiceError> {
+        let (events, version) = self.load(&StreamId::device(id)).await?;
+        Ok((Device::from_events(&events), version))
+    }
+
+    /// `POST /v1/registrations/{id}/approve`. Returns the enrolled device id.
+    pub async fn approve(
+        &self,
+        caller: &Identity,
+        request_id: RequestId,
+        metadata: &Metadata,
+    ) -> Result<DeviceId, ServiceError> {
+        let (device_id, _) = self
+            .execute(metadata, || async move {
+                let (reg, reg_version) = self.load_registration(&request_id).await?;
+                let device_id = reg
+                    .requested
+                    .as_ref()
+                    .map(|r| r.device_id.clone())
+                    .ok_or(DomainError::NotFound("registration request"))?;
+                let (device, device_version) = self.load_device(&device_id).await?;
+                let approval = registration::decide_approve(&reg, &device, caller, Utc::now())?;
+                let mut batch = one(
+                    StreamId::registration(&request_id),
+                    reg_version,
+                    approval.registration_event,
+                );
+                batch.extend(one(
+                    StreamId::device(&device_id),
+                    device_version,
+                    approval.device_event,
+                ));
+                Ok((device_id, batch))
+            })
+            .await?;
+        Ok(device_id)
+    }
+
+    /// `POST /v1/registrations/{id}/reject`.
+    pub async fn reject(
+        &self,
+        caller: &Identity,
+        request_id: RequestId,
+        metadata: &Metadata,
+    ) -> Result<(), ServiceError> {
+        self.execute(metadata, || async move {
+            let (reg, version) = self.load_registration(&request_id).await?;
+            let event = registration::decide_reject(&reg, caller, Utc::now())?;
+            Ok(((), one(StreamId::registration(&request_id), version, event)))
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `POST /v1/registrations/{id}/poll`: the device asks how its request stands and, the first
+    /// time after approval, receives its key.
+    pub async fn poll(
+        &self,
+        request_id: RequestId,
+        claim_secret: &str,
+        metadata: &Metadata,
+    ) -> Result<PollResponse, ServiceError> {
+        let (response, _) = self
+            .execute(metadata, || async move {
+                let (reg, _) = self.load_registration(&request_id).await?;
+                let (status, requested) =
+                    registration::check_claim(&reg, claim_secret, Utc::now())?;
+                let mut response = PollResponse {
+                    request_id,
+                    status,
+                    api_key: None,
+                    device_id: requested.device_id.clone(),
+                };
+                if status != DeviceStatus::Approved {
+                    return Ok((response, vec![]));
+                }
+                let (device, device_version) = self.load_device(&requested.device_id).await?;
+                let key = generate_key(KeyKind::Device);
+                match device::decide_issue_credentials(&reg, &device, KeyId::new(), key.digest) {
+                    Ok(event) => {
+                        response.api_key = Some(key.secret);
+                        let stream = StreamId::device(&requested.device_id);
+                        Ok((response, one(stream, device_version, event)))
+                    }
+                    Err(DomainError::AlreadyDecided(DeviceStatus::Removed)) => {
+                        response.status = DeviceStatus::Removed;
+                        Ok((response, vec![]))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .await?;
+        Ok(response)
+    }
+
+    /// `DELETE /v1/devices/{id}`.
+    pub async fn remove_device(
+        &self,
+        caller: &Identity,
+        device_id: &DeviceId,
+        metadata: &Metadata,
+    ) -> Result<(), ServiceError> {
+        self.execute(metadata, || async move {
+            let (device, version) = self.load_device(device_id).await?;
+            let event = device::decide_remove(&device, caller)?;
+            Ok(((), one(StreamId::device(device_id), version, event)))
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `POST /v1/devices/{id}/access` (`grant`) and `DELETE /v1/devices/{id}/access/{scope}`.
+    pub async fn change_access(
+        &self,
+        caller: &Identity,
+        device_id: &DeviceId,
+        scope: &Scope,
+        grant: bool,
+        metadata: &Metadata,
+    ) -> Result<(), ServiceError> {
+        self.execute(metadata, || async move {
+            let (device, version) = self.load_device(device_id).await?;
+            let event = if grant {
+                device::decide_grant(&device, caller, scope)?
+            } else {
+                device::decide_revoke(&device, caller, scope)?
+            };
+            let batch = event
+                .map(|e| one(StreamId::device(device_id), version, e))
+                .unwrap_or_default();
+            Ok(((), batch))
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `POST /v1/api-keys`.
+    pub async fn create_api_key(
+        &self,
+        caller: &Identity,
+        req: CreateApiKeyRequest,
+        metadata: &Metadata,
+    ) -> Result<CreatedApiKey, ServiceError> {
+        let key = generate_key(KeyKind::User);
+        let key_id = KeyId::new();
+        let (event, stored) = self
+            .execute(metadata, || {
+                let (req, key) = (&req, &key);
+                async move {
+                    let event = api_key::decide_create(
+                        caller,
+                        req.email.as_ref(),
+                        req.name.as_deref(),
+                        key_id,
+                        key.digest.clone(),
+                        key.hint.clone(),
+                    )?;
+                    Ok((event.clone(), one(StreamId::api_key(&key_id), 0, event)))
+                }
+            })
+            .await?;
+        let DomainEvent::ApiKeyCreated(created) = event else {
+            return Err(ServiceError::Contention);
+        };
+        Ok(CreatedApiKey {
+            id: key_id,
+            key: key.secret,
+            email: created.email,
+            name: created.name,
+            created_at: stored.first().map(|e| e.recorded_at).unwrap_or_else(Utc::now),
+        })
+    }
+
+    /// `DELETE /v1/api-keys/{id}`.
+    pub async fn revoke_api_key(
+        &self,
+        caller: &Identity,
+        key_id: KeyId,
+        metadata: &Metadata,
+    ) -> Result<(), ServiceError> {
+        self.execute(metadata, || async move {
+            let (events, version) = self.load(&StreamId::api_key(&key_id)).await?;
+            let event = api_key::decide_revoke(&ApiKey::from_events(&events), caller)?;
+            Ok(((), one(StreamId::api_key(&key_id), version, event)))
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Creates the platform admin's first key unless one was made before. Returns the key when
+    /// it made one.
+    pub async fn bootstrap_admin_key(&self) -> Result<Option<String>, ServiceError> {
+        let existing = self.read.list(API_KEYS).await?;
+        let already = existing
+            .into_iter()
+            .filter_map(|d| serde_json::from_value::<ApiKeyRow>(d).ok())
+            .any(|k| k.bootstrap);
+        if already {
+            return Ok(None);
+        }
+        let Some(email) = self.settings.admin_emails.first().cloned() else {
+            return Ok(None);
+        };
+        let key = generate_key(KeyKind::User);
+        let key_id = KeyId::new();
+        let event = DomainEvent::ApiKeyCreated(ApiKeyCreated {
+            key_id,
+            email,
+            name: "bootstrap admin key".into(),
+            key_hash: key.digest.clone(),
+            key_hint: key.hint.clone(),
+            bootstrap: true,
+        });
+        let metadata = Metadata::system("bootstrap");
+        self.execute(&metadata, || {
+            let event = event.clone();
+            async move { Ok(((), one(StreamId::api_key(&key_id), 0, event))) }
+        })
+        .await?;
+        Ok(Some(key.secret))
+    }
+
+    /// Records the expiry of every pending request past its lifetime. Returns how many.
+    pub async fn expire_overdue(&self) -> Result<usize, ServiceError> {
+        let now = Utc::now();
+        let overdue: Vec<RequestId> = self
+            .read
+            .list(REGISTRATIONS)
+            .await?
+            .into_iter()
+            .filter_map(|d| serde_json::from_value::<RegistrationRow>(d).ok())
+            .filter(|r| r.status == DeviceStatus::Pending && r.expires_at <= now)
+            .map(|r| r.request_id)
+            .collect();
+        let metadata = Metadata::system("expiry");
+        let mut count = 0;
+        for request_id in overdue {
+            let (_, stored) = self
+                .execute(&metadata, || async move {
+                    let (reg, version) = self.load_registration(&request_id).await?;
+                    let batch = registration::decide_expire(&reg, Utc::now())
+                        .map(|e| one(StreamId::registration(&request_id), version, e))
+                        .unwrap_or_default();
+                    Ok(((), batch))
+                })
+                .await?;
+            count += stored.len();
+        }
+        Ok(count)
+    }
+
+    /// Whether `email` is a platform admin.
+    pub fn is_platform_admin(&self, email: &Email) -> bool {
+        self.settings.admin_emails.contains(email)
+    }
+}

@@ -1,0 +1,180 @@
+//! The application service: turns requests into commands, runs them against the aggregates and
+//! appends what they decide; answers queries from the read models.
+//!
+//! - [`commands`]: command handlers (load, decide, append with retry on conflict).
+//! - [`queries`]: reads from the projections, filtered by the caller's scopes.
+//! - [`auth`]: API keys: generation, and authentication against the read model.
+
+pub mod auth;
+pub mod commands;
+pub mod queries;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use m87_events::{EventEnvelope, Metadata};
+
+use crate::bus::Publisher;
+use crate::config::Settings;
+use crate::domain::DomainError;
+use crate::projections::Projector;
+use crate::projections::store::ReadStore;
+use crate::store::{EventStore, StoreError, StreamAppend};
+
+/// Why a service call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A business rule refused the command.
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// The store failed or is unreachable.
+    #[error(transparent)]
+    Store(StoreError),
+    /// The caller could not be identified.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// A conflict persisted through every retry.
+    #[error("the request conflicted with concurrent changes; try again")]
+    Contention,
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict { .. } => ServiceError::Contention,
+            other => ServiceError::Store(other),
+        }
+    }
+}
+
+/// How many times a command is retried after an optimistic-concurrency conflict.
+const MAX_ATTEMPTS: usize = 5;
+/// How long a command waits for the read models to include its events before answering.
+const READ_YOUR_WRITES: Duration = Duration::from_secs(5);
+
+/// The control plane's application service.
+#[derive(Clone)]
+pub struct ControlPlane {
+    pub(crate) store: Arc<dyn EventStore>,
+    pub(crate) read: Arc<dyn ReadStore>,
+    pub(crate) projector: Projector,
+    pub(crate) publisher: Option<Publisher>,
+    pub(crate) settings: Arc<Settings>,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ControlPlane {
+    /// Wires a service over its store, read store and projector. `publisher`, when given, is
+    /// woken after every append.
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        read: Arc<dyn ReadStore>,
+        projector: Projector,
+        publisher: Option<Publisher>,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            store,
+            read,
+            projector,
+            publisher,
+            settings: Arc::new(settings),
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The projector, for rebuilds and waiting.
+    pub fn projector(&self) -> &Projector {
+        &self.projector
+    }
+
+    /// The event store.
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    /// Runs `decide` (which loads what it needs and returns the batch to append) and appends,
+    /// retrying from the start when another writer got there first. Waits until the read
+    /// models include the new events, so the caller reads its own writes.
+    pub(crate) async fn execute<T, F, Fut>(
+        &self,
+        metadata: &Metadata,
+        mut decide: F,
+    ) -> Result<(T, Vec<EventEnvelope>), ServiceError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(T, Vec<StreamAppend>), ServiceError>>,
+    {
+        for _ in 0..MAX_ATTEMPTS {
+            let (value, batch) = decide().await?;
+            if batch.iter().all(|b| b.events.is_empty()) {
+                return Ok((value, vec![]));
+            }
+            match self.store.append(batch, metadata.clone()).await {
+                Ok(stored) => {
+                    self.after_append(&stored).await;
+                    return Ok((value, stored));
+                }
+                Err(StoreError::Conflict { stream_id, .. }) => {
+                    tracing::debug!(%stream_id, "append conflicted; retrying the command");
+                }
+                Err(other) => return Err(ServiceError::Store(other)),
+            }
+        }
+        Err(ServiceError::Contention)
+    }
+
+    async fn after_append(&self, stored: &[EventEnvelope]) {
+        for e in stored {
+            tracing::info!(
+                event_type = e.event.event_type(),
+                stream = %e.stream_id,
+                position = e.global_position,
+                actor = %e.metadata.actor,
+                "event recorded"
+            );
+        }
+        if let Some(p) = &self.publisher {
+            p.notify();
+        }
+        if let Some(last) = stored.last() {
+            if self.publisher.is_none() {
+                // Without a bus feeding the projector, bring it up to date directly.
+                if let Err(e) = self.projector.catch_up().await {
+                    tracing::warn!(error = %e, "projection catch-up failed");
+                }
+            }
+            if !self
+                .projector
+                .wait_for(last.global_position, READ_YOUR_WRITES)
+                .await
+            {
+                tracing::warn!(
+                    position = last.global_position,
+                    "read models are behind; answering before they caught up"
+                );
+            }
+        }
+    }
+
+    /// Loads one stream's events.
+    pub(crate) async fn load(
+        &self,
+        stream_id: &m87_events::StreamId,
+    ) -> Result<(Vec<m87_events::DomainEvent>, u64), ServiceError> {
+        let envs = self.store.read_stream(stream_id).await?;
+        let version = envs.last().map(|e| e.stream_version).unwrap_or(0);
+        Ok((envs.into_iter().map(|e| e.event).collect(), version))
+    }
+}

@@ -1,0 +1,189 @@
+//! SQLite schema steps.
+//!
+//! Each step has a version, a name and SQL that is safe to run twice. [`migrate`] applies the
+//! steps newer than what `schema_migrations` records, each in its own transaction together with
+//! its record, so a crash between steps leaves a database that the next start finishes upgrading.
+
+use rusqlite::{Connection, params};
+
+/// One schema step.
+#[derive(Debug, Clone, Copy)]
+pub struct Step {
+    /// Monotonic version, from 1.
+    pub version: u32,
+    /// What the step does.
+    pub name: &'static str,
+    /// The SQL, idempotent.
+    pub sql: &'static str,
+}
+
+/// Every step, in order.
+pub const STEPS: &[Step] = &[
+    Step {
+        version: 1,
+        name: "event log",
+        sql: "
+            CREATE TABLE IF NOT EXISTS events (
+                global_position INTEGER PRIMARY KEY AUTOINCREMENT,
+                event_id        TEXT    NOT NULL UNIQUE,
+                stream_id       TEXT    NOT NULL,
+                stream_version  INTEGER NOT NULL,
+                event_type      TEXT    NOT NULL,
+                schema_version  INTEGER NOT NULL,
+                data            TEXT    NOT NULL,
+                metadata        TEXT    NOT NULL,
+                recorded_at     TEXT    NOT NULL
+            );
+            CREATE UNIQUE INDEX IF NOT EXISTS events_stream_version
+                ON events (stream_id, stream_version);
+        ",
+    },
+    Step {
+        version: 2,
+        name: "read models and projection checkpoints",
+        sql: "
+            CREATE TABLE IF NOT EXISTS read_models (
+                collection TEXT NOT NULL,
+                id         TEXT NOT NULL,
+                doc        TEXT NOT NULL,
+                PRIMARY KEY (collection, id)
+            );
+            CREATE TABLE IF NOT EXISTS projection_checkpoints (
+                name     TEXT PRIMARY KEY,
+                position INTEGER NOT NULL
+            );
+        ",
+    },
+];
+
+/// Why the schema could not be brought up to date.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// SQLite refused a statement.
+    #[error("schema migration {version} ({name}) failed: {source}")]
+    Step {
+        /// The failing step.
+        version: u32,
+        /// Its name.
+        name: &'static str,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+    /// The bookkeeping table could not be read or created.
+    #[error("cannot read applied schema migrations: {0}")]
+    Bookkeeping(#[from] rusqlite::Error),
+    /// The database was written by a newer m87.
+    #[error("database schema version {found} is newer than this build knows ({known}); upgrade m87")]
+    TooNew {
+        /// Highest recorded version.
+        found: u32,
+        /// Highest version this build has.
+        known: u32,
+    },
+}
+
+/// The highest recorded schema version, 0 for a new database.
+pub fn current_version(conn: &Connection) -> Result<u32, MigrateError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version    INTEGER PRIMARY KEY,
+            name       TEXT NOT NULL,
+            applied_at TEXT NOT NULL
+        );",
+    )?;
+    Ok(conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+/// Applies every pending step of `steps`; returns the versions applied now.
+pub fn migrate_with(conn: &mut Connection, steps: &[Step]) -> Result<Vec<u32>, MigrateError> {
+    let known = steps.iter().map(|s| s.version).max().unwrap_or(0);
+    let found = current_version(conn)?;
+    if found > known {
+        return Err(MigrateError::TooNew { found, known });
+    }
+    let mut applied = Vec::new();
+    for step in steps.iter().filter(|s| s.version > found) {
+        let wrap = |source| MigrateError::Step {
+            version: step.version,
+            name: step.name,
+            source,
+        };
+        let tx = conn.transaction().map_err(wrap)?;
+        tx.execute_batch(step.sql).map_err(wrap)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
+            params![step.version, step.name, chrono::Utc::now().to_rfc3339()],
+        )
+        .map_err(wrap)?;
+        tx.commit().map_err(wrap)?;
+        applied.push(step.version);
+    }
+    Ok(applied)
+}
+
+/// Applies every pending step of [`STEPS`].
+pub fn migrate(conn: &mut Connection) -> Result<Vec<u32>, MigrateError> {
+    migrate_with(conn, STEPS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn applies_once_and_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m87.db");
+        let mut conn = Connection::open(&path).unwrap();
+        assert_eq!(migrate(&mut conn).unwrap(), vec![1, 2]);
+        assert_eq!(migrate(&mut conn).unwrap(), Vec::<u32>::new());
+        drop(conn);
+        let mut conn = Connection::open(&path).unwrap();
+        assert_eq!(current_version(&conn).unwrap(), 2);
+        assert!(migrate(&mut conn).unwrap().is_empty());
+    }
+
+    #[test]
+    fn older_database_upgrades_in_place_keeping_data() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        assert_eq!(migrate_with(&mut conn, &STEPS[..1]).unwrap(), vec![1]);
+        conn.execute(
+            "INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, data, metadata, recorded_at)
+             VALUES ('e1', 's', 1, 'T', 1, '{}', '{}', 'now')",
+            [],
+        )
+        .unwrap();
+        assert_eq!(migrate(&mut conn).unwrap(), vec![2]);
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        let tables: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('read_models', 'projection_checkpoints')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 2);
+    }
+
+    #[test]
+    fn newer_database_is_refused() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        conn.execute(
+            "INSERT INTO schema_migrations VALUES (99, 'future', 'now')",
+            [],
+        )
+        .unwrap();
+        assert!(matches!(
+            migrate(&mut conn).unwrap_err(),
+            MigrateError::TooNew { found: 99, .. }
+        ));
+    }
+}
