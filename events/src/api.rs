@@ -214,3 +214,14 @@ pub struct Health {
     /// The server's version.
     pub version: String,
 }
+
+/// The answer to approving or rejecting a registration request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DecisionResponse {
+    /// The decided request.
+    pub request_id: RequestId,
+    /// The device it concerns.
+    pub device_id: DeviceId,
+    /// `approved` or `rejected`.
+    pub status: DeviceStatus,
+}

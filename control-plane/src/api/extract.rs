@@ -1,0 +1,173 @@
+//! Extractors whose rejections use the one error format: JSON bodies, path ids, the caller.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use m87_events::{CorrelationId, Metadata};
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::domain::Identity;
+
+/// A JSON body; malformed, oversized, mistyped or unknown-field bodies get a JSON error.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Self(v)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::JsonDataError(e) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            // The inner serde message names the field and why; it never echoes a value.
+            format!("invalid request body: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_else(|| e.body_text())),
+        ),
+        JsonRejection::JsonSyntaxError(_) => malformed(),
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "request body must be JSON (Content-Type: application/json)",
+        ),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => too_large(),
+        other => ApiError::new(other.status(), "bad_request", "request body could not be read"),
+    }
+}
+
+/// An optional JSON body: an empty body is `None`; anything else must be valid JSON.
+#[derive(Debug)]
+pub struct MaybeJson<T>(pub Option<T>);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for MaybeJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    too_large()
+                } else {
+                    ApiError::new(rejection.status(), "bad_request", "request body could not be read")
+                }
+            })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(None));
+        }
+        serde_json::from_slice(&bytes).map(|v| Self(Some(v))).map_err(|e| {
+            if e.classify() == serde_json::error::Category::Data {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_request",
+                    format!("invalid request body: {e}"),
+                )
+            } else {
+                malformed()
+            }
+        })
+    }
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("request body is larger than {} bytes", super::MAX_BODY_BYTES),
+    )
+}
+
+fn malformed() -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", "request body is not valid JSON")
+}
+
+/// A path parameter parsed with `FromStr`; a bad one is a 400 naming what was wrong.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: std::str::FromStr + Send,
+    T::Err: std::fmt::Display,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|e: PathRejection| ApiError::bad_request(e.body_text()))?;
+        raw.parse()
+            .map(Self)
+            .map_err(|e: T::Err| ApiError::bad_request(e.to_string()))
+    }
+}
+
+/// The address the request came from, when known.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceIp(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for SourceIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ci| ci.0.ip()),
+        ))
+    }
+}
+
+/// An authenticated caller, with the metadata for the events their request causes.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Who they are.
+    pub identity: Identity,
+    /// Actor, source address and a fresh correlation id.
+    pub metadata: Metadata,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let unauthenticated = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m);
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or_else(|| unauthenticated("missing api key: send Authorization: Bearer <key>"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| unauthenticated("malformed Authorization header: expected Bearer <key>"))?;
+        let identity = state.cp.authenticate(token).await?;
+        let SourceIp(source_ip) = SourceIp::from_request_parts(parts, state)
+            .await
+            .unwrap_or(SourceIp(None));
+        let metadata = Metadata {
+            actor: identity.actor(),
+            source_ip,
+            correlation_id: CorrelationId::new(),
+        };
+        Ok(Self { identity, metadata })
+    }
+}

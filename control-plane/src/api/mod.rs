@@ -1,0 +1,50 @@
+//! The REST API under `/v1`, built by [`app`] so tests can drive it without a socket.
+//!
+//! - [`error`]: the one error type and body format.
+//! - [`extract`]: JSON, path and caller extractors with JSON rejections.
+//! - [`ratelimit`]: per-address limits for unauthenticated registration.
+//! - [`routes`]: the handlers and the OpenAPI document.
+
+pub mod error;
+pub mod extract;
+pub mod ratelimit;
+pub mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+
+use crate::service::ControlPlane;
+use ratelimit::RateLimiter;
+
+/// Largest request body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The application service.
+    pub cp: ControlPlane,
+    /// Limits registration requests per source address.
+    pub registration_limiter: Arc<RateLimiter>,
+}
+
+impl AppState {
+    /// State over a control plane, with the limits from its settings.
+    pub fn new(cp: ControlPlane) -> Self {
+        let per_minute = cp.settings().registrations_per_minute;
+        Self {
+            cp,
+            registration_limiter: Arc::new(RateLimiter::new(per_minute, Duration::from_secs(60))),
+        }
+    }
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    routes::router()
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+}

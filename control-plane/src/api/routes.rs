@@ -1,0 +1,296 @@
+//! The handlers of `/v1` and the OpenAPI document that describes them.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
+use m87_events::api::{
+    AccessRequest, ApiKeySummary, CreateApiKeyRequest, CreatedApiKey, DecisionResponse,
+    DeviceStatus, DeviceSummary, ErrorBody, Health, PollRequest, PollResponse, RegisterRequest,
+    RegisterResponse, WhoAmI,
+};
+use m87_events::{CorrelationId, DeviceId, KeyId, Metadata, RequestId, Scope};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiPath, Caller, MaybeJson, SourceIp};
+
+type Router = axum::Router<AppState>;
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The routes, without state.
+pub fn router() -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/registrations", post(register))
+        .route("/v1/registrations/{id}/poll", post(poll))
+        .route("/v1/registrations/{id}/approve", post(approve))
+        .route("/v1/registrations/{id}/reject", post(reject))
+        .route("/v1/devices", get(list_devices))
+        .route("/v1/devices/{id}", get(get_device).delete(remove_device))
+        .route("/v1/devices/{id}/access", post(grant_access))
+        .route("/v1/devices/{id}/access/{scope}", delete(revoke_access))
+        .route("/v1/api-keys", post(create_api_key).get(list_api_keys))
+        .route("/v1/api-keys/{id}", delete(revoke_api_key))
+        .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+}
+
+/// Liveness and version.
+#[utoipa::path(get, path = "/v1/health", tag = "meta", responses((status = 200, body = Health)))]
+async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+/// This document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "meta", responses((status = 200, description = "the OpenAPI 3.1 document")))]
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// The caller as the server sees it (users and devices).
+#[utoipa::path(get, path = "/v1/whoami", tag = "meta", security(("api_key" = [])),
+    responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]
+async fn whoami(State(s): State<AppState>, caller: Caller) -> Json<WhoAmI> {
+    Json(s.cp.whoami(&caller.identity))
+}
+
+/// A device asks to join. Unauthenticated, rate limited per source address.
+#[utoipa::path(post, path = "/v1/registrations", tag = "registrations", request_body = RegisterRequest,
+    responses((status = 201, body = RegisterResponse), (status = 400, body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn register(
+    State(s): State<AppState>,
+    SourceIp(ip): SourceIp,
+    ApiJson(req): ApiJson<RegisterRequest>,
+) -> ApiResult<impl IntoResponse> {
+    if let Some(ip) = ip
+        && let Err(wait) = s.registration_limiter.check(ip, std::time::Instant::now())
+    {
+        return Err(ApiError {
+            retry_after: Some(wait),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many registration requests from this address; retry in {wait} s"),
+            )
+        });
+    }
+    let metadata = Metadata {
+        actor: m87_events::Actor::Device {
+            device_id: req.device_id.clone(),
+        },
+        source_ip: ip,
+        correlation_id: CorrelationId::new(),
+    };
+    let response = s.cp.request_registration(req, &metadata).await?;
+    Ok((StatusCode::CREATED, Json(response)))
+}
+
+/// A device asks how its request stands; the first poll after approval carries its key.
+#[utoipa::path(post, path = "/v1/registrations/{id}/poll", tag = "registrations", request_body = PollRequest,
+    params(("id" = String, Path, description = "registration request id")),
+    responses((status = 200, body = PollResponse), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn poll(
+    State(s): State<AppState>,
+    SourceIp(ip): SourceIp,
+    ApiPath(id): ApiPath<RequestId>,
+    ApiJson(req): ApiJson<PollRequest>,
+) -> ApiResult<Json<PollResponse>> {
+    let metadata = Metadata {
+        actor: m87_events::Actor::System {
+            component: "registration-poll".into(),
+        },
+        source_ip: ip,
+        correlation_id: CorrelationId::new(),
+    };
+    let response = s.cp.poll(id, &req.claim_secret, &metadata).await?;
+    if response.api_key.is_some() {
+        tracing::info!(request_id = %id, device_id = %response.device_id, "device credentials issued");
+    }
+    Ok(Json(response))
+}
+
+/// Approve a pending request: the device joins the fleet.
+#[utoipa::path(post, path = "/v1/registrations/{id}/approve", tag = "registrations", security(("api_key" = [])),
+    params(("id" = String, Path, description = "registration request id")),
+    responses((status = 200, body = DecisionResponse), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn approve(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<RequestId>,
+) -> ApiResult<Json<DecisionResponse>> {
+    let device_id = s.cp.approve(&caller.identity, id, &caller.metadata).await?;
+    Ok(Json(DecisionResponse {
+        request_id: id,
+        device_id,
+        status: DeviceStatus::Approved,
+    }))
+}
+
+/// Reject a pending request.
+#[utoipa::path(post, path = "/v1/registrations/{id}/reject", tag = "registrations", security(("api_key" = [])),
+    params(("id" = String, Path, description = "registration request id")),
+    responses((status = 200, body = DecisionResponse), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn reject(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<RequestId>,
+) -> ApiResult<Json<DecisionResponse>> {
+    s.cp.reject(&caller.identity, id, &caller.metadata).await?;
+    let device_id = s
+        .cp
+        .list_devices(&caller.identity)
+        .await?
+        .into_iter()
+        .find(|d| d.request_id == id)
+        .map(|d| d.id)
+        .ok_or_else(|| ApiError::not_found("registration request"))?;
+    Ok(Json(DecisionResponse {
+        request_id: id,
+        device_id,
+        status: DeviceStatus::Rejected,
+    }))
+}
+
+/// Devices and undecided requests the caller can see.
+#[utoipa::path(get, path = "/v1/devices", tag = "devices", security(("api_key" = [])),
+    responses((status = 200, body = [DeviceSummary]), (status = 401, body = ErrorBody)))]
+async fn list_devices(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<DeviceSummary>>> {
+    Ok(Json(s.cp.list_devices(&caller.identity).await?))
+}
+
+/// One device.
+#[utoipa::path(get, path = "/v1/devices/{id}", tag = "devices", security(("api_key" = [])),
+    params(("id" = String, Path, description = "device id")),
+    responses((status = 200, body = DeviceSummary), (status = 404, body = ErrorBody)))]
+async fn get_device(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<DeviceId>,
+) -> ApiResult<Json<DeviceSummary>> {
+    Ok(Json(s.cp.get_device(&caller.identity, &id).await?))
+}
+
+/// Remove an approved device: its key stops working.
+#[utoipa::path(delete, path = "/v1/devices/{id}", tag = "devices", security(("api_key" = [])),
+    params(("id" = String, Path, description = "device id")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+async fn remove_device(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<DeviceId>,
+) -> ApiResult<StatusCode> {
+    s.cp.remove_device(&caller.identity, &id, &caller.metadata).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Give a scope access to a device.
+#[utoipa::path(post, path = "/v1/devices/{id}/access", tag = "devices", security(("api_key" = [])),
+    request_body = AccessRequest, params(("id" = String, Path, description = "device id")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn grant_access(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<DeviceId>,
+    ApiJson(req): ApiJson<AccessRequest>,
+) -> ApiResult<StatusCode> {
+    s.cp.change_access(&caller.identity, &id, &req.scope, true, &caller.metadata)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Take a scope's access to a device away.
+#[utoipa::path(delete, path = "/v1/devices/{id}/access/{scope}", tag = "devices", security(("api_key" = [])),
+    params(("id" = String, Path, description = "device id"), ("scope" = String, Path, description = "user:<email> or org:<id>")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn revoke_access(
+    State(s): State<AppState>,
+    caller: Caller,
+    axum::extract::Path((id, scope)): axum::extract::Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let id: DeviceId = id.parse().map_err(|e: m87_events::ParseIdError| ApiError::bad_request(e.to_string()))?;
+    let scope: Scope = scope.parse().map_err(|e: m87_events::ParseIdError| ApiError::bad_request(e.to_string()))?;
+    s.cp.change_access(&caller.identity, &id, &scope, false, &caller.metadata)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Create a user API key; the key is in this answer only.
+#[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys", security(("api_key" = [])),
+    request_body = CreateApiKeyRequest,
+    responses((status = 201, body = CreatedApiKey), (status = 403, body = ErrorBody)))]
+async fn create_api_key(
+    State(s): State<AppState>,
+    caller: Caller,
+    MaybeJson(body): MaybeJson<CreateApiKeyRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let req = body.unwrap_or_default();
+    let created = s.cp.create_api_key(&caller.identity, req, &caller.metadata).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// The caller's API keys (every user key for platform admins).
+#[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", security(("api_key" = [])),
+    responses((status = 200, body = [ApiKeySummary])))]
+async fn list_api_keys(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<ApiKeySummary>>> {
+    Ok(Json(s.cp.list_api_keys(&caller.identity).await?))
+}
+
+/// Revoke an API key.
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api-keys", security(("api_key" = [])),
+    params(("id" = String, Path, description = "api key id")),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn revoke_api_key(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<KeyId>,
+) -> ApiResult<StatusCode> {
+    s.cp.revoke_api_key(&caller.identity, id, &caller.metadata).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+struct SecurityAddon;
+
+impl Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("an m87 API key (m87u_… for users, m87d_… for devices)"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document of `/v1`.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "m87 API", description = "Control plane of m87: registration, approval, devices, API keys."),
+    paths(health, openapi, whoami, register, poll, approve, reject, list_devices, get_device,
+          remove_device, grant_access, revoke_access, create_api_key, list_api_keys, revoke_api_key),
+    modifiers(&SecurityAddon)
+)]
+pub struct ApiDoc;
