@@ -1,1 +1,14 @@
-//! stub
+//! The m87 device runtime (the agent): registration, credentials, and staying enrolled. Later
+//! issues add the tunnel and the services behind each operation.
+//!
+//! # Layout
+//!
+//! - [`credentials`]: the shared credentials file (`credentials.json`, 0600, atomic writes).
+//! - [`http`]: the REST client the runtime and the CLI share.
+//! - [`sysinfo`]: what the device tells about itself.
+//! - [`runtime`]: register, wait for approval, receive the key once, stay enrolled.
+
+pub mod credentials;
+pub mod http;
+pub mod runtime;
+pub mod sysinfo;

@@ -1,1 +1,182 @@
-fn main() {}
+//! `m87`: the command-line interface of m87, and the device runtime (`m87 runtime …`).
+
+mod commands;
+mod context;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use m87_events::{DeviceName, Email, KeyId, OrgId};
+use output::Output;
+
+/// Secure, outbound-only access to fleets of Linux devices.
+///
+/// The server comes from M87_API_URL (or the one stored by `m87 login`); the key from
+/// M87_API_KEY (or `m87 login`). M87_TRUST_INVALID_CERT=true accepts a self-signed server
+/// certificate (development only).
+#[derive(Debug, Parser)]
+#[command(name = "m87", version, about, long_about)]
+struct Cli {
+    /// How to print results: aligned tables, or JSON for scripts.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Store an API key so commands do not need M87_API_KEY.
+    Login {
+        /// A user API key (m87u_…), from `m87 api-keys create` or the server's admin.key.
+        #[arg(long, env = "M87_LOGIN_API_KEY", hide_env_values = true)]
+        api_key: String,
+        /// The server (default: M87_API_URL, else https://127.0.0.1:8085).
+        #[arg(long)]
+        api_url: Option<String>,
+    },
+    /// Remove the stored API key.
+    Logout,
+    /// List, inspect, approve and reject devices.
+    Devices {
+        #[command(subcommand)]
+        command: DevicesCommand,
+    },
+    /// Create, list and revoke user API keys.
+    #[command(name = "api-keys")]
+    ApiKeys {
+        #[command(subcommand)]
+        command: ApiKeysCommand,
+    },
+    /// Run this machine as an m87 device.
+    Runtime {
+        #[command(subcommand)]
+        command: RuntimeCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DevicesCommand {
+    /// Devices and registration requests you can see.
+    #[command(alias = "ls")]
+    List,
+    /// One device in detail (by name, id, request id, or a unique prefix).
+    Show {
+        /// Name, device id, request id or unique prefix.
+        device: String,
+    },
+    /// Approve a pending registration request.
+    Approve {
+        /// The request id (or the pending device's name, id or a unique prefix).
+        request: String,
+    },
+    /// Reject a pending request, or remove an approved device.
+    Reject {
+        /// Request id, device id, name or unique prefix.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiKeysCommand {
+    /// Create a user API key and print it (once).
+    Create {
+        /// Whose key (platform admins only; default: yourself).
+        #[arg(long)]
+        email: Option<Email>,
+        /// A label to recognise the key by.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Your API keys (all user keys for platform admins).
+    #[command(alias = "ls")]
+    List,
+    /// Revoke an API key by id.
+    Revoke {
+        /// The key's id (from `m87 api-keys list`).
+        id: KeyId,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RuntimeCommand {
+    /// Register this device (once), wait for approval, then stay enrolled until stopped.
+    ///
+    /// Environment: M87_API_URL, OWNER_REFERENCE (instead of --email/--org),
+    /// M87_APPROVAL_POLL_SECS (poll interval), M87_CONFIG_DIR (state directory).
+    Run {
+        /// Register under this user's scope.
+        #[arg(long, conflicts_with = "org")]
+        email: Option<Email>,
+        /// Register under this organization's scope.
+        #[arg(long)]
+        org: Option<OrgId>,
+        /// The device's name (default: the host name).
+        #[arg(long)]
+        name: Option<DeviceName>,
+    },
+    /// Show this device's registration state.
+    Status,
+    /// Remove this device's credentials (the device id is kept).
+    Logout,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let out = cli.output;
+    match cli.command {
+        Command::Login { api_key, api_url } => commands::login::login(api_key, api_url).await,
+        Command::Logout => commands::login::logout(),
+        Command::Devices { command } => match command {
+            DevicesCommand::List => commands::devices::list(out).await,
+            DevicesCommand::Show { device } => commands::devices::show(&device, out).await,
+            DevicesCommand::Approve { request } => commands::devices::approve(&request, out).await,
+            DevicesCommand::Reject { id } => commands::devices::reject(&id, out).await,
+        },
+        Command::ApiKeys { command } => match command {
+            ApiKeysCommand::Create { email, name } => commands::api_keys::create(email, name, out).await,
+            ApiKeysCommand::List => commands::api_keys::list(out).await,
+            ApiKeysCommand::Revoke { id } => commands::api_keys::revoke(id).await,
+        },
+        Command::Runtime { command } => match command {
+            RuntimeCommand::Run { email, org, name } => commands::runtime::run(email, org, name).await,
+            RuntimeCommand::Status => commands::runtime::status(out),
+            RuntimeCommand::Logout => commands::runtime::logout(),
+        },
+    }
+}
+
+fn hint(err: &anyhow::Error) -> Option<&'static str> {
+    match err.downcast_ref::<m87_agent::http::ApiError>()?.status()? {
+        401 => Some("check M87_API_KEY, or run `m87 login --api-key KEY`"),
+        _ => None,
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match dispatch(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let message = format!("{e:#}");
+            match hint(&e) {
+                Some(h) => eprintln!("error: {message} ({h})"),
+                None => eprintln!("error: {message}"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

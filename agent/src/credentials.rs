@@ -1,0 +1,256 @@
+//! The credentials file, `$M87_CONFIG_DIR/credentials.json` (default `~/.config/m87`), shared by
+//! the device runtime (its device key) and the CLI (the user's key), each in its own section.
+//!
+//! The directory is made 0700 and the file 0600; every write replaces the file atomically
+//! (temporary file, fsync, rename), so a crash never leaves a torn file. Sections this build does
+//! not know are kept as they are.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use m87_events::DeviceId;
+use serde::{Deserialize, Serialize};
+
+/// Why the credentials file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    /// No home directory and no `M87_CONFIG_DIR`.
+    #[error("cannot find a configuration directory: set M87_CONFIG_DIR or HOME")]
+    NoConfigDir,
+    /// Reading or writing failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid JSON of the expected shape.
+    #[error("{path} is not a valid m87 credentials file: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        reason: String,
+    },
+}
+
+/// The configuration directory: `$M87_CONFIG_DIR`, else `$HOME/.config/m87`.
+pub fn config_dir() -> Result<PathBuf, CredentialsError> {
+    if let Some(dir) = std::env::var_os("M87_CONFIG_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| PathBuf::from(h).join(".config").join("m87"))
+        .ok_or(CredentialsError::NoConfigDir)
+}
+
+/// A device's own credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCredentials {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Its API key (`m87d_…`).
+    pub api_key: String,
+    /// The server that issued it.
+    pub api_url: String,
+    /// When it was received.
+    pub issued_at: DateTime<Utc>,
+}
+
+/// A user's stored login.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserCredentials {
+    /// The user's API key (`m87u_…`).
+    pub api_key: String,
+    /// The server it is for.
+    pub api_url: String,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Credentials {
+    /// The device section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceCredentials>,
+    /// The user section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserCredentials>,
+    /// Sections this build does not know, kept as they are.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Where the credentials live.
+#[derive(Debug, Clone)]
+pub struct CredentialsFile {
+    dir: PathBuf,
+}
+
+impl CredentialsFile {
+    /// The file in `dir`.
+    pub fn in_dir(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The file in [`config_dir`].
+    pub fn default_location() -> Result<Self, CredentialsError> {
+        Ok(Self::in_dir(config_dir()?))
+    }
+
+    /// The configuration directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join("credentials.json")
+    }
+
+    /// Reads the file; a missing file is empty credentials.
+    pub fn load(&self) -> Result<Credentials, CredentialsError> {
+        let path = self.path();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| CredentialsError::Invalid {
+                path,
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Credentials::default()),
+            Err(source) => Err(CredentialsError::Io {
+                action: "reading",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Reads, changes and writes back the file. An empty result removes the file.
+    pub fn update(
+        &self,
+        change: impl FnOnce(&mut Credentials),
+    ) -> Result<Credentials, CredentialsError> {
+        let mut creds = self.load()?;
+        change(&mut creds);
+        if creds == Credentials::default() {
+            let path = self.path();
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(CredentialsError::Io {
+                        action: "removing",
+                        path,
+                        source,
+                    });
+                }
+            }
+        } else {
+            let json = serde_json::to_vec_pretty(&creds).map_err(|e| CredentialsError::Invalid {
+                path: self.path(),
+                reason: e.to_string(),
+            })?;
+            write_private(&self.dir, &self.path(), &json)?;
+        }
+        Ok(creds)
+    }
+}
+
+/// Makes `dir` (0700) and writes `contents` to `path` (0600) atomically.
+pub fn write_private(dir: &Path, path: &Path, contents: &[u8]) -> Result<(), CredentialsError> {
+    let io = |action, source| CredentialsError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| io("restricting the directory of", e))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            d.sync_all()?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(|e| io("writing", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_are_kept_apart_and_modes_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = CredentialsFile::in_dir(dir.path().join("m87"));
+        assert_eq!(file.load().unwrap(), Credentials::default());
+        file.update(|c| {
+            c.user = Some(UserCredentials {
+                api_key: "m87u_x".into(),
+                api_url: "https://h".into(),
+            })
+        })
+        .unwrap();
+        file.update(|c| {
+            c.device = Some(DeviceCredentials {
+                device_id: "dev-00000001".parse().unwrap(),
+                api_key: "m87d_y".into(),
+                api_url: "https://h".into(),
+                issued_at: Utc::now(),
+            })
+        })
+        .unwrap();
+        let loaded = file.load().unwrap();
+        assert_eq!(loaded.user.unwrap().api_key, "m87u_x");
+        assert_eq!(loaded.device.unwrap().api_key, "m87d_y");
+        let mode = std::fs::metadata(file.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dmode = std::fs::metadata(file.dir()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(dmode, 0o700);
+        file.update(|c| c.user = None).unwrap();
+        assert!(file.load().unwrap().user.is_none());
+        file.update(|c| c.device = None).unwrap();
+        assert!(!file.path().exists(), "an empty file is removed");
+    }
+
+    #[test]
+    fn unknown_sections_survive_and_garbage_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = CredentialsFile::in_dir(dir.path());
+        std::fs::write(file.path(), r#"{"oauth": {"refresh": "r"}}"#).unwrap();
+        file.update(|c| {
+            c.user = Some(UserCredentials {
+                api_key: "k".into(),
+                api_url: "u".into(),
+            })
+        })
+        .unwrap();
+        let text = std::fs::read_to_string(file.path()).unwrap();
+        assert!(text.contains("refresh"));
+        std::fs::write(file.path(), "not json").unwrap();
+        assert!(matches!(file.load(), Err(CredentialsError::Invalid { .. })));
+    }
+}

@@ -1,0 +1,471 @@
+//! The device runtime's life: register, wait for approval, receive the key once, then stay
+//! enrolled (checking in with the server) until stopped.
+//!
+//! State in the configuration directory, all written atomically with mode 0600:
+//! - `device.json`: the device id, generated once and kept (also across `runtime logout`);
+//! - `registration.json`: a pending request (id and claim secret), so a restarted runtime resumes
+//!   polling the same request instead of registering again;
+//! - `credentials.json`: the device key, in its `device` section (see [`crate::credentials`]).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use m87_events::api::{DeviceStatus, PollRequest, PollResponse, RegisterRequest, RegisterResponse, WhoAmI};
+use m87_events::{DeviceId, DeviceName, RequestId, Scope};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::credentials::{CredentialsError, CredentialsFile, DeviceCredentials, write_private};
+use crate::http::{ApiClient, ApiError};
+
+/// How the runtime is told to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The control plane's URL.
+    pub api_url: String,
+    /// Who the device asks to belong to; needed only to register.
+    pub owner: Option<Scope>,
+    /// The device's name; the host name when absent.
+    pub name: Option<DeviceName>,
+    /// Seconds between approval polls; the server's suggestion when absent.
+    pub poll_interval: Option<Duration>,
+    /// Accept any TLS certificate (development only).
+    pub trust_invalid_cert: bool,
+    /// How often an enrolled runtime checks in with the server.
+    pub check_interval: Duration,
+}
+
+/// Why the runtime stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// No owner was given and the device must register.
+    #[error("this device is not registered yet: give --email EMAIL, --org ID or OWNER_REFERENCE to say who it belongs to")]
+    NoOwner,
+    /// The request was rejected.
+    #[error("registration request {0} was rejected")]
+    Rejected(RequestId),
+    /// The request expired.
+    #[error("registration request {0} expired before anyone approved it; run again to register anew")]
+    Expired(RequestId),
+    /// The device was removed after approval.
+    #[error("this device was removed from the fleet; run `m87 runtime logout` and `m87 runtime run` to register again")]
+    Removed,
+    /// The stored key is refused.
+    #[error("the server refuses this device's key ({0}); run `m87 runtime logout` and `m87 runtime run` to register again")]
+    KeyRefused(String),
+    /// The key was handed out to another poll.
+    #[error("the key for request {0} was already handed out; run again to register anew")]
+    KeyAlreadyIssued(RequestId),
+    /// State files failed.
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    /// The server refused something in a way retrying will not fix.
+    #[error("{0}")]
+    Api(#[from] ApiError),
+}
+
+/// A pending registration, kept so a restart resumes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingRegistration {
+    /// The request.
+    pub request_id: RequestId,
+    /// The secret that releases the key.
+    pub claim_secret: String,
+    /// The server it was sent to.
+    pub api_url: String,
+    /// When it expires.
+    pub expires_at: DateTime<Utc>,
+    /// The poll interval the server suggested, in seconds.
+    #[serde(default = "default_poll_secs")]
+    pub poll_interval_secs: u64,
+}
+
+fn default_poll_secs() -> u64 {
+    10
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct DeviceFile {
+    device_id: DeviceId,
+}
+
+/// The runtime's files in one configuration directory.
+#[derive(Debug, Clone)]
+pub struct RuntimeState {
+    /// The shared credentials file.
+    pub credentials: CredentialsFile,
+}
+
+impl RuntimeState {
+    /// State in the directory of `credentials`.
+    pub fn new(credentials: CredentialsFile) -> Self {
+        Self { credentials }
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.credentials.dir().join(name)
+    }
+
+    fn read_json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>, CredentialsError> {
+        let path = self.file(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| CredentialsError::Invalid { path, reason: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(CredentialsError::Io { action: "reading", path, source }),
+        }
+    }
+
+    fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<(), CredentialsError> {
+        let path = self.file(name);
+        let bytes = serde_json::to_vec_pretty(value).map_err(|e| CredentialsError::Invalid {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        write_private(self.credentials.dir(), &path, &bytes)
+    }
+
+    /// The device id, generated and stored on first use.
+    pub fn device_id(&self) -> Result<DeviceId, CredentialsError> {
+        if let Some(f) = self.read_json::<DeviceFile>("device.json")? {
+            return Ok(f.device_id);
+        }
+        let mut bytes = [0u8; 16];
+        rand::rng().fill_bytes(&mut bytes);
+        let device_id: DeviceId = hex::encode(bytes).parse().map_err(|e: m87_events::ParseIdError| {
+            CredentialsError::Invalid { path: self.file("device.json"), reason: e.to_string() }
+        })?;
+        self.write_json("device.json", &DeviceFile { device_id: device_id.clone() })?;
+        Ok(device_id)
+    }
+
+    /// The stored device id, without creating one.
+    pub fn existing_device_id(&self) -> Result<Option<DeviceId>, CredentialsError> {
+        Ok(self.read_json::<DeviceFile>("device.json")?.map(|f| f.device_id))
+    }
+
+    /// The pending registration, if any.
+    pub fn pending(&self) -> Result<Option<PendingRegistration>, CredentialsError> {
+        self.read_json("registration.json")
+    }
+
+    fn save_pending(&self, p: &PendingRegistration) -> Result<(), CredentialsError> {
+        self.write_json("registration.json", p)
+    }
+
+    /// Forgets the pending registration.
+    pub fn clear_pending(&self) -> Result<(), CredentialsError> {
+        let path = self.file("registration.json");
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(CredentialsError::Io { action: "removing", path, source }),
+        }
+    }
+
+    /// Removes the device's key and any pending registration. Returns whether there was a key.
+    pub fn logout(&self) -> Result<bool, CredentialsError> {
+        let had = self.credentials.load()?.device.is_some();
+        self.credentials.update(|c| c.device = None)?;
+        self.clear_pending()?;
+        Ok(had)
+    }
+}
+
+fn new_claim_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// Waits `d` or until shutdown; returns true when shutting down.
+async fn sleep_or_stop(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    if *shutdown.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = shutdown.changed() => true,
+    }
+}
+
+/// Runs the device runtime until `shutdown` turns true or something final happens.
+pub async fn run(
+    opts: RunOptions,
+    state: RuntimeState,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), RuntimeError> {
+    let creds = match state.credentials.load()?.device {
+        Some(c) => {
+            println!("using stored credentials for device {}", c.device_id);
+            c
+        }
+        None => match register_and_wait(&opts, &state, &mut shutdown).await? {
+            Some(c) => c,
+            None => return Ok(()),
+        },
+    };
+    stay_enrolled(&opts, creds, &mut shutdown).await
+}
+
+async fn register_and_wait(
+    opts: &RunOptions,
+    state: &RuntimeState,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<DeviceCredentials>, RuntimeError> {
+    let client = ApiClient::new(&opts.api_url, None, opts.trust_invalid_cert)?;
+    let device_id = state.device_id()?;
+    let pending = match state.pending()? {
+        Some(p) if p.api_url == client.base_url() && p.expires_at > Utc::now() => {
+            println!("resuming registration request {}", p.request_id);
+            p
+        }
+        _ => {
+            let Some(owner) = opts.owner.clone() else {
+                return Err(RuntimeError::NoOwner);
+            };
+            let Some(p) = register(opts, state, &client, device_id.clone(), owner, shutdown).await? else {
+                return Ok(None);
+            };
+            p
+        }
+    };
+    println!(
+        "registration request {id} is waiting for approval; an approver runs: m87 devices approve {id}",
+        id = pending.request_id
+    );
+    poll_until_decided(opts, state, &client, pending, shutdown).await
+}
+
+async fn register(
+    opts: &RunOptions,
+    state: &RuntimeState,
+    client: &ApiClient,
+    device_id: DeviceId,
+    owner: Scope,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<PendingRegistration>, RuntimeError> {
+    let name = match &opts.name {
+        Some(n) => n.clone(),
+        None => crate::sysinfo::default_name()
+            .parse()
+            .unwrap_or_else(|_| device_id.as_str().parse().unwrap_or_else(|_| fallback_name())),
+    };
+    let claim_secret = new_claim_secret();
+    let request = RegisterRequest {
+        device_id: device_id.clone(),
+        name: name.clone(),
+        owner_scope: owner.clone(),
+        system_info: crate::sysinfo::collect(),
+        claim_secret: claim_secret.clone(),
+    };
+    println!("registering device {device_id} ({name}) with {} as {owner}", client.base_url());
+    let mut backoff = Backoff::new();
+    let response: RegisterResponse = loop {
+        match client.post("/v1/registrations", &request).await {
+            Ok(r) => break r,
+            Err(e) if e.is_transient() => {
+                let wait = backoff.next();
+                eprintln!("registration failed ({e}); retrying in {} s", wait.as_secs());
+                if sleep_or_stop(wait, shutdown).await {
+                    return Ok(None);
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let pending = PendingRegistration {
+        request_id: response.request_id,
+        claim_secret,
+        api_url: client.base_url().to_owned(),
+        expires_at: response.expires_at,
+        poll_interval_secs: response.poll_interval_secs.max(1),
+    };
+    state.save_pending(&pending)?;
+    Ok(Some(pending))
+}
+
+#[allow(clippy::expect_used)] // a constant that is a valid name
+fn fallback_name() -> DeviceName {
+    "device".parse().expect("\"device\" is a valid device name")
+}
+
+async fn poll_until_decided(
+    opts: &RunOptions,
+    state: &RuntimeState,
+    client: &ApiClient,
+    pending: PendingRegistration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<DeviceCredentials>, RuntimeError> {
+    let interval = opts
+        .poll_interval
+        .unwrap_or(Duration::from_secs(pending.poll_interval_secs.max(1)));
+    let minutes = (pending.expires_at - Utc::now()).num_minutes().max(0);
+    println!("polling every {} s for up to {minutes} min", interval.as_secs());
+    let body = PollRequest {
+        claim_secret: pending.claim_secret.clone(),
+    };
+    let path = format!("/v1/registrations/{}/poll", pending.request_id);
+    let mut backoff = Backoff::new();
+    loop {
+        let wait = match client.post::<_, PollResponse>(&path, &body).await {
+            Ok(r) => {
+                backoff = Backoff::new();
+                match r.status {
+                    DeviceStatus::Approved => {
+                        let Some(api_key) = r.api_key else {
+                            state.clear_pending()?;
+                            return Err(RuntimeError::KeyAlreadyIssued(pending.request_id));
+                        };
+                        let creds = DeviceCredentials {
+                            device_id: r.device_id,
+                            api_key,
+                            api_url: client.base_url().to_owned(),
+                            issued_at: Utc::now(),
+                        };
+                        state.credentials.update(|c| c.device = Some(creds.clone()))?;
+                        state.clear_pending()?;
+                        println!(
+                            "approved: device {} is enrolled; credentials saved to {}",
+                            creds.device_id,
+                            state.credentials.path().display()
+                        );
+                        return Ok(Some(creds));
+                    }
+                    DeviceStatus::Pending => interval,
+                    DeviceStatus::Rejected => {
+                        state.clear_pending()?;
+                        return Err(RuntimeError::Rejected(pending.request_id));
+                    }
+                    DeviceStatus::Expired => {
+                        state.clear_pending()?;
+                        return Err(RuntimeError::Expired(pending.request_id));
+                    }
+                    DeviceStatus::Removed => {
+                        state.clear_pending()?;
+                        return Err(RuntimeError::Removed);
+                    }
+                }
+            }
+            Err(ApiError::Status { code, .. }) if code == "credentials_already_issued" => {
+                state.clear_pending()?;
+                return Err(RuntimeError::KeyAlreadyIssued(pending.request_id));
+            }
+            Err(e @ ApiError::Status { status: 401 | 404, .. }) => {
+                // The server does not know this request (or its secret): start over next run.
+                state.clear_pending()?;
+                return Err(e.into());
+            }
+            Err(e) if e.is_transient() => {
+                let wait = backoff.next();
+                eprintln!("polling failed ({e}); retrying in {} s", wait.as_secs());
+                wait
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if Utc::now() > pending.expires_at + chrono::Duration::seconds(30) {
+            state.clear_pending()?;
+            return Err(RuntimeError::Expired(pending.request_id));
+        }
+        if sleep_or_stop(wait, shutdown).await {
+            println!("stopped while waiting; the request stays pending and a restart resumes it");
+            return Ok(None);
+        }
+    }
+}
+
+async fn stay_enrolled(
+    opts: &RunOptions,
+    creds: DeviceCredentials,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), RuntimeError> {
+    let client = ApiClient::new(&creds.api_url, Some(creds.api_key.clone()), opts.trust_invalid_cert)?;
+    let mut announced = false;
+    let mut backoff = Backoff::new();
+    loop {
+        let wait = match client.get::<WhoAmI>("/v1/whoami").await {
+            Ok(_) => {
+                backoff = Backoff::new();
+                if !announced {
+                    println!(
+                        "device {} is approved and checked in with {}",
+                        creds.device_id,
+                        client.base_url()
+                    );
+                    announced = true;
+                }
+                opts.check_interval
+            }
+            Err(ApiError::Status { status: 401, message, .. }) => {
+                return Err(if message.contains("removed") {
+                    RuntimeError::Removed
+                } else {
+                    RuntimeError::KeyRefused(message)
+                });
+            }
+            Err(e) => {
+                let wait = backoff.next();
+                eprintln!("cannot check in with the server ({e}); retrying in {} s", wait.as_secs());
+                wait
+            }
+        };
+        if sleep_or_stop(wait, shutdown).await {
+            return Ok(());
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: first retry within a second, capped at a minute.
+#[derive(Debug)]
+pub struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    /// A fresh backoff.
+    pub fn new() -> Self {
+        Self { attempt: 0 }
+    }
+
+    /// The next wait.
+    pub fn next(&mut self) -> Duration {
+        let cap_ms = (1000u64 << self.attempt.min(6)).min(60_000);
+        self.attempt = self.attempt.saturating_add(1);
+        let jitter = rand::rng().next_u64() % cap_ms.max(1);
+        Duration::from_millis(jitter.max(100))
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_starts_small_and_is_capped() {
+        let mut b = Backoff::new();
+        assert!(b.next() <= Duration::from_secs(1));
+        for _ in 0..20 {
+            assert!(b.next() <= Duration::from_secs(60));
+        }
+    }
+
+    #[test]
+    fn device_id_is_stable_and_survives_logout() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = RuntimeState::new(CredentialsFile::in_dir(dir.path()));
+        assert!(state.existing_device_id().unwrap().is_none());
+        let id = state.device_id().unwrap();
+        assert_eq!(state.device_id().unwrap(), id);
+        assert!(!state.logout().unwrap());
+        assert_eq!(state.existing_device_id().unwrap(), Some(id));
+    }
+}

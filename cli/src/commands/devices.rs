@@ -1,0 +1,205 @@
+//! `m87 devices list|show|approve|reject`.
+
+use anyhow::bail;
+use m87_agent::http::ApiClient;
+use m87_events::api::{DecisionResponse, DeviceStatus, DeviceSummary};
+use m87_events::{DeviceId, RequestId};
+
+use crate::context::user_client;
+use crate::output::{Output, print_json, print_table, when};
+
+async fn fetch(client: &ApiClient) -> anyhow::Result<Vec<DeviceSummary>> {
+    Ok(client.get("/v1/devices").await?)
+}
+
+/// `m87 devices list`.
+pub async fn list(output: Output) -> anyhow::Result<()> {
+    let devices = fetch(&user_client()?).await?;
+    match output {
+        Output::Json => print_json(&devices),
+        Output::Table => {
+            if devices.is_empty() {
+                println!("no devices or registration requests");
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = devices
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.name.to_string(),
+                        d.id.to_string(),
+                        d.status.as_str().to_owned(),
+                        d.owner_scope.to_string(),
+                        d.request_id.to_string(),
+                        when(&d.requested_at),
+                    ]
+                })
+                .collect();
+            print_table(&["NAME", "ID", "STATUS", "OWNER", "REQUEST", "REQUESTED"], &rows);
+            Ok(())
+        }
+    }
+}
+
+/// Finds the rows `wanted` names: a request id, a device id, a name, or a unique prefix.
+fn resolve<'a>(devices: &'a [DeviceSummary], wanted: &str) -> anyhow::Result<Option<&'a DeviceSummary>> {
+    let exact: Vec<_> = devices
+        .iter()
+        .filter(|d| d.request_id.to_string() == wanted || d.id.as_str() == wanted || d.name.as_str() == wanted)
+        .collect();
+    let candidates = if exact.is_empty() {
+        devices
+            .iter()
+            .filter(|d| {
+                d.request_id.to_string().starts_with(wanted)
+                    || d.id.as_str().starts_with(wanted)
+                    || d.name.as_str().starts_with(wanted)
+            })
+            .collect()
+    } else {
+        exact
+    };
+    match candidates.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one)),
+        many => {
+            // Several rows of one device (an enrollment and a newer request): prefer the one
+            // that is pending, then the approved one.
+            let same_device = many.iter().all(|d| d.id == many[0].id);
+            if same_device {
+                return Ok(many
+                    .iter()
+                    .find(|d| d.status == DeviceStatus::Pending)
+                    .or_else(|| many.iter().find(|d| d.status == DeviceStatus::Approved))
+                    .copied());
+            }
+            let names: Vec<String> = many
+                .iter()
+                .map(|d| format!("{} ({}, {})", d.name, d.id, d.status.as_str()))
+                .collect();
+            bail!("{wanted:?} matches several devices: {}; use the full id", names.join(", "))
+        }
+    }
+}
+
+/// `m87 devices show`.
+pub async fn show(wanted: &str, output: Output) -> anyhow::Result<()> {
+    let client = user_client()?;
+    let devices = fetch(&client).await?;
+    let Some(d) = resolve(&devices, wanted)? else {
+        bail!("device {wanted:?} not found");
+    };
+    match output {
+        Output::Json => print_json(d),
+        Output::Table => {
+            let s = &d.system_info;
+            let mut rows = vec![
+                ("name", d.name.to_string()),
+                ("id", d.id.to_string()),
+                ("status", d.status.as_str().to_owned()),
+                ("owner", d.owner_scope.to_string()),
+                ("shared with", d.allowed_scopes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
+                ("request", d.request_id.to_string()),
+                ("requested", when(&d.requested_at)),
+                ("hostname", s.hostname.clone()),
+                ("os", format!("{} ({} {})", s.os_version, s.platform, s.architecture)),
+                ("kernel", s.kernel.clone()),
+                ("cpus", s.cpu_count.to_string()),
+                ("memory", format!("{:.1} GiB", s.memory_bytes as f64 / (1u64 << 30) as f64)),
+            ];
+            if let Some(t) = d.decided_at {
+                rows.push(("decided", format!("{} by {}", when(&t), d.decided_by.clone().unwrap_or_default())));
+            }
+            if d.status == DeviceStatus::Pending {
+                rows.push(("expires", when(&d.expires_at)));
+            }
+            for (k, v) in rows {
+                println!("{k:<12} {v}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `m87 devices approve`.
+pub async fn approve(wanted: &str, output: Output) -> anyhow::Result<()> {
+    let client = user_client()?;
+    let request_id = match wanted.parse::<RequestId>() {
+        Ok(id) => id,
+        Err(_) => {
+            let devices = fetch(&client).await?;
+            let pending: Vec<DeviceSummary> = devices
+                .into_iter()
+                .filter(|d| d.status == DeviceStatus::Pending)
+                .collect();
+            match resolve(&pending, wanted)? {
+                Some(d) => d.request_id,
+                None => bail!("no pending registration request matches {wanted:?}"),
+            }
+        }
+    };
+    let decision: DecisionResponse = client
+        .post(&format!("/v1/registrations/{request_id}/approve"), &serde_json::json!({}))
+        .await?;
+    match output {
+        Output::Json => print_json(&decision),
+        Output::Table => {
+            println!(
+                "approved request {} : device {} is enrolled",
+                decision.request_id, decision.device_id
+            );
+            Ok(())
+        }
+    }
+}
+
+/// What `reject` acts on.
+enum Target {
+    /// A pending registration request.
+    Request(RequestId),
+    /// An approved device.
+    Device(DeviceId, Option<RequestId>),
+}
+
+/// `m87 devices reject`: rejects a pending request, or removes an approved device.
+pub async fn reject(wanted: &str, output: Output) -> anyhow::Result<()> {
+    let client = user_client()?;
+    let devices = fetch(&client).await?;
+    let target = match resolve(&devices, wanted)? {
+        Some(d) if d.status == DeviceStatus::Pending => Target::Request(d.request_id),
+        Some(d) if d.status == DeviceStatus::Approved => Target::Device(d.id.clone(), Some(d.request_id)),
+        Some(d) => bail!("{} ({}) is already {}", d.name, d.id, d.status.as_str()),
+        // Not in the caller's list: let the server answer (it says "not found").
+        None => match (wanted.parse::<RequestId>(), wanted.parse::<DeviceId>()) {
+            (Ok(id), _) => Target::Request(id),
+            (_, Ok(id)) => Target::Device(id, None),
+            _ => bail!("no device or registration request matches {wanted:?}"),
+        },
+    };
+    let decision = match target {
+        Target::Request(id) => {
+            client
+                .post::<_, DecisionResponse>(&format!("/v1/registrations/{id}/reject"), &serde_json::json!({}))
+                .await?
+        }
+        Target::Device(device_id, request_id) => {
+            client.delete(&format!("/v1/devices/{device_id}")).await?;
+            DecisionResponse {
+                request_id: request_id.unwrap_or_default(),
+                device_id,
+                status: DeviceStatus::Removed,
+            }
+        }
+    };
+    match output {
+        Output::Json => print_json(&decision),
+        Output::Table => {
+            if decision.status == DeviceStatus::Removed {
+                println!("removed device {}; its key no longer works", decision.device_id);
+            } else {
+                println!("rejected request {} of device {}", decision.request_id, decision.device_id);
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! `m87 runtime run|status|logout`: the device side.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use m87_agent::http::{api_url_from_env, trust_invalid_cert_from_env};
+use m87_agent::runtime::{RunOptions, RuntimeState};
+use m87_events::{DeviceName, Email, OrgId, Scope};
+use tokio::sync::watch;
+
+use crate::context::{DEFAULT_API_URL, credentials_file};
+use crate::output::{Output, print_json, when};
+
+fn seconds_from_env(name: &str) -> anyhow::Result<Option<Duration>> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => {
+            let secs: u64 = v
+                .trim()
+                .parse()
+                .with_context(|| format!("{name} must be a whole number of seconds, not {v:?}"))?;
+            Ok(Some(Duration::from_secs(secs.max(1))))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The owner from `--email`, `--org` or `OWNER_REFERENCE` (an email or a scope).
+fn owner(email: Option<Email>, org: Option<OrgId>) -> anyhow::Result<Option<Scope>> {
+    if let Some(e) = email {
+        return Ok(Some(Scope::user(&e)));
+    }
+    if let Some(o) = org {
+        return Ok(Some(Scope::org(&o)));
+    }
+    match std::env::var("OWNER_REFERENCE") {
+        Ok(r) if !r.trim().is_empty() => {
+            let r = r.trim();
+            let scope = if r.contains(':') {
+                r.parse::<Scope>()
+            } else {
+                r.parse::<Email>().map(|e| Scope::user(&e))
+            };
+            Ok(Some(scope.with_context(|| {
+                format!("OWNER_REFERENCE {r:?} must be an email, user:<email> or org:<id>")
+            })?))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn shutdown_on_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// `m87 runtime run`.
+pub async fn run(email: Option<Email>, org: Option<OrgId>, name: Option<DeviceName>) -> anyhow::Result<()> {
+    let file = credentials_file()?;
+    let stored_url = file.load()?.device.map(|d| d.api_url);
+    let api_url = api_url_from_env()
+        .or(stored_url)
+        .unwrap_or_else(|| DEFAULT_API_URL.to_owned());
+    let opts = RunOptions {
+        api_url,
+        owner: owner(email, org)?,
+        name,
+        poll_interval: seconds_from_env("M87_APPROVAL_POLL_SECS")?,
+        trust_invalid_cert: trust_invalid_cert_from_env(),
+        check_interval: seconds_from_env("M87_CHECK_INTERVAL_SECS")?.unwrap_or(Duration::from_secs(60)),
+    };
+    m87_agent::runtime::run(opts, RuntimeState::new(file), shutdown_on_signal()).await?;
+    Ok(())
+}
+
+/// `m87 runtime status`.
+pub fn status(output: Output) -> anyhow::Result<()> {
+    let file = credentials_file()?;
+    let state = RuntimeState::new(file.clone());
+    let device = file.load()?.device;
+    let pending = state.pending()?;
+    let device_id = state.existing_device_id()?;
+    let status = if device.is_some() {
+        "approved"
+    } else if pending.is_some() {
+        "pending"
+    } else {
+        "not registered"
+    };
+    match output {
+        Output::Json => print_json(&serde_json::json!({
+            "status": status,
+            "device_id": device_id,
+            "api_url": device.as_ref().map(|d| d.api_url.clone()).or(pending.as_ref().map(|p| p.api_url.clone())),
+            "issued_at": device.as_ref().map(|d| d.issued_at),
+            "request_id": pending.as_ref().map(|p| p.request_id),
+            "expires_at": pending.as_ref().map(|p| p.expires_at),
+            "config_dir": file.dir(),
+        })),
+        Output::Table => {
+            println!("status       {status}");
+            println!(
+                "device id    {}",
+                device_id.map(|d| d.to_string()).unwrap_or_else(|| "(none yet)".into())
+            );
+            if let Some(d) = &device {
+                println!("server       {}", d.api_url);
+                println!("approved     {}", when(&d.issued_at));
+            }
+            if let Some(p) = &pending {
+                println!("server       {}", p.api_url);
+                println!("request      {}", p.request_id);
+                println!("expires      {}", when(&p.expires_at));
+            }
+            println!("config dir   {}", file.dir().display());
+            Ok(())
+        }
+    }
+}
+
+/// `m87 runtime logout`.
+pub fn logout() -> anyhow::Result<()> {
+    let file = credentials_file()?;
+    if RuntimeState::new(file.clone()).logout()? {
+        println!("removed this device's credentials from {}", file.path().display());
+    } else {
+        println!("this device has no stored credentials");
+    }
+    Ok(())
+}
