@@ -151,3 +151,12 @@ fn spawn_expiry_sweeper(cp: ControlPlane, mut shutdown: watch::Receiver<bool>) {
         }
     });
 }
+
+/// The in-memory twin of [`open_single_machine`], for fast tests: memory store and read
+/// models, no bus; every command brings the projections up to date before it answers.
+pub async fn open_in_memory(settings: Settings) -> anyhow::Result<ControlPlane> {
+    let store: Arc<dyn EventStore> = Arc::new(crate::store::memory::MemoryStore::new());
+    let read: Arc<dyn ReadStore> = Arc::new(crate::projections::store::MemoryReadStore::new());
+    let projector = Projector::new(Arc::clone(&store), Arc::clone(&read), all_projections()).await?;
+    Ok(ControlPlane::new(store, read, projector, None, settings))
+}

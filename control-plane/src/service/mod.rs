@@ -99,6 +99,11 @@ impl ControlPlane {
         &self.projector
     }
 
+    /// The read models.
+    pub fn read_store(&self) -> &Arc<dyn ReadStore> {
+        &self.read
+    }
+
     /// The event store.
     pub fn store(&self) -> &Arc<dyn EventStore> {
         &self.store
