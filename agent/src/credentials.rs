@@ -151,10 +151,11 @@ impl CredentialsFile {
                 }
             }
         } else {
-            let json = serde_json::to_vec_pretty(&creds).map_err(|e| CredentialsError::Invalid {
-                path: self.path(),
-                reason: e.to_string(),
-            })?;
+            let json =
+                serde_json::to_vec_pretty(&creds).map_err(|e| CredentialsError::Invalid {
+                    path: self.path(),
+                    reason: e.to_string(),
+                })?;
             write_private(&self.dir, &self.path(), &json)?;
         }
         Ok(creds)

@@ -60,7 +60,12 @@ impl ApiError {
 /// Whether `M87_TRUST_INVALID_CERT` asks to accept any certificate.
 pub fn trust_invalid_cert_from_env() -> bool {
     std::env::var("M87_TRUST_INVALID_CERT")
-        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+        .map(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
+        })
         .unwrap_or(false)
 }
 

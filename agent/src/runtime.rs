@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use m87_events::api::{DeviceStatus, PollRequest, PollResponse, RegisterRequest, RegisterResponse, WhoAmI};
+use m87_events::api::{
+    DeviceStatus, PollRequest, PollResponse, RegisterRequest, RegisterResponse, WhoAmI,
+};
 use m87_events::{DeviceId, DeviceName, RequestId, Scope};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -41,19 +43,27 @@ pub struct RunOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// No owner was given and the device must register.
-    #[error("this device is not registered yet: give --email EMAIL, --org ID or OWNER_REFERENCE to say who it belongs to")]
+    #[error(
+        "this device is not registered yet: give --email EMAIL, --org ID or OWNER_REFERENCE to say who it belongs to"
+    )]
     NoOwner,
     /// The request was rejected.
     #[error("registration request {0} was rejected")]
     Rejected(RequestId),
     /// The request expired.
-    #[error("registration request {0} expired before anyone approved it; run again to register anew")]
+    #[error(
+        "registration request {0} expired before anyone approved it; run again to register anew"
+    )]
     Expired(RequestId),
     /// The device was removed after approval.
-    #[error("this device was removed from the fleet; run `m87 runtime logout` and `m87 runtime run` to register again")]
+    #[error(
+        "this device was removed from the fleet; run `m87 runtime logout` and `m87 runtime run` to register again"
+    )]
     Removed,
     /// The stored key is refused.
-    #[error("the server refuses this device's key ({0}); run `m87 runtime logout` and `m87 runtime run` to register again")]
+    #[error(
+        "the server refuses this device's key ({0}); run `m87 runtime logout` and `m87 runtime run` to register again"
+    )]
     KeyRefused(String),
     /// The key was handed out to another poll.
     #[error("the key for request {0} was already handed out; run again to register anew")]
@@ -108,14 +118,26 @@ impl RuntimeState {
         self.credentials.dir().join(name)
     }
 
-    fn read_json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>, CredentialsError> {
+    fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, CredentialsError> {
         let path = self.file(name);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| CredentialsError::Invalid { path, reason: e.to_string() }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| CredentialsError::Invalid {
+                        path,
+                        reason: e.to_string(),
+                    })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(CredentialsError::Io { action: "reading", path, source }),
+            Err(source) => Err(CredentialsError::Io {
+                action: "reading",
+                path,
+                source,
+            }),
         }
     }
 
@@ -135,16 +157,27 @@ impl RuntimeState {
         }
         let mut bytes = [0u8; 16];
         rand::rng().fill_bytes(&mut bytes);
-        let device_id: DeviceId = hex::encode(bytes).parse().map_err(|e: m87_events::ParseIdError| {
-            CredentialsError::Invalid { path: self.file("device.json"), reason: e.to_string() }
-        })?;
-        self.write_json("device.json", &DeviceFile { device_id: device_id.clone() })?;
+        let device_id: DeviceId =
+            hex::encode(bytes)
+                .parse()
+                .map_err(|e: m87_events::ParseIdError| CredentialsError::Invalid {
+                    path: self.file("device.json"),
+                    reason: e.to_string(),
+                })?;
+        self.write_json(
+            "device.json",
+            &DeviceFile {
+                device_id: device_id.clone(),
+            },
+        )?;
         Ok(device_id)
     }
 
     /// The stored device id, without creating one.
     pub fn existing_device_id(&self) -> Result<Option<DeviceId>, CredentialsError> {
-        Ok(self.read_json::<DeviceFile>("device.json")?.map(|f| f.device_id))
+        Ok(self
+            .read_json::<DeviceFile>("device.json")?
+            .map(|f| f.device_id))
     }
 
     /// The pending registration, if any.
@@ -162,7 +195,11 @@ impl RuntimeState {
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(CredentialsError::Io { action: "removing", path, source }),
+            Err(source) => Err(CredentialsError::Io {
+                action: "removing",
+                path,
+                source,
+            }),
         }
     }
 
@@ -227,7 +264,9 @@ async fn register_and_wait(
             let Some(owner) = opts.owner.clone() else {
                 return Err(RuntimeError::NoOwner);
             };
-            let Some(p) = register(opts, state, &client, device_id.clone(), owner, shutdown).await? else {
+            let Some(p) =
+                register(opts, state, &client, device_id.clone(), owner, shutdown).await?
+            else {
                 return Ok(None);
             };
             p
@@ -250,9 +289,12 @@ async fn register(
 ) -> Result<Option<PendingRegistration>, RuntimeError> {
     let name = match &opts.name {
         Some(n) => n.clone(),
-        None => crate::sysinfo::default_name()
-            .parse()
-            .unwrap_or_else(|_| device_id.as_str().parse().unwrap_or_else(|_| fallback_name())),
+        None => crate::sysinfo::default_name().parse().unwrap_or_else(|_| {
+            device_id
+                .as_str()
+                .parse()
+                .unwrap_or_else(|_| fallback_name())
+        }),
     };
     let claim_secret = new_claim_secret();
     let request = RegisterRequest {
@@ -262,14 +304,20 @@ async fn register(
         system_info: crate::sysinfo::collect(),
         claim_secret: claim_secret.clone(),
     };
-    println!("registering device {device_id} ({name}) with {} as {owner}", client.base_url());
+    println!(
+        "registering device {device_id} ({name}) with {} as {owner}",
+        client.base_url()
+    );
     let mut backoff = Backoff::new();
     let response: RegisterResponse = loop {
         match client.post("/v1/registrations", &request).await {
             Ok(r) => break r,
             Err(e) if e.is_transient() => {
-                let wait = backoff.next();
-                eprintln!("registration failed ({e}); retrying in {} s", wait.as_secs());
+                let wait = backoff.next_wait();
+                eprintln!(
+                    "registration failed ({e}); retrying in {} s",
+                    wait.as_secs()
+                );
                 if sleep_or_stop(wait, shutdown).await {
                     return Ok(None);
                 }
@@ -304,7 +352,10 @@ async fn poll_until_decided(
         .poll_interval
         .unwrap_or(Duration::from_secs(pending.poll_interval_secs.max(1)));
     let minutes = (pending.expires_at - Utc::now()).num_minutes().max(0);
-    println!("polling every {} s for up to {minutes} min", interval.as_secs());
+    println!(
+        "polling every {} s for up to {minutes} min",
+        interval.as_secs()
+    );
     let body = PollRequest {
         claim_secret: pending.claim_secret.clone(),
     };
@@ -326,7 +377,9 @@ async fn poll_until_decided(
                             api_url: client.base_url().to_owned(),
                             issued_at: Utc::now(),
                         };
-                        state.credentials.update(|c| c.device = Some(creds.clone()))?;
+                        state
+                            .credentials
+                            .update(|c| c.device = Some(creds.clone()))?;
                         state.clear_pending()?;
                         println!(
                             "approved: device {} is enrolled; credentials saved to {}",
@@ -354,13 +407,17 @@ async fn poll_until_decided(
                 state.clear_pending()?;
                 return Err(RuntimeError::KeyAlreadyIssued(pending.request_id));
             }
-            Err(e @ ApiError::Status { status: 401 | 404, .. }) => {
+            Err(
+                e @ ApiError::Status {
+                    status: 401 | 404, ..
+                },
+            ) => {
                 // The server does not know this request (or its secret): start over next run.
                 state.clear_pending()?;
                 return Err(e.into());
             }
             Err(e) if e.is_transient() => {
-                let wait = backoff.next();
+                let wait = backoff.next_wait();
                 eprintln!("polling failed ({e}); retrying in {} s", wait.as_secs());
                 wait
             }
@@ -382,7 +439,11 @@ async fn stay_enrolled(
     creds: DeviceCredentials,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), RuntimeError> {
-    let client = ApiClient::new(&creds.api_url, Some(creds.api_key.clone()), opts.trust_invalid_cert)?;
+    let client = ApiClient::new(
+        &creds.api_url,
+        Some(creds.api_key.clone()),
+        opts.trust_invalid_cert,
+    )?;
     let mut announced = false;
     let mut backoff = Backoff::new();
     loop {
@@ -399,7 +460,11 @@ async fn stay_enrolled(
                 }
                 opts.check_interval
             }
-            Err(ApiError::Status { status: 401, message, .. }) => {
+            Err(ApiError::Status {
+                status: 401,
+                message,
+                ..
+            }) => {
                 return Err(if message.contains("removed") {
                     RuntimeError::Removed
                 } else {
@@ -407,8 +472,11 @@ async fn stay_enrolled(
                 });
             }
             Err(e) => {
-                let wait = backoff.next();
-                eprintln!("cannot check in with the server ({e}); retrying in {} s", wait.as_secs());
+                let wait = backoff.next_wait();
+                eprintln!(
+                    "cannot check in with the server ({e}); retrying in {} s",
+                    wait.as_secs()
+                );
                 wait
             }
         };
@@ -431,7 +499,7 @@ impl Backoff {
     }
 
     /// The next wait.
-    pub fn next(&mut self) -> Duration {
+    pub fn next_wait(&mut self) -> Duration {
         let cap_ms = (1000u64 << self.attempt.min(6)).min(60_000);
         self.attempt = self.attempt.saturating_add(1);
         let jitter = rand::rng().next_u64() % cap_ms.max(1);
@@ -452,9 +520,9 @@ mod tests {
     #[test]
     fn backoff_starts_small_and_is_capped() {
         let mut b = Backoff::new();
-        assert!(b.next() <= Duration::from_secs(1));
+        assert!(b.next_wait() <= Duration::from_secs(1));
         for _ in 0..20 {
-            assert!(b.next() <= Duration::from_secs(60));
+            assert!(b.next_wait() <= Duration::from_secs(60));
         }
     }
 

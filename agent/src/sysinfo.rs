@@ -58,7 +58,9 @@ pub fn collect() -> SystemInfo {
         platform: std::env::consts::OS.to_owned(),
         architecture: std::env::consts::ARCH.to_owned(),
         os_version: clip(os_release().unwrap_or_else(|| "unknown".into())),
-        kernel: clip(read_trimmed("/proc/sys/kernel/osrelease").unwrap_or_else(|| "unknown".into())),
+        kernel: clip(
+            read_trimmed("/proc/sys/kernel/osrelease").unwrap_or_else(|| "unknown".into()),
+        ),
         cpu_count: std::thread::available_parallelism()
             .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
             .unwrap_or(1),
@@ -70,10 +72,20 @@ pub fn collect() -> SystemInfo {
 pub fn default_name() -> String {
     let cleaned: String = hostname()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(64)
         .collect();
-    if cleaned.is_empty() { "device".into() } else { cleaned }
+    if cleaned.is_empty() {
+        "device".into()
+    } else {
+        cleaned
+    }
 }
 
 #[cfg(test)]

@@ -26,12 +26,19 @@ pub fn user_api_url() -> anyhow::Result<String> {
 
 /// A client acting as the user: `M87_API_KEY`, else the stored key.
 pub fn user_client() -> anyhow::Result<ApiClient> {
-    let key = match std::env::var("M87_API_KEY").ok().filter(|k| !k.trim().is_empty()) {
+    let key = match std::env::var("M87_API_KEY")
+        .ok()
+        .filter(|k| !k.trim().is_empty())
+    {
         Some(k) => k.trim().to_owned(),
         None => match credentials_file()?.load()?.user {
             Some(u) => u.api_key,
             None => bail!("not logged in: run `m87 login --api-key KEY` or set M87_API_KEY"),
         },
     };
-    Ok(ApiClient::new(&user_api_url()?, Some(key), trust_invalid_cert_from_env())?)
+    Ok(ApiClient::new(
+        &user_api_url()?,
+        Some(key),
+        trust_invalid_cert_from_env(),
+    )?)
 }

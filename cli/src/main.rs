@@ -30,8 +30,9 @@ struct Cli {
 enum Command {
     /// Store an API key so commands do not need M87_API_KEY.
     Login {
-        /// A user API key (m87u_…), from `m87 api-keys create` or the server's admin.key.
-        #[arg(long, env = "M87_LOGIN_API_KEY", hide_env_values = true)]
+        /// A user API key (m87u_…), from `m87 api-keys create` or the server's admin.key;
+        /// `-` reads it from standard input (keeps it out of the process list).
+        #[arg(long)]
         api_key: String,
         /// The server (default: M87_API_URL, else https://127.0.0.1:8085).
         #[arg(long)]
@@ -123,14 +124,21 @@ enum RuntimeCommand {
     Logout,
 }
 
+/// Logs go to stderr, filtered by RUST_LOG (default: warnings); M87_LOG_FORMAT=json gives JSON
+/// lines.
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let json = std::env::var("M87_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -145,12 +153,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             DevicesCommand::Reject { id } => commands::devices::reject(&id, out).await,
         },
         Command::ApiKeys { command } => match command {
-            ApiKeysCommand::Create { email, name } => commands::api_keys::create(email, name, out).await,
+            ApiKeysCommand::Create { email, name } => {
+                commands::api_keys::create(email, name, out).await
+            }
             ApiKeysCommand::List => commands::api_keys::list(out).await,
             ApiKeysCommand::Revoke { id } => commands::api_keys::revoke(id).await,
         },
         Command::Runtime { command } => match command {
-            RuntimeCommand::Run { email, org, name } => commands::runtime::run(email, org, name).await,
+            RuntimeCommand::Run { email, org, name } => {
+                commands::runtime::run(email, org, name).await
+            }
             RuntimeCommand::Status => commands::runtime::status(out),
             RuntimeCommand::Logout => commands::runtime::logout(),
         },

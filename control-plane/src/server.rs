@@ -45,17 +45,22 @@ pub async fn open_single_machine(
     let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&db)?);
     let read: Arc<dyn ReadStore> = Arc::new(SqliteReadStore::open(&db)?);
     let bus = Arc::new(InProcessBus::new(1024));
-    let projector = Projector::new(Arc::clone(&store), Arc::clone(&read), all_projections()).await?;
-    projector.catch_up().await.context("bringing read models up to date")?;
+    let projector =
+        Projector::new(Arc::clone(&store), Arc::clone(&read), all_projections()).await?;
+    projector
+        .catch_up()
+        .await
+        .context("bringing read models up to date")?;
     projector.clone().spawn(bus.as_ref(), shutdown.clone());
     let head = store.head().await?;
-    let publisher = Publisher::spawn(
-        Arc::clone(&store),
-        bus as Arc<dyn EventBus>,
-        head,
-        shutdown,
-    );
-    Ok(ControlPlane::new(store, read, projector, Some(publisher), settings))
+    let publisher = Publisher::spawn(Arc::clone(&store), bus as Arc<dyn EventBus>, head, shutdown);
+    Ok(ControlPlane::new(
+        store,
+        read,
+        projector,
+        Some(publisher),
+        settings,
+    ))
 }
 
 /// Rebuilds one projection (or all) from the event log of the data directory, offline.
@@ -67,7 +72,9 @@ pub async fn rebuild_projections(data_dir: &Path, name: Option<&str>) -> anyhow:
     let projector = Projector::new(Arc::clone(&store), read, all_projections()).await?;
     match projector.rebuild(name).await {
         Ok(()) => Ok(projector.progress()),
-        Err(RebuildError::Unknown(n)) => anyhow::bail!("no projection named {n}; known: registrations, devices, api_keys"),
+        Err(RebuildError::Unknown(n)) => {
+            anyhow::bail!("no projection named {n}; known: registrations, devices, api_keys")
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -92,9 +99,14 @@ pub async fn run(
     on_started: impl FnOnce(&Started),
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let cp = open_single_machine(&config.data_dir, config.settings.clone(), stop_rx.clone()).await?;
+    let cp =
+        open_single_machine(&config.data_dir, config.settings.clone(), stop_rx.clone()).await?;
 
-    let admin_key_path = match cp.bootstrap_admin_key().await.context("creating the admin key")? {
+    let admin_key_path = match cp
+        .bootstrap_admin_key()
+        .await
+        .context("creating the admin key")?
+    {
         Some(key) => {
             let path = config.data_dir.join(ADMIN_KEY_FILE);
             tls::write_private_file(&path, format!("{key}\n").as_bytes())
@@ -157,6 +169,7 @@ fn spawn_expiry_sweeper(cp: ControlPlane, mut shutdown: watch::Receiver<bool>) {
 pub async fn open_in_memory(settings: Settings) -> anyhow::Result<ControlPlane> {
     let store: Arc<dyn EventStore> = Arc::new(crate::store::memory::MemoryStore::new());
     let read: Arc<dyn ReadStore> = Arc::new(crate::projections::store::MemoryReadStore::new());
-    let projector = Projector::new(Arc::clone(&store), Arc::clone(&read), all_projections()).await?;
+    let projector =
+        Projector::new(Arc::clone(&store), Arc::clone(&read), all_projections()).await?;
     Ok(ControlPlane::new(store, read, projector, None, settings))
 }

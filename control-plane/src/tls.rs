@@ -117,14 +117,19 @@ pub fn load_or_create(
 
 fn create_self_signed(dir: &Path, cert_path: &Path, key_path: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
         let h = h.trim();
         if !h.is_empty() && h != "localhost" {
             names.push(h.to_owned());
         }
     }
-    let certified = rcgen::generate_simple_self_signed(names).context("generating a certificate")?;
+    let certified =
+        rcgen::generate_simple_self_signed(names).context("generating a certificate")?;
     write_private_file(key_path, certified.signing_key.serialize_pem().as_bytes())
         .with_context(|| format!("writing {}", key_path.display()))?;
     std::fs::write(cert_path, certified.cert.pem())

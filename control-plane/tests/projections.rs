@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use m87_control_plane::config::Settings;
-use m87_control_plane::projections::models::{API_KEYS, DEVICE_KEYS, DEVICES, KEY_HASHES, REGISTRATIONS};
+use m87_control_plane::projections::models::{
+    API_KEYS, DEVICE_KEYS, DEVICES, KEY_HASHES, REGISTRATIONS,
+};
 use m87_control_plane::projections::store::{MemoryReadStore, ReadStore};
 use m87_control_plane::projections::{Projector, all_projections};
 use m87_control_plane::server::open_single_machine;
@@ -44,24 +46,45 @@ async fn scenario(cp: &ControlPlane) {
     let key = cp.bootstrap_admin_key().await.unwrap().unwrap();
     let admin = cp.authenticate(&key).await.unwrap();
     let bob_key = cp
-        .create_api_key(&admin, CreateApiKeyRequest { email: Some("bob@example.com".parse().unwrap()), name: Some("ci".into()) }, &meta)
+        .create_api_key(
+            &admin,
+            CreateApiKeyRequest {
+                email: Some("bob@example.com".parse().unwrap()),
+                name: Some("ci".into()),
+            },
+            &meta,
+        )
         .await
         .unwrap();
-    for (i, device) in ["device-0001", "device-0002", "device-0003"].iter().enumerate() {
-        let r = cp.request_registration(request(device, "user:admin@localhost"), &meta).await.unwrap();
+    for (i, device) in ["device-0001", "device-0002", "device-0003"]
+        .iter()
+        .enumerate()
+    {
+        let r = cp
+            .request_registration(request(device, "user:admin@localhost"), &meta)
+            .await
+            .unwrap();
         match i {
             0 => {
                 cp.approve(&admin, r.request_id, &meta).await.unwrap();
                 cp.poll(r.request_id, SECRET, &meta).await.unwrap();
-                cp.change_access(&admin, &device.parse().unwrap(), &"user:bob@example.com".parse().unwrap(), true, &meta)
-                    .await
-                    .unwrap();
+                cp.change_access(
+                    &admin,
+                    &device.parse().unwrap(),
+                    &"user:bob@example.com".parse().unwrap(),
+                    true,
+                    &meta,
+                )
+                .await
+                .unwrap();
             }
             1 => cp.reject(&admin, r.request_id, &meta).await.unwrap(),
             _ => {
                 cp.approve(&admin, r.request_id, &meta).await.unwrap();
                 cp.poll(r.request_id, SECRET, &meta).await.unwrap();
-                cp.remove_device(&admin, &device.parse().unwrap(), &meta).await.unwrap();
+                cp.remove_device(&admin, &device.parse().unwrap(), &meta)
+                    .await
+                    .unwrap();
             }
         }
     }
@@ -72,24 +95,40 @@ async fn scenario(cp: &ControlPlane) {
 async fn sqlite_rebuild_equals_live_and_memory_replay() {
     let dir = tempfile::tempdir().unwrap();
     let (_stop, stop_rx) = watch::channel(false);
-    let cp = open_single_machine(dir.path(), Settings::default(), stop_rx).await.unwrap();
+    let cp = open_single_machine(dir.path(), Settings::default(), stop_rx)
+        .await
+        .unwrap();
     scenario(&cp).await;
     let head = cp.store().head().await.unwrap();
-    assert!(cp.projector().wait_for(head, std::time::Duration::from_secs(5)).await);
+    assert!(
+        cp.projector()
+            .wait_for(head, std::time::Duration::from_secs(5))
+            .await
+    );
     let live = snapshot(cp.read_store().as_ref()).await;
     assert_eq!(live[DEVICES].len(), 2);
     assert_eq!(live[REGISTRATIONS].len(), 3);
     assert_eq!(live[API_KEYS].len(), 4, "admin, bob, two device keys");
 
     cp.projector().rebuild(None).await.unwrap();
-    assert_eq!(snapshot(cp.read_store().as_ref()).await, live, "rebuild differs from live");
+    assert_eq!(
+        snapshot(cp.read_store().as_ref()).await,
+        live,
+        "rebuild differs from live"
+    );
     cp.projector().rebuild(Some("devices")).await.unwrap();
     assert_eq!(snapshot(cp.read_store().as_ref()).await, live);
     assert!(cp.projector().rebuild(Some("nope")).await.is_err());
 
     // The same log replayed into a fresh in-memory read store gives the same documents.
     let fresh: Arc<dyn ReadStore> = Arc::new(MemoryReadStore::new());
-    let replay = Projector::new(Arc::clone(cp.store()), Arc::clone(&fresh), all_projections()).await.unwrap();
+    let replay = Projector::new(
+        Arc::clone(cp.store()),
+        Arc::clone(&fresh),
+        all_projections(),
+    )
+    .await
+    .unwrap();
     replay.catch_up().await.unwrap();
     assert_eq!(replay.progress(), head);
     assert_eq!(snapshot(fresh.as_ref()).await, live);
@@ -99,7 +138,9 @@ async fn sqlite_rebuild_equals_live_and_memory_replay() {
 async fn reapplying_an_event_changes_nothing() {
     reapply_on(&MemoryReadStore::new()).await;
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = m87_control_plane::projections::store::SqliteReadStore::open(&dir.path().join("m87.db")).unwrap();
+    let sqlite =
+        m87_control_plane::projections::store::SqliteReadStore::open(&dir.path().join("m87.db"))
+            .unwrap();
     reapply_on(&sqlite).await;
 }
 
@@ -115,8 +156,16 @@ async fn reapply_on(read: &dyn ReadStore) {
         id: "a".into(),
         doc: serde_json::json!({"v": 2}),
     };
-    assert!(!read.commit("devices", 5, vec![again.clone()]).await.unwrap());
+    assert!(
+        !read
+            .commit("devices", 5, vec![again.clone()])
+            .await
+            .unwrap()
+    );
     assert!(!read.commit("devices", 3, vec![again]).await.unwrap());
-    assert_eq!(read.get(DEVICES, "a").await.unwrap(), Some(serde_json::json!({"v": 1})));
+    assert_eq!(
+        read.get(DEVICES, "a").await.unwrap(),
+        Some(serde_json::json!({"v": 1}))
+    );
     assert_eq!(read.checkpoint("devices").await.unwrap(), 5);
 }

@@ -118,7 +118,9 @@ fn parse_email(s: String) -> Result<String, ParseIdError> {
     if local.is_empty() || domain.is_empty() || domain.contains('@') {
         return Err(ParseIdError::new(WHAT, "must look like name@domain"));
     }
-    if s.chars().any(|c| c.is_whitespace() || c.is_control() || c == ':') {
+    if s.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == ':')
+    {
         return Err(ParseIdError::new(
             WHAT,
             "must not contain spaces, control characters or ':'",
@@ -296,7 +298,15 @@ mod tests {
         );
         let o: Scope = "org:acme-robots".parse().unwrap();
         assert_eq!(o.kind(), ScopeKind::Org("acme-robots".parse().unwrap()));
-        for bad in ["", "user:", "org:", "team:x", "user:no-at", "org:UPPER", "alice"] {
+        for bad in [
+            "",
+            "user:",
+            "org:",
+            "team:x",
+            "user:no-at",
+            "org:UPPER",
+            "alice",
+        ] {
             assert!(bad.parse::<Scope>().is_err(), "{bad} should be refused");
         }
     }

@@ -73,7 +73,9 @@ pub enum MigrateError {
     #[error("cannot read applied schema migrations: {0}")]
     Bookkeeping(#[from] rusqlite::Error),
     /// The database was written by a newer m87.
-    #[error("database schema version {found} is newer than this build knows ({known}); upgrade m87")]
+    #[error(
+        "database schema version {found} is newer than this build knows ({known}); upgrade m87"
+    )]
     TooNew {
         /// Highest recorded version.
         found: u32,

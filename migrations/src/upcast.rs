@@ -81,7 +81,12 @@ mod tests {
         let (v, data) = upcast_with(TEST_STEPS, "Example", 1, json!({"host": "a"}));
         assert_eq!(v, 3);
         assert_eq!(data, json!({"hostname": "a", "cpu_count": 1}));
-        let (v, data) = upcast_with(TEST_STEPS, "Example", 2, json!({"hostname": "b", "cpu_count": 4}));
+        let (v, data) = upcast_with(
+            TEST_STEPS,
+            "Example",
+            2,
+            json!({"hostname": "b", "cpu_count": 4}),
+        );
         assert_eq!((v, data), (3, json!({"hostname": "b", "cpu_count": 4})));
     }
 

@@ -55,7 +55,12 @@ enum ProjectionsCommand {
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
     /// Where m87 keeps its database, TLS certificate and bootstrap admin key.
-    #[arg(long, env = "M87_DATA_DIR", default_value = "./m87-data", global = true)]
+    #[arg(
+        long,
+        env = "M87_DATA_DIR",
+        default_value = "./m87-data",
+        global = true
+    )]
     data_dir: PathBuf,
 
     /// Address of the HTTPS REST API.
@@ -71,7 +76,12 @@ struct ServeArgs {
     tls_key: Option<PathBuf>,
 
     /// Platform admins, comma-separated; the first receives the bootstrap API key.
-    #[arg(long, env = "M87_ADMIN_EMAILS", value_delimiter = ',', default_value = "admin@localhost")]
+    #[arg(
+        long,
+        env = "M87_ADMIN_EMAILS",
+        value_delimiter = ',',
+        default_value = "admin@localhost"
+    )]
     admin_emails: Vec<m87_events::Email>,
 
     /// Seconds a registration request waits for a decision.
@@ -108,13 +118,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -174,7 +185,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding the API to {}", args.api_listen))?;
     server::run(config, listener, shutdown_signal(), |started| {
         println!("m87-server listening on https://{}", started.api_addr);
-        println!("TLS certificate SHA-256 fingerprint: {}", started.fingerprint);
+        println!(
+            "TLS certificate SHA-256 fingerprint: {}",
+            started.fingerprint
+        );
         if let Some(path) = &started.admin_key_path {
             println!("platform admin API key written to {}", path.display());
         }

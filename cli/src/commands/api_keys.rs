@@ -7,7 +7,11 @@ use crate::context::user_client;
 use crate::output::{Output, print_json, print_table, when};
 
 /// `m87 api-keys create`.
-pub async fn create(email: Option<Email>, name: Option<String>, output: Output) -> anyhow::Result<()> {
+pub async fn create(
+    email: Option<Email>,
+    name: Option<String>,
+    output: Output,
+) -> anyhow::Result<()> {
     let created: CreatedApiKey = user_client()?
         .post("/v1/api-keys", &CreateApiKeyRequest { email, name })
         .await?;
@@ -43,7 +47,9 @@ pub async fn list(output: Output) -> anyhow::Result<()> {
                         k.name.clone(),
                         k.hint.clone(),
                         when(&k.created_at),
-                        k.revoked_at.map(|t| format!("revoked {}", when(&t))).unwrap_or_else(|| "active".into()),
+                        k.revoked_at
+                            .map(|t| format!("revoked {}", when(&t)))
+                            .unwrap_or_else(|| "active".into()),
                     ]
                 })
                 .collect();

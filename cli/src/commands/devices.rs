@@ -35,17 +35,27 @@ pub async fn list(output: Output) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            print_table(&["NAME", "ID", "STATUS", "OWNER", "REQUEST", "REQUESTED"], &rows);
+            print_table(
+                &["NAME", "ID", "STATUS", "OWNER", "REQUEST", "REQUESTED"],
+                &rows,
+            );
             Ok(())
         }
     }
 }
 
 /// Finds the rows `wanted` names: a request id, a device id, a name, or a unique prefix.
-fn resolve<'a>(devices: &'a [DeviceSummary], wanted: &str) -> anyhow::Result<Option<&'a DeviceSummary>> {
+fn resolve<'a>(
+    devices: &'a [DeviceSummary],
+    wanted: &str,
+) -> anyhow::Result<Option<&'a DeviceSummary>> {
     let exact: Vec<_> = devices
         .iter()
-        .filter(|d| d.request_id.to_string() == wanted || d.id.as_str() == wanted || d.name.as_str() == wanted)
+        .filter(|d| {
+            d.request_id.to_string() == wanted
+                || d.id.as_str() == wanted
+                || d.name.as_str() == wanted
+        })
         .collect();
     let candidates = if exact.is_empty() {
         devices
@@ -77,7 +87,10 @@ fn resolve<'a>(devices: &'a [DeviceSummary], wanted: &str) -> anyhow::Result<Opt
                 .iter()
                 .map(|d| format!("{} ({}, {})", d.name, d.id, d.status.as_str()))
                 .collect();
-            bail!("{wanted:?} matches several devices: {}; use the full id", names.join(", "))
+            bail!(
+                "{wanted:?} matches several devices: {}; use the full id",
+                names.join(", ")
+            )
         }
     }
 }
@@ -98,17 +111,37 @@ pub async fn show(wanted: &str, output: Output) -> anyhow::Result<()> {
                 ("id", d.id.to_string()),
                 ("status", d.status.as_str().to_owned()),
                 ("owner", d.owner_scope.to_string()),
-                ("shared with", d.allowed_scopes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
+                (
+                    "shared with",
+                    d.allowed_scopes
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
                 ("request", d.request_id.to_string()),
                 ("requested", when(&d.requested_at)),
                 ("hostname", s.hostname.clone()),
-                ("os", format!("{} ({} {})", s.os_version, s.platform, s.architecture)),
+                (
+                    "os",
+                    format!("{} ({} {})", s.os_version, s.platform, s.architecture),
+                ),
                 ("kernel", s.kernel.clone()),
                 ("cpus", s.cpu_count.to_string()),
-                ("memory", format!("{:.1} GiB", s.memory_bytes as f64 / (1u64 << 30) as f64)),
+                (
+                    "memory",
+                    format!("{:.1} GiB", s.memory_bytes as f64 / (1u64 << 30) as f64),
+                ),
             ];
             if let Some(t) = d.decided_at {
-                rows.push(("decided", format!("{} by {}", when(&t), d.decided_by.clone().unwrap_or_default())));
+                rows.push((
+                    "decided",
+                    format!(
+                        "{} by {}",
+                        when(&t),
+                        d.decided_by.clone().unwrap_or_default()
+                    ),
+                ));
             }
             if d.status == DeviceStatus::Pending {
                 rows.push(("expires", when(&d.expires_at)));
@@ -139,7 +172,10 @@ pub async fn approve(wanted: &str, output: Output) -> anyhow::Result<()> {
         }
     };
     let decision: DecisionResponse = client
-        .post(&format!("/v1/registrations/{request_id}/approve"), &serde_json::json!({}))
+        .post(
+            &format!("/v1/registrations/{request_id}/approve"),
+            &serde_json::json!({}),
+        )
         .await?;
     match output {
         Output::Json => print_json(&decision),
@@ -167,7 +203,9 @@ pub async fn reject(wanted: &str, output: Output) -> anyhow::Result<()> {
     let devices = fetch(&client).await?;
     let target = match resolve(&devices, wanted)? {
         Some(d) if d.status == DeviceStatus::Pending => Target::Request(d.request_id),
-        Some(d) if d.status == DeviceStatus::Approved => Target::Device(d.id.clone(), Some(d.request_id)),
+        Some(d) if d.status == DeviceStatus::Approved => {
+            Target::Device(d.id.clone(), Some(d.request_id))
+        }
         Some(d) => bail!("{} ({}) is already {}", d.name, d.id, d.status.as_str()),
         // Not in the caller's list: let the server answer (it says "not found").
         None => match (wanted.parse::<RequestId>(), wanted.parse::<DeviceId>()) {
@@ -179,7 +217,10 @@ pub async fn reject(wanted: &str, output: Output) -> anyhow::Result<()> {
     let decision = match target {
         Target::Request(id) => {
             client
-                .post::<_, DecisionResponse>(&format!("/v1/registrations/{id}/reject"), &serde_json::json!({}))
+                .post::<_, DecisionResponse>(
+                    &format!("/v1/registrations/{id}/reject"),
+                    &serde_json::json!({}),
+                )
                 .await?
         }
         Target::Device(device_id, request_id) => {
@@ -195,9 +236,15 @@ pub async fn reject(wanted: &str, output: Output) -> anyhow::Result<()> {
         Output::Json => print_json(&decision),
         Output::Table => {
             if decision.status == DeviceStatus::Removed {
-                println!("removed device {}; its key no longer works", decision.device_id);
+                println!(
+                    "removed device {}; its key no longer works",
+                    decision.device_id
+                );
             } else {
-                println!("rejected request {} of device {}", decision.request_id, decision.device_id);
+                println!(
+                    "rejected request {} of device {}",
+                    decision.request_id, decision.device_id
+                );
             }
             Ok(())
         }

@@ -51,7 +51,8 @@ fn owner(email: Option<Email>, org: Option<OrgId>) -> anyhow::Result<Option<Scop
 fn shutdown_on_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
@@ -62,7 +63,11 @@ fn shutdown_on_signal() -> watch::Receiver<bool> {
 }
 
 /// `m87 runtime run`.
-pub async fn run(email: Option<Email>, org: Option<OrgId>, name: Option<DeviceName>) -> anyhow::Result<()> {
+pub async fn run(
+    email: Option<Email>,
+    org: Option<OrgId>,
+    name: Option<DeviceName>,
+) -> anyhow::Result<()> {
     let file = credentials_file()?;
     let stored_url = file.load()?.device.map(|d| d.api_url);
     let api_url = api_url_from_env()
@@ -74,7 +79,8 @@ pub async fn run(email: Option<Email>, org: Option<OrgId>, name: Option<DeviceNa
         name,
         poll_interval: seconds_from_env("M87_APPROVAL_POLL_SECS")?,
         trust_invalid_cert: trust_invalid_cert_from_env(),
-        check_interval: seconds_from_env("M87_CHECK_INTERVAL_SECS")?.unwrap_or(Duration::from_secs(60)),
+        check_interval: seconds_from_env("M87_CHECK_INTERVAL_SECS")?
+            .unwrap_or(Duration::from_secs(60)),
     };
     m87_agent::runtime::run(opts, RuntimeState::new(file), shutdown_on_signal()).await?;
     Ok(())
@@ -108,7 +114,9 @@ pub fn status(output: Output) -> anyhow::Result<()> {
             println!("status       {status}");
             println!(
                 "device id    {}",
-                device_id.map(|d| d.to_string()).unwrap_or_else(|| "(none yet)".into())
+                device_id
+                    .map(|d| d.to_string())
+                    .unwrap_or_else(|| "(none yet)".into())
             );
             if let Some(d) = &device {
                 println!("server       {}", d.api_url);
@@ -129,7 +137,10 @@ pub fn status(output: Output) -> anyhow::Result<()> {
 pub fn logout() -> anyhow::Result<()> {
     let file = credentials_file()?;
     if RuntimeState::new(file.clone()).logout()? {
-        println!("removed this device's credentials from {}", file.path().display());
+        println!(
+            "removed this device's credentials from {}",
+            file.path().display()
+        );
     } else {
         println!("this device has no stored credentials");
     }

@@ -35,7 +35,11 @@ impl ApiError {
 
     /// 404 for something the caller cannot see or that does not exist.
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
     }
 
     /// 400 for a bad path parameter.
@@ -52,10 +56,14 @@ impl From<DomainError> for ApiError {
             DomainError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             DomainError::AlreadyDecided(_) => (StatusCode::CONFLICT, "already_decided"),
             DomainError::Expired => (StatusCode::CONFLICT, "expired"),
-            DomainError::DeviceAlreadyEnrolled(_) => (StatusCode::CONFLICT, "device_already_approved"),
+            DomainError::DeviceAlreadyEnrolled(_) => {
+                (StatusCode::CONFLICT, "device_already_approved")
+            }
             DomainError::DeviceAlreadyRemoved => (StatusCode::CONFLICT, "already_removed"),
             DomainError::InvalidClaimSecret => (StatusCode::UNAUTHORIZED, "invalid_claim_secret"),
-            DomainError::CredentialsAlreadyIssued => (StatusCode::CONFLICT, "credentials_already_issued"),
+            DomainError::CredentialsAlreadyIssued => {
+                (StatusCode::CONFLICT, "credentials_already_issued")
+            }
             DomainError::AlreadyRevoked => (StatusCode::CONFLICT, "already_revoked"),
             DomainError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
         };
@@ -67,7 +75,9 @@ impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         match e {
             ServiceError::Domain(d) => d.into(),
-            ServiceError::Unauthenticated(m) => Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", m),
+            ServiceError::Unauthenticated(m) => {
+                Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", m)
+            }
             ServiceError::Contention => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             ServiceError::Store(StoreError::Unavailable(detail)) => {
                 tracing::error!(%detail, "store unavailable");
@@ -82,7 +92,11 @@ impl From<ServiceError> for ApiError {
             }
             ServiceError::Store(other) => {
                 tracing::error!(error = %other, "store failure");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
             }
         }
     }

@@ -35,7 +35,12 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_request",
             // The inner serde message names the field and why; it never echoes a value.
-            format!("invalid request body: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_else(|| e.body_text())),
+            format!(
+                "invalid request body: {}",
+                std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| e.body_text())
+            ),
         ),
         JsonRejection::JsonSyntaxError(_) => malformed(),
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
@@ -44,7 +49,11 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             "request body must be JSON (Content-Type: application/json)",
         ),
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => too_large(),
-        other => ApiError::new(other.status(), "bad_request", "request body could not be read"),
+        other => ApiError::new(
+            other.status(),
+            "bad_request",
+            "request body could not be read",
+        ),
     }
 }
 
@@ -62,23 +71,29 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for MaybeJson<T> {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     too_large()
                 } else {
-                    ApiError::new(rejection.status(), "bad_request", "request body could not be read")
+                    ApiError::new(
+                        rejection.status(),
+                        "bad_request",
+                        "request body could not be read",
+                    )
                 }
             })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(None));
         }
-        serde_json::from_slice(&bytes).map(|v| Self(Some(v))).map_err(|e| {
-            if e.classify() == serde_json::error::Category::Data {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_request",
-                    format!("invalid request body: {e}"),
-                )
-            } else {
-                malformed()
-            }
-        })
+        serde_json::from_slice(&bytes)
+            .map(|v| Self(Some(v)))
+            .map_err(|e| {
+                if e.classify() == serde_json::error::Category::Data {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid_request",
+                        format!("invalid request body: {e}"),
+                    )
+                } else {
+                    malformed()
+                }
+            })
     }
 }
 
@@ -86,12 +101,19 @@ fn too_large() -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
-        format!("request body is larger than {} bytes", super::MAX_BODY_BYTES),
+        format!(
+            "request body is larger than {} bytes",
+            super::MAX_BODY_BYTES
+        ),
     )
 }
 
 fn malformed() -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", "request body is not valid JSON")
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "malformed_json",
+        "request body is not valid JSON",
+    )
 }
 
 /// A path parameter parsed with `FromStr`; a bad one is a 400 naming what was wrong.
@@ -146,8 +168,12 @@ pub struct Caller {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let unauthenticated = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m);
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let unauthenticated =
+            |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m);
         let header = parts
             .headers
             .get(AUTHORIZATION)
@@ -158,7 +184,9 @@ impl FromRequestParts<AppState> for Caller {
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| unauthenticated("malformed Authorization header: expected Bearer <key>"))?;
+            .ok_or_else(|| {
+                unauthenticated("malformed Authorization header: expected Bearer <key>")
+            })?;
         let identity = state.cp.authenticate(token).await?;
         let SourceIp(source_ip) = SourceIp::from_request_parts(parts, state)
             .await

@@ -155,14 +155,13 @@ async fn reject(
     ApiPath(id): ApiPath<RequestId>,
 ) -> ApiResult<Json<DecisionResponse>> {
     s.cp.reject(&caller.identity, id, &caller.metadata).await?;
-    let device_id = s
-        .cp
-        .list_devices(&caller.identity)
-        .await?
-        .into_iter()
-        .find(|d| d.request_id == id)
-        .map(|d| d.id)
-        .ok_or_else(|| ApiError::not_found("registration request"))?;
+    let device_id =
+        s.cp.list_devices(&caller.identity)
+            .await?
+            .into_iter()
+            .find(|d| d.request_id == id)
+            .map(|d| d.id)
+            .ok_or_else(|| ApiError::not_found("registration request"))?;
     Ok(Json(DecisionResponse {
         request_id: id,
         device_id,
@@ -173,7 +172,10 @@ async fn reject(
 /// Devices and undecided requests the caller can see.
 #[utoipa::path(get, path = "/v1/devices", tag = "devices", security(("api_key" = [])),
     responses((status = 200, body = [DeviceSummary]), (status = 401, body = ErrorBody)))]
-async fn list_devices(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<DeviceSummary>>> {
+async fn list_devices(
+    State(s): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<DeviceSummary>>> {
     Ok(Json(s.cp.list_devices(&caller.identity).await?))
 }
 
@@ -199,7 +201,8 @@ async fn remove_device(
     caller: Caller,
     ApiPath(id): ApiPath<DeviceId>,
 ) -> ApiResult<StatusCode> {
-    s.cp.remove_device(&caller.identity, &id, &caller.metadata).await?;
+    s.cp.remove_device(&caller.identity, &id, &caller.metadata)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -227,8 +230,12 @@ async fn revoke_access(
     caller: Caller,
     axum::extract::Path((id, scope)): axum::extract::Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let id: DeviceId = id.parse().map_err(|e: m87_events::ParseIdError| ApiError::bad_request(e.to_string()))?;
-    let scope: Scope = scope.parse().map_err(|e: m87_events::ParseIdError| ApiError::bad_request(e.to_string()))?;
+    let id: DeviceId = id
+        .parse()
+        .map_err(|e: m87_events::ParseIdError| ApiError::bad_request(e.to_string()))?;
+    let scope: Scope = scope
+        .parse()
+        .map_err(|e: m87_events::ParseIdError| ApiError::bad_request(e.to_string()))?;
     s.cp.change_access(&caller.identity, &id, &scope, false, &caller.metadata)
         .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -244,14 +251,19 @@ async fn create_api_key(
     MaybeJson(body): MaybeJson<CreateApiKeyRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let req = body.unwrap_or_default();
-    let created = s.cp.create_api_key(&caller.identity, req, &caller.metadata).await?;
+    let created =
+        s.cp.create_api_key(&caller.identity, req, &caller.metadata)
+            .await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
 /// The caller's API keys (every user key for platform admins).
 #[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", security(("api_key" = [])),
     responses((status = 200, body = [ApiKeySummary])))]
-async fn list_api_keys(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<ApiKeySummary>>> {
+async fn list_api_keys(
+    State(s): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<ApiKeySummary>>> {
     Ok(Json(s.cp.list_api_keys(&caller.identity).await?))
 }
 
@@ -264,7 +276,8 @@ async fn revoke_api_key(
     caller: Caller,
     ApiPath(id): ApiPath<KeyId>,
 ) -> ApiResult<StatusCode> {
-    s.cp.revoke_api_key(&caller.identity, id, &caller.metadata).await?;
+    s.cp.revoke_api_key(&caller.identity, id, &caller.metadata)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -278,7 +291,9 @@ impl Modify for SecurityAddon {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("an m87 API key (m87u_… for users, m87d_… for devices)"))
+                    .description(Some(
+                        "an m87 API key (m87u_… for users, m87d_… for devices)",
+                    ))
                     .build(),
             ),
         );

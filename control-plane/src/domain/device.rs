@@ -37,10 +37,8 @@ impl Device {
                 self.credentials = Some((e.request_id, e.key_id));
             }
             DomainEvent::DeviceRemoved(_) => self.removed = true,
-            DomainEvent::AccessGranted(e) => {
-                if !self.allowed_scopes.contains(&e.scope) {
-                    self.allowed_scopes.push(e.scope.clone());
-                }
+            DomainEvent::AccessGranted(e) if !self.allowed_scopes.contains(&e.scope) => {
+                self.allowed_scopes.push(e.scope.clone());
             }
             DomainEvent::AccessRevoked(e) => self.allowed_scopes.retain(|s| *s != e.scope),
             _ => {}
@@ -199,8 +197,7 @@ mod tests {
     #[test]
     fn credentials_are_issued_exactly_once() {
         let (reg, mut device) = approved();
-        let event =
-            decide_issue_credentials(&reg, &device, KeyId::new(), "hash".into()).unwrap();
+        let event = decide_issue_credentials(&reg, &device, KeyId::new(), "hash".into()).unwrap();
         device.apply(&event);
         assert_eq!(
             decide_issue_credentials(&reg, &device, KeyId::new(), "hash2".into()).unwrap_err(),
@@ -248,7 +245,11 @@ mod tests {
             .unwrap()
             .unwrap();
         device.apply(&grant);
-        assert!(decide_grant(&device, &user("alice@example.com"), &bob_scope).unwrap().is_none());
+        assert!(
+            decide_grant(&device, &user("alice@example.com"), &bob_scope)
+                .unwrap()
+                .is_none()
+        );
         let err = decide_remove(&device, &user("bob@example.com")).unwrap_err();
         assert!(matches!(err, DomainError::Forbidden(_)));
         let revoke = decide_revoke(&device, &user("alice@example.com"), &bob_scope)
@@ -259,6 +260,10 @@ mod tests {
             decide_remove(&device, &user("bob@example.com")).unwrap_err(),
             DomainError::NotFound("device")
         );
-        assert!(decide_revoke(&device, &user("alice@example.com"), &bob_scope).unwrap().is_none());
+        assert!(
+            decide_revoke(&device, &user("alice@example.com"), &bob_scope)
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -62,8 +62,7 @@ pub fn secret_digest(secret: &str) -> String {
 /// Compares two digests in time independent of where they differ.
 pub fn digests_match(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0

@@ -280,7 +280,9 @@ mod tests {
                 device_id: "dev-00000001".parse().unwrap()
             })
         );
-        assert!(matches!(approval.device_event, DomainEvent::DeviceEnrolled(ref d) if d.request_id == id));
+        assert!(
+            matches!(approval.device_event, DomainEvent::DeviceEnrolled(ref d) if d.request_id == id)
+        );
     }
 
     #[test]
@@ -315,9 +317,13 @@ mod tests {
     fn approving_twice_is_refused() {
         let (_, mut events) = requested("user:alice@example.com");
         let alice = user("alice@example.com");
-        let approval =
-            decide_approve(&Registration::from_events(&events), &Device::default(), &alice, t0())
-                .unwrap();
+        let approval = decide_approve(
+            &Registration::from_events(&events),
+            &Device::default(),
+            &alice,
+            t0(),
+        )
+        .unwrap();
         events.push(approval.registration_event);
         let reg = Registration::from_events(&events);
         let err = decide_approve(&reg, &Device::default(), &alice, t0()).unwrap_err();
@@ -351,7 +357,10 @@ mod tests {
             decide_approve(&reg, &Device::default(), &alice, later).unwrap_err(),
             DomainError::Expired
         );
-        assert_eq!(decide_reject(&reg, &alice, later).unwrap_err(), DomainError::Expired);
+        assert_eq!(
+            decide_reject(&reg, &alice, later).unwrap_err(),
+            DomainError::Expired
+        );
         assert!(decide_expire(&reg, t0()).is_none(), "not yet expired");
         events.push(decide_expire(&reg, later).unwrap());
         let reg = Registration::from_events(&events);
@@ -384,9 +393,14 @@ mod tests {
             check_claim(&reg, "wrong-secret-wrong-secret-wrong-secret", t0()).unwrap_err(),
             DomainError::InvalidClaimSecret
         );
-        assert_eq!(check_claim(&reg, SECRET, t0()).unwrap().0, DeviceStatus::Pending);
         assert_eq!(
-            check_claim(&reg, SECRET, t0() + Duration::hours(2)).unwrap().0,
+            check_claim(&reg, SECRET, t0()).unwrap().0,
+            DeviceStatus::Pending
+        );
+        assert_eq!(
+            check_claim(&reg, SECRET, t0() + Duration::hours(2))
+                .unwrap()
+                .0,
             DeviceStatus::Expired
         );
         assert_eq!(

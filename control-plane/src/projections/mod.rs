@@ -99,7 +99,11 @@ impl Projector {
             .is_ok_and(|r| r.is_ok())
     }
 
-    async fn apply_one(&self, checkpoints: &mut [u64], env: &EventEnvelope) -> Result<(), StoreError> {
+    async fn apply_one(
+        &self,
+        checkpoints: &mut [u64],
+        env: &EventEnvelope,
+    ) -> Result<(), StoreError> {
         for (i, p) in self.projections.iter().enumerate() {
             if checkpoints[i] >= env.global_position {
                 continue;
@@ -111,7 +115,9 @@ impl Projector {
                 }
             }
             let changes = p.apply(env, &docs);
-            self.read.commit(p.name(), env.global_position, changes).await?;
+            self.read
+                .commit(p.name(), env.global_position, changes)
+                .await?;
             checkpoints[i] = env.global_position;
         }
         Ok(())

@@ -9,8 +9,8 @@ use m87_events::{
     DeviceId, DeviceName, DomainEvent, Email, EventEnvelope, KeyId, KeyKind, RequestId, Scope,
     SystemInfo,
 };
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::store::Change;
@@ -105,7 +105,6 @@ pub struct KeyHashRow {
     /// The key this digest belongs to.
     pub key_id: KeyId,
 }
-
 
 /// Documents a projection asked for, as loaded.
 #[derive(Debug, Default)]
@@ -256,10 +255,8 @@ impl Projection for DevicesProjection {
                 row.status = DeviceStatus::Removed;
                 row.removed_at = Some(env.recorded_at);
             }
-            DomainEvent::AccessGranted(e) => {
-                if !row.allowed_scopes.contains(&e.scope) {
-                    row.allowed_scopes.push(e.scope.clone());
-                }
+            DomainEvent::AccessGranted(e) if !row.allowed_scopes.contains(&e.scope) => {
+                row.allowed_scopes.push(e.scope.clone());
             }
             DomainEvent::AccessRevoked(e) => row.allowed_scopes.retain(|s| *s != e.scope),
             _ => {}

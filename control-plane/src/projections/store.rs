@@ -153,7 +153,11 @@ impl ReadStore for SqliteReadStore {
             }
             for change in changes {
                 match change {
-                    Change::Put { collection, id, doc } => tx.execute(
+                    Change::Put {
+                        collection,
+                        id,
+                        doc,
+                    } => tx.execute(
                         "INSERT INTO read_models (collection, id, doc) VALUES (?1, ?2, ?3)
                          ON CONFLICT (collection, id) DO UPDATE SET doc = excluded.doc",
                         params![collection, id, doc.to_string()],
@@ -265,7 +269,11 @@ impl ReadStore for MemoryReadStore {
         }
         for change in changes {
             match change {
-                Change::Put { collection, id, doc } => {
+                Change::Put {
+                    collection,
+                    id,
+                    doc,
+                } => {
                     inner
                         .docs
                         .entry(collection.to_owned())

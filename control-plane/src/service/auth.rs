@@ -65,7 +65,9 @@ impl ControlPlane {
             .map_err(|_| ServiceError::Unauthenticated(INVALID))?
             .key_id;
         let row: ApiKeyRow = match self.read.get(API_KEYS, &key_id.to_string()).await? {
-            Some(doc) => serde_json::from_value(doc).map_err(|_| ServiceError::Unauthenticated(INVALID))?,
+            Some(doc) => {
+                serde_json::from_value(doc).map_err(|_| ServiceError::Unauthenticated(INVALID))?
+            }
             None => return Err(ServiceError::Unauthenticated(INVALID)),
         };
         if row.kind != kind {

@@ -6,7 +6,9 @@ use m87_events::api::{
     RegisterResponse,
 };
 use m87_events::domain::ApiKeyCreated;
-use m87_events::{DeviceId, DomainEvent, Email, KeyId, KeyKind, Metadata, RequestId, Scope, StreamId};
+use m87_events::{
+    DeviceId, DomainEvent, Email, KeyId, KeyKind, Metadata, RequestId, Scope, StreamId,
+};
 
 use super::auth::generate_key;
 use super::{ControlPlane, ServiceError};
@@ -66,10 +68,7 @@ impl ControlPlane {
         })
     }
 
-    async fn load_registration(
-        &self,
-        id: &RequestId,
-    ) -> Result<(Registration, u64), ServiceError> {
+    async fn load_registration(&self, id: &RequestId) -> Result<(Registration, u64), ServiceError> {
         let (events, version) = self.load(&StreamId::registration(id)).await?;
         Ok((Registration::from_events(&events), version))
     }
@@ -243,7 +242,10 @@ impl ControlPlane {
             key: key.secret,
             email: created.email,
             name: created.name,
-            created_at: stored.first().map(|e| e.recorded_at).unwrap_or_else(Utc::now),
+            created_at: stored
+                .first()
+                .map(|e| e.recorded_at)
+                .unwrap_or_else(Utc::now),
         })
     }
 

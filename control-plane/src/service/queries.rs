@@ -25,7 +25,12 @@ fn parse_all<T: serde::de::DeserializeOwned>(docs: Vec<serde_json::Value>) -> Ve
         .collect()
 }
 
-fn from_device(d: DeviceRow, requested_at: chrono::DateTime<Utc>, expires_at: chrono::DateTime<Utc>, decided_by: Option<String>) -> DeviceSummary {
+fn from_device(
+    d: DeviceRow,
+    requested_at: chrono::DateTime<Utc>,
+    expires_at: chrono::DateTime<Utc>,
+    decided_by: Option<String>,
+) -> DeviceSummary {
     DeviceSummary {
         id: d.device_id,
         request_id: d.request_id,
@@ -65,20 +70,28 @@ fn from_registration(r: RegistrationRow, now: chrono::DateTime<Utc>) -> DeviceSu
 impl ControlPlane {
     /// Every device and undecided request the caller can see: per device, its current
     /// enrollment (if any) and its newest request if that came later.
-    pub async fn list_devices(&self, caller: &Identity) -> Result<Vec<DeviceSummary>, ServiceError> {
+    pub async fn list_devices(
+        &self,
+        caller: &Identity,
+    ) -> Result<Vec<DeviceSummary>, ServiceError> {
         if matches!(caller.principal, Principal::Device { .. }) {
             return Err(DomainError::Forbidden("devices cannot list devices".into()).into());
         }
         let now = Utc::now();
-        let registrations: Vec<RegistrationRow> =
-            parse_all(self.read.list(REGISTRATIONS).await?);
-        let devices: BTreeMap<DeviceId, DeviceRow> = parse_all::<DeviceRow>(self.read.list(DEVICES).await?)
-            .into_iter()
-            .map(|d| (d.device_id.clone(), d))
-            .collect();
+        let registrations: Vec<RegistrationRow> = parse_all(self.read.list(REGISTRATIONS).await?);
+        let devices: BTreeMap<DeviceId, DeviceRow> =
+            parse_all::<DeviceRow>(self.read.list(DEVICES).await?)
+                .into_iter()
+                .map(|d| (d.device_id.clone(), d))
+                .collect();
         let by_request: BTreeMap<_, _> = registrations
             .iter()
-            .map(|r| (r.request_id, (r.requested_at, r.expires_at, r.decided_by.clone())))
+            .map(|r| {
+                (
+                    r.request_id,
+                    (r.requested_at, r.expires_at, r.decided_by.clone()),
+                )
+            })
             .collect();
 
         // For each device id: its enrollment row, and its newest request.
@@ -135,7 +148,10 @@ impl ControlPlane {
     }
 
     /// The caller's own user API keys; every user key for platform admins.
-    pub async fn list_api_keys(&self, caller: &Identity) -> Result<Vec<ApiKeySummary>, ServiceError> {
+    pub async fn list_api_keys(
+        &self,
+        caller: &Identity,
+    ) -> Result<Vec<ApiKeySummary>, ServiceError> {
         let Some(email) = caller.email() else {
             return Err(DomainError::Forbidden("devices cannot list api keys".into()).into());
         };

@@ -38,7 +38,10 @@ pub async fn run_all<S: EventStore>(make: impl Fn() -> S) {
 async fn append_and_read_stream(store: &impl EventStore) {
     assert_eq!(store.head().await.unwrap(), 0);
     let stored = store
-        .append(append("a", 0, vec![removed(1), removed(2)]), Metadata::system("test"))
+        .append(
+            append("a", 0, vec![removed(1), removed(2)]),
+            Metadata::system("test"),
+        )
         .await
         .unwrap();
     assert_eq!(stored.len(), 2);
@@ -66,7 +69,10 @@ async fn conflicts_change_nothing(store: &impl EventStore) {
         .unwrap();
     for expected in [0, 2] {
         let err = store
-            .append(append("a", expected, vec![removed(9)]), Metadata::system("test"))
+            .append(
+                append("a", expected, vec![removed(9)]),
+                Metadata::system("test"),
+            )
             .await
             .unwrap_err();
         match err {
@@ -107,7 +113,10 @@ async fn global_order_and_read_from_position(store: &impl EventStore) {
         let name = format!("s{}", i % 3);
         let version = store.read_stream(&stream(&name)).await.unwrap().len() as u64;
         store
-            .append(append(&name, version, vec![removed(i)]), Metadata::system("test"))
+            .append(
+                append(&name, version, vec![removed(i)]),
+                Metadata::system("test"),
+            )
             .await
             .unwrap();
     }
@@ -135,7 +144,10 @@ async fn concurrent_appends_exactly_one_wins<S: EventStore>(store: Arc<S>) {
         let store = Arc::clone(&store);
         tasks.push(tokio::spawn(async move {
             store
-                .append(append("race", 0, vec![removed(i)]), Metadata::system("test"))
+                .append(
+                    append("race", 0, vec![removed(i)]),
+                    Metadata::system("test"),
+                )
                 .await
         }));
     }

@@ -74,7 +74,9 @@ impl EventStore for MemoryStore {
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<EventEnvelope>, StoreError> {
         let events = self.lock();
-        let start = usize::try_from(after).unwrap_or(usize::MAX).min(events.len());
+        let start = usize::try_from(after)
+            .unwrap_or(usize::MAX)
+            .min(events.len());
         Ok(events[start..].iter().take(limit).cloned().collect())
     }
 

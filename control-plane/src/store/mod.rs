@@ -85,16 +85,20 @@ pub(crate) fn envelopes_for(
     batch
         .iter()
         .flat_map(|append| {
-            append.events.iter().enumerate().map(move |(i, event)| EventEnvelope {
-                event_id: EventId::new(),
-                stream_id: append.stream_id.clone(),
-                stream_version: append.expected_version + i as u64 + 1,
-                global_position: 0,
-                recorded_at: now,
-                metadata: metadata.clone(),
-                schema_version: DomainEvent::current_version(event.event_type()),
-                event: event.clone(),
-            })
+            append
+                .events
+                .iter()
+                .enumerate()
+                .map(move |(i, event)| EventEnvelope {
+                    event_id: EventId::new(),
+                    stream_id: append.stream_id.clone(),
+                    stream_version: append.expected_version + i as u64 + 1,
+                    global_position: 0,
+                    recorded_at: now,
+                    metadata: metadata.clone(),
+                    schema_version: DomainEvent::current_version(event.event_type()),
+                    event: event.clone(),
+                })
         })
         .collect()
 }

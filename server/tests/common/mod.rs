@@ -1,0 +1,257 @@
+//! Test harness: the real `m87-server` and `m87` binaries on loopback, port 0, temporary
+//! directories; every process is killed when its handle drops.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A built binary of this workspace.
+pub fn bin(name: &str) -> PathBuf {
+    let server = PathBuf::from(env!("CARGO_BIN_EXE_m87-server"));
+    let path = server.parent().unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// Lines a child printed, on stdout and stderr together.
+#[derive(Clone, Default)]
+pub struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    fn follow(&self, stream: impl Read + Send + 'static) {
+        let lines = self.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                lines.0.lock().unwrap().push(line);
+            }
+        });
+    }
+
+    pub fn all(&self) -> String {
+        self.0.lock().unwrap().join("\n")
+    }
+
+    /// Waits for a line containing `needle`; returns that line.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.0.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line containing {needle:?} within {timeout:?}; got:\n{}",
+                self.all()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn contains(&self, needle: &str) -> bool {
+        self.0.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+}
+
+/// A running child process, killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub out: Lines,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning a test process");
+        let out = Lines::default();
+        out.follow(child.stdout.take().unwrap());
+        out.follow(child.stderr.take().unwrap());
+        Self { child, out }
+    }
+
+    /// Waits for the process to exit by itself; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the reader threads drain.
+                std::thread::sleep(Duration::from_millis(100));
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit; output:\n{}",
+                self.out.all()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running `m87-server`.
+pub struct Server {
+    pub proc: Proc,
+    pub url: String,
+    pub addr: String,
+    pub data_dir: PathBuf,
+}
+
+impl Server {
+    /// Starts the server on `listen` (use `127.0.0.1:0` for a free port) with its data in
+    /// `data_dir`, and waits until it serves.
+    pub fn start(data_dir: &Path, listen: &str) -> Self {
+        let mut cmd = Command::new(bin("m87-server"));
+        cmd.arg("--data-dir")
+            .arg(data_dir)
+            .args(["--api-listen", listen])
+            .env("M87_EXPIRY_SWEEP_SECS", "1")
+            .env("RUST_LOG", "info");
+        let proc = Proc::spawn(cmd);
+        let line = proc
+            .out
+            .wait_for("m87-server listening on https://", Duration::from_secs(30));
+        let url = line.split_whitespace().last().unwrap().to_owned();
+        let addr = url.trim_start_matches("https://").to_owned();
+        Self {
+            proc,
+            url,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    /// The bootstrap admin key.
+    pub fn admin_key(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.key"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// Stops the server and starts it again on the same address and data directory.
+    pub fn restart(mut self) -> Self {
+        self.proc.kill();
+        let (dir, addr) = (self.data_dir.clone(), self.addr.clone());
+        drop(self);
+        Self::start(&dir, &addr)
+    }
+}
+
+/// The `m87` command against a server, with its own configuration directory.
+pub struct M87 {
+    pub url: String,
+    pub config_dir: PathBuf,
+    pub api_key: Option<String>,
+}
+
+impl M87 {
+    pub fn new(url: &str, config_dir: &Path, api_key: Option<&str>) -> Self {
+        Self {
+            url: url.to_owned(),
+            config_dir: config_dir.to_path_buf(),
+            api_key: api_key.map(str::to_owned),
+        }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin("m87"));
+        cmd.args(args)
+            .env("M87_CONFIG_DIR", &self.config_dir)
+            .env("M87_API_URL", &self.url)
+            .env("M87_TRUST_INVALID_CERT", "true")
+            .env("M87_APPROVAL_POLL_SECS", "1")
+            .env("M87_CHECK_INTERVAL_SECS", "1")
+            .env_remove("M87_API_KEY")
+            .env_remove("OWNER_REFERENCE")
+            .env_remove("RUST_LOG");
+        if let Some(k) = &self.api_key {
+            cmd.env("M87_API_KEY", k);
+        }
+        cmd
+    }
+
+    /// Runs to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Runs, asserts success, returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "m87 {args:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs, asserts failure, returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "m87 {args:?} should have failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "one-line error expected, got: {stderr}"
+        );
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("backtrace"),
+            "{stderr}"
+        );
+        stderr
+    }
+
+    /// `m87 devices list -o json`.
+    pub fn devices(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["devices", "list", "--output", "json"])).unwrap()
+    }
+
+    /// Starts `m87 runtime run` in the background.
+    pub fn runtime(&self, args: &[&str]) -> Proc {
+        let mut all = vec!["runtime", "run"];
+        all.extend_from_slice(args);
+        Proc::spawn(self.command(&all))
+    }
+}
+
+/// The request id a runtime printed.
+pub fn request_id_of(runtime: &Proc) -> String {
+    let line = runtime
+        .out
+        .wait_for("registration request", Duration::from_secs(30));
+    line.split_whitespace()
+        .nth(2)
+        .expect("request id in the line")
+        .to_owned()
+}
