@@ -169,3 +169,50 @@ async fn reapply_on(read: &dyn ReadStore) {
     );
     assert_eq!(read.checkpoint("devices").await.unwrap(), 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_approvals_on_sqlite_exactly_one_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_stop, stop_rx) = watch::channel(false);
+    let cp = open_single_machine(dir.path(), Settings::default(), stop_rx)
+        .await
+        .unwrap();
+    let key = cp.bootstrap_admin_key().await.unwrap().unwrap();
+    let admin = cp.authenticate(&key).await.unwrap();
+    let meta = Metadata::system("test");
+    let r = cp
+        .request_registration(request("device-race2", "user:admin@localhost"), &meta)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (cp, admin, meta) = (cp.clone(), admin.clone(), meta.clone());
+        tasks.push(tokio::spawn(async move {
+            cp.approve(&admin, r.request_id, &meta).await
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => wins += 1,
+            Err(e) => assert!(
+                matches!(
+                    e,
+                    m87_control_plane::service::ServiceError::Domain(
+                        m87_control_plane::domain::DomainError::AlreadyDecided(_)
+                    ) | m87_control_plane::service::ServiceError::Contention
+                ),
+                "{e:?}"
+            ),
+        }
+    }
+    assert_eq!(wins, 1);
+    let events = cp.store().read_all(0, 100).await.unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.event.event_type() == "RegistrationApproved")
+            .count(),
+        1
+    );
+}
