@@ -7,8 +7,12 @@
 //! - [`http`]: the REST client the runtime and the CLI share.
 //! - [`sysinfo`]: what the device tells about itself.
 //! - [`runtime`]: register, wait for approval, receive the key once, stay enrolled.
+//! - [`frames`]: tunnel frames over async byte streams.
+//! - [`services`]: what runs behind each channel (exec, shell, forward, files).
 
 pub mod credentials;
+pub mod frames;
 pub mod http;
 pub mod runtime;
+pub mod services;
 pub mod sysinfo;

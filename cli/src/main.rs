@@ -3,6 +3,7 @@
 mod commands;
 mod context;
 mod output;
+mod remote;
 
 use std::process::ExitCode;
 

@@ -279,6 +279,11 @@ uuid_newtype!(
     "event id"
 );
 uuid_newtype!(
+    /// The id of a remote session (one token, one client connection).
+    SessionId,
+    "session id"
+);
+uuid_newtype!(
     /// Ties together the events caused by one request.
     CorrelationId,
     "correlation id"

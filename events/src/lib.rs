@@ -7,15 +7,19 @@
 //! - [`domain`]: the domain events and their payloads.
 //! - [`envelope`]: the envelope a stored event travels in (position, actor, correlation).
 //! - [`api`]: REST request and response bodies and the one error body format.
+//! - [`tunnel`]: the tunnel wire protocol: frames and their codec, control messages, channels.
+//! - [`token`]: Ed25519-signed session tokens (signing and offline verification).
 
 pub mod api;
 pub mod domain;
 pub mod envelope;
 pub mod ids;
+pub mod token;
+pub mod tunnel;
 
 pub use domain::{DomainEvent, KeyKind, SystemInfo};
 pub use envelope::{Actor, EventEnvelope, Metadata, StreamId};
 pub use ids::{
     CorrelationId, DeviceId, DeviceName, Email, EventId, KeyId, OrgId, ParseIdError, RequestId,
-    Scope, ScopeKind,
+    Scope, ScopeKind, SessionId,
 };

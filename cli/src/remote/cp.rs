@@ -1,0 +1,1 @@
+//! `cp` on the client side. (Implementation in progress.)

@@ -1,0 +1,1 @@
+//! `forward` on the client side. (Implementation in progress.)

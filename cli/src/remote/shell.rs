@@ -1,0 +1,1 @@
+//! `shell` on the client side. (Implementation in progress.)

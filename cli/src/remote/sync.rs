@@ -1,0 +1,1 @@
+//! `sync` on the client side. (Implementation in progress.)
