@@ -9,10 +9,14 @@
 //! - [`runtime`]: register, wait for approval, receive the key once, stay enrolled.
 //! - [`frames`]: tunnel frames over async byte streams.
 //! - [`services`]: what runs behind each channel (exec, shell, forward, files).
+//! - [`quic`]: QUIC client settings with relay certificate pinning.
+//! - [`tunnel`]: the device's tunnel to a relay and the sessions it serves.
 
 pub mod credentials;
 pub mod frames;
 pub mod http;
+pub mod quic;
 pub mod runtime;
 pub mod services;
 pub mod sysinfo;
+pub mod tunnel;

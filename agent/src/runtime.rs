@@ -439,11 +439,40 @@ async fn stay_enrolled(
     creds: DeviceCredentials,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), RuntimeError> {
-    let client = ApiClient::new(
-        &creds.api_url,
-        Some(creds.api_key.clone()),
+    let client = ApiClient::new(&opts.api_url, Some(creds.api_key.clone()), opts.trust_invalid_cert)?;
+    let tunnel = crate::tunnel::run(
+        client.clone(),
+        creds.api_key.clone(),
+        creds.device_id.clone(),
         opts.trust_invalid_cert,
-    )?;
+        shutdown.clone(),
+    );
+    tokio::pin!(tunnel);
+    let checkin = check_in(opts, &creds, &client, shutdown);
+    tokio::pin!(checkin);
+    tokio::select! {
+        result = &mut tunnel => match result {
+            Ok(()) => Ok(()),
+            Err(crate::tunnel::TunnelError::KeyRefused(message)) => Err(refused(message)),
+        },
+        result = &mut checkin => result,
+    }
+}
+
+fn refused(message: String) -> RuntimeError {
+    if message.contains("removed") {
+        RuntimeError::Removed
+    } else {
+        RuntimeError::KeyRefused(message)
+    }
+}
+
+async fn check_in(
+    opts: &RunOptions,
+    creds: &DeviceCredentials,
+    client: &ApiClient,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), RuntimeError> {
     let mut announced = false;
     let mut backoff = Backoff::new();
     loop {
@@ -460,23 +489,10 @@ async fn stay_enrolled(
                 }
                 opts.check_interval
             }
-            Err(ApiError::Status {
-                status: 401,
-                message,
-                ..
-            }) => {
-                return Err(if message.contains("removed") {
-                    RuntimeError::Removed
-                } else {
-                    RuntimeError::KeyRefused(message)
-                });
-            }
+            Err(ApiError::Status { status: 401, message, .. }) => return Err(refused(message)),
             Err(e) => {
                 let wait = backoff.next_wait();
-                eprintln!(
-                    "cannot check in with the server ({e}); retrying in {} s",
-                    wait.as_secs()
-                );
+                eprintln!("cannot check in with the server ({e}); retrying in {} s", wait.as_secs());
                 wait
             }
         };

@@ -4,6 +4,7 @@ mod commands;
 mod context;
 mod output;
 mod remote;
+mod session;
 
 use std::process::ExitCode;
 
@@ -57,6 +58,9 @@ enum Command {
         #[command(subcommand)]
         command: RuntimeCommand,
     },
+    /// `m87 <device> exec|shell|forward …`: operate one device (see `m87 <device> --help`).
+    #[command(external_subcommand)]
+    Device(Vec<String>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,9 +146,17 @@ fn init_tracing() {
     };
 }
 
-async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     let out = cli.output;
-    match cli.command {
+    if let Command::Device(args) = cli.command {
+        return commands::remote::run(args).await;
+    }
+    dispatch_local(cli.command, out).await.map(|()| 0)
+}
+
+async fn dispatch_local(command: Command, out: Output) -> anyhow::Result<()> {
+    match command {
+        Command::Device(_) => Ok(()),
         Command::Login { api_key, api_url } => commands::login::login(api_key, api_url).await,
         Command::Logout => commands::login::logout(),
         Command::Devices { command } => match command {
@@ -182,7 +194,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     match dispatch(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
         Err(e) => {
             let message = format!("{e:#}");
             match hint(&e) {

@@ -52,10 +52,17 @@ impl EventBus for InProcessBus {
 }
 
 /// Tails the store and publishes every new event on the bus, in global order.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Publisher {
     wake: Arc<Notify>,
     published: watch::Receiver<u64>,
+    bus: Arc<dyn EventBus>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").field("published", &*self.published.borrow()).finish_non_exhaustive()
+    }
 }
 
 impl Publisher {
@@ -70,7 +77,9 @@ impl Publisher {
         let wake = Arc::new(Notify::new());
         let (tx, published) = watch::channel(from);
         let task_wake = Arc::clone(&wake);
+        let task_bus = Arc::clone(&bus);
         tokio::spawn(async move {
+            let bus = task_bus;
             let mut position = from;
             loop {
                 match store.read_all(position, 500).await {
@@ -95,7 +104,12 @@ impl Publisher {
                 }
             }
         });
-        Self { wake, published }
+        Self { wake, published, bus }
+    }
+
+    /// A live feed of the events it publishes.
+    pub fn subscribe(&self) -> broadcast::Receiver<EventEnvelope> {
+        self.bus.subscribe()
     }
 
     /// Tells the publisher that new events were stored.

@@ -15,6 +15,8 @@ use crate::config::{ServerConfig, Settings};
 use crate::projections::store::{ReadStore, SqliteReadStore};
 use crate::projections::{Projector, RebuildError, all_projections};
 use crate::service::ControlPlane;
+use crate::service::sessions::SessionsConfig;
+use m87_events::token::SessionSigner;
 use crate::store::EventStore;
 use crate::store::sqlite::SqliteStore;
 use crate::tls;
@@ -54,13 +56,34 @@ pub async fn open_single_machine(
     projector.clone().spawn(bus.as_ref(), shutdown.clone());
     let head = store.head().await?;
     let publisher = Publisher::spawn(Arc::clone(&store), bus as Arc<dyn EventBus>, head, shutdown);
+    let sessions = SessionsConfig::new(load_or_create_signer(data_dir)?);
     Ok(ControlPlane::new(
         store,
         read,
         projector,
         Some(publisher),
         settings,
+        sessions,
     ))
+}
+
+/// The session signing key file inside the data directory.
+pub const SIGNING_KEY_FILE: &str = "session-signing.key";
+
+/// Loads the Ed25519 key that signs session tokens, creating it (0600) on first start.
+pub fn load_or_create_signer(data_dir: &Path) -> anyhow::Result<SessionSigner> {
+    let path = data_dir.join(SIGNING_KEY_FILE);
+    match std::fs::read(&path) {
+        Ok(pkcs8) => SessionSigner::from_pkcs8(&pkcs8)
+            .with_context(|| format!("{} is not a valid signing key", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (signer, pkcs8) = SessionSigner::generate().context("generating the session signing key")?;
+            tls::write_private_file(&path, &pkcs8).with_context(|| format!("writing {}", path.display()))?;
+            tracing::info!(path = %path.display(), "created the session signing key");
+            Ok(signer)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
 }
 
 /// Rebuilds one projection (or all) from the event log of the data directory, offline.
@@ -79,72 +102,73 @@ pub async fn rebuild_projections(data_dir: &Path, name: Option<&str>) -> anyhow:
     }
 }
 
-/// What [`run`] reports once it is listening.
-#[derive(Debug, Clone)]
-pub struct Started {
-    /// The API's address.
-    pub api_addr: std::net::SocketAddr,
-    /// The TLS certificate's SHA-256 fingerprint.
-    pub fingerprint: String,
+/// The control plane opened on its data directory, ready to serve.
+pub struct Platform {
+    /// The application service.
+    pub cp: ControlPlane,
+    /// The API's TLS configuration.
+    pub tls: tls::TlsMaterial,
     /// Where the bootstrap admin key was written, when it was made now.
     pub admin_key_path: Option<PathBuf>,
+    stop: watch::Sender<bool>,
 }
 
-/// Runs the single-machine server on `listener` until `shutdown` completes. `on_started` is
-/// called once the API is ready.
-pub async fn run(
-    config: ServerConfig,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
-    on_started: impl FnOnce(&Started),
-) -> anyhow::Result<()> {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let cp =
-        open_single_machine(&config.data_dir, config.settings.clone(), stop_rx.clone()).await?;
+impl std::fmt::Debug for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Platform").finish_non_exhaustive()
+    }
+}
 
-    let admin_key_path = match cp
-        .bootstrap_admin_key()
-        .await
-        .context("creating the admin key")?
-    {
-        Some(key) => {
-            let path = config.data_dir.join(ADMIN_KEY_FILE);
-            tls::write_private_file(&path, format!("{key}\n").as_bytes())
-                .with_context(|| format!("writing {}", path.display()))?;
-            tracing::info!(
-                path = %path.display(),
-                email = %config.settings.admin_emails.first().map(|e| e.to_string()).unwrap_or_default(),
-                "created the platform admin api key; read it from this file"
-            );
-            Some(path)
-        }
-        None => None,
-    };
+impl Platform {
+    /// Opens the data directory, makes the bootstrap admin key on first start, loads TLS and
+    /// starts the background tasks (publisher, projector, expiry sweeper).
+    pub async fn start(config: &ServerConfig) -> anyhow::Result<Self> {
+        let (stop, stop_rx) = watch::channel(false);
+        let cp = open_single_machine(&config.data_dir, config.settings.clone(), stop_rx.clone()).await?;
+        let admin_key_path = match cp.bootstrap_admin_key().await.context("creating the admin key")? {
+            Some(key) => {
+                let path = config.data_dir.join(ADMIN_KEY_FILE);
+                tls::write_private_file(&path, format!("{key}\n").as_bytes())
+                    .with_context(|| format!("writing {}", path.display()))?;
+                tracing::info!(
+                    path = %path.display(),
+                    email = %config.settings.admin_emails.first().map(|e| e.to_string()).unwrap_or_default(),
+                    "created the platform admin api key; read it from this file"
+                );
+                Some(path)
+            }
+            None => None,
+        };
+        let tls = tls::load_or_create(&config.data_dir, config.tls_cert.as_deref(), config.tls_key.as_deref())?;
+        spawn_expiry_sweeper(cp.clone(), stop_rx);
+        Ok(Self {
+            cp,
+            tls,
+            admin_key_path,
+            stop,
+        })
+    }
 
-    let tls = tls::load_or_create(
-        &config.data_dir,
-        config.tls_cert.as_deref(),
-        config.tls_key.as_deref(),
-    )?;
-    let api_addr = listener.local_addr().context("reading the API address")?;
-    tracing::info!(
-        address = %api_addr,
-        certificate = %tls.cert_path.display(),
-        sha256 = %tls.fingerprint,
-        self_signed = tls.self_signed,
-        "REST API listening over HTTPS"
-    );
+    /// A receiver that turns true when the platform stops.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
 
-    spawn_expiry_sweeper(cp.clone(), stop_rx.clone());
-    on_started(&Started {
-        api_addr,
-        fingerprint: tls.fingerprint.clone(),
-        admin_key_path,
-    });
-    tls::serve_https(listener, tls.config, app(AppState::new(cp)), shutdown).await;
-    let _ = stop_tx.send(true);
-    tracing::info!("server stopped");
-    Ok(())
+    /// Serves the REST API on `listener` until `shutdown`, then stops the background tasks.
+    pub async fn serve_api(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let api_addr = listener.local_addr().context("reading the API address")?;
+        tracing::info!(
+            address = %api_addr,
+            certificate = %self.tls.cert_path.display(),
+            sha256 = %self.tls.fingerprint,
+            self_signed = self.tls.self_signed,
+            "REST API listening over HTTPS"
+        );
+        tls::serve_https(listener, self.tls.config.clone(), app(AppState::new(self.cp.clone())), shutdown).await;
+        let _ = self.stop.send(true);
+        tracing::info!("server stopped");
+        Ok(())
+    }
 }
 
 fn spawn_expiry_sweeper(cp: ControlPlane, mut shutdown: watch::Receiver<bool>) {
@@ -171,5 +195,5 @@ pub async fn open_in_memory(settings: Settings) -> anyhow::Result<ControlPlane> 
     let read: Arc<dyn ReadStore> = Arc::new(crate::projections::store::MemoryReadStore::new());
     let projector =
         Projector::new(Arc::clone(&store), Arc::clone(&read), all_projections()).await?;
-    Ok(ControlPlane::new(store, read, projector, None, settings))
+    Ok(ControlPlane::new(store, read, projector, None, settings, SessionsConfig::ephemeral()?))
 }

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::domain::SystemInfo;
-use crate::ids::{DeviceId, DeviceName, Email, KeyId, RequestId, Scope};
+use crate::ids::{DeviceId, DeviceName, Email, KeyId, RequestId, Scope, SessionId};
+use crate::token::Operation;
 
 /// The body of every error answer: `{"error": {"code": ..., "message": ...}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -134,6 +135,12 @@ pub struct DeviceSummary {
     pub decided_by: Option<String>,
     /// When a pending request expires.
     pub expires_at: DateTime<Utc>,
+    /// Whether its tunnel is connected to a relay now.
+    #[serde(default)]
+    pub online: bool,
+    /// When it was last connected (now, when online).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<DateTime<Utc>>,
 }
 
 /// `POST /v1/api-keys`.
@@ -224,4 +231,83 @@ pub struct DecisionResponse {
     pub device_id: DeviceId,
     /// `approved` or `rejected`.
     pub status: DeviceStatus,
+}
+
+/// `POST /v1/devices/{id}/sessions`: ask for a session on a device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSessionRequest {
+    /// What to do.
+    pub operation: Operation,
+    /// Its arguments, recorded and bound into the token: `{"argv": [...]}` for exec,
+    /// `{"targets": [{"host", "port", "proto"}]}` for forward, `{"path": ...}` for copy and sync.
+    #[serde(default)]
+    pub args: serde_json::Value,
+}
+
+/// Where a relay listens and how to recognise it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RelayEndpoint {
+    /// `host:port` (UDP) to dial.
+    pub address: String,
+    /// The TLS server name to present.
+    pub server_name: String,
+    /// SHA-256 of its certificate (colon-separated hex), to pin it.
+    pub cert_sha256: String,
+}
+
+/// A granted session: the token and where to use it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SessionGrant {
+    /// The session.
+    pub session_id: SessionId,
+    /// The signed token; the session must start before `expires_at`.
+    pub token: String,
+    /// When the token stops being accepted.
+    pub expires_at: DateTime<Utc>,
+    /// The relay to dial.
+    pub relay: RelayEndpoint,
+}
+
+/// `GET /v1/device/tunnel`: what a device needs to connect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeviceTunnelConfig {
+    /// Relays to dial, in order of preference.
+    pub relays: Vec<RelayEndpoint>,
+    /// The control plane's Ed25519 public key (base64url) that signs session tokens.
+    pub session_public_key: String,
+}
+
+/// `POST /v1/device/sessions/{id}/closed`: a device reports a session's end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SessionClosedReport {
+    /// How long it lasted.
+    pub duration_ms: u64,
+    /// Bytes from the client.
+    pub bytes_to_device: u64,
+    /// Bytes to the client.
+    pub bytes_from_device: u64,
+    /// Exit code of the last process.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Signal that ended it.
+    #[serde(default)]
+    pub signal: Option<i32>,
+    /// What went wrong.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// `POST /v1/device/sessions/refused`: a device reports a refused session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRefusedReport {
+    /// The session the token named, if readable.
+    #[serde(default)]
+    pub session_id: Option<SessionId>,
+    /// Stable code.
+    pub code: String,
+    /// Why.
+    pub reason: String,
 }

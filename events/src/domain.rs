@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::ids::{DeviceId, DeviceName, Email, KeyId, RequestId, Scope};
+use crate::ids::{DeviceId, DeviceName, Email, KeyId, RequestId, Scope, SessionId};
+use crate::token::Operation;
 
 /// What a device tells about itself when it registers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
@@ -100,6 +101,94 @@ pub enum DomainEvent {
     ApiKeyCreated(ApiKeyCreated),
     /// A user API key was revoked.
     ApiKeyRevoked(ApiKeyRevoked),
+    /// A user was granted a session on a device (a signed token was issued).
+    SessionOpened(SessionOpened),
+    /// A session ended, as reported by the device.
+    SessionClosed(SessionClosed),
+    /// A session was refused by a relay or a device.
+    SessionRefused(SessionRefused),
+    /// A device's tunnel reached a relay.
+    DeviceConnected(DeviceConnected),
+    /// A device's tunnel went away.
+    DeviceDisconnected(DeviceDisconnected),
+}
+
+/// Payload of [`DomainEvent::SessionOpened`]; the actor is the user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionOpened {
+    /// The session.
+    pub session_id: SessionId,
+    /// The device.
+    pub device_id: DeviceId,
+    /// What may be done.
+    pub operation: Operation,
+    /// Its arguments: command line, ports, paths.
+    pub args: serde_json::Value,
+    /// The session must start before this.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Payload of [`DomainEvent::SessionClosed`]; the actor is the device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionClosed {
+    /// The session.
+    pub session_id: SessionId,
+    /// The device.
+    pub device_id: DeviceId,
+    /// How long it lasted.
+    pub duration_ms: u64,
+    /// Bytes from the client to the device.
+    pub bytes_to_device: u64,
+    /// Bytes from the device to the client.
+    pub bytes_from_device: u64,
+    /// The exit code of the last process it ran, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// What went wrong, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Payload of [`DomainEvent::SessionRefused`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRefused {
+    /// The session the token named, when it could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<SessionId>,
+    /// The device concerned, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<DeviceId>,
+    /// `relay` or `agent`.
+    pub refused_by: String,
+    /// A stable code (`token_expired`, `token_invalid`, …).
+    pub code: String,
+    /// Why, for people.
+    pub reason: String,
+}
+
+/// Payload of [`DomainEvent::DeviceConnected`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceConnected {
+    /// The device.
+    pub device_id: DeviceId,
+    /// The relay it reached.
+    pub relay_id: String,
+    /// The address it came from.
+    pub remote_addr: String,
+}
+
+/// Payload of [`DomainEvent::DeviceDisconnected`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceDisconnected {
+    /// The device.
+    pub device_id: DeviceId,
+    /// The relay it left.
+    pub relay_id: String,
+    /// Why the tunnel ended.
+    pub reason: String,
 }
 
 /// Payload of [`DomainEvent::RegistrationRequested`].
@@ -260,6 +349,11 @@ impl DomainEvent {
         "AccessRevoked",
         "ApiKeyCreated",
         "ApiKeyRevoked",
+        "SessionOpened",
+        "SessionClosed",
+        "SessionRefused",
+        "DeviceConnected",
+        "DeviceDisconnected",
     ];
 
     /// The type name stored beside the data.
@@ -276,6 +370,11 @@ impl DomainEvent {
             DomainEvent::AccessRevoked(_) => "AccessRevoked",
             DomainEvent::ApiKeyCreated(_) => "ApiKeyCreated",
             DomainEvent::ApiKeyRevoked(_) => "ApiKeyRevoked",
+            DomainEvent::SessionOpened(_) => "SessionOpened",
+            DomainEvent::SessionClosed(_) => "SessionClosed",
+            DomainEvent::SessionRefused(_) => "SessionRefused",
+            DomainEvent::DeviceConnected(_) => "DeviceConnected",
+            DomainEvent::DeviceDisconnected(_) => "DeviceDisconnected",
         }
     }
 

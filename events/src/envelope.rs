@@ -65,6 +65,16 @@ impl StreamId {
         Self(format!("apikey-{id}"))
     }
 
+    /// The stream of one session.
+    pub fn session(id: &crate::ids::SessionId) -> Self {
+        Self(format!("session-{id}"))
+    }
+
+    /// The stream of a device's connections.
+    pub fn presence(id: &DeviceId) -> Self {
+        Self(format!("presence-{id}"))
+    }
+
     /// Wraps a raw stream name read back from a store.
     pub fn from_raw(raw: String) -> Self {
         Self(raw)

@@ -1,1 +1,160 @@
-//! stub
+//! The m87 relay node: the QUIC endpoint that device tunnels and client sessions reach, the
+//! registry of connected devices, and the splicing of each operation stream from a client
+//! session onto the device's tunnel.
+//!
+//! A relay holds no durable state. It verifies session tokens offline with the control plane's
+//! public key, and reaches the control plane only through [`ControlPlaneLink`] (to check device
+//! keys and to record presence and refusals).
+//!
+//! # Layout
+//!
+//! - [`registry`]: connected device tunnels; replacement is atomic, removal compares epochs.
+//! - [`endpoint`]: QUIC and TLS configuration, certificates.
+//! - [`tunnel`]: the device tunnel handler.
+//! - [`session`]: the client session handler and stream splicing.
+//! - [`io`]: reading the first frames of a stream with size and time limits.
+
+pub mod endpoint;
+pub mod io;
+pub mod registry;
+pub mod session;
+pub mod tunnel;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use m87_events::token::SessionVerifier;
+use m87_events::tunnel::{ALPN_SESSION, ALPN_TUNNEL};
+use m87_events::{DeviceId, SessionId};
+use tokio::sync::watch;
+
+pub use registry::Registry;
+
+/// What a relay asks of the control plane.
+#[async_trait]
+pub trait ControlPlaneLink: Send + Sync + 'static {
+    /// The device a device key belongs to; an error sentence when the key is refused.
+    async fn authenticate_device(&self, api_key: &str) -> Result<DeviceId, String>;
+    /// A device's tunnel is now on this relay.
+    async fn device_connected(&self, device: &DeviceId, remote: SocketAddr);
+    /// A device's tunnel left this relay.
+    async fn device_disconnected(&self, device: &DeviceId, reason: &str);
+    /// A session was refused here.
+    async fn session_refused(
+        &self,
+        session: Option<SessionId>,
+        device: Option<DeviceId>,
+        code: &str,
+        reason: &str,
+    );
+}
+
+/// A relay's settings.
+pub struct RelayConfig {
+    /// This relay's id (in presence records).
+    pub relay_id: String,
+    /// Verifies session tokens.
+    pub verifier: SessionVerifier,
+    /// The way to the control plane.
+    pub link: Arc<dyn ControlPlaneLink>,
+    /// The relay's TLS certificate and key.
+    pub identity: endpoint::RelayIdentity,
+}
+
+/// A bound relay, ready to [`Relay::run`].
+pub struct Relay {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+}
+
+/// State shared by the relay's connection handlers.
+pub(crate) struct Shared {
+    pub(crate) relay_id: String,
+    pub(crate) verifier: SessionVerifier,
+    pub(crate) link: Arc<dyn ControlPlaneLink>,
+    pub(crate) registry: Arc<Registry>,
+    /// Session ids already used, with when their token expires (replay protection).
+    pub(crate) used_sessions: Mutex<HashMap<SessionId, i64>>,
+    /// Client connections owning UDP flows.
+    pub(crate) flows: session::Flows,
+}
+
+impl Relay {
+    /// Binds the relay's UDP socket.
+    pub fn bind(addr: SocketAddr, config: RelayConfig) -> anyhow::Result<Self> {
+        let server = endpoint::server_config(&config.identity, &[ALPN_TUNNEL, ALPN_SESSION])?;
+        let endpoint = quinn::Endpoint::server(server, addr)?;
+        Ok(Self {
+            endpoint,
+            shared: Arc::new(Shared {
+                relay_id: config.relay_id,
+                verifier: config.verifier,
+                link: config.link,
+                registry: Arc::new(Registry::default()),
+                used_sessions: Mutex::new(HashMap::new()),
+                flows: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The connected devices.
+    pub fn registry(&self) -> Arc<Registry> {
+        Arc::clone(&self.shared.registry)
+    }
+
+    /// Accepts connections until `shutdown` turns true; then closes every connection.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let incoming = tokio::select! {
+                i = self.endpoint.accept() => match i {
+                    Some(i) => i,
+                    None => break,
+                },
+                _ = shutdown.changed() => break,
+            };
+            let shared = Arc::clone(&self.shared);
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let remote = incoming.remote_address();
+                let connecting = match incoming.accept() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!(%remote, error = %e, "refused an incoming connection");
+                        return;
+                    }
+                };
+                let conn = match tokio::time::timeout(io::HEADER_TIMEOUT, connecting).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%remote, error = %e, "handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%remote, "handshake timed out");
+                        return;
+                    }
+                };
+                let alpn = conn
+                    .handshake_data()
+                    .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+                    .and_then(|d| d.protocol);
+                tracing::debug!(%remote, elapsed_ms = started.elapsed().as_millis() as u64, "connection up");
+                match alpn.as_deref() {
+                    Some(p) if p == ALPN_TUNNEL => tunnel::handle(shared, conn).await,
+                    Some(p) if p == ALPN_SESSION => session::handle(shared, conn).await,
+                    _ => conn.close(io::CLOSE_PROTOCOL, b"unknown protocol"),
+                }
+            });
+        }
+        self.endpoint.close(io::CLOSE_SHUTDOWN, b"relay shutting down");
+        self.endpoint.wait_idle().await;
+    }
+}

@@ -1,5 +1,6 @@
 //! `m87-server`: the m87 platform. With no subcommand it runs the control plane on its embedded
-//! defaults (SQLite in the data directory, in-process bus), serving the REST API over HTTPS.
+//! defaults (SQLite in the data directory, in-process bus) with one relay node, serving the REST
+//! API over HTTPS and device tunnels and client sessions over QUIC.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -66,6 +67,15 @@ struct ServeArgs {
     /// Address of the HTTPS REST API.
     #[arg(long, env = "M87_API_LISTEN", default_value = "127.0.0.1:8085")]
     api_listen: SocketAddr,
+
+    /// UDP address of the relay (QUIC) that device tunnels and client sessions reach.
+    #[arg(long, env = "M87_QUIC_LISTEN", default_value = "0.0.0.0:8084")]
+    quic_listen: SocketAddr,
+
+    /// The relay address devices and clients should dial (host:port), when it differs from
+    /// --quic-listen (behind NAT or a load balancer).
+    #[arg(long, env = "M87_RELAY_URL")]
+    relay_url: Option<String>,
 
     /// PEM certificate chain to serve (a self-signed one is made when omitted).
     #[arg(long, env = "M87_TLS_CERT", requires = "tls_key")]
@@ -183,11 +193,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.api_listen)
         .await
         .with_context(|| format!("binding the API to {}", args.api_listen))?;
-    server::run(config, listener, shutdown_signal(), |started| {
+    let relay = m87_server::RelaySettings {
+        quic_listen: args.quic_listen,
+        public_address: args.relay_url,
+    };
+    m87_server::run(config, relay, listener, shutdown_signal(), |started| {
         println!("m87-server listening on https://{}", started.api_addr);
+        println!("TLS certificate SHA-256 fingerprint: {}", started.fingerprint);
         println!(
-            "TLS certificate SHA-256 fingerprint: {}",
-            started.fingerprint
+            "relay listening on {}/udp (devices and clients dial {})",
+            started.relay_addr, started.relay_public
         );
         if let Some(path) = &started.admin_key_path {
             println!("platform admin API key written to {}", path.display());

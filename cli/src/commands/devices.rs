@@ -45,7 +45,7 @@ pub async fn list(output: Output) -> anyhow::Result<()> {
 }
 
 /// Finds the rows `wanted` names: a request id, a device id, a name, or a unique prefix.
-fn resolve<'a>(
+pub(crate) fn resolve<'a>(
     devices: &'a [DeviceSummary],
     wanted: &str,
 ) -> anyhow::Result<Option<&'a DeviceSummary>> {

@@ -3,4 +3,5 @@
 pub mod api_keys;
 pub mod devices;
 pub mod login;
+pub mod remote;
 pub mod runtime;

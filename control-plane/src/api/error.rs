@@ -66,6 +66,7 @@ impl From<DomainError> for ApiError {
             }
             DomainError::AlreadyRevoked => (StatusCode::CONFLICT, "already_revoked"),
             DomainError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+            DomainError::DeviceOffline(_) => (StatusCode::CONFLICT, "device_offline"),
         };
         Self::new(status, code, message)
     }
@@ -79,6 +80,10 @@ impl From<ServiceError> for ApiError {
                 Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", m)
             }
             ServiceError::Contention => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            ServiceError::NoRelay => Self {
+                retry_after: Some(5),
+                ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "no_relay", e.to_string())
+            },
             ServiceError::Store(StoreError::Unavailable(detail)) => {
                 tracing::error!(%detail, "store unavailable");
                 Self {

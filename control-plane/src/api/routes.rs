@@ -7,10 +7,11 @@ use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use m87_events::api::{
     AccessRequest, ApiKeySummary, CreateApiKeyRequest, CreatedApiKey, DecisionResponse,
-    DeviceStatus, DeviceSummary, ErrorBody, Health, PollRequest, PollResponse, RegisterRequest,
-    RegisterResponse, WhoAmI,
+    CreateSessionRequest, DeviceStatus, DeviceSummary, DeviceTunnelConfig, ErrorBody, Health,
+    PollRequest, PollResponse, RegisterRequest, RegisterResponse, SessionClosedReport,
+    SessionGrant, SessionRefusedReport, WhoAmI,
 };
-use m87_events::{CorrelationId, DeviceId, KeyId, Metadata, RequestId, Scope};
+use m87_events::{CorrelationId, DeviceId, KeyId, Metadata, RequestId, Scope, SessionId};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -35,6 +36,10 @@ pub fn router() -> Router {
         .route("/v1/devices/{id}", get(get_device).delete(remove_device))
         .route("/v1/devices/{id}/access", post(grant_access))
         .route("/v1/devices/{id}/access/{scope}", delete(revoke_access))
+        .route("/v1/devices/{id}/sessions", post(create_session))
+        .route("/v1/device/tunnel", get(tunnel_config))
+        .route("/v1/device/sessions/{id}/closed", post(session_closed))
+        .route("/v1/device/sessions/refused", post(session_refused))
         .route("/v1/api-keys", post(create_api_key).get(list_api_keys))
         .route("/v1/api-keys/{id}", delete(revoke_api_key))
         .fallback(|| async { ApiError::not_found("route") })
@@ -281,6 +286,64 @@ async fn revoke_api_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Ask for a session on a device: a short-lived signed token and the relay to use it at.
+#[utoipa::path(post, path = "/v1/devices/{id}/sessions", tag = "sessions", security(("api_key" = [])),
+    request_body = CreateSessionRequest, params(("id" = String, Path, description = "device id")),
+    responses((status = 201, body = SessionGrant), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "device offline"), (status = 503, body = ErrorBody)))]
+async fn create_session(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<DeviceId>,
+    ApiJson(req): ApiJson<CreateSessionRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let grant = s.cp.create_session(&caller.identity, &id, req, &caller.metadata).await?;
+    Ok((StatusCode::CREATED, Json(grant)))
+}
+
+/// For devices: the relays to dial and the key that signs session tokens.
+#[utoipa::path(get, path = "/v1/device/tunnel", tag = "device", security(("api_key" = [])),
+    responses((status = 200, body = DeviceTunnelConfig), (status = 403, body = ErrorBody)))]
+async fn tunnel_config(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<DeviceTunnelConfig>> {
+    Ok(Json(s.cp.tunnel_config(&caller.identity)?))
+}
+
+/// For devices: report how a session ended.
+#[utoipa::path(post, path = "/v1/device/sessions/{id}/closed", tag = "device", security(("api_key" = [])),
+    request_body = SessionClosedReport, params(("id" = String, Path, description = "session id")),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn session_closed(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<SessionId>,
+    ApiJson(report): ApiJson<SessionClosedReport>,
+) -> ApiResult<StatusCode> {
+    s.cp.close_session(&caller.identity, id, report, &caller.metadata).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// For devices: report a session the device refused.
+#[utoipa::path(post, path = "/v1/device/sessions/refused", tag = "device", security(("api_key" = [])),
+    request_body = SessionRefusedReport, responses((status = 204), (status = 403, body = ErrorBody)))]
+async fn session_refused(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiJson(report): ApiJson<SessionRefusedReport>,
+) -> ApiResult<StatusCode> {
+    let crate::domain::Principal::Device { device_id } = &caller.identity.principal else {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "only devices report refusals"));
+    };
+    let refusal = m87_events::domain::SessionRefused {
+        session_id: report.session_id,
+        device_id: Some(device_id.clone()),
+        refused_by: "agent".into(),
+        code: report.code.chars().take(64).collect(),
+        reason: report.reason.chars().take(512).collect(),
+    };
+    s.cp.record_refusal(refusal, &caller.metadata).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 struct SecurityAddon;
 
 impl Modify for SecurityAddon {
@@ -305,7 +368,8 @@ impl Modify for SecurityAddon {
 #[openapi(
     info(title = "m87 API", description = "Control plane of m87: registration, approval, devices, API keys."),
     paths(health, openapi, whoami, register, poll, approve, reject, list_devices, get_device,
-          remove_device, grant_access, revoke_access, create_api_key, list_api_keys, revoke_api_key),
+          remove_device, grant_access, revoke_access, create_api_key, list_api_keys, revoke_api_key,
+          create_session, tunnel_config, session_closed, session_refused),
     modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;

@@ -8,11 +8,13 @@
 //! - [`device`]: an enrolled device: credentials, access, removal.
 //! - [`api_key`]: user API keys.
 //! - [`identity`]: who is calling, and what they may see and administer.
+//! - [`session`]: remote sessions: opening (token grant) and closing.
 
 pub mod api_key;
 pub mod device;
 pub mod identity;
 pub mod registration;
+pub mod session;
 
 use m87_events::api::DeviceStatus;
 
@@ -51,6 +53,9 @@ pub enum DomainError {
     /// The input is not acceptable.
     #[error("{0}")]
     Validation(String),
+    /// The device's tunnel is not connected.
+    #[error("device offline ({0})")]
+    DeviceOffline(String),
 }
 
 /// SHA-256 of a secret, hex encoded: how keys and claim secrets are kept.

@@ -72,6 +72,9 @@ pub struct DeviceRow {
     pub enrolled_at: DateTime<Utc>,
     /// When it was removed.
     pub removed_at: Option<DateTime<Utc>>,
+    /// When its tunnel last connected or disconnected.
+    #[serde(default)]
+    pub last_seen: Option<DateTime<Utc>>,
 }
 
 /// An API key (user or device) as listed and as checked at authentication.
@@ -210,6 +213,8 @@ fn device_key(event: &DomainEvent) -> Option<&DeviceId> {
         DomainEvent::DeviceRemoved(e) => Some(&e.device_id),
         DomainEvent::AccessGranted(e) => Some(&e.device_id),
         DomainEvent::AccessRevoked(e) => Some(&e.device_id),
+        DomainEvent::DeviceConnected(e) => Some(&e.device_id),
+        DomainEvent::DeviceDisconnected(e) => Some(&e.device_id),
         _ => None,
     }
 }
@@ -224,6 +229,9 @@ impl Projection for DevicesProjection {
     }
 
     fn reads(&self, env: &EventEnvelope) -> Vec<(&'static str, String)> {
+        if let DomainEvent::DeviceEnrolled(e) = &env.event {
+            return vec![(DEVICES, e.device_id.to_string())];
+        }
         device_key(&env.event)
             .map(|id| vec![(DEVICES, id.to_string())])
             .unwrap_or_default()
@@ -241,6 +249,7 @@ impl Projection for DevicesProjection {
                 status: DeviceStatus::Approved,
                 enrolled_at: env.recorded_at,
                 removed_at: None,
+                last_seen: docs.get::<DeviceRow>(DEVICES, e.device_id.as_str()).and_then(|r| r.last_seen),
             };
             return vec![put(DEVICES, &e.device_id, &row)];
         }
@@ -259,6 +268,9 @@ impl Projection for DevicesProjection {
                 row.allowed_scopes.push(e.scope.clone());
             }
             DomainEvent::AccessRevoked(e) => row.allowed_scopes.retain(|s| *s != e.scope),
+            DomainEvent::DeviceConnected(_) | DomainEvent::DeviceDisconnected(_) => {
+                row.last_seen = Some(env.recorded_at);
+            }
             _ => {}
         }
         vec![put(DEVICES, id, &row)]

@@ -4,10 +4,12 @@
 //! - [`commands`]: command handlers (load, decide, append with retry on conflict).
 //! - [`queries`]: reads from the projections, filtered by the caller's scopes.
 //! - [`auth`]: API keys: generation, and authentication against the read model.
+//! - [`sessions`]: session grants, session ends and refusals, device presence.
 
 pub mod auth;
 pub mod commands;
 pub mod queries;
+pub mod sessions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +38,9 @@ pub enum ServiceError {
     /// A conflict persisted through every retry.
     #[error("the request conflicted with concurrent changes; try again")]
     Contention,
+    /// No relay is available to carry sessions.
+    #[error("no relay is available to reach devices; try again shortly")]
+    NoRelay,
 }
 
 impl From<StoreError> for ServiceError {
@@ -60,6 +65,7 @@ pub struct ControlPlane {
     pub(crate) projector: Projector,
     pub(crate) publisher: Option<Publisher>,
     pub(crate) settings: Arc<Settings>,
+    pub(crate) sessions: Arc<sessions::SessionsConfig>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -79,6 +85,7 @@ impl ControlPlane {
         projector: Projector,
         publisher: Option<Publisher>,
         settings: Settings,
+        sessions: sessions::SessionsConfig,
     ) -> Self {
         Self {
             store,
@@ -86,6 +93,7 @@ impl ControlPlane {
             projector,
             publisher,
             settings: Arc::new(settings),
+            sessions: Arc::new(sessions),
         }
     }
 
@@ -97,6 +105,11 @@ impl ControlPlane {
     /// The projector, for rebuilds and waiting.
     pub fn projector(&self) -> &Projector {
         &self.projector
+    }
+
+    /// A live feed of stored events, when a bus runs.
+    pub fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<EventEnvelope>> {
+        self.publisher.as_ref().map(Publisher::subscribe)
     }
 
     /// The read models.

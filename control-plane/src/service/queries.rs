@@ -43,6 +43,8 @@ fn from_device(
         decided_at: Some(d.removed_at.unwrap_or(d.enrolled_at)),
         decided_by,
         expires_at,
+        online: false,
+        last_seen: d.last_seen,
     }
 }
 
@@ -64,6 +66,8 @@ fn from_registration(r: RegistrationRow, now: chrono::DateTime<Utc>) -> DeviceSu
         decided_at: r.decided_at,
         decided_by: r.decided_by,
         expires_at: r.expires_at,
+        online: false,
+        last_seen: None,
     }
 }
 
@@ -127,6 +131,12 @@ impl ControlPlane {
         for (_, r) in newest {
             if r.status != DeviceStatus::Approved && caller.can_see(&r.owner_scope, &[]) {
                 out.push(from_registration(r, now));
+            }
+        }
+        for d in &mut out {
+            if d.status == DeviceStatus::Approved && self.is_online(&d.id) {
+                d.online = true;
+                d.last_seen = Some(now);
             }
         }
         out.sort_by(|a, b| a.requested_at.cmp(&b.requested_at).then(a.id.cmp(&b.id)));

@@ -127,6 +127,7 @@ impl Server {
         cmd.arg("--data-dir")
             .arg(data_dir)
             .args(["--api-listen", listen])
+            .args(["--quic-listen", "127.0.0.1:0"])
             .env("M87_EXPIRY_SWEEP_SECS", "1")
             .env("RUST_LOG", "info");
         let proc = Proc::spawn(cmd);
@@ -151,9 +152,16 @@ impl Server {
             .to_owned()
     }
 
+    /// Stops the server (SIGTERM, as an operator or systemd would) and waits for it to exit.
+    pub fn stop(&mut self) {
+        let pid = self.proc.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.proc.wait_exit(Duration::from_secs(20));
+    }
+
     /// Stops the server and starts it again on the same address and data directory.
     pub fn restart(mut self) -> Self {
-        self.proc.kill();
+        self.stop();
         let (dir, addr) = (self.data_dir.clone(), self.addr.clone());
         drop(self);
         Self::start(&dir, &addr)
@@ -254,4 +262,15 @@ pub fn request_id_of(runtime: &Proc) -> String {
         .nth(2)
         .expect("request id in the line")
         .to_owned()
+}
+
+/// Starts a runtime for a new device named `name`, approves it as `admin`, and waits until its
+/// tunnel is up. Returns the runtime process and the device's M87 (with its config dir).
+pub fn enrolled_device(server: &Server, admin: &M87, dir: &Path, name: &str) -> (Proc, M87) {
+    let device = M87::new(&server.url, dir, None);
+    let runtime = device.runtime(&["--email", "admin@localhost", "--name", name]);
+    let request_id = request_id_of(&runtime);
+    admin.ok(&["devices", "approve", &request_id]);
+    runtime.out.wait_for("tunnel connected to relay", Duration::from_secs(30));
+    (runtime, device)
 }

@@ -1,0 +1,548 @@
+//! The device's tunnel: one outbound QUIC connection to a relay, reconnected after any loss
+//! with exponential backoff and full jitter, serving the sessions that arrive on it.
+//!
+//! Every stream the relay opens starts with a control message: `SessionOpen` (the session's
+//! control stream: the token is verified here again, with the control plane's public key, so a
+//! relay cannot invent sessions) or `OpenChannel` (an operation within an accepted session,
+//! checked against what the token allows).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use m87_events::api::{DeviceTunnelConfig, SessionClosedReport, SessionRefusedReport};
+use m87_events::token::{SessionClaims, SessionVerifier, now_unix};
+use m87_events::tunnel::{ALPN_TUNNEL, Channel, Control, ExitStatus};
+use m87_events::{DeviceId, SessionId};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::{mpsc, watch};
+
+use crate::frames::{FrameReader, write_control, write_refusal};
+use crate::http::{ApiClient, ApiError};
+use crate::services::{self, BoxRead, BoxWrite, DatagramPort, ServiceContext};
+
+/// Why the tunnel gave up (anything else is retried).
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    /// The relay or control plane refused the device key.
+    #[error("{0}")]
+    KeyRefused(String),
+}
+
+/// An accepted session on this device.
+struct ActiveSession {
+    claims: SessionClaims,
+    started: Instant,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    last_exit: Mutex<Option<ExitStatus>>,
+    last_error: Mutex<Option<String>>,
+}
+
+/// State of one tunnel connection.
+struct TunnelState {
+    device_id: DeviceId,
+    verifier: SessionVerifier,
+    api: ApiClient,
+    sessions: Mutex<HashMap<SessionId, Arc<ActiveSession>>>,
+    used: Mutex<HashMap<SessionId, i64>>,
+    ctx: ServiceContext,
+}
+
+/// Datagrams of the tunnel connection, routed by flow id.
+struct QuicDatagrams {
+    conn: quinn::Connection,
+    flows: Mutex<HashMap<u32, mpsc::Sender<Bytes>>>,
+    next: AtomicU32,
+}
+
+impl DatagramPort for QuicDatagrams {
+    fn open_flow(&self) -> (u32, mpsc::Receiver<Bytes>) {
+        let flow = self.next.fetch_add(1, Ordering::SeqCst) + 1;
+        let (tx, rx) = mpsc::channel(1024);
+        self.flows.lock().unwrap_or_else(|p| p.into_inner()).insert(flow, tx);
+        (flow, rx)
+    }
+
+    fn send(&self, flow: u32, payload: Bytes) -> Result<(), String> {
+        let mut d = BytesMut::with_capacity(4 + payload.len());
+        d.put_u32(flow);
+        d.put_slice(&payload);
+        self.conn.send_datagram(d.freeze()).map_err(|e| e.to_string())
+    }
+
+    fn close_flow(&self, flow: u32) {
+        self.flows.lock().unwrap_or_else(|p| p.into_inner()).remove(&flow);
+    }
+}
+
+impl QuicDatagrams {
+    async fn route(self: Arc<Self>) {
+        while let Ok(d) = self.conn.read_datagram().await {
+            if d.len() < 4 {
+                continue;
+            }
+            let flow = u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
+            let tx = self.flows.lock().unwrap_or_else(|p| p.into_inner()).get(&flow).cloned();
+            if let Some(tx) = tx {
+                let _ = tx.try_send(d.slice(4..));
+            }
+        }
+    }
+}
+
+/// Counts bytes read through it.
+struct Counting<S> {
+    inner: S,
+    count: Arc<AtomicU64>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.count.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Keeps the tunnel up until `shutdown`; returns an error only when the key is refused.
+pub async fn run(
+    api: ApiClient,
+    api_key: String,
+    device_id: DeviceId,
+    trust_any_cert: bool,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), TunnelError> {
+    let mut backoff = crate::runtime::Backoff::new();
+    loop {
+        let started = Instant::now();
+        let result = connect_once(&api, &api_key, &device_id, trust_any_cert, &mut shutdown).await;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(Failure::Fatal(reason)) => return Err(TunnelError::KeyRefused(reason)),
+            Err(Failure::Retry(reason)) => {
+                // A tunnel that stayed up a while starts its backoff afresh.
+                if started.elapsed() > std::time::Duration::from_secs(60) {
+                    backoff = crate::runtime::Backoff::new();
+                }
+                let wait = backoff.next_wait();
+                eprintln!("tunnel down ({reason}); reconnecting in {:.1} s", wait.as_secs_f64());
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+enum Failure {
+    Retry(String),
+    Fatal(String),
+}
+
+async fn connect_once(
+    api: &ApiClient,
+    api_key: &str,
+    device_id: &DeviceId,
+    trust_any_cert: bool,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), Failure> {
+    let config: DeviceTunnelConfig = match api.get("/v1/device/tunnel").await {
+        Ok(c) => c,
+        Err(ApiError::Status { status: 401, message, .. }) => return Err(Failure::Fatal(message)),
+        Err(e) => return Err(Failure::Retry(e.to_string())),
+    };
+    let verifier = SessionVerifier::from_public_key(&config.session_public_key)
+        .map_err(|_| Failure::Retry("the control plane sent an invalid session key".into()))?;
+    let Some(relay) = config.relays.first() else {
+        return Err(Failure::Retry("the control plane knows no relay".into()));
+    };
+    let pin = (!trust_any_cert).then_some(relay.cert_sha256.as_str());
+    let (_endpoint, conn) = crate::quic::connect(&relay.address, &relay.server_name, ALPN_TUNNEL, pin)
+        .await
+        .map_err(|e| Failure::Retry(e.to_string()))?;
+    let (mut send, recv) = conn.open_bi().await.map_err(|e| Failure::Retry(e.to_string()))?;
+    write_control(
+        &mut send,
+        &Control::TunnelHello {
+            api_key: api_key.to_owned(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        },
+    )
+    .await
+    .map_err(|e| Failure::Retry(e.to_string()))?;
+    let mut control = FrameReader::new(recv);
+    match control.control().await {
+        Ok(Some(Control::TunnelAccepted { .. })) => {}
+        Ok(Some(Control::Refused { code, message })) if code == "unauthenticated" => {
+            return Err(Failure::Fatal(message));
+        }
+        Ok(other) => return Err(Failure::Retry(format!("unexpected answer from the relay: {other:?}"))),
+        Err(e) => return Err(Failure::Retry(e.to_string())),
+    }
+    println!("tunnel connected to relay {}", relay.address);
+    let datagrams = Arc::new(QuicDatagrams {
+        conn: conn.clone(),
+        flows: Mutex::new(HashMap::new()),
+        next: AtomicU32::new(0),
+    });
+    let router = tokio::spawn(Arc::clone(&datagrams).route());
+    let state = Arc::new(TunnelState {
+        device_id: device_id.clone(),
+        verifier,
+        api: api.clone(),
+        sessions: Mutex::new(HashMap::new()),
+        used: Mutex::new(HashMap::new()),
+        ctx: ServiceContext { datagrams },
+    });
+    let outcome = loop {
+        tokio::select! {
+            accepted = conn.accept_bi() => match accepted {
+                Ok((s, r)) => {
+                    let state = Arc::clone(&state);
+                    tokio::spawn(async move { handle_stream(state, s, r).await });
+                }
+                Err(e) => break Err(Failure::Retry(e.to_string())),
+            },
+            _ = shutdown.changed() => {
+                conn.close(quinn::VarInt::from_u32(0), b"device shutting down");
+                break Ok(());
+            }
+        }
+    };
+    router.abort();
+    drop(send);
+    outcome
+}
+
+async fn handle_stream(state: Arc<TunnelState>, mut send: quinn::SendStream, recv: quinn::RecvStream) {
+    let mut reader = FrameReader::new(Box::new(recv) as BoxRead);
+    let header = match tokio::time::timeout(
+        std::time::Duration::from_secs(m87_events::tunnel::HEADER_TIMEOUT_SECS),
+        reader.control(),
+    )
+    .await
+    {
+        Ok(Ok(Some(h))) => h,
+        _ => {
+            let _ = send.reset(quinn::VarInt::from_u32(1));
+            return;
+        }
+    };
+    match header {
+        Control::SessionOpen { token } => open_session(state, token, reader, send).await,
+        Control::OpenChannel { session_id, channel } => open_channel(state, session_id, channel, reader, send).await,
+        _ => {
+            let _ = write_refusal(&mut send, "protocol", "unexpected stream header").await;
+            let _ = send.finish();
+        }
+    }
+}
+
+async fn refuse<W: AsyncWrite + Unpin>(state: &TunnelState, send: &mut W, session_id: Option<SessionId>, code: &str, reason: &str) {
+    let _ = write_refusal(send, code, reason).await;
+    let _ = send.shutdown().await;
+    tracing::warn!(code, reason, "session refused");
+    let report = SessionRefusedReport {
+        session_id,
+        code: code.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let api = state.api.clone();
+    tokio::spawn(async move {
+        if let Err(e) = api.post_no_content("/v1/device/sessions/refused", &report).await {
+            tracing::warn!(error = %e, "cannot report a refused session");
+        }
+    });
+}
+
+async fn open_session<W: AsyncWrite + Unpin + Send + 'static>(
+    state: Arc<TunnelState>,
+    token: String,
+    mut reader: FrameReader<BoxRead>,
+    mut send: W,
+) {
+    let claims = match state.verifier.verify(&token, now_unix(), Some(&state.device_id)) {
+        Ok(c) => c,
+        Err(e) => {
+            refuse(&state, &mut send, None, e.code(), &e.to_string()).await;
+            return;
+        }
+    };
+    let replayed = {
+        let now = now_unix();
+        let mut used = state.used.lock().unwrap_or_else(|p| p.into_inner());
+        used.retain(|_, exp| *exp > now);
+        used.insert(claims.sid, claims.exp).is_some()
+    };
+    if replayed {
+        refuse(&state, &mut send, Some(claims.sid), "token_replayed", "session token was already used").await;
+        return;
+    }
+    let sid = claims.sid;
+    let session = Arc::new(ActiveSession {
+        claims,
+        started: Instant::now(),
+        bytes_in: AtomicU64::new(0),
+        bytes_out: AtomicU64::new(0),
+        last_exit: Mutex::new(None),
+        last_error: Mutex::new(None),
+    });
+    state.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(sid, Arc::clone(&session));
+    tracing::info!(session = %sid, op = session.claims.op.as_str(), by = %session.claims.sub, "session accepted");
+    if write_control(&mut send, &Control::SessionAccepted { session_id: sid }).await.is_ok() {
+        // The session lasts until the client's side of this stream ends.
+        while let Ok(Some(_)) = reader.next().await {}
+    }
+    let _ = send.shutdown().await;
+    state.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&sid);
+    let exit = *session.last_exit.lock().unwrap_or_else(|p| p.into_inner());
+    let report = SessionClosedReport {
+        duration_ms: session.started.elapsed().as_millis() as u64,
+        bytes_to_device: session.bytes_in.load(Ordering::Relaxed),
+        bytes_from_device: session.bytes_out.load(Ordering::Relaxed),
+        exit_code: match exit {
+            Some(ExitStatus::Code(c)) => Some(c),
+            _ => None,
+        },
+        signal: match exit {
+            Some(ExitStatus::Signal(s)) => Some(s),
+            _ => None,
+        },
+        error: session.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+    };
+    tracing::info!(session = %sid, bytes_in = report.bytes_to_device, bytes_out = report.bytes_from_device, "session closed");
+    if let Err(e) = state.api.post_no_content(&format!("/v1/device/sessions/{sid}/closed"), &report).await {
+        tracing::warn!(error = %e, "cannot report a closed session");
+    }
+}
+
+/// Whether the session's token allows this channel.
+fn allowed(claims: &SessionClaims, channel: &Channel) -> Result<(), String> {
+    if channel.operation() != claims.op {
+        return Err(format!(
+            "this session allows {}, not {}",
+            claims.op.as_str(),
+            channel.operation().as_str()
+        ));
+    }
+    let args = &claims.args;
+    match channel {
+        Channel::Exec { argv, .. } => {
+            let granted: Option<Vec<String>> = args.get("argv").and_then(|a| serde_json::from_value(a.clone()).ok());
+            if granted.as_ref() != Some(argv) {
+                return Err("this session was granted for another command".into());
+            }
+        }
+        Channel::Forward { host, port } | Channel::UdpForward { host, port } => {
+            let proto = if matches!(channel, Channel::UdpForward { .. }) { "udp" } else { "tcp" };
+            let ok = args.get("targets").and_then(|t| t.as_array()).is_some_and(|targets| {
+                targets.iter().any(|t| {
+                    t.get("host").and_then(|h| h.as_str()) == Some(host.as_str())
+                        && t.get("port").and_then(|p| p.as_u64()) == Some(u64::from(*port))
+                        && t.get("proto").and_then(|p| p.as_str()).unwrap_or("tcp") == proto
+                })
+            });
+            if !ok {
+                return Err(format!("this session does not allow forwarding to {host}:{port}/{proto}"));
+            }
+        }
+        Channel::Files(f) => {
+            if args.get("path").and_then(|p| p.as_str()) != Some(f.path()) {
+                return Err("this session was granted for another path".into());
+            }
+        }
+        Channel::Shell { .. } => {}
+    }
+    Ok(())
+}
+
+async fn open_channel<W: AsyncWrite + Unpin + Send + 'static>(
+    state: Arc<TunnelState>,
+    session_id: SessionId,
+    channel: Channel,
+    reader: FrameReader<BoxRead>,
+    mut send: W,
+) {
+    let session = state.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&session_id).cloned();
+    let Some(session) = session else {
+        refuse(&state, &mut send, Some(session_id), "no_session", "no such session on this device").await;
+        return;
+    };
+    if let Err(reason) = allowed(&session.claims, &channel) {
+        refuse(&state, &mut send, Some(session_id), "not_allowed", &reason).await;
+        return;
+    }
+    if !matches!(channel, Channel::UdpForward { .. })
+        && write_control(&mut send, &Control::ChannelAccepted { flow: None }).await.is_err()
+    {
+        return;
+    }
+    let in_count = Arc::new(AtomicU64::new(0));
+    let out_count = Arc::new(AtomicU64::new(0));
+    let (inner, leftover) = reader.into_parts();
+    in_count.fetch_add(leftover.len() as u64, Ordering::Relaxed);
+    let reader = FrameReader::new(Box::new(LeftoverThen {
+        leftover: Some(leftover.freeze()),
+        inner: Counting { inner, count: Arc::clone(&in_count) },
+    }) as BoxRead);
+    let writer: BoxWrite = Box::new(Counting {
+        inner: send,
+        count: Arc::clone(&out_count),
+    });
+    let outcome = services::serve(channel, reader, writer, &state.ctx).await;
+    session.bytes_in.fetch_add(in_count.load(Ordering::Relaxed), Ordering::Relaxed);
+    session.bytes_out.fetch_add(out_count.load(Ordering::Relaxed), Ordering::Relaxed);
+    if outcome.exit.is_some() {
+        *session.last_exit.lock().unwrap_or_else(|p| p.into_inner()) = outcome.exit;
+    }
+    if outcome.error.is_some() {
+        *session.last_error.lock().unwrap_or_else(|p| p.into_inner()) = outcome.error;
+    }
+}
+
+/// Serves buffered bytes first, then reads from the stream.
+struct LeftoverThen<S> {
+    leftover: Option<Bytes>,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for LeftoverThen<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if let Some(mut left) = self.leftover.take()
+            && !left.is_empty()
+        {
+            let n = left.len().min(buf.remaining());
+            buf.put_slice(&left.split_to(n));
+            if !left.is_empty() {
+                self.leftover = Some(left);
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use m87_events::token::Operation;
+
+    fn claims(op: Operation, args: serde_json::Value) -> SessionClaims {
+        SessionClaims {
+            sid: SessionId::new(),
+            sub: "user:a@example.com".into(),
+            dev: "device-0001".parse().unwrap(),
+            op,
+            args,
+            iat: 0,
+            exp: 60,
+        }
+    }
+
+    struct NoDatagrams;
+    impl DatagramPort for NoDatagrams {
+        fn open_flow(&self) -> (u32, mpsc::Receiver<Bytes>) {
+            (0, mpsc::channel(1).1)
+        }
+        fn send(&self, _: u32, _: Bytes) -> Result<(), String> {
+            Ok(())
+        }
+        fn close_flow(&self, _: u32) {}
+    }
+
+    fn state(verifier: SessionVerifier) -> Arc<TunnelState> {
+        Arc::new(TunnelState {
+            device_id: "device-0001".parse().unwrap(),
+            verifier,
+            // Reports go nowhere in this test.
+            api: ApiClient::new("https://127.0.0.1:9", None, true).unwrap(),
+            sessions: Mutex::new(HashMap::new()),
+            used: Mutex::new(HashMap::new()),
+            ctx: ServiceContext { datagrams: Arc::new(NoDatagrams) },
+        })
+    }
+
+    /// Opens a session on the agent with `token`; returns its answer.
+    async fn answer(state: &Arc<TunnelState>, token: String) -> Control {
+        let (client, agent) = tokio::io::duplex(64 * 1024);
+        let (agent_r, agent_w) = tokio::io::split(agent);
+        let reader = FrameReader::new(Box::new(agent_r) as BoxRead);
+        tokio::spawn(open_session(Arc::clone(state), token, reader, agent_w));
+        let (client_r, _client_w) = tokio::io::split(client);
+        FrameReader::new(client_r).control().await.unwrap().unwrap()
+    }
+
+    fn code(c: Control) -> String {
+        match c {
+            Control::Refused { code, .. } => code,
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_agent_checks_every_token_itself() {
+        let (signer, _) = m87_events::token::SessionSigner::generate().unwrap();
+        let (other, _) = m87_events::token::SessionSigner::generate().unwrap();
+        let st = state(signer.verifier());
+        let now = now_unix();
+        let mut c = claims(Operation::Shell, serde_json::Value::Null);
+        c.iat = now;
+        c.exp = now + 60;
+        let good = signer.sign(&c);
+        assert!(matches!(answer(&st, good.clone()).await, Control::SessionAccepted { .. }));
+        assert_eq!(code(answer(&st, good).await), "token_replayed");
+        let mut expired = c.clone();
+        expired.sid = SessionId::new();
+        expired.iat = now - 120;
+        expired.exp = now - 60;
+        assert_eq!(code(answer(&st, signer.sign(&expired)).await), "token_expired");
+        let mut elsewhere = c.clone();
+        elsewhere.sid = SessionId::new();
+        elsewhere.dev = "device-0002".parse().unwrap();
+        assert_eq!(code(answer(&st, signer.sign(&elsewhere)).await), "token_wrong_device");
+        let mut forged = c.clone();
+        forged.sid = SessionId::new();
+        assert_eq!(code(answer(&st, other.sign(&forged)).await), "token_invalid");
+        let tampered = signer.sign(&forged).replacen('e', "f", 1);
+        assert!(code(answer(&st, tampered).await).starts_with("token_"));
+        assert_eq!(code(answer(&st, "garbage".into()).await), "token_malformed");
+    }
+
+    #[test]
+    fn channels_must_match_the_grant() {
+        let exec = claims(Operation::Exec, serde_json::json!({"argv": ["ls", "-l"]}));
+        assert!(allowed(&exec, &Channel::Exec { argv: vec!["ls".into(), "-l".into()], tty: None }).is_ok());
+        assert!(allowed(&exec, &Channel::Exec { argv: vec!["rm".into()], tty: None }).is_err());
+        assert!(allowed(&exec, &Channel::Shell { tty: m87_events::tunnel::Tty { cols: 1, rows: 1, term: "x".into() } }).is_err());
+        let fwd = claims(Operation::Forward, serde_json::json!({"targets": [{"host": "127.0.0.1", "port": 80, "proto": "tcp"}]}));
+        assert!(allowed(&fwd, &Channel::Forward { host: "127.0.0.1".into(), port: 80 }).is_ok());
+        assert!(allowed(&fwd, &Channel::Forward { host: "127.0.0.1".into(), port: 22 }).is_err());
+        assert!(allowed(&fwd, &Channel::UdpForward { host: "127.0.0.1".into(), port: 80 }).is_err());
+    }
+}

@@ -1,0 +1,63 @@
+//! `m87 <device> exec|shell|forward`: operations on one device through a session.
+
+use clap::{Parser, Subcommand};
+use m87_events::token::Operation;
+
+use crate::context::user_client;
+use crate::remote;
+use crate::session::QuicSession;
+
+/// Operations on one device.
+#[derive(Debug, Parser)]
+#[command(name = "m87 <device>", about = "Operate one device (by name, id or unique prefix)")]
+pub struct DeviceCli {
+    #[command(subcommand)]
+    op: DeviceOp,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceOp {
+    /// Run a command: `m87 <device> exec [-i] [-t] -- CMD ARGS…`. Its stdout and stderr arrive
+    /// separately; its exit code (or 128 + signal) becomes this command's exit code.
+    Exec {
+        /// Stream this terminal's standard input to the command.
+        #[arg(short = 'i', long = "interactive")]
+        stdin: bool,
+        /// Run the command in a pseudo-terminal.
+        #[arg(short = 't', long = "tty")]
+        tty: bool,
+        /// The command and its arguments (after `--`).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+}
+
+/// Parses `args` (the device first) and runs the operation; returns the exit code.
+pub async fn run(args: Vec<String>) -> anyhow::Result<i32> {
+    let Some((device, rest)) = args.split_first() else {
+        anyhow::bail!("name a device: m87 <device> exec|shell|forward …");
+    };
+    let mut argv = vec![format!("m87 {device}")];
+    argv.extend(rest.iter().cloned());
+    let cli = match DeviceCli::try_parse_from(&argv) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return Ok(e.exit_code());
+        }
+    };
+    let client = user_client()?;
+    match cli.op {
+        DeviceOp::Exec { stdin, tty, command } => {
+            let grant_args = serde_json::json!({ "argv": command });
+            let session = QuicSession::open(&client, device, Operation::Exec, grant_args).await?;
+            let result = if tty {
+                anyhow::bail!("exec -t is not available yet")
+            } else {
+                remote::exec::run(&session, command, stdin).await
+            };
+            session.close().await;
+            Ok(remote::exec::exit_code(result?))
+        }
+    }
+}

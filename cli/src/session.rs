@@ -1,0 +1,141 @@
+//! A session on a device over QUIC through a relay: ask the control plane for a grant, dial the
+//! relay it names (pinning its certificate), open the session, then open channels in it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use bytes::{BufMut, Bytes, BytesMut};
+use m87_agent::frames::{FrameReader, write_control};
+use m87_agent::http::{ApiClient, trust_invalid_cert_from_env};
+use m87_agent::services::BoxRead;
+use m87_events::api::{CreateSessionRequest, DeviceSummary, SessionGrant};
+use m87_events::token::Operation;
+use m87_events::tunnel::{ALPN_SESSION, Channel, Control};
+use m87_events::SessionId;
+use tokio::sync::mpsc;
+
+use crate::remote::{ChannelOpener, OpenError, OpenedChannel};
+
+type Routes = Arc<Mutex<HashMap<u32, mpsc::Sender<Bytes>>>>;
+
+/// An open session.
+pub struct QuicSession {
+    /// The session's id.
+    pub session_id: SessionId,
+    /// The device.
+    pub device: DeviceSummary,
+    _endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    _control: quinn::SendStream,
+    routes: Routes,
+}
+
+impl QuicSession {
+    /// Resolves `device` (name, id or unique prefix), asks for a session for `operation` with
+    /// `args`, and opens it on the device.
+    pub async fn open(client: &ApiClient, device: &str, operation: Operation, args: serde_json::Value) -> anyhow::Result<Self> {
+        let devices: Vec<DeviceSummary> = client.get("/v1/devices").await?;
+        let approved: Vec<DeviceSummary> = devices
+            .into_iter()
+            .filter(|d| d.status == m87_events::api::DeviceStatus::Approved)
+            .collect();
+        let Some(device) = crate::commands::devices::resolve(&approved, device)?.cloned() else {
+            anyhow::bail!("device {device:?} not found");
+        };
+        let grant: SessionGrant = client
+            .post(
+                &format!("/v1/devices/{}/sessions", device.id),
+                &CreateSessionRequest { operation, args },
+            )
+            .await?;
+        let trust_any = trust_invalid_cert_from_env();
+        let pin = (!trust_any).then_some(grant.relay.cert_sha256.as_str());
+        let (endpoint, conn) = m87_agent::quic::connect(&grant.relay.address, &grant.relay.server_name, ALPN_SESSION, pin)
+            .await
+            .context("reaching the relay")?;
+        let (mut send, recv) = conn.open_bi().await.context("opening the session")?;
+        write_control(&mut send, &Control::SessionOpen { token: grant.token }).await?;
+        let mut reader = FrameReader::new(recv);
+        match reader.control().await {
+            Ok(Some(Control::SessionAccepted { session_id })) => {
+                let routes: Routes = Arc::default();
+                let router = (conn.clone(), Arc::clone(&routes));
+                tokio::spawn(async move {
+                    let (conn, routes) = router;
+                    while let Ok(d) = conn.read_datagram().await {
+                        if d.len() < 4 {
+                            continue;
+                        }
+                        let flow = u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
+                        let tx = routes.lock().unwrap_or_else(|p| p.into_inner()).get(&flow).cloned();
+                        if let Some(tx) = tx {
+                            let _ = tx.try_send(d.slice(4..));
+                        }
+                    }
+                });
+                // Keep reading the control stream so a device-side end is noticed by QUIC.
+                tokio::spawn(async move { while let Ok(Some(_)) = reader.next().await {} });
+                Ok(Self {
+                    session_id,
+                    device,
+                    _endpoint: endpoint,
+                    conn,
+                    _control: send,
+                    routes,
+                })
+            }
+            Ok(Some(Control::Refused { message, .. })) => anyhow::bail!("session refused: {message}"),
+            Ok(other) => anyhow::bail!("unexpected answer opening the session: {other:?}"),
+            Err(e) => anyhow::bail!("the session could not be opened: {e}"),
+        }
+    }
+
+    /// Ends the session.
+    pub async fn close(self) {
+        self.conn.close(quinn::VarInt::from_u32(0), b"done");
+        self._endpoint.wait_idle().await;
+    }
+}
+
+#[async_trait]
+impl ChannelOpener for QuicSession {
+    async fn open(&self, channel: Channel) -> Result<OpenedChannel, OpenError> {
+        let lost = |e: String| OpenError::Lost(e);
+        let (mut send, recv) = self.conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
+        write_control(
+            &mut send,
+            &Control::OpenChannel {
+                session_id: self.session_id,
+                channel,
+            },
+        )
+        .await
+        .map_err(|e| lost(e.to_string()))?;
+        let mut reader = FrameReader::new(Box::new(recv) as BoxRead);
+        match reader.control().await {
+            Ok(Some(Control::ChannelAccepted { flow })) => Ok(OpenedChannel {
+                reader,
+                writer: Box::new(send),
+                flow,
+            }),
+            Ok(Some(Control::Refused { code, message })) => Err(OpenError::Refused { code, message }),
+            Ok(other) => Err(lost(format!("unexpected answer {other:?}"))),
+            Err(e) => Err(lost(e.to_string())),
+        }
+    }
+
+    fn send_datagram(&self, flow: u32, payload: Bytes) -> Result<(), OpenError> {
+        let mut d = BytesMut::with_capacity(4 + payload.len());
+        d.put_u32(flow);
+        d.put_slice(&payload);
+        self.conn.send_datagram(d.freeze()).map_err(|e| OpenError::Lost(e.to_string()))
+    }
+
+    fn datagrams(&self, flow: u32) -> mpsc::Receiver<Bytes> {
+        let (tx, rx) = mpsc::channel(1024);
+        self.routes.lock().unwrap_or_else(|p| p.into_inner()).insert(flow, tx);
+        rx
+    }
+}

@@ -1,0 +1,165 @@
+//! Sessions: a user asks to operate a device; the device reports how it ended.
+
+use chrono::{DateTime, Utc};
+use m87_events::domain::{SessionClosed, SessionOpened};
+use m87_events::token::Operation;
+use m87_events::{DeviceId, DomainEvent, SessionId};
+use serde_json::Value;
+
+use super::device::Device;
+use super::{DomainError, Identity};
+
+/// Longest lifetime of a session token to start a session.
+pub const TOKEN_LIFETIME_SECS: i64 = 60;
+/// Largest recorded arguments (JSON bytes).
+pub const MAX_ARGS_BYTES: usize = 8 * 1024;
+
+/// The session aggregate.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Session {
+    /// As opened.
+    pub opened: Option<SessionOpened>,
+    /// Whether the device reported its end.
+    pub closed: bool,
+}
+
+impl Session {
+    /// Folds one event.
+    pub fn apply(&mut self, event: &DomainEvent) {
+        match event {
+            DomainEvent::SessionOpened(e) => self.opened = Some(e.clone()),
+            DomainEvent::SessionClosed(_) => self.closed = true,
+            _ => {}
+        }
+    }
+
+    /// Folds a stream.
+    pub fn from_events<'a>(events: impl IntoIterator<Item = &'a DomainEvent>) -> Self {
+        let mut s = Self::default();
+        for e in events {
+            s.apply(e);
+        }
+        s
+    }
+}
+
+fn validate_args(op: Operation, args: &Value) -> Result<(), DomainError> {
+    let bad = |m: &str| Err(DomainError::Validation(m.to_owned()));
+    if serde_json::to_vec(args).map(|v| v.len()).unwrap_or(usize::MAX) > MAX_ARGS_BYTES {
+        return bad("session arguments are too large (8 KiB at most)");
+    }
+    match op {
+        Operation::Exec => match args.get("argv").and_then(Value::as_array) {
+            Some(argv) if !argv.is_empty() && argv.iter().all(Value::is_string) => Ok(()),
+            _ => bad("exec needs args {\"argv\": [program, arguments…]}"),
+        },
+        Operation::Forward => match args.get("targets").and_then(Value::as_array) {
+            Some(t) if !t.is_empty()
+                && t.iter().all(|t| t.get("host").is_some_and(Value::is_string) && t.get("port").is_some_and(Value::is_u64)) =>
+            {
+                Ok(())
+            }
+            _ => bad("forward needs args {\"targets\": [{\"host\", \"port\", \"proto\"}…]}"),
+        },
+        Operation::Copy | Operation::Sync => match args.get("path").and_then(Value::as_str) {
+            Some(p) if !p.is_empty() => Ok(()),
+            _ => bad("copy and sync need args {\"path\": \"/device/path\"}"),
+        },
+        Operation::Shell => Ok(()),
+    }
+}
+
+/// `OpenSession`: the caller may operate the device if they can see it and it is enrolled.
+pub fn decide_open(
+    device: &Device,
+    caller: &Identity,
+    session_id: SessionId,
+    operation: Operation,
+    args: Value,
+    now: DateTime<Utc>,
+) -> Result<DomainEvent, DomainError> {
+    let enrollment = match &device.enrollment {
+        Some(e) if caller.can_see(&e.owner_scope, &device.allowed_scopes) && !device.removed => e,
+        _ => return Err(DomainError::NotFound("device")),
+    };
+    validate_args(operation, &args)?;
+    Ok(DomainEvent::SessionOpened(SessionOpened {
+        session_id,
+        device_id: enrollment.device_id.clone(),
+        operation,
+        args,
+        expires_at: now + chrono::Duration::seconds(TOKEN_LIFETIME_SECS),
+    }))
+}
+
+/// `CloseSession`: only the session's own device reports its end, once.
+pub fn decide_close(
+    session: &Session,
+    device_id: &DeviceId,
+    report: m87_events::api::SessionClosedReport,
+) -> Result<DomainEvent, DomainError> {
+    let opened = match &session.opened {
+        Some(o) if &o.device_id == device_id => o,
+        _ => return Err(DomainError::NotFound("session")),
+    };
+    if session.closed {
+        return Err(DomainError::Validation("session is already closed".into()));
+    }
+    Ok(DomainEvent::SessionClosed(SessionClosed {
+        session_id: opened.session_id,
+        device_id: device_id.clone(),
+        duration_ms: report.duration_ms,
+        bytes_to_device: report.bytes_to_device,
+        bytes_from_device: report.bytes_from_device,
+        exit_code: report.exit_code,
+        signal: report.signal,
+        error: report.error.map(|e| e.chars().take(512).collect()),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::test_support::user;
+    use m87_events::domain::DeviceEnrolled;
+
+    fn device(owner: &str) -> Device {
+        Device::from_events([&DomainEvent::DeviceEnrolled(DeviceEnrolled {
+            device_id: "device-0001".parse().unwrap(),
+            request_id: m87_events::RequestId::new(),
+            name: "d".parse().unwrap(),
+            owner_scope: owner.parse().unwrap(),
+            system_info: Default::default(),
+        })])
+    }
+
+    #[test]
+    fn owner_opens_others_do_not_see() {
+        let d = device("user:a@example.com");
+        let now = Utc::now();
+        let args = serde_json::json!({"argv": ["true"]});
+        let e = decide_open(&d, &user("a@example.com"), SessionId::new(), Operation::Exec, args.clone(), now).unwrap();
+        let DomainEvent::SessionOpened(o) = e else { panic!() };
+        assert_eq!(o.expires_at, now + chrono::Duration::seconds(60));
+        assert_eq!(
+            decide_open(&d, &user("b@example.com"), SessionId::new(), Operation::Exec, args, now).unwrap_err(),
+            DomainError::NotFound("device")
+        );
+        assert!(matches!(
+            decide_open(&d, &user("a@example.com"), SessionId::new(), Operation::Exec, serde_json::json!({}), now),
+            Err(DomainError::Validation(_))
+        ));
+    }
+
+    #[test]
+    fn only_the_device_closes_once() {
+        let d = device("user:a@example.com");
+        let opened = decide_open(&d, &user("a@example.com"), SessionId::new(), Operation::Shell, Value::Null, Utc::now()).unwrap();
+        let mut s = Session::from_events([&opened]);
+        let dev: DeviceId = "device-0001".parse().unwrap();
+        let other: DeviceId = "device-0002".parse().unwrap();
+        assert_eq!(decide_close(&s, &other, Default::default()).unwrap_err(), DomainError::NotFound("session"));
+        s.apply(&decide_close(&s, &dev, Default::default()).unwrap());
+        assert!(decide_close(&s, &dev, Default::default()).is_err());
+    }
+}

@@ -1,0 +1,259 @@
+//! Sessions: granting signed tokens, recording how sessions end and who was refused, and the
+//! presence of device tunnels.
+
+use std::sync::{Arc, RwLock};
+
+use chrono::Utc;
+use m87_events::api::{
+    CreateSessionRequest, DeviceTunnelConfig, RelayEndpoint, SessionClosedReport, SessionGrant,
+};
+use m87_events::domain::{DeviceConnected, DeviceDisconnected, SessionRefused};
+use m87_events::token::{SessionClaims, SessionSigner, SessionVerifier};
+use m87_events::{DeviceId, DomainEvent, Metadata, SessionId, StreamId};
+
+use super::{ControlPlane, ServiceError};
+use crate::domain::device::Device;
+use crate::domain::session::{self, Session};
+use crate::domain::{DomainError, Identity, Principal};
+use crate::projections::models::{DEVICES, DeviceRow};
+use crate::store::StreamAppend;
+
+/// Which device tunnels are connected now.
+pub trait PresenceView: Send + Sync {
+    /// Whether the device's tunnel is connected to a relay.
+    fn is_online(&self, device: &DeviceId) -> bool;
+}
+
+/// Presence when no relay runs: every device is offline.
+#[derive(Debug, Default)]
+pub struct NoPresence;
+
+impl PresenceView for NoPresence {
+    fn is_online(&self, _: &DeviceId) -> bool {
+        false
+    }
+}
+
+/// The signing key, the relays and the presence view.
+pub struct SessionsConfig {
+    signer: SessionSigner,
+    relays: RwLock<Vec<RelayEndpoint>>,
+    presence: RwLock<Arc<dyn PresenceView>>,
+}
+
+impl std::fmt::Debug for SessionsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionsConfig").finish_non_exhaustive()
+    }
+}
+
+impl SessionsConfig {
+    /// With a signing key; no relays and no presence yet.
+    pub fn new(signer: SessionSigner) -> Self {
+        Self {
+            signer,
+            relays: RwLock::new(vec![]),
+            presence: RwLock::new(Arc::new(NoPresence)),
+        }
+    }
+
+    /// With a fresh, unsaved signing key (tests).
+    pub fn ephemeral() -> Result<Self, m87_events::token::KeyError> {
+        Ok(Self::new(SessionSigner::generate()?.0))
+    }
+}
+
+fn one(stream_id: StreamId, expected_version: u64, event: DomainEvent) -> Vec<StreamAppend> {
+    vec![StreamAppend {
+        stream_id,
+        expected_version,
+        events: vec![event],
+    }]
+}
+
+impl ControlPlane {
+    /// Sets the relays sessions are sent to (the first is used).
+    pub fn set_relays(&self, relays: Vec<RelayEndpoint>) {
+        *self.sessions.relays.write().unwrap_or_else(|p| p.into_inner()) = relays;
+    }
+
+    /// Sets where presence comes from.
+    pub fn set_presence(&self, presence: Arc<dyn PresenceView>) {
+        *self.sessions.presence.write().unwrap_or_else(|p| p.into_inner()) = presence;
+    }
+
+    /// Whether a device's tunnel is connected.
+    pub fn is_online(&self, device: &DeviceId) -> bool {
+        self.sessions
+            .presence
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_online(device)
+    }
+
+    /// The verifier for the tokens this control plane signs.
+    pub fn session_verifier(&self) -> SessionVerifier {
+        self.sessions.signer.verifier()
+    }
+
+    fn relays(&self) -> Vec<RelayEndpoint> {
+        self.sessions.relays.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// `POST /v1/devices/{id}/sessions`.
+    pub async fn create_session(
+        &self,
+        caller: &Identity,
+        device_id: &DeviceId,
+        req: CreateSessionRequest,
+        metadata: &Metadata,
+    ) -> Result<SessionGrant, ServiceError> {
+        let session_id = SessionId::new();
+        let now = Utc::now();
+        let relay = self.relays().into_iter().next().ok_or(ServiceError::NoRelay)?;
+        let (opened, _) = self
+            .execute(metadata, || {
+                let args = req.args.clone();
+                async move {
+                    let (events, _) = self.load(&StreamId::device(device_id)).await?;
+                    let device = Device::from_events(&events);
+                    let event = session::decide_open(&device, caller, session_id, req.operation, args, now)?;
+                    if !self.is_online(device_id) {
+                        return Err(DomainError::DeviceOffline(self.last_seen_text(device_id).await).into());
+                    }
+                    Ok((event.clone(), one(StreamId::session(&session_id), 0, event)))
+                }
+            })
+            .await?;
+        let DomainEvent::SessionOpened(opened) = opened else {
+            return Err(ServiceError::Contention);
+        };
+        let claims = SessionClaims {
+            sid: session_id,
+            sub: caller.actor().to_string(),
+            dev: device_id.clone(),
+            op: opened.operation,
+            args: opened.args.clone(),
+            iat: now.timestamp(),
+            exp: opened.expires_at.timestamp(),
+        };
+        Ok(SessionGrant {
+            session_id,
+            token: self.sessions.signer.sign(&claims),
+            expires_at: opened.expires_at,
+            relay,
+        })
+    }
+
+    async fn last_seen_text(&self, device_id: &DeviceId) -> String {
+        let row = self
+            .read
+            .get(DEVICES, device_id.as_str())
+            .await
+            .ok()
+            .flatten()
+            .and_then(|d| serde_json::from_value::<DeviceRow>(d).ok());
+        match row.and_then(|r| r.last_seen) {
+            Some(t) => format!("last seen {}", t.format("%Y-%m-%d %H:%M:%S UTC")),
+            None => "never connected".into(),
+        }
+    }
+
+    /// `GET /v1/device/tunnel`.
+    pub fn tunnel_config(&self, caller: &Identity) -> Result<DeviceTunnelConfig, ServiceError> {
+        if !matches!(caller.principal, Principal::Device { .. }) {
+            return Err(DomainError::Forbidden("only devices fetch tunnel settings".into()).into());
+        }
+        Ok(DeviceTunnelConfig {
+            relays: self.relays(),
+            session_public_key: self.sessions.signer.public_key(),
+        })
+    }
+
+    /// `POST /v1/device/sessions/{id}/closed`.
+    pub async fn close_session(
+        &self,
+        caller: &Identity,
+        session_id: SessionId,
+        report: SessionClosedReport,
+        metadata: &Metadata,
+    ) -> Result<(), ServiceError> {
+        let Principal::Device { device_id } = &caller.principal else {
+            return Err(DomainError::NotFound("session").into());
+        };
+        self.execute(metadata, || {
+            let report = report.clone();
+            async move {
+                let (events, version) = self.load(&StreamId::session(&session_id)).await?;
+                let event = session::decide_close(&Session::from_events(&events), device_id, report)?;
+                Ok(((), one(StreamId::session(&session_id), version, event)))
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Records a refused session (by a relay, or by a device through the API).
+    pub async fn record_refusal(
+        &self,
+        refusal: SessionRefused,
+        metadata: &Metadata,
+    ) -> Result<(), ServiceError> {
+        // A refusal with a known session goes on that session's stream; else on its own.
+        let stream = match refusal.session_id {
+            Some(sid) => StreamId::session(&sid),
+            None => StreamId::from_raw(format!("refusal-{}", m87_events::EventId::new())),
+        };
+        tracing::warn!(by = %refusal.refused_by, code = %refusal.code, reason = %refusal.reason, "session refused");
+        self.execute(metadata, || {
+            let (stream, refusal) = (stream.clone(), refusal.clone());
+            async move {
+                let (_, version) = self.load(&stream).await?;
+                Ok(((), one(stream, version, DomainEvent::SessionRefused(refusal))))
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Records a device tunnel reaching or leaving a relay.
+    pub async fn record_presence(
+        &self,
+        device_id: &DeviceId,
+        relay_id: &str,
+        connected: Option<String>,
+        disconnected: Option<String>,
+    ) -> Result<(), ServiceError> {
+        let metadata = Metadata::system("relay");
+        let event = match (connected, disconnected) {
+            (Some(remote_addr), _) => DomainEvent::DeviceConnected(DeviceConnected {
+                device_id: device_id.clone(),
+                relay_id: relay_id.to_owned(),
+                remote_addr,
+            }),
+            (None, reason) => DomainEvent::DeviceDisconnected(DeviceDisconnected {
+                device_id: device_id.clone(),
+                relay_id: relay_id.to_owned(),
+                reason: reason.unwrap_or_default(),
+            }),
+        };
+        let stream = StreamId::presence(device_id);
+        self.execute(&metadata, || {
+            let (stream, event) = (stream.clone(), event.clone());
+            async move {
+                let (_, version) = self.load(&stream).await?;
+                Ok(((), one(stream, version, event)))
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The device behind a device key (relays authenticate tunnels with this).
+    pub async fn authenticate_device(&self, api_key: &str) -> Result<DeviceId, ServiceError> {
+        match self.authenticate(api_key).await?.principal {
+            Principal::Device { device_id } => Ok(device_id),
+            Principal::User { .. } => Err(ServiceError::Unauthenticated("not a device key")),
+        }
+    }
+}

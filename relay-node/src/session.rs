@@ -1,0 +1,232 @@
+//! Client sessions: verify the token, open the session on the device's tunnel, then splice
+//! every operation stream of the client's connection onto a new stream of the tunnel.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use m87_events::token::{SessionClaims, now_unix};
+use m87_events::tunnel::Control;
+use m87_events::{DeviceId, SessionId};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::Shared;
+use crate::io::{self, CLOSE_PROTOCOL, CLOSE_SESSION_ENDED};
+
+/// Copy buffer per direction.
+const SPLICE_BUFFER: usize = 256 * 1024;
+
+/// Client connections owning UDP flows, by device and flow id.
+pub(crate) type Flows = Mutex<HashMap<(DeviceId, u32), quinn::Connection>>;
+
+impl Shared {
+    /// The client connection owning a device's flow.
+    pub(crate) fn flow_owner(&self, device: &DeviceId, flow: u32) -> Option<quinn::Connection> {
+        self.flows.lock().unwrap_or_else(|p| p.into_inner()).get(&(device.clone(), flow)).cloned()
+    }
+
+    /// Marks a session id used; false if it was used before (a replay).
+    fn first_use(&self, claims: &SessionClaims) -> bool {
+        let now = now_unix();
+        let mut used = self.used_sessions.lock().unwrap_or_else(|p| p.into_inner());
+        used.retain(|_, exp| *exp > now);
+        used.insert(claims.sid, claims.exp).is_none()
+    }
+}
+
+async fn refuse_session(
+    shared: &Shared,
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    session: Option<SessionId>,
+    device: Option<DeviceId>,
+    code: &str,
+    reason: &str,
+) {
+    io::refuse(send, code, reason).await;
+    shared.link.session_refused(session, device, code, reason).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send.stopped()).await;
+    conn.close(CLOSE_SESSION_ENDED, reason.as_bytes());
+}
+
+/// Handles one client session connection until it ends.
+pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
+    let remote = conn.remote_address();
+    let (mut csend, mut crecv) = match tokio::time::timeout(io::HEADER_TIMEOUT, conn.accept_bi()).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            conn.close(CLOSE_PROTOCOL, b"no session open");
+            return;
+        }
+    };
+    let (token, raw_open) = match io::read_control(&mut crecv).await {
+        Ok((Control::SessionOpen { token }, raw)) => (token, raw),
+        Ok(_) => {
+            conn.close(CLOSE_PROTOCOL, b"expected a session open");
+            return;
+        }
+        Err(e) => {
+            tracing::debug!(%remote, error = %e, "bad session open");
+            conn.close(CLOSE_PROTOCOL, b"bad session open");
+            return;
+        }
+    };
+    let claims = match shared.verifier.verify(&token, now_unix(), None) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(%remote, error = %e, "session token refused");
+            refuse_session(&shared, &conn, &mut csend, None, None, e.code(), &e.to_string()).await;
+            return;
+        }
+    };
+    if !shared.first_use(&claims) {
+        refuse_session(&shared, &conn, &mut csend, Some(claims.sid), Some(claims.dev.clone()), "token_replayed", "session token was already used").await;
+        return;
+    }
+    let Some(tunnel) = shared.registry.get(&claims.dev) else {
+        let reason = format!("device {} is offline", claims.dev);
+        refuse_session(&shared, &conn, &mut csend, Some(claims.sid), Some(claims.dev.clone()), "device_offline", &reason).await;
+        return;
+    };
+    // Open the session on the device, which checks the token again.
+    let opened = async {
+        let (mut dsend, mut drecv) = tunnel.conn.open_bi().await.ok()?;
+        dsend.write_all(&raw_open).await.ok()?;
+        let answer = io::read_control(&mut drecv).await.ok()?;
+        Some((dsend, drecv, answer))
+    };
+    let Some((dsend, drecv, (answer, raw_answer))) = opened.await else {
+        refuse_session(&shared, &conn, &mut csend, Some(claims.sid), Some(claims.dev.clone()), "device_unreachable", "the device did not answer").await;
+        return;
+    };
+    if csend.write_all(&raw_answer).await.is_err() {
+        return;
+    }
+    let Control::SessionAccepted { session_id } = answer else {
+        // The device refused (and records it itself); pass the refusal on and end.
+        let _ = csend.finish();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), csend.stopped()).await;
+        conn.close(CLOSE_SESSION_ENDED, b"refused by the device");
+        return;
+    };
+    tracing::info!(relay = %shared.relay_id, session = %session_id, device = %claims.dev, op = claims.op.as_str(), %remote, "session open");
+
+    // The session's control stream: spliced for the session's life.
+    let control = tokio::spawn(splice(crecv, dsend, drecv, csend));
+    let device_conn = tunnel.conn.clone();
+    let mut owned_flows: Vec<u32> = vec![];
+    let datagram_conn = conn.clone();
+    let datagram_device = device_conn.clone();
+    let client_datagrams = tokio::spawn(async move {
+        // Client datagrams go to the device as they are (flow id first); the device checks
+        // that the flow belongs to a session it accepted.
+        while let Ok(d) = datagram_conn.read_datagram().await {
+            let _ = datagram_device.send_datagram(d);
+        }
+    });
+    loop {
+        tokio::select! {
+            accepted = conn.accept_bi() => match accepted {
+                Ok((s, r)) => {
+                    let shared = Arc::clone(&shared);
+                    let device_conn = device_conn.clone();
+                    let client = conn.clone();
+                    let device = claims.dev.clone();
+                    tokio::spawn(async move {
+                        if let Some(flow) = channel(shared, client, device_conn, device, session_id, s, r).await {
+                            tracing::debug!(flow, "udp flow ended");
+                        }
+                    });
+                }
+                Err(_) => break,
+            },
+            _ = device_conn.closed() => {
+                conn.close(CLOSE_SESSION_ENDED, b"the device disconnected");
+                break;
+            }
+        }
+    }
+    owned_flows.clear();
+    control.abort();
+    client_datagrams.abort();
+    shared
+        .flows
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|_, c| c.stable_id() != conn.stable_id());
+    tracing::info!(session = %session_id, "session closed");
+}
+
+/// Splices one operation stream. Returns the UDP flow id it carried, if any.
+async fn channel(
+    shared: Arc<Shared>,
+    client: quinn::Connection,
+    device_conn: quinn::Connection,
+    device: DeviceId,
+    session_id: SessionId,
+    mut csend: quinn::SendStream,
+    mut crecv: quinn::RecvStream,
+) -> Option<u32> {
+    let (header, raw) = match io::read_control(&mut crecv).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::debug!(error = %e, "bad channel header");
+            let _ = crecv.stop(quinn::VarInt::from_u32(1));
+            return None;
+        }
+    };
+    match header {
+        Control::OpenChannel { session_id: s, .. } if s == session_id => {}
+        _ => {
+            io::refuse(&mut csend, "protocol", "expected an open-channel for this session").await;
+            return None;
+        }
+    }
+    let (mut dsend, mut drecv) = device_conn.open_bi().await.ok()?;
+    dsend.write_all(&raw).await.ok()?;
+    let (answer, raw_answer) = match io::read_control(&mut drecv).await {
+        Ok(a) => a,
+        Err(_) => {
+            io::refuse(&mut csend, "device_unreachable", "the device did not answer").await;
+            return None;
+        }
+    };
+    csend.write_all(&raw_answer).await.ok()?;
+    let flow = match answer {
+        Control::ChannelAccepted { flow: Some(f) } => {
+            shared
+                .flows
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((device.clone(), f), client.clone());
+            Some(f)
+        }
+        Control::ChannelAccepted { flow: None } => None,
+        _ => {
+            let _ = csend.finish();
+            return None;
+        }
+    };
+    splice(crecv, dsend, drecv, csend).await;
+    if let Some(f) = flow {
+        shared.flows.lock().unwrap_or_else(|p| p.into_inner()).remove(&(device, f));
+    }
+    flow
+}
+
+async fn copy_then_finish<R, W>(mut from: R, mut to: W) -> u64
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut reader = tokio::io::BufReader::with_capacity(SPLICE_BUFFER, &mut from);
+    let n = tokio::io::copy_buf(&mut reader, &mut to).await.unwrap_or(0);
+    let _ = to.shutdown().await;
+    n
+}
+
+/// Copies both ways until both directions end.
+async fn splice(crecv: quinn::RecvStream, dsend: quinn::SendStream, drecv: quinn::RecvStream, csend: quinn::SendStream) {
+    let up = copy_then_finish(crecv, dsend);
+    let down = copy_then_finish(drecv, csend);
+    tokio::join!(up, down);
+}

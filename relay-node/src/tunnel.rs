@@ -1,0 +1,85 @@
+//! Device tunnels: authenticate the device on the first stream, register the tunnel, keep it
+//! until it closes, route the device's datagrams to the client sessions that own their flows.
+
+use std::sync::Arc;
+
+use m87_events::tunnel::Control;
+
+use crate::Shared;
+use crate::io::{self, CLOSE_PROTOCOL, CLOSE_REPLACED, CLOSE_UNAUTHENTICATED};
+
+/// Handles one device tunnel connection until it ends.
+pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
+    let remote = conn.remote_address();
+    let (mut send, mut recv) = match tokio::time::timeout(io::HEADER_TIMEOUT, conn.accept_bi()).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            conn.close(CLOSE_PROTOCOL, b"no tunnel hello");
+            return;
+        }
+    };
+    let api_key = match io::read_control(&mut recv).await {
+        Ok((Control::TunnelHello { api_key, .. }, _)) => api_key,
+        Ok(_) => {
+            io::refuse(&mut send, "protocol", "expected a tunnel hello").await;
+            conn.close(CLOSE_PROTOCOL, b"expected a tunnel hello");
+            return;
+        }
+        Err(e) => {
+            tracing::debug!(%remote, error = %e, "bad tunnel hello");
+            conn.close(CLOSE_PROTOCOL, b"bad tunnel hello");
+            return;
+        }
+    };
+    let device_id = match shared.link.authenticate_device(&api_key).await {
+        Ok(d) => d,
+        Err(reason) => {
+            tracing::info!(%remote, %reason, "device key refused");
+            io::refuse(&mut send, "unauthenticated", &reason).await;
+            // Let the refusal reach the device before closing.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send.stopped()).await;
+            conn.close(CLOSE_UNAUTHENTICATED, reason.as_bytes());
+            return;
+        }
+    };
+    let (epoch, old) = shared.registry.insert(device_id.clone(), conn.clone());
+    if let Some(old) = old {
+        tracing::info!(device = %device_id, "a new tunnel replaces the old one");
+        old.conn.close(CLOSE_REPLACED, b"replaced by a newer tunnel");
+    }
+    if io::write_control(&mut send, &Control::TunnelAccepted { device_id: device_id.clone() })
+        .await
+        .is_err()
+    {
+        shared.registry.remove_if(&device_id, epoch);
+        return;
+    }
+    tracing::info!(relay = %shared.relay_id, device = %device_id, %remote, "device tunnel up");
+    shared.link.device_connected(&device_id, remote).await;
+
+    // The device's datagrams go to the client that owns the flow.
+    let datagrams = {
+        let shared = Arc::clone(&shared);
+        let conn = conn.clone();
+        let device_id = device_id.clone();
+        tokio::spawn(async move {
+            while let Ok(d) = conn.read_datagram().await {
+                if d.len() < 4 {
+                    continue;
+                }
+                let flow = u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
+                if let Some(client) = shared.flow_owner(&device_id, flow) {
+                    let _ = client.send_datagram(d);
+                }
+            }
+        })
+    };
+
+    let reason = conn.closed().await;
+    datagrams.abort();
+    drop(send);
+    if shared.registry.remove_if(&device_id, epoch) {
+        tracing::info!(device = %device_id, %reason, "device tunnel down");
+        shared.link.device_disconnected(&device_id, &reason.to_string()).await;
+    }
+}

@@ -1,0 +1,144 @@
+//! Session tokens and bad peers at the relay, with the real server: forged, tampered, expired,
+//! replayed and unknown-device tokens are refused and recorded; garbage, oversized and stalled
+//! peers lose only their own connection.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{M87, Server, enrolled_device};
+use m87_agent::frames::{FrameReader, write_control};
+use m87_agent::http::ApiClient;
+use m87_events::api::{CreateSessionRequest, SessionGrant};
+use m87_events::token::{Operation, SessionClaims, SessionSigner, now_unix};
+use m87_events::tunnel::{ALPN_SESSION, Control};
+use m87_events::SessionId;
+use tokio::io::AsyncWriteExt;
+
+async fn grant(server: &Server, device_id: &str) -> SessionGrant {
+    let client = ApiClient::new(&server.url, Some(server.admin_key()), true).unwrap();
+    client
+        .post(
+            &format!("/v1/devices/{device_id}/sessions"),
+            &CreateSessionRequest {
+                operation: Operation::Exec,
+                args: serde_json::json!({"argv": ["true"]}),
+            },
+        )
+        .await
+        .unwrap()
+}
+
+/// Presents `token` at the relay; returns the answer's code ("accepted" when accepted).
+async fn present(g: &SessionGrant, token: String) -> String {
+    let (_ep, conn) = m87_agent::quic::connect(&g.relay.address, &g.relay.server_name, ALPN_SESSION, Some(&g.relay.cert_sha256))
+        .await
+        .unwrap();
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    write_control(&mut send, &Control::SessionOpen { token }).await.unwrap();
+    match FrameReader::new(recv).control().await {
+        Ok(Some(Control::SessionAccepted { .. })) => "accepted".into(),
+        Ok(Some(Control::Refused { code, .. })) => code,
+        other => format!("{other:?}"),
+    }
+}
+
+fn refusals(data: &std::path::Path) -> Vec<serde_json::Value> {
+    let conn = rusqlite::Connection::open(data.join("m87.db")).unwrap();
+    let mut stmt = conn.prepare("SELECT data FROM events WHERE event_type = 'SessionRefused'").unwrap();
+    stmt.query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|d| serde_json::from_str(&d.unwrap()).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused_at_the_relay_and_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let server = Server::start(&data, "127.0.0.1:0");
+    let admin = M87::new(&server.url, &tmp.path().join("admin"), Some(&server.admin_key()));
+    let (_runtime, _dev) = enrolled_device(&server, &admin, &tmp.path().join("dev"), "tok-dev");
+    let device_id = admin.devices()[0]["id"].as_str().unwrap().to_owned();
+
+    let g = grant(&server, &device_id).await;
+    assert_eq!(present(&g, g.token.clone()).await, "accepted");
+    assert_eq!(present(&g, g.token.clone()).await, "token_replayed");
+
+    // Tampered: the claims changed, the signature kept.
+    let g2 = grant(&server, &device_id).await;
+    let (body, sig) = g2.token.split_once('.').unwrap();
+    let mut bytes = body.as_bytes().to_vec();
+    bytes[10] = if bytes[10] == b'A' { b'B' } else { b'A' };
+    let tampered = format!("{}.{sig}", String::from_utf8(bytes).unwrap());
+    assert!(present(&g2, tampered).await.starts_with("token_"));
+
+    // Forged with another key; expired; for a device that is not here; garbage.
+    let (forger, _) = SessionSigner::generate().unwrap();
+    let now = now_unix();
+    let claims = SessionClaims {
+        sid: SessionId::new(),
+        sub: "user:mallory@example.com".into(),
+        dev: device_id.parse().unwrap(),
+        op: Operation::Exec,
+        args: serde_json::json!({"argv": ["true"]}),
+        iat: now,
+        exp: now + 60,
+    };
+    assert_eq!(present(&g, forger.sign(&claims)).await, "token_invalid");
+    let real = SessionSigner::from_pkcs8(&std::fs::read(data.join("session-signing.key")).unwrap()).unwrap();
+    let expired = SessionClaims { sid: SessionId::new(), iat: now - 120, exp: now - 60, ..claims.clone() };
+    assert_eq!(present(&g, real.sign(&expired)).await, "token_expired");
+    let elsewhere = SessionClaims { sid: SessionId::new(), dev: "not-connected-device".parse().unwrap(), ..claims.clone() };
+    assert_eq!(present(&g, real.sign(&elsewhere)).await, "device_offline");
+    assert_eq!(present(&g, "garbage".into()).await, "token_malformed");
+
+    // Each refusal is recorded.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while refusals(&data).len() < 6 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let codes: Vec<String> = refusals(&data).iter().map(|r| r["code"].as_str().unwrap().to_owned()).collect();
+    for code in ["token_replayed", "token_invalid", "token_expired", "device_offline", "token_malformed"] {
+        assert!(codes.iter().any(|c| c == code), "{code} not recorded in {codes:?}");
+    }
+    assert!(refusals(&data).iter().all(|r| r["refused_by"] == "relay"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_oversized_and_stalled_peers_lose_only_their_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let server = Server::start(&data, "127.0.0.1:0");
+    let admin = M87::new(&server.url, &tmp.path().join("admin"), Some(&server.admin_key()));
+    let (_runtime, _dev) = enrolled_device(&server, &admin, &tmp.path().join("dev"), "peer-dev");
+    let device_id = admin.devices()[0]["id"].as_str().unwrap().to_owned();
+    let g = grant(&server, &device_id).await;
+    let connect = || m87_agent::quic::connect(&g.relay.address, &g.relay.server_name, ALPN_SESSION, Some(&g.relay.cert_sha256));
+
+    // Garbage instead of a frame.
+    let (_e1, garbage) = connect().await.unwrap();
+    let (mut s, _r) = garbage.open_bi().await.unwrap();
+    s.write_all(b"\x7fthis is not a frame").await.unwrap();
+    // An oversized header: a control frame claiming 1 MiB.
+    let (_e2, oversized) = connect().await.unwrap();
+    let (mut s2, _r2) = oversized.open_bi().await.unwrap();
+    s2.write_all(&[0x01, 0x00, 0x10, 0x00, 0x00]).await.unwrap();
+    // A peer that opens a stream and stalls.
+    let (_e3, stalled) = connect().await.unwrap();
+    let (mut s3, _r3) = stalled.open_bi().await.unwrap();
+    s3.write_all(&[0x01]).await.unwrap();
+
+    let started = Instant::now();
+    for conn in [&garbage, &oversized] {
+        tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.expect("bad peer not dropped");
+    }
+    tokio::time::timeout(Duration::from_secs(15), stalled.closed()).await.expect("stalled peer not dropped");
+    assert!(started.elapsed() >= Duration::from_secs(9), "stalled peer should get the full header timeout");
+
+    // The relay still serves everyone else.
+    let out = admin.run(&["peer-dev", "exec", "--", "echo", "still here"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "still here\n");
+}
