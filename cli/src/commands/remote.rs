@@ -30,6 +30,19 @@ enum DeviceOp {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+    /// Forward local ports to ports the device can reach, until interrupted.
+    ///
+    /// SPEC: `8080` (local 8080 → device 8080), `8080:80`, `8080:10.0.0.5:80` (a host the
+    /// device reaches), ranges `8000-8010` or `8000-8010:9000-9010`, and `/udp` (default
+    /// `/tcp`). Each connection is its own stream in one session.
+    Forward {
+        /// One or more forward specs.
+        #[arg(required = true)]
+        specs: Vec<String>,
+        /// Local address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
+    },
 }
 
 /// Parses `args` (the device first) and runs the operation; returns the exit code.
@@ -58,6 +71,34 @@ pub async fn run(args: Vec<String>) -> anyhow::Result<i32> {
             };
             session.close().await;
             Ok(remote::exec::exit_code(result?))
+        }
+        DeviceOp::Forward { specs, bind } => {
+            let specs = remote::forward::parse_specs(&specs)?;
+            let targets: Vec<serde_json::Value> = specs
+                .iter()
+                .map(|s| serde_json::json!({"host": s.remote_host, "port": s.remote_port, "proto": s.proto.as_str()}))
+                .collect();
+            let session = std::sync::Arc::new(
+                QuicSession::open(&client, device, Operation::Forward, serde_json::json!({ "targets": targets })).await?,
+            );
+            let name = session.device.name.to_string();
+            let opener: std::sync::Arc<dyn remote::ChannelOpener> = session.clone();
+            remote::forward::run(
+                opener,
+                specs,
+                bind,
+                |bound| {
+                    for (spec, addr) in bound {
+                        println!("forwarding {addr} -> {name}:{}", spec.remote_display());
+                    }
+                    println!("press Ctrl-C to stop");
+                },
+                async {
+                    let _ = tokio::signal::ctrl_c().await;
+                },
+            )
+            .await?;
+            Ok(0)
         }
     }
 }
