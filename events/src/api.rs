@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::domain::SystemInfo;
-use crate::ids::{DeviceId, DeviceName, Email, KeyId, RequestId, Scope, SessionId};
+use crate::domain::{Role, SystemInfo};
+use crate::ids::{DeviceId, DeviceName, Email, KeyId, OrgId, RequestId, Scope, SessionId};
 use crate::token::Operation;
 
 /// The body of every error answer: `{"error": {"code": ..., "message": ...}}`.
@@ -211,6 +211,18 @@ pub struct WhoAmI {
     pub scopes: Vec<Scope>,
     /// Whether the caller is a platform admin.
     pub platform_admin: bool,
+    /// The caller's organizations and roles.
+    #[serde(default)]
+    pub memberships: Vec<Membership>,
+}
+
+/// One organization a user belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Membership {
+    /// The organization.
+    pub org_id: OrgId,
+    /// The role in it.
+    pub role: Role,
 }
 
 /// `GET /v1/health`.
@@ -310,4 +322,56 @@ pub struct SessionRefusedReport {
     pub code: String,
     /// Why.
     pub reason: String,
+}
+
+/// `POST /v1/orgs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrgRequest {
+    /// The new organization's id (`[a-z0-9-]`, 1–63).
+    pub id: OrgId,
+    /// Its display name (default: the id).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// One row of `GET /v1/orgs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OrgSummary {
+    /// The organization.
+    pub id: OrgId,
+    /// Its display name.
+    pub name: String,
+    /// The caller's role (absent for platform admins who are not members).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// How many members it has.
+    pub members: usize,
+}
+
+/// `POST /v1/orgs/{id}/members`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemberRequest {
+    /// The user.
+    pub email: Email,
+    /// Their role.
+    pub role: Role,
+}
+
+/// `PUT /v1/orgs/{id}/members/{email}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleRequest {
+    /// The new role.
+    pub role: Role,
+}
+
+/// One row of `GET /v1/orgs/{id}/members`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MemberSummary {
+    /// The user.
+    pub email: Email,
+    /// Their role.
+    pub role: Role,
 }

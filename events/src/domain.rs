@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::ids::{DeviceId, DeviceName, Email, KeyId, RequestId, Scope, SessionId};
+use crate::ids::{DeviceId, DeviceName, Email, KeyId, OrgId, RequestId, Scope, SessionId};
 use crate::token::Operation;
 
 /// What a device tells about itself when it registers.
@@ -111,6 +111,101 @@ pub enum DomainEvent {
     DeviceConnected(DeviceConnected),
     /// A device's tunnel went away.
     DeviceDisconnected(DeviceDisconnected),
+    /// An organization was created.
+    OrgCreated(OrgCreated),
+    /// An organization was deleted.
+    OrgDeleted(OrgDeleted),
+    /// A user joined an organization.
+    MemberAdded(MemberAdded),
+    /// A user left (or was removed from) an organization.
+    MemberRemoved(MemberRemoved),
+    /// A member's role changed.
+    MemberRoleChanged(MemberRoleChanged),
+}
+
+/// A member's role in an organization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Approves devices, manages members and access; operates devices.
+    Admin,
+    /// Operates devices: shell, exec, forward, files.
+    Member,
+    /// Reads status, logs, metrics and audit only.
+    Viewer,
+}
+
+impl Role {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Member => "member",
+            Role::Viewer => "viewer",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = crate::ids::ParseIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "member" => Ok(Role::Member),
+            "viewer" => Ok(Role::Viewer),
+            _ => Err(crate::ids::ParseIdError {
+                what: "role",
+                reason: "must be admin, member or viewer",
+            }),
+        }
+    }
+}
+
+/// Payload of [`DomainEvent::OrgCreated`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrgCreated {
+    /// The organization.
+    pub org_id: OrgId,
+    /// Its display name.
+    pub name: String,
+}
+
+/// Payload of [`DomainEvent::OrgDeleted`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrgDeleted {
+    /// The organization.
+    pub org_id: OrgId,
+}
+
+/// Payload of [`DomainEvent::MemberAdded`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberAdded {
+    /// The organization.
+    pub org_id: OrgId,
+    /// The user.
+    pub email: Email,
+    /// Their role.
+    pub role: Role,
+}
+
+/// Payload of [`DomainEvent::MemberRemoved`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberRemoved {
+    /// The organization.
+    pub org_id: OrgId,
+    /// The user.
+    pub email: Email,
+}
+
+/// Payload of [`DomainEvent::MemberRoleChanged`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberRoleChanged {
+    /// The organization.
+    pub org_id: OrgId,
+    /// The user.
+    pub email: Email,
+    /// The new role.
+    pub role: Role,
 }
 
 /// Payload of [`DomainEvent::SessionOpened`]; the actor is the user.
@@ -354,6 +449,11 @@ impl DomainEvent {
         "SessionRefused",
         "DeviceConnected",
         "DeviceDisconnected",
+        "OrgCreated",
+        "OrgDeleted",
+        "MemberAdded",
+        "MemberRemoved",
+        "MemberRoleChanged",
     ];
 
     /// The type name stored beside the data.
@@ -375,6 +475,11 @@ impl DomainEvent {
             DomainEvent::SessionRefused(_) => "SessionRefused",
             DomainEvent::DeviceConnected(_) => "DeviceConnected",
             DomainEvent::DeviceDisconnected(_) => "DeviceDisconnected",
+            DomainEvent::OrgCreated(_) => "OrgCreated",
+            DomainEvent::OrgDeleted(_) => "OrgDeleted",
+            DomainEvent::MemberAdded(_) => "MemberAdded",
+            DomainEvent::MemberRemoved(_) => "MemberRemoved",
+            DomainEvent::MemberRoleChanged(_) => "MemberRoleChanged",
         }
     }
 

@@ -70,6 +70,11 @@ impl StreamId {
         Self(format!("session-{id}"))
     }
 
+    /// The stream of one organization.
+    pub fn org(id: &crate::ids::OrgId) -> Self {
+        Self(format!("org-{id}"))
+    }
+
     /// The stream of a device's connections.
     pub fn presence(id: &DeviceId) -> Self {
         Self(format!("presence-{id}"))

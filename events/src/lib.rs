@@ -17,7 +17,7 @@ pub mod ids;
 pub mod token;
 pub mod tunnel;
 
-pub use domain::{DomainEvent, KeyKind, SystemInfo};
+pub use domain::{DomainEvent, KeyKind, Role, SystemInfo};
 pub use envelope::{Actor, EventEnvelope, Metadata, StreamId};
 pub use ids::{
     CorrelationId, DeviceId, DeviceName, Email, EventId, KeyId, OrgId, ParseIdError, RequestId,

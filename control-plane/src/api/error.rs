@@ -67,6 +67,7 @@ impl From<DomainError> for ApiError {
             DomainError::AlreadyRevoked => (StatusCode::CONFLICT, "already_revoked"),
             DomainError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
             DomainError::DeviceOffline(_) => (StatusCode::CONFLICT, "device_offline"),
+            DomainError::AlreadyExists(_) => (StatusCode::CONFLICT, "already_exists"),
         };
         Self::new(status, code, message)
     }

@@ -7,11 +7,13 @@ use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use m87_events::api::{
     AccessRequest, ApiKeySummary, CreateApiKeyRequest, CreatedApiKey, DecisionResponse,
-    CreateSessionRequest, DeviceStatus, DeviceSummary, DeviceTunnelConfig, ErrorBody, Health,
+    CreateOrgRequest, CreateSessionRequest, DeviceStatus, MemberRequest, MemberSummary, OrgSummary, RoleRequest, DeviceSummary, DeviceTunnelConfig, ErrorBody, Health,
     PollRequest, PollResponse, RegisterRequest, RegisterResponse, SessionClosedReport,
     SessionGrant, SessionRefusedReport, WhoAmI,
 };
-use m87_events::{CorrelationId, DeviceId, KeyId, Metadata, RequestId, Scope, SessionId};
+use m87_events::{CorrelationId, DeviceId, Email, KeyId, Metadata, OrgId, RequestId, Scope, SessionId};
+
+use crate::service::orgs::MemberChange;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -40,6 +42,10 @@ pub fn router() -> Router {
         .route("/v1/device/tunnel", get(tunnel_config))
         .route("/v1/device/sessions/{id}/closed", post(session_closed))
         .route("/v1/device/sessions/refused", post(session_refused))
+        .route("/v1/orgs", post(create_org).get(list_orgs))
+        .route("/v1/orgs/{id}", delete(delete_org))
+        .route("/v1/orgs/{id}/members", post(add_member).get(list_members))
+        .route("/v1/orgs/{id}/members/{email}", delete(remove_member).put(change_role))
         .route("/v1/api-keys", post(create_api_key).get(list_api_keys))
         .route("/v1/api-keys/{id}", delete(revoke_api_key))
         .fallback(|| async { ApiError::not_found("route") })
@@ -344,6 +350,77 @@ async fn session_refused(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Create an organization; the caller becomes its admin.
+#[utoipa::path(post, path = "/v1/orgs", tag = "orgs", security(("api_key" = [])), request_body = CreateOrgRequest,
+    responses((status = 201, body = OrgSummary), (status = 409, body = ErrorBody)))]
+async fn create_org(State(s): State<AppState>, caller: Caller, ApiJson(req): ApiJson<CreateOrgRequest>) -> ApiResult<impl IntoResponse> {
+    let org = s.cp.create_org(&caller.identity, req, &caller.metadata).await?;
+    Ok((StatusCode::CREATED, Json(org)))
+}
+
+/// The caller's organizations.
+#[utoipa::path(get, path = "/v1/orgs", tag = "orgs", security(("api_key" = [])), responses((status = 200, body = [OrgSummary])))]
+async fn list_orgs(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<OrgSummary>>> {
+    Ok(Json(s.cp.list_orgs(&caller.identity).await?))
+}
+
+/// Delete an organization (its admins, or platform admins).
+#[utoipa::path(delete, path = "/v1/orgs/{id}", tag = "orgs", security(("api_key" = [])),
+    params(("id" = String, Path, description = "organization id")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn delete_org(State(s): State<AppState>, caller: Caller, ApiPath(id): ApiPath<OrgId>) -> ApiResult<StatusCode> {
+    s.cp.delete_org(&caller.identity, &id, &caller.metadata).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Add a member.
+#[utoipa::path(post, path = "/v1/orgs/{id}/members", tag = "orgs", security(("api_key" = [])), request_body = MemberRequest,
+    params(("id" = String, Path, description = "organization id")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn add_member(State(s): State<AppState>, caller: Caller, ApiPath(id): ApiPath<OrgId>, ApiJson(req): ApiJson<MemberRequest>) -> ApiResult<StatusCode> {
+    s.cp.change_member(&caller.identity, &id, &req.email, MemberChange::Add(req.role), &caller.metadata).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The members of an organization.
+#[utoipa::path(get, path = "/v1/orgs/{id}/members", tag = "orgs", security(("api_key" = [])),
+    params(("id" = String, Path, description = "organization id")),
+    responses((status = 200, body = [MemberSummary]), (status = 404, body = ErrorBody)))]
+async fn list_members(State(s): State<AppState>, caller: Caller, ApiPath(id): ApiPath<OrgId>) -> ApiResult<Json<Vec<MemberSummary>>> {
+    Ok(Json(s.cp.list_members(&caller.identity, &id).await?))
+}
+
+fn org_and_email(id: String, email: String) -> Result<(OrgId, Email), ApiError> {
+    let id = id.parse().map_err(|e: m87_events::ParseIdError| ApiError::bad_request(e.to_string()))?;
+    let email = email.parse().map_err(|e: m87_events::ParseIdError| ApiError::bad_request(e.to_string()))?;
+    Ok((id, email))
+}
+
+/// Remove a member (admins; members may remove themselves).
+#[utoipa::path(delete, path = "/v1/orgs/{id}/members/{email}", tag = "orgs", security(("api_key" = [])),
+    params(("id" = String, Path, description = "organization id"), ("email" = String, Path, description = "member")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn remove_member(State(s): State<AppState>, caller: Caller, axum::extract::Path((id, email)): axum::extract::Path<(String, String)>) -> ApiResult<StatusCode> {
+    let (id, email) = org_and_email(id, email)?;
+    s.cp.change_member(&caller.identity, &id, &email, MemberChange::Remove, &caller.metadata).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Change a member's role.
+#[utoipa::path(put, path = "/v1/orgs/{id}/members/{email}", tag = "orgs", security(("api_key" = [])), request_body = RoleRequest,
+    params(("id" = String, Path, description = "organization id"), ("email" = String, Path, description = "member")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn change_role(
+    State(s): State<AppState>,
+    caller: Caller,
+    axum::extract::Path((id, email)): axum::extract::Path<(String, String)>,
+    ApiJson(req): ApiJson<RoleRequest>,
+) -> ApiResult<StatusCode> {
+    let (id, email) = org_and_email(id, email)?;
+    s.cp.change_member(&caller.identity, &id, &email, MemberChange::Role(req.role), &caller.metadata).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 struct SecurityAddon;
 
 impl Modify for SecurityAddon {
@@ -369,7 +446,8 @@ impl Modify for SecurityAddon {
     info(title = "m87 API", description = "Control plane of m87: registration, approval, devices, API keys."),
     paths(health, openapi, whoami, register, poll, approve, reject, list_devices, get_device,
           remove_device, grant_access, revoke_access, create_api_key, list_api_keys, revoke_api_key,
-          create_session, tunnel_config, session_closed, session_refused),
+          create_session, tunnel_config, session_closed, session_refused, create_org, list_orgs,
+          delete_org, add_member, list_members, remove_member, change_role),
     modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;

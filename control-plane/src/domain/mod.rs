@@ -9,10 +9,12 @@
 //! - [`api_key`]: user API keys.
 //! - [`identity`]: who is calling, and what they may see and administer.
 //! - [`session`]: remote sessions: opening (token grant) and closing.
+//! - [`org`]: organizations, members and roles.
 
 pub mod api_key;
 pub mod device;
 pub mod identity;
+pub mod org;
 pub mod registration;
 pub mod session;
 
@@ -53,6 +55,9 @@ pub enum DomainError {
     /// The input is not acceptable.
     #[error("{0}")]
     Validation(String),
+    /// Something with this identity exists already.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
     /// The device's tunnel is not connected.
     #[error("device offline ({0})")]
     DeviceOffline(String),
@@ -88,6 +93,7 @@ pub(crate) mod test_support {
                 key_id: None,
             },
             platform_admin: false,
+            memberships: vec![],
         }
     }
 

@@ -82,6 +82,9 @@ pub fn decide_open(
         Some(e) if caller.can_see(&e.owner_scope, &device.allowed_scopes) && !device.removed => e,
         _ => return Err(DomainError::NotFound("device")),
     };
+    if !caller.can_operate(&enrollment.owner_scope, &device.allowed_scopes) {
+        return Err(DomainError::Forbidden("viewers may read a device's status but not operate it".into()));
+    }
     validate_args(operation, &args)?;
     Ok(DomainEvent::SessionOpened(SessionOpened {
         session_id,

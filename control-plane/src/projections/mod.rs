@@ -19,7 +19,7 @@ use tokio::sync::{Mutex, broadcast, watch};
 
 use crate::bus::EventBus;
 use crate::store::{EventStore, StoreError};
-use models::{ApiKeysProjection, DevicesProjection, Docs, Projection, RegistrationsProjection};
+use models::{ApiKeysProjection, DevicesProjection, Docs, OrgsProjection, Projection, RegistrationsProjection};
 use store::ReadStore;
 
 /// Every projection m87 keeps.
@@ -28,6 +28,7 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(RegistrationsProjection),
         Arc::new(DevicesProjection),
         Arc::new(ApiKeysProjection),
+        Arc::new(OrgsProjection),
     ]
 }
 
@@ -35,7 +36,7 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
     /// No projection has that name.
-    #[error("no projection named {0}; known: registrations, devices, api_keys")]
+    #[error("no projection named {0}; known: registrations, devices, api_keys, orgs")]
     Unknown(String),
     /// The store failed.
     #[error(transparent)]

@@ -23,6 +23,8 @@ pub const DEVICES: &str = "devices";
 pub const API_KEYS: &str = "api_keys";
 /// Collection of [`KeyHashRow`]s, by key digest: how authentication finds a key.
 pub const KEY_HASHES: &str = "key_hashes";
+/// Collection of [`OrgRow`]s, by organization id.
+pub const ORGS: &str = "orgs";
 /// Collection of [`ApiKeyRow`]s of device keys, by device id: each device's current key.
 pub const DEVICE_KEYS: &str = "device_keys";
 
@@ -107,6 +109,84 @@ pub struct ApiKeyRow {
 pub struct KeyHashRow {
     /// The key this digest belongs to.
     pub key_id: KeyId,
+}
+
+/// An organization and its members.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrgRow {
+    /// The organization.
+    pub org_id: m87_events::OrgId,
+    /// Its name.
+    pub name: String,
+    /// Members and their roles.
+    pub members: std::collections::BTreeMap<Email, m87_events::Role>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Organizations and memberships.
+#[derive(Debug, Default)]
+pub struct OrgsProjection;
+
+fn org_key(event: &DomainEvent) -> Option<&m87_events::OrgId> {
+    match event {
+        DomainEvent::OrgCreated(e) => Some(&e.org_id),
+        DomainEvent::OrgDeleted(e) => Some(&e.org_id),
+        DomainEvent::MemberAdded(e) => Some(&e.org_id),
+        DomainEvent::MemberRemoved(e) => Some(&e.org_id),
+        DomainEvent::MemberRoleChanged(e) => Some(&e.org_id),
+        _ => None,
+    }
+}
+
+impl Projection for OrgsProjection {
+    fn name(&self) -> &'static str {
+        "orgs"
+    }
+
+    fn collections(&self) -> &'static [&'static str] {
+        &[ORGS]
+    }
+
+    fn reads(&self, env: &EventEnvelope) -> Vec<(&'static str, String)> {
+        org_key(&env.event)
+            .map(|id| vec![(ORGS, id.to_string())])
+            .unwrap_or_default()
+    }
+
+    fn apply(&self, env: &EventEnvelope, docs: &Docs) -> Vec<Change> {
+        let Some(id) = org_key(&env.event) else {
+            return vec![];
+        };
+        if let DomainEvent::OrgCreated(e) = &env.event {
+            let row = OrgRow {
+                org_id: e.org_id.clone(),
+                name: e.name.clone(),
+                members: Default::default(),
+                created_at: env.recorded_at,
+            };
+            return vec![put(ORGS, id, &row)];
+        }
+        if let DomainEvent::OrgDeleted(_) = &env.event {
+            return vec![Change::Delete { collection: ORGS, id: id.to_string() }];
+        }
+        let Some(mut row) = docs.get::<OrgRow>(ORGS, id.as_str()) else {
+            return vec![];
+        };
+        match &env.event {
+            DomainEvent::MemberAdded(e) => {
+                row.members.insert(e.email.clone(), e.role);
+            }
+            DomainEvent::MemberRoleChanged(e) => {
+                row.members.insert(e.email.clone(), e.role);
+            }
+            DomainEvent::MemberRemoved(e) => {
+                row.members.remove(&e.email);
+            }
+            _ => {}
+        }
+        vec![put(ORGS, id, &row)]
+    }
 }
 
 /// Documents a projection asked for, as loaded.

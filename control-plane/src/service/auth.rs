@@ -3,12 +3,12 @@
 //! A key is a kind prefix (`m87u_` user, `m87d_` device) and 48 random hex characters. Only its
 //! SHA-256 digest is stored; authentication looks the digest up in the `api_keys` read model.
 
-use m87_events::{KeyKind, Scope};
+use m87_events::{Email, KeyKind, Scope};
 use rand::RngCore;
 
 use super::{ControlPlane, ServiceError};
 use crate::domain::{Identity, Principal, secret_digest};
-use crate::projections::models::{API_KEYS, ApiKeyRow, KEY_HASHES, KeyHashRow};
+use crate::projections::models::{API_KEYS, ApiKeyRow, KEY_HASHES, KeyHashRow, ORGS, OrgRow};
 
 /// A freshly generated key: the secret, its digest and a hint to recognise it by.
 #[derive(Debug)]
@@ -80,21 +80,38 @@ impl ControlPlane {
             }));
         }
         match (kind, row.email, row.device_id) {
-            (KeyKind::User, Some(email), _) => Ok(Identity {
-                platform_admin: self.settings.admin_emails.contains(&email),
-                scopes: vec![Scope::user(&email)],
-                principal: Principal::User {
-                    email,
-                    key_id: Some(row.key_id),
-                },
-            }),
+            (KeyKind::User, Some(email), _) => self.user_identity(email, Some(row.key_id)).await,
             (KeyKind::Device, _, Some(device_id)) => Ok(Identity {
                 principal: Principal::Device { device_id },
                 scopes: vec![],
                 platform_admin: false,
+                memberships: vec![],
             }),
             _ => Err(ServiceError::Unauthenticated(INVALID)),
         }
+    }
+}
+
+impl ControlPlane {
+    /// The identity of a user, however they proved it (API key now, OIDC token later): their
+    /// own scope, their organizations' scopes and roles, and platform admin status.
+    pub async fn user_identity(&self, email: Email, key_id: Option<m87_events::KeyId>) -> Result<Identity, ServiceError> {
+        let mut memberships = Vec::new();
+        for doc in self.read.list(ORGS).await? {
+            if let Ok(org) = serde_json::from_value::<OrgRow>(doc)
+                && let Some(role) = org.members.get(&email)
+            {
+                memberships.push((org.org_id, *role));
+            }
+        }
+        let mut scopes = vec![Scope::user(&email)];
+        scopes.extend(memberships.iter().map(|(o, _)| Scope::org(o)));
+        Ok(Identity {
+            platform_admin: self.settings.admin_emails.contains(&email),
+            scopes,
+            principal: Principal::User { email, key_id },
+            memberships,
+        })
     }
 }
 

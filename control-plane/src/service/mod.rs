@@ -4,10 +4,12 @@
 //! - [`commands`]: command handlers (load, decide, append with retry on conflict).
 //! - [`queries`]: reads from the projections, filtered by the caller's scopes.
 //! - [`auth`]: API keys: generation, and authentication against the read model.
+//! - [`orgs`]: organizations and memberships.
 //! - [`sessions`]: session grants, session ends and refusals, device presence.
 
 pub mod auth;
 pub mod commands;
+pub mod orgs;
 pub mod queries;
 pub mod sessions;
 

@@ -193,6 +193,11 @@ impl ControlPlane {
                 device_id: None,
                 scopes: caller.scopes.clone(),
                 platform_admin: caller.platform_admin,
+                memberships: caller
+                    .memberships
+                    .iter()
+                    .map(|(org_id, role)| m87_events::api::Membership { org_id: org_id.clone(), role: *role })
+                    .collect(),
             },
             Principal::Device { device_id } => WhoAmI {
                 kind: "device".into(),
@@ -200,6 +205,7 @@ impl ControlPlane {
                 device_id: Some(device_id.clone()),
                 scopes: vec![],
                 platform_admin: false,
+                memberships: vec![],
             },
         }
     }

@@ -110,7 +110,6 @@ impl ControlPlane {
     ) -> Result<SessionGrant, ServiceError> {
         let session_id = SessionId::new();
         let now = Utc::now();
-        let relay = self.relays().into_iter().next().ok_or(ServiceError::NoRelay)?;
         let (opened, _) = self
             .execute(metadata, || {
                 let args = req.args.clone();
@@ -121,6 +120,9 @@ impl ControlPlane {
                     if !self.is_online(device_id) {
                         return Err(DomainError::DeviceOffline(self.last_seen_text(device_id).await).into());
                     }
+                    if self.relays().is_empty() {
+                        return Err(ServiceError::NoRelay);
+                    }
                     Ok((event.clone(), one(StreamId::session(&session_id), 0, event)))
                 }
             })
@@ -128,6 +130,7 @@ impl ControlPlane {
         let DomainEvent::SessionOpened(opened) = opened else {
             return Err(ServiceError::Contention);
         };
+        let relay = self.relays().into_iter().next().ok_or(ServiceError::NoRelay)?;
         let claims = SessionClaims {
             sid: session_id,
             sub: caller.actor().to_string(),
