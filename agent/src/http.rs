@@ -211,6 +211,14 @@ impl ApiClient {
             .map(|_| ())
     }
 
+    /// `PUT path` with a JSON body, expecting no content back.
+    pub async fn put_no_content<B: Serialize + ?Sized>(&self, path: &str, body: &B) -> Result<(), ApiError> {
+        let url = self.url(path);
+        self.send::<serde_json::Value>(self.http.put(&url).json(body), &url)
+            .await
+            .map(|_| ())
+    }
+
     /// `DELETE path`.
     pub async fn delete(&self, path: &str) -> Result<(), ApiError> {
         let url = self.url(path);

@@ -9,7 +9,7 @@ mod session;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use m87_events::{DeviceName, Email, KeyId, OrgId};
+use m87_events::{DeviceName, Email, KeyId, OrgId, Role};
 use output::Output;
 
 /// Secure, outbound-only access to fleets of Linux devices.
@@ -52,6 +52,46 @@ enum Command {
     ApiKeys {
         #[command(subcommand)]
         command: ApiKeysCommand,
+    },
+    /// Copy files and directories between this machine and a device.
+    ///
+    /// One side is `<device>:/path`. Permissions and modification times are kept; a broken
+    /// transfer never leaves a half-written file under the final name.
+    Cp {
+        /// Source: a local path or <device>:/path.
+        src: String,
+        /// Destination: a local path or <device>:/path.
+        dst: String,
+        /// Copy directories recursively.
+        #[arg(short = 'r', long)]
+        recursive: bool,
+    },
+    /// Make a device directory match a local one (or the reverse), sending only what changed.
+    ///
+    /// Compares size and modification time, then content digests; large changed files send only
+    /// their changed blocks.
+    Sync {
+        /// Source: a local directory or <device>:/path.
+        src: String,
+        /// Destination: a local directory or <device>:/path.
+        dst: String,
+        /// Delete files on the destination that the source does not have.
+        #[arg(long)]
+        delete: bool,
+        /// Leave paths matching this glob alone (repeatable).
+        #[arg(long = "exclude", value_name = "PATTERN")]
+        excludes: Vec<String>,
+        /// Show what would change, change nothing.
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+        /// Keep running and sync again within a second of every local change.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Organizations, their members and roles (admin, member, viewer).
+    Org {
+        #[command(subcommand)]
+        command: OrgCommand,
     },
     /// Run this machine as an m87 device.
     Runtime {
@@ -107,6 +147,68 @@ enum ApiKeysCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum OrgCommand {
+    /// Create an organization; you become its admin.
+    Create {
+        /// Its id: lowercase letters, digits and '-'.
+        id: OrgId,
+        /// A display name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Your organizations.
+    #[command(alias = "ls")]
+    List,
+    /// Delete an organization (admins only).
+    Delete {
+        /// The organization.
+        id: OrgId,
+    },
+    /// Manage members.
+    Members {
+        #[command(subcommand)]
+        command: MembersCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MembersCommand {
+    /// Add a member (admins only).
+    Add {
+        /// The organization.
+        org: OrgId,
+        /// The user's email.
+        email: Email,
+        /// admin (approves devices, manages members and access), member (operates devices) or
+        /// viewer (reads only).
+        #[arg(long, default_value = "member")]
+        role: Role,
+    },
+    /// Remove a member (admins; anyone may remove themselves).
+    Remove {
+        /// The organization.
+        org: OrgId,
+        /// The user's email.
+        email: Email,
+    },
+    /// List the members.
+    #[command(alias = "ls")]
+    List {
+        /// The organization.
+        org: OrgId,
+    },
+    /// Change a member's role (admins only).
+    Role {
+        /// The organization.
+        org: OrgId,
+        /// The user's email.
+        email: Email,
+        /// admin, member or viewer.
+        role: Role,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum RuntimeCommand {
     /// Register this device (once), wait for approval, then stay enrolled until stopped.
     ///
@@ -149,7 +251,7 @@ fn init_tracing() {
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     let out = cli.output;
     if let Command::Device(args) = cli.command {
-        return commands::remote::run(args).await;
+        return commands::remote::run(args, out).await;
     }
     dispatch_local(cli.command, out).await.map(|()| 0)
 }
@@ -171,6 +273,21 @@ async fn dispatch_local(command: Command, out: Output) -> anyhow::Result<()> {
             }
             ApiKeysCommand::List => commands::api_keys::list(out).await,
             ApiKeysCommand::Revoke { id } => commands::api_keys::revoke(id).await,
+        },
+        Command::Cp { src, dst, recursive } => commands::files::cp(&src, &dst, recursive, out).await,
+        Command::Sync { src, dst, delete, excludes, dry_run, watch } => {
+            commands::files::sync(&src, &dst, commands::files::SyncArgs { delete, excludes, dry_run, watch }, out).await
+        }
+        Command::Org { command } => match command {
+            OrgCommand::Create { id, name } => commands::orgs::create(id, name, out).await,
+            OrgCommand::List => commands::orgs::list(out).await,
+            OrgCommand::Delete { id } => commands::orgs::delete(id).await,
+            OrgCommand::Members { command } => match command {
+                MembersCommand::Add { org, email, role } => commands::orgs::add(org, email, role).await,
+                MembersCommand::Remove { org, email } => commands::orgs::remove(org, email).await,
+                MembersCommand::List { org } => commands::orgs::members(org, out).await,
+                MembersCommand::Role { org, email, role } => commands::orgs::role(org, email, role).await,
+            },
         },
         Command::Runtime { command } => match command {
             RuntimeCommand::Run { email, org, name } => {

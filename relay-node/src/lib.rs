@@ -80,6 +80,56 @@ pub(crate) struct Shared {
     pub(crate) used_sessions: Mutex<HashMap<SessionId, i64>>,
     /// Client connections owning UDP flows.
     pub(crate) flows: session::Flows,
+    /// Open client sessions.
+    pub(crate) sessions: Mutex<HashMap<SessionId, LiveSession>>,
+    /// (device, subject) pairs whose access was revoked, with when: older tokens are refused.
+    pub(crate) revoked: Mutex<Vec<(DeviceId, String, i64)>>,
+}
+
+/// An open client session, as the relay sees it.
+#[derive(Debug, Clone)]
+pub struct LiveSession {
+    /// The session.
+    pub session_id: SessionId,
+    /// The device.
+    pub device: DeviceId,
+    /// Who opened it (`user:<email>`).
+    pub subject: String,
+    pub(crate) conn: quinn::Connection,
+}
+
+/// A handle to a running relay's sessions, for the control plane's decisions.
+#[derive(Clone)]
+pub struct RelayHandle {
+    shared: Arc<Shared>,
+}
+
+impl RelayHandle {
+    /// The open sessions.
+    pub fn sessions(&self) -> Vec<LiveSession> {
+        self.shared.sessions.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    /// Ends a session at once, and refuses tokens issued before now for the same device and
+    /// subject (they may still be unused).
+    pub fn end_session(&self, session: &LiveSession, reason: &str) {
+        self.revoke(&session.device, &session.subject);
+        session.conn.close(io::CLOSE_SESSION_ENDED, reason.as_bytes());
+    }
+
+    /// Refuses tokens issued up to now for `subject` on `device`.
+    pub fn revoke(&self, device: &DeviceId, subject: &str) {
+        let now = m87_events::token::now_unix();
+        let mut revoked = self.shared.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        // Tokens live at most a minute: older entries protect nothing.
+        revoked.retain(|(_, _, at)| *at > now - m87_events::token::MAX_LIFETIME_SECS);
+        revoked.push((device.clone(), subject.to_owned(), now));
+    }
+
+    /// The connected devices.
+    pub fn registry(&self) -> Arc<Registry> {
+        Arc::clone(&self.shared.registry)
+    }
 }
 
 impl Relay {
@@ -96,6 +146,8 @@ impl Relay {
                 registry: Arc::new(Registry::default()),
                 used_sessions: Mutex::new(HashMap::new()),
                 flows: Mutex::new(HashMap::new()),
+                sessions: Mutex::new(HashMap::new()),
+                revoked: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -108,6 +160,13 @@ impl Relay {
     /// The connected devices.
     pub fn registry(&self) -> Arc<Registry> {
         Arc::clone(&self.shared.registry)
+    }
+
+    /// A handle to the relay's sessions.
+    pub fn handle(&self) -> RelayHandle {
+        RelayHandle {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Accepts connections until `shutdown` turns true; then closes every connection.

@@ -78,6 +78,16 @@ pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
             return;
         }
     };
+    let revoked = shared
+        .revoked
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .any(|(d, sub, at)| *d == claims.dev && *sub == claims.sub && claims.iat <= *at);
+    if revoked {
+        refuse_session(&shared, &conn, &mut csend, Some(claims.sid), Some(claims.dev.clone()), "access_revoked", "access to this device was revoked").await;
+        return;
+    }
     if !shared.first_use(&claims) {
         refuse_session(&shared, &conn, &mut csend, Some(claims.sid), Some(claims.dev.clone()), "token_replayed", "session token was already used").await;
         return;
@@ -110,10 +120,18 @@ pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
     };
     tracing::info!(relay = %shared.relay_id, session = %session_id, device = %claims.dev, op = claims.op.as_str(), %remote, "session open");
 
+    shared.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        session_id,
+        crate::LiveSession {
+            session_id,
+            device: claims.dev.clone(),
+            subject: claims.sub.clone(),
+            conn: conn.clone(),
+        },
+    );
     // The session's control stream: spliced for the session's life.
     let control = tokio::spawn(splice(crecv, dsend, drecv, csend));
     let device_conn = tunnel.conn.clone();
-    let mut owned_flows: Vec<u32> = vec![];
     let datagram_conn = conn.clone();
     let datagram_device = device_conn.clone();
     let client_datagrams = tokio::spawn(async move {
@@ -145,7 +163,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
             }
         }
     }
-    owned_flows.clear();
+    shared.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&session_id);
     control.abort();
     client_datagrams.abort();
     shared

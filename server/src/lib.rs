@@ -58,6 +58,28 @@ fn announced_address(settings: &RelaySettings, bound: SocketAddr) -> String {
     SocketAddr::new(ip, bound.port()).to_string()
 }
 
+fn access_may_shrink(event: &DomainEvent) -> bool {
+    matches!(
+        event,
+        DomainEvent::AccessRevoked(_)
+            | DomainEvent::DeviceRemoved(_)
+            | DomainEvent::MemberRemoved(_)
+            | DomainEvent::MemberRoleChanged(_)
+            | DomainEvent::OrgDeleted(_)
+            | DomainEvent::ApiKeyRevoked(_)
+    )
+}
+
+/// Ends every open session whose user may no longer operate its device.
+async fn end_sessions_without_access(cp: &m87_control_plane::service::ControlPlane, relay: &m87_relay_node::RelayHandle) {
+    for session in relay.sessions() {
+        if !cp.may_operate(&session.subject, &session.device).await {
+            tracing::info!(session = %session.session_id, subject = %session.subject, device = %session.device, "access revoked: ending the session");
+            relay.end_session(&session, "access to this device was revoked");
+        }
+    }
+}
+
 /// Runs the control plane and a relay until `shutdown` completes.
 pub async fn run(
     config: ServerConfig,
@@ -102,9 +124,11 @@ pub async fn run(
     cp.set_presence(Arc::new(link::RegistryPresence(Arc::clone(&registry))));
     tracing::info!(address = %relay_addr, announced = %relay_public, sha256 = %relay_fingerprint, "relay listening (QUIC)");
 
-    // A removed device loses its tunnel at once.
+    // A removed device loses its tunnel at once; whoever loses access loses their sessions.
     if let Some(mut feed) = cp.subscribe() {
         let registry = Arc::clone(&registry);
+        let handle = node.handle();
+        let cp = cp.clone();
         let mut stopping = platform.stopping();
         tokio::spawn(async move {
             loop {
@@ -115,6 +139,9 @@ pub async fn run(
                                 && registry.disconnect(&r.device_id, "the device was removed")
                             {
                                 tracing::info!(device = %r.device_id, "removed device disconnected");
+                            }
+                            if access_may_shrink(&e.event) {
+                                end_sessions_without_access(&cp, &handle).await;
                             }
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,

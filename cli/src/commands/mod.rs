@@ -2,6 +2,8 @@
 
 pub mod api_keys;
 pub mod devices;
+pub mod files;
 pub mod login;
+pub mod orgs;
 pub mod remote;
 pub mod runtime;

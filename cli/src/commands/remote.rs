@@ -30,6 +30,15 @@ enum DeviceOp {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+    /// An interactive login shell in a pseudo-terminal. The local terminal is in raw mode while
+    /// it runs (Ctrl-C goes to the remote side) and is restored on every exit; the remote exit
+    /// status becomes this command's.
+    Shell,
+    /// Who besides the owner may reach the device: `access list|add|remove SCOPE`.
+    Access {
+        #[command(subcommand)]
+        command: AccessOp,
+    },
     /// Forward local ports to ports the device can reach, until interrupted.
     ///
     /// SPEC: `8080` (local 8080 → device 8080), `8080:80`, `8080:10.0.0.5:80` (a host the
@@ -45,8 +54,59 @@ enum DeviceOp {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum AccessOp {
+    /// The owner and the scopes the device is shared with.
+    #[command(alias = "ls")]
+    List,
+    /// Share the device with `user:<email>` or `org:<id>`.
+    Add {
+        /// The scope.
+        scope: m87_events::Scope,
+    },
+    /// Stop sharing; open sessions of those who lose access are ended.
+    Remove {
+        /// The scope.
+        scope: m87_events::Scope,
+    },
+}
+
+async fn access(client: &m87_agent::http::ApiClient, device: &str, op: AccessOp, output: crate::output::Output) -> anyhow::Result<i32> {
+    let devices: Vec<m87_events::api::DeviceSummary> = client.get("/v1/devices").await?;
+    let approved: Vec<_> = devices
+        .into_iter()
+        .filter(|d| d.status == m87_events::api::DeviceStatus::Approved)
+        .collect();
+    let Some(d) = crate::commands::devices::resolve(&approved, device)?.cloned() else {
+        anyhow::bail!("device {device:?} not found");
+    };
+    match op {
+        AccessOp::List => match output {
+            crate::output::Output::Json => {
+                crate::output::print_json(&serde_json::json!({"owner_scope": d.owner_scope, "allowed_scopes": d.allowed_scopes}))?;
+            }
+            crate::output::Output::Table => {
+                let mut rows = vec![vec![d.owner_scope.to_string(), "owner".to_owned()]];
+                rows.extend(d.allowed_scopes.iter().map(|s| vec![s.to_string(), "shared".to_owned()]));
+                crate::output::print_table(&["SCOPE", "ACCESS"], &rows);
+            }
+        },
+        AccessOp::Add { scope } => {
+            client
+                .post_no_content(&format!("/v1/devices/{}/access", d.id), &m87_events::api::AccessRequest { scope: scope.clone() })
+                .await?;
+            println!("{} is now shared with {scope}", d.name);
+        }
+        AccessOp::Remove { scope } => {
+            client.delete(&format!("/v1/devices/{}/access/{scope}", d.id)).await?;
+            println!("{} is no longer shared with {scope}", d.name);
+        }
+    }
+    Ok(0)
+}
+
 /// Parses `args` (the device first) and runs the operation; returns the exit code.
-pub async fn run(args: Vec<String>) -> anyhow::Result<i32> {
+pub async fn run(args: Vec<String>, output: crate::output::Output) -> anyhow::Result<i32> {
     let Some((device, rest)) = args.split_first() else {
         anyhow::bail!("name a device: m87 <device> exec|shell|forward …");
     };
@@ -61,14 +121,22 @@ pub async fn run(args: Vec<String>) -> anyhow::Result<i32> {
     };
     let client = user_client()?;
     match cli.op {
+        DeviceOp::Access { command } => access(&client, device, command, output).await,
         DeviceOp::Exec { stdin, tty, command } => {
             let grant_args = serde_json::json!({ "argv": command });
             let session = QuicSession::open(&client, device, Operation::Exec, grant_args).await?;
             let result = if tty {
-                anyhow::bail!("exec -t is not available yet")
+                let _ = stdin; // a terminal always carries input
+                remote::shell::exec_tty(&session, command).await
             } else {
                 remote::exec::run(&session, command, stdin).await
             };
+            session.close().await;
+            Ok(remote::exec::exit_code(result?))
+        }
+        DeviceOp::Shell => {
+            let session = QuicSession::open(&client, device, Operation::Shell, serde_json::Value::Null).await?;
+            let result = remote::shell::shell(&session).await;
             session.close().await;
             Ok(remote::exec::exit_code(result?))
         }

@@ -252,6 +252,24 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Whether `subject` (as in a session token: `user:<email>`) may still operate `device`.
+    pub async fn may_operate(&self, subject: &str, device: &DeviceId) -> bool {
+        let Some(email) = subject.strip_prefix("user:").and_then(|e| e.parse::<m87_events::Email>().ok()) else {
+            return false;
+        };
+        let Ok(identity) = self.user_identity(email, None).await else {
+            return false;
+        };
+        let Ok((events, _)) = self.load(&StreamId::device(device)).await else {
+            return false;
+        };
+        let device = Device::from_events(&events);
+        match &device.enrollment {
+            Some(e) if !device.removed => identity.can_operate(&e.owner_scope, &device.allowed_scopes),
+            _ => false,
+        }
+    }
+
     /// The device behind a device key (relays authenticate tunnels with this).
     pub async fn authenticate_device(&self, api_key: &str) -> Result<DeviceId, ServiceError> {
         match self.authenticate(api_key).await?.principal {

@@ -1,0 +1,194 @@
+//! `m87 cp` and `m87 sync`: files between this machine and a device.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use m87_events::token::Operation;
+
+use crate::context::user_client;
+use crate::output::{Output, print_json};
+use crate::remote;
+use crate::session::QuicSession;
+
+/// One side of a copy.
+enum Side {
+    Local(PathBuf),
+    Remote { device: String, path: String },
+}
+
+/// `<device>:/path` is remote; anything else (including `./a:b` and `/x:y`) is local.
+fn side(arg: &str) -> Side {
+    match arg.split_once(':') {
+        Some((device, path)) if !device.is_empty() && !device.contains('/') && !path.is_empty() => Side::Remote {
+            device: device.to_owned(),
+            path: path.to_owned(),
+        },
+        _ => Side::Local(PathBuf::from(arg)),
+    }
+}
+
+/// Which way, and the two ends.
+struct Transfer {
+    device: String,
+    remote: String,
+    local: PathBuf,
+    to_device: bool,
+}
+
+fn transfer(src: &str, dst: &str) -> anyhow::Result<Transfer> {
+    match (side(src), side(dst)) {
+        (Side::Local(local), Side::Remote { device, path }) => Ok(Transfer { device, remote: path, local, to_device: true }),
+        (Side::Remote { device, path }, Side::Local(local)) => Ok(Transfer { device, remote: path, local, to_device: false }),
+        (Side::Remote { .. }, Side::Remote { .. }) => anyhow::bail!("copying between two devices is not supported; copy through this machine"),
+        (Side::Local(_), Side::Local(_)) => anyhow::bail!("one side must be on a device: <device>:/path"),
+    }
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+}
+
+/// `m87 cp`.
+pub async fn cp(src: &str, dst: &str, recursive: bool, output: Output) -> anyhow::Result<()> {
+    let t = transfer(src, dst)?;
+    let client = user_client()?;
+    let args = serde_json::json!({
+        "path": t.remote,
+        "direction": if t.to_device { "to_device" } else { "from_device" },
+        "recursive": recursive,
+        "local": t.local.display().to_string(),
+    });
+    let session = QuicSession::open(&client, &t.device, Operation::Copy, args).await?;
+    let progress = output == Output::Table && std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let result = if t.to_device {
+        remote::cp::push(&session, &t.local, &t.remote, recursive, progress).await
+    } else {
+        remote::cp::pull(&session, &t.remote, &t.local, recursive, progress).await
+    };
+    session.close().await;
+    let stats = result?;
+    let secs = started.elapsed().as_secs_f64().max(0.001);
+    let bytes = stats.bytes_sent + stats.bytes_received;
+    match output {
+        Output::Json => print_json(&serde_json::json!({
+            "files": stats.files,
+            "bytes": bytes,
+            "seconds": secs,
+        })),
+        Output::Table => {
+            println!(
+                "copied {} file{} ({}) in {secs:.1} s ({}/s)",
+                stats.files,
+                if stats.files == 1 { "" } else { "s" },
+                human(bytes),
+                human((bytes as f64 / secs) as u64)
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Options of `m87 sync`.
+#[derive(Debug, Clone)]
+pub struct SyncArgs {
+    /// Remove what the source does not have.
+    pub delete: bool,
+    /// Paths to leave alone.
+    pub excludes: Vec<String>,
+    /// Report only.
+    pub dry_run: bool,
+    /// Keep syncing on changes.
+    pub watch: bool,
+}
+
+fn print_report(report: &m87_agent::services::files::SyncReport, output: Output) -> anyhow::Result<()> {
+    match output {
+        Output::Json => print_json(report),
+        Output::Table => {
+            let verb = if report.dry_run { "would " } else { "" };
+            for p in &report.created {
+                println!("{verb}create  {p}");
+            }
+            for p in &report.updated {
+                println!("{verb}update  {p}");
+            }
+            for p in &report.deleted {
+                println!("{verb}delete  {p}");
+            }
+            println!(
+                "{} created, {} updated, {} deleted; {} sent, {} received",
+                report.created.len(),
+                report.updated.len(),
+                report.deleted.len(),
+                human(report.bytes_sent),
+                human(report.bytes_received)
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `m87 sync`.
+pub async fn sync(src: &str, dst: &str, args: SyncArgs, output: Output) -> anyhow::Result<()> {
+    let t = transfer(src, dst)?;
+    if args.watch && !t.to_device {
+        anyhow::bail!("--watch syncs from this machine to a device only: m87 sync --watch ./dir <device>:/path");
+    }
+    if args.watch && args.dry_run {
+        anyhow::bail!("--watch and --dry-run do not go together");
+    }
+    let client = user_client()?;
+    let grant = serde_json::json!({
+        "path": t.remote,
+        "direction": if t.to_device { "to_device" } else { "from_device" },
+        "delete": args.delete,
+        "excludes": args.excludes,
+        "dry_run": args.dry_run,
+        "watch": args.watch,
+    });
+    let session = Arc::new(QuicSession::open(&client, &t.device, Operation::Sync, grant).await?);
+    let opts = remote::sync::SyncOptions {
+        delete: args.delete,
+        excludes: args.excludes.clone(),
+        dry_run: args.dry_run,
+        progress: output == Output::Table && std::io::stderr().is_terminal(),
+    };
+    let result = if args.watch {
+        eprintln!("watching {} for changes; press Ctrl-C to stop", t.local.display());
+        let opener: Arc<dyn remote::ChannelOpener> = session.clone();
+        remote::sync::watch(
+            opener,
+            t.local.clone(),
+            t.remote.clone(),
+            opts,
+            |report| {
+                if !report.is_empty() {
+                    let _ = print_report(report, output);
+                }
+            },
+            async {
+                let _ = tokio::signal::ctrl_c().await;
+            },
+        )
+        .await
+    } else {
+        match remote::sync::sync(session.as_ref(), &t.local, &t.remote, t.to_device, opts).await {
+            Ok(report) => print_report(&report, output),
+            Err(e) => Err(e),
+        }
+    };
+    if let Ok(session) = Arc::try_unwrap(session) {
+        session.close().await;
+    }
+    result
+}

@@ -1,1 +1,0 @@
-//! `cp` on the client side. (Implementation in progress.)

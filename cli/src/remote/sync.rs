@@ -1,1 +1,0 @@
-//! `sync` on the client side. (Implementation in progress.)
