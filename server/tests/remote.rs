@@ -139,3 +139,33 @@ fn runtime_reconnects_after_relay_restart_and_replaces_its_own_tunnel() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "replaced\n");
     drop(server);
 }
+
+#[test]
+fn revoking_access_ends_open_sessions_and_refuses_new_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let server = Server::start(&data, "127.0.0.1:0");
+    let admin = M87::new(&server.url, &tmp.path().join("admin"), Some(&server.admin_key()));
+    let (_runtime, _device) = enrolled_device(&server, &admin, &tmp.path().join("dev"), "shared-dev");
+    let created: serde_json::Value =
+        serde_json::from_str(&admin.ok(&["api-keys", "create", "--email", "bob@example.com", "-o", "json"])).unwrap();
+    let bob = M87::new(&server.url, &tmp.path().join("bob"), created["key"].as_str());
+
+    // Not shared: Bob cannot see it. Shared: Bob runs a long command.
+    let err = bob.fails(&["shared-dev", "exec", "--", "true"]);
+    assert!(err.contains("not found"), "{err}");
+    admin.ok(&["shared-dev", "access", "add", "user:bob@example.com"]);
+    let listed = admin.ok(&["shared-dev", "access", "list"]);
+    assert!(listed.contains("user:bob@example.com"), "{listed}");
+    let mut long = common::Proc::spawn(bob.command(&["shared-dev", "exec", "--", "sh", "-c", "echo started; sleep 60"]));
+    long.out.wait_for("started", WAIT);
+
+    // Revoked: the open session ends within a second or two, new ones are refused.
+    let revoked = Instant::now();
+    admin.ok(&["shared-dev", "access", "remove", "user:bob@example.com"]);
+    let code = long.wait_exit(Duration::from_secs(10));
+    assert_ne!(code, 0);
+    assert!(revoked.elapsed() < Duration::from_secs(5), "session ended after {:?}", revoked.elapsed());
+    let err = bob.fails(&["shared-dev", "exec", "--", "true"]);
+    assert!(err.contains("not found"), "{err}");
+}

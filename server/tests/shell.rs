@@ -1,0 +1,85 @@
+//! `m87 <device> shell` driven through a real pseudo-terminal, as a person at a terminal would:
+//! run a command, resize the window, exit with a status.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{M87, Server, bin, enrolled_device};
+use portable_pty::{CommandBuilder, PtySize, native_pty_system};
+
+struct Screen(Arc<Mutex<String>>);
+
+impl Screen {
+    fn wait_for(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.0.lock().unwrap().contains(needle) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{needle:?} never appeared; screen:\n{}", self.0.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn shell_in_a_real_terminal_runs_resizes_and_exits_with_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"), "127.0.0.1:0");
+    let admin = M87::new(&server.url, &tmp.path().join("admin"), Some(&server.admin_key()));
+    let (_runtime, _device) = enrolled_device(&server, &admin, &tmp.path().join("dev"), "term-dev");
+
+    let pty = native_pty_system()
+        .openpty(PtySize { rows: 24, cols: 80, pixel_width: 0, pixel_height: 0 })
+        .unwrap();
+    let mut cmd = CommandBuilder::new(bin("m87"));
+    cmd.args(["term-dev", "shell"]);
+    cmd.env("M87_CONFIG_DIR", tmp.path().join("admin"));
+    cmd.env("M87_API_URL", &server.url);
+    cmd.env("M87_TRUST_INVALID_CERT", "true");
+    cmd.env("M87_API_KEY", server.admin_key());
+    cmd.env("TERM", "xterm");
+    let mut child = pty.slave.spawn_command(cmd).unwrap();
+    drop(pty.slave);
+    let screen = Arc::new(Mutex::new(String::new()));
+    let mut reader = pty.master.try_clone_reader().unwrap();
+    let sink = Arc::clone(&screen);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let screen = Screen(screen);
+    let mut keys = pty.master.take_writer().unwrap();
+
+    // A command runs and its output comes back.
+    keys.write_all(b"echo result-$((6*7))\r").unwrap();
+    screen.wait_for("result-42");
+    // The remote side sees our terminal size, and a resize.
+    keys.write_all(b"stty size\r").unwrap();
+    screen.wait_for("24 80");
+    pty.master.resize(PtySize { rows: 33, cols: 111, pixel_width: 0, pixel_height: 0 }).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    keys.write_all(b"stty size\r").unwrap();
+    screen.wait_for("33 111");
+    // Exit with a status: it becomes m87's.
+    keys.write_all(b"exit 5\r").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "m87 shell did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.exit_code(), 5);
+}
