@@ -212,7 +212,11 @@ impl ApiClient {
     }
 
     /// `PUT path` with a JSON body, expecting no content back.
-    pub async fn put_no_content<B: Serialize + ?Sized>(&self, path: &str, body: &B) -> Result<(), ApiError> {
+    pub async fn put_no_content<B: Serialize + ?Sized>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<(), ApiError> {
         let url = self.url(path);
         self.send::<serde_json::Value>(self.http.put(&url).json(body), &url)
             .await

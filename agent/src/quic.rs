@@ -39,8 +39,12 @@ impl ServerCertVerifier for PinnedVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         match &self.pin {
             None => Ok(ServerCertVerified::assertion()),
-            Some(pin) if pin.eq_ignore_ascii_case(&fingerprint(end_entity)) => Ok(ServerCertVerified::assertion()),
-            Some(_) => Err(rustls::Error::General("relay certificate does not match its pinned fingerprint".into())),
+            Some(pin) if pin.eq_ignore_ascii_case(&fingerprint(end_entity)) => {
+                Ok(ServerCertVerified::assertion())
+            }
+            Some(_) => Err(rustls::Error::General(
+                "relay certificate does not match its pinned fingerprint".into(),
+            )),
         }
     }
 
@@ -50,7 +54,12 @@ impl ServerCertVerifier for PinnedVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -59,11 +68,18 @@ impl ServerCertVerifier for PinnedVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -89,14 +105,16 @@ pub enum QuicError {
 /// Transport settings for client connections (large windows, keep-alive).
 pub fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(m87_events::tunnel::MAX_STREAMS_PER_CONNECTION))
-        .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
-        .stream_receive_window(quinn::VarInt::from_u32(16 << 20))
-        .receive_window(quinn::VarInt::from_u32(64 << 20))
-        .send_window(64 << 20)
-        .keep_alive_interval(Some(Duration::from_secs(2)))
-        .datagram_receive_buffer_size(Some(4 << 20))
-        .datagram_send_buffer_size(4 << 20);
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(
+        m87_events::tunnel::MAX_STREAMS_PER_CONNECTION,
+    ))
+    .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
+    .stream_receive_window(quinn::VarInt::from_u32(16 << 20))
+    .receive_window(quinn::VarInt::from_u32(64 << 20))
+    .send_window(64 << 20)
+    .keep_alive_interval(Some(Duration::from_secs(2)))
+    .datagram_receive_buffer_size(Some(4 << 20))
+    .datagram_send_buffer_size(4 << 20);
     if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(10)) {
         t.max_idle_timeout(Some(idle));
     }
@@ -117,7 +135,8 @@ pub fn client_config(alpn: &[u8], pin: Option<&str>) -> Result<quinn::ClientConf
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     tls.alpn_protocols = vec![alpn.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| QuicError::Config(e.to_string()))?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| QuicError::Config(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config()));
     Ok(config)
@@ -140,16 +159,23 @@ pub async fn connect(
     pin: Option<&str>,
 ) -> Result<(quinn::Endpoint, quinn::Connection), QuicError> {
     let addr = resolve(address).await?;
-    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-        .parse()
-        .map_err(|_| QuicError::Config("bind address".into()))?;
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| QuicError::Config(e.to_string()))?;
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .map_err(|_| QuicError::Config("bind address".into()))?;
+    let mut endpoint =
+        quinn::Endpoint::client(bind).map_err(|e| QuicError::Config(e.to_string()))?;
     endpoint.set_default_client_config(client_config(alpn, pin)?);
     let fail = |reason: String| QuicError::Connect {
         addr: address.to_owned(),
         reason,
     };
-    let connecting = endpoint.connect(addr, server_name).map_err(|e| fail(e.to_string()))?;
+    let connecting = endpoint
+        .connect(addr, server_name)
+        .map_err(|e| fail(e.to_string()))?;
     let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
         .await
         .map_err(|_| fail("timed out".into()))?

@@ -439,7 +439,11 @@ async fn stay_enrolled(
     creds: DeviceCredentials,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), RuntimeError> {
-    let client = ApiClient::new(&opts.api_url, Some(creds.api_key.clone()), opts.trust_invalid_cert)?;
+    let client = ApiClient::new(
+        &opts.api_url,
+        Some(creds.api_key.clone()),
+        opts.trust_invalid_cert,
+    )?;
     let tunnel = crate::tunnel::run(
         client.clone(),
         creds.api_key.clone(),
@@ -489,10 +493,17 @@ async fn check_in(
                 }
                 opts.check_interval
             }
-            Err(ApiError::Status { status: 401, message, .. }) => return Err(refused(message)),
+            Err(ApiError::Status {
+                status: 401,
+                message,
+                ..
+            }) => return Err(refused(message)),
             Err(e) => {
                 let wait = backoff.next_wait();
-                eprintln!("cannot check in with the server ({e}); retrying in {} s", wait.as_secs());
+                eprintln!(
+                    "cannot check in with the server ({e}); retrying in {} s",
+                    wait.as_secs()
+                );
                 wait
             }
         };

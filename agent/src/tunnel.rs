@@ -64,7 +64,10 @@ impl DatagramPort for QuicDatagrams {
     fn open_flow(&self) -> (u32, mpsc::Receiver<Bytes>) {
         let flow = self.next.fetch_add(1, Ordering::SeqCst) + 1;
         let (tx, rx) = mpsc::channel(1024);
-        self.flows.lock().unwrap_or_else(|p| p.into_inner()).insert(flow, tx);
+        self.flows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(flow, tx);
         (flow, rx)
     }
 
@@ -72,11 +75,16 @@ impl DatagramPort for QuicDatagrams {
         let mut d = BytesMut::with_capacity(4 + payload.len());
         d.put_u32(flow);
         d.put_slice(&payload);
-        self.conn.send_datagram(d.freeze()).map_err(|e| e.to_string())
+        self.conn
+            .send_datagram(d.freeze())
+            .map_err(|e| e.to_string())
     }
 
     fn close_flow(&self, flow: u32) {
-        self.flows.lock().unwrap_or_else(|p| p.into_inner()).remove(&flow);
+        self.flows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&flow);
     }
 }
 
@@ -87,7 +95,12 @@ impl QuicDatagrams {
                 continue;
             }
             let flow = u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
-            let tx = self.flows.lock().unwrap_or_else(|p| p.into_inner()).get(&flow).cloned();
+            let tx = self
+                .flows
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&flow)
+                .cloned();
             if let Some(tx) = tx {
                 let _ = tx.try_send(d.slice(4..));
             }
@@ -102,7 +115,11 @@ struct Counting<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
@@ -112,7 +129,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &r {
             self.count.fetch_add(*n as u64, Ordering::Relaxed);
@@ -150,7 +171,10 @@ pub async fn run(
                     backoff = crate::runtime::Backoff::new();
                 }
                 let wait = backoff.next_wait();
-                eprintln!("tunnel down ({reason}); reconnecting in {:.1} s", wait.as_secs_f64());
+                eprintln!(
+                    "tunnel down ({reason}); reconnecting in {:.1} s",
+                    wait.as_secs_f64()
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => return Ok(()),
@@ -174,7 +198,11 @@ async fn connect_once(
 ) -> Result<(), Failure> {
     let config: DeviceTunnelConfig = match api.get("/v1/device/tunnel").await {
         Ok(c) => c,
-        Err(ApiError::Status { status: 401, message, .. }) => return Err(Failure::Fatal(message)),
+        Err(ApiError::Status {
+            status: 401,
+            message,
+            ..
+        }) => return Err(Failure::Fatal(message)),
         Err(e) => return Err(Failure::Retry(e.to_string())),
     };
     let verifier = SessionVerifier::from_public_key(&config.session_public_key)
@@ -183,10 +211,14 @@ async fn connect_once(
         return Err(Failure::Retry("the control plane knows no relay".into()));
     };
     let pin = (!trust_any_cert).then_some(relay.cert_sha256.as_str());
-    let (_endpoint, conn) = crate::quic::connect(&relay.address, &relay.server_name, ALPN_TUNNEL, pin)
+    let (_endpoint, conn) =
+        crate::quic::connect(&relay.address, &relay.server_name, ALPN_TUNNEL, pin)
+            .await
+            .map_err(|e| Failure::Retry(e.to_string()))?;
+    let (mut send, recv) = conn
+        .open_bi()
         .await
         .map_err(|e| Failure::Retry(e.to_string()))?;
-    let (mut send, recv) = conn.open_bi().await.map_err(|e| Failure::Retry(e.to_string()))?;
     write_control(
         &mut send,
         &Control::TunnelHello {
@@ -202,7 +234,11 @@ async fn connect_once(
         Ok(Some(Control::Refused { code, message })) if code == "unauthenticated" => {
             return Err(Failure::Fatal(message));
         }
-        Ok(other) => return Err(Failure::Retry(format!("unexpected answer from the relay: {other:?}"))),
+        Ok(other) => {
+            return Err(Failure::Retry(format!(
+                "unexpected answer from the relay: {other:?}"
+            )));
+        }
         Err(e) => return Err(Failure::Retry(e.to_string())),
     }
     println!("tunnel connected to relay {}", relay.address);
@@ -240,7 +276,11 @@ async fn connect_once(
     outcome
 }
 
-async fn handle_stream(state: Arc<TunnelState>, mut send: quinn::SendStream, recv: quinn::RecvStream) {
+async fn handle_stream(
+    state: Arc<TunnelState>,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
     let mut reader = FrameReader::new(Box::new(recv) as BoxRead);
     let header = match tokio::time::timeout(
         std::time::Duration::from_secs(m87_events::tunnel::HEADER_TIMEOUT_SECS),
@@ -256,7 +296,10 @@ async fn handle_stream(state: Arc<TunnelState>, mut send: quinn::SendStream, rec
     };
     match header {
         Control::SessionOpen { token } => open_session(state, token, reader, send).await,
-        Control::OpenChannel { session_id, channel } => open_channel(state, session_id, channel, reader, send).await,
+        Control::OpenChannel {
+            session_id,
+            channel,
+        } => open_channel(state, session_id, channel, reader, send).await,
         _ => {
             let _ = write_refusal(&mut send, "protocol", "unexpected stream header").await;
             let _ = send.finish();
@@ -264,7 +307,13 @@ async fn handle_stream(state: Arc<TunnelState>, mut send: quinn::SendStream, rec
     }
 }
 
-async fn refuse<W: AsyncWrite + Unpin>(state: &TunnelState, send: &mut W, session_id: Option<SessionId>, code: &str, reason: &str) {
+async fn refuse<W: AsyncWrite + Unpin>(
+    state: &TunnelState,
+    send: &mut W,
+    session_id: Option<SessionId>,
+    code: &str,
+    reason: &str,
+) {
     let _ = write_refusal(send, code, reason).await;
     let _ = send.shutdown().await;
     tracing::warn!(code, reason, "session refused");
@@ -275,7 +324,10 @@ async fn refuse<W: AsyncWrite + Unpin>(state: &TunnelState, send: &mut W, sessio
     };
     let api = state.api.clone();
     tokio::spawn(async move {
-        if let Err(e) = api.post_no_content("/v1/device/sessions/refused", &report).await {
+        if let Err(e) = api
+            .post_no_content("/v1/device/sessions/refused", &report)
+            .await
+        {
             tracing::warn!(error = %e, "cannot report a refused session");
         }
     });
@@ -287,7 +339,10 @@ async fn open_session<W: AsyncWrite + Unpin + Send + 'static>(
     mut reader: FrameReader<BoxRead>,
     mut send: W,
 ) {
-    let claims = match state.verifier.verify(&token, now_unix(), Some(&state.device_id)) {
+    let claims = match state
+        .verifier
+        .verify(&token, now_unix(), Some(&state.device_id))
+    {
         Ok(c) => c,
         Err(e) => {
             refuse(&state, &mut send, None, e.code(), &e.to_string()).await;
@@ -301,7 +356,14 @@ async fn open_session<W: AsyncWrite + Unpin + Send + 'static>(
         used.insert(claims.sid, claims.exp).is_some()
     };
     if replayed {
-        refuse(&state, &mut send, Some(claims.sid), "token_replayed", "session token was already used").await;
+        refuse(
+            &state,
+            &mut send,
+            Some(claims.sid),
+            "token_replayed",
+            "session token was already used",
+        )
+        .await;
         return;
     }
     let sid = claims.sid;
@@ -313,14 +375,25 @@ async fn open_session<W: AsyncWrite + Unpin + Send + 'static>(
         last_exit: Mutex::new(None),
         last_error: Mutex::new(None),
     });
-    state.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(sid, Arc::clone(&session));
+    state
+        .sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(sid, Arc::clone(&session));
     tracing::info!(session = %sid, op = session.claims.op.as_str(), by = %session.claims.sub, "session accepted");
-    if write_control(&mut send, &Control::SessionAccepted { session_id: sid }).await.is_ok() {
+    if write_control(&mut send, &Control::SessionAccepted { session_id: sid })
+        .await
+        .is_ok()
+    {
         // The session lasts until the client's side of this stream ends.
         while let Ok(Some(_)) = reader.next().await {}
     }
     let _ = send.shutdown().await;
-    state.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&sid);
+    state
+        .sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&sid);
     let exit = *session.last_exit.lock().unwrap_or_else(|p| p.into_inner());
     let report = SessionClosedReport {
         duration_ms: session.started.elapsed().as_millis() as u64,
@@ -334,10 +407,18 @@ async fn open_session<W: AsyncWrite + Unpin + Send + 'static>(
             Some(ExitStatus::Signal(s)) => Some(s),
             _ => None,
         },
-        error: session.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        error: session
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
     };
     tracing::info!(session = %sid, bytes_in = report.bytes_to_device, bytes_out = report.bytes_from_device, "session closed");
-    if let Err(e) = state.api.post_no_content(&format!("/v1/device/sessions/{sid}/closed"), &report).await {
+    if let Err(e) = state
+        .api
+        .post_no_content(&format!("/v1/device/sessions/{sid}/closed"), &report)
+        .await
+    {
         tracing::warn!(error = %e, "cannot report a closed session");
     }
 }
@@ -354,22 +435,33 @@ fn allowed(claims: &SessionClaims, channel: &Channel) -> Result<(), String> {
     let args = &claims.args;
     match channel {
         Channel::Exec { argv, .. } => {
-            let granted: Option<Vec<String>> = args.get("argv").and_then(|a| serde_json::from_value(a.clone()).ok());
+            let granted: Option<Vec<String>> = args
+                .get("argv")
+                .and_then(|a| serde_json::from_value(a.clone()).ok());
             if granted.as_ref() != Some(argv) {
                 return Err("this session was granted for another command".into());
             }
         }
         Channel::Forward { host, port } | Channel::UdpForward { host, port } => {
-            let proto = if matches!(channel, Channel::UdpForward { .. }) { "udp" } else { "tcp" };
-            let ok = args.get("targets").and_then(|t| t.as_array()).is_some_and(|targets| {
-                targets.iter().any(|t| {
-                    t.get("host").and_then(|h| h.as_str()) == Some(host.as_str())
-                        && t.get("port").and_then(|p| p.as_u64()) == Some(u64::from(*port))
-                        && t.get("proto").and_then(|p| p.as_str()).unwrap_or("tcp") == proto
-                })
-            });
+            let proto = if matches!(channel, Channel::UdpForward { .. }) {
+                "udp"
+            } else {
+                "tcp"
+            };
+            let ok = args
+                .get("targets")
+                .and_then(|t| t.as_array())
+                .is_some_and(|targets| {
+                    targets.iter().any(|t| {
+                        t.get("host").and_then(|h| h.as_str()) == Some(host.as_str())
+                            && t.get("port").and_then(|p| p.as_u64()) == Some(u64::from(*port))
+                            && t.get("proto").and_then(|p| p.as_str()).unwrap_or("tcp") == proto
+                    })
+                });
             if !ok {
-                return Err(format!("this session does not allow forwarding to {host}:{port}/{proto}"));
+                return Err(format!(
+                    "this session does not allow forwarding to {host}:{port}/{proto}"
+                ));
             }
         }
         Channel::Files(f) => {
@@ -389,9 +481,21 @@ async fn open_channel<W: AsyncWrite + Unpin + Send + 'static>(
     reader: FrameReader<BoxRead>,
     mut send: W,
 ) {
-    let session = state.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&session_id).cloned();
+    let session = state
+        .sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&session_id)
+        .cloned();
     let Some(session) = session else {
-        refuse(&state, &mut send, Some(session_id), "no_session", "no such session on this device").await;
+        refuse(
+            &state,
+            &mut send,
+            Some(session_id),
+            "no_session",
+            "no such session on this device",
+        )
+        .await;
         return;
     };
     if let Err(reason) = allowed(&session.claims, &channel) {
@@ -399,7 +503,9 @@ async fn open_channel<W: AsyncWrite + Unpin + Send + 'static>(
         return;
     }
     if !matches!(channel, Channel::UdpForward { .. })
-        && write_control(&mut send, &Control::ChannelAccepted { flow: None }).await.is_err()
+        && write_control(&mut send, &Control::ChannelAccepted { flow: None })
+            .await
+            .is_err()
     {
         return;
     }
@@ -409,15 +515,22 @@ async fn open_channel<W: AsyncWrite + Unpin + Send + 'static>(
     in_count.fetch_add(leftover.len() as u64, Ordering::Relaxed);
     let reader = FrameReader::new(Box::new(LeftoverThen {
         leftover: Some(leftover.freeze()),
-        inner: Counting { inner, count: Arc::clone(&in_count) },
+        inner: Counting {
+            inner,
+            count: Arc::clone(&in_count),
+        },
     }) as BoxRead);
     let writer: BoxWrite = Box::new(Counting {
         inner: send,
         count: Arc::clone(&out_count),
     });
     let outcome = services::serve(channel, reader, writer, &state.ctx).await;
-    session.bytes_in.fetch_add(in_count.load(Ordering::Relaxed), Ordering::Relaxed);
-    session.bytes_out.fetch_add(out_count.load(Ordering::Relaxed), Ordering::Relaxed);
+    session
+        .bytes_in
+        .fetch_add(in_count.load(Ordering::Relaxed), Ordering::Relaxed);
+    session
+        .bytes_out
+        .fetch_add(out_count.load(Ordering::Relaxed), Ordering::Relaxed);
     if outcome.exit.is_some() {
         *session.last_exit.lock().unwrap_or_else(|p| p.into_inner()) = outcome.exit;
     }
@@ -433,7 +546,11 @@ struct LeftoverThen<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for LeftoverThen<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         if let Some(mut left) = self.leftover.take()
             && !left.is_empty()
         {
@@ -484,7 +601,9 @@ mod tests {
             api: ApiClient::new("https://127.0.0.1:9", None, true).unwrap(),
             sessions: Mutex::new(HashMap::new()),
             used: Mutex::new(HashMap::new()),
-            ctx: ServiceContext { datagrams: Arc::new(NoDatagrams) },
+            ctx: ServiceContext {
+                datagrams: Arc::new(NoDatagrams),
+            },
         })
     }
 
@@ -515,20 +634,32 @@ mod tests {
         c.iat = now;
         c.exp = now + 60;
         let good = signer.sign(&c);
-        assert!(matches!(answer(&st, good.clone()).await, Control::SessionAccepted { .. }));
+        assert!(matches!(
+            answer(&st, good.clone()).await,
+            Control::SessionAccepted { .. }
+        ));
         assert_eq!(code(answer(&st, good).await), "token_replayed");
         let mut expired = c.clone();
         expired.sid = SessionId::new();
         expired.iat = now - 120;
         expired.exp = now - 60;
-        assert_eq!(code(answer(&st, signer.sign(&expired)).await), "token_expired");
+        assert_eq!(
+            code(answer(&st, signer.sign(&expired)).await),
+            "token_expired"
+        );
         let mut elsewhere = c.clone();
         elsewhere.sid = SessionId::new();
         elsewhere.dev = "device-0002".parse().unwrap();
-        assert_eq!(code(answer(&st, signer.sign(&elsewhere)).await), "token_wrong_device");
+        assert_eq!(
+            code(answer(&st, signer.sign(&elsewhere)).await),
+            "token_wrong_device"
+        );
         let mut forged = c.clone();
         forged.sid = SessionId::new();
-        assert_eq!(code(answer(&st, other.sign(&forged)).await), "token_invalid");
+        assert_eq!(
+            code(answer(&st, other.sign(&forged)).await),
+            "token_invalid"
+        );
         let tampered = signer.sign(&forged).replacen('e', "f", 1);
         assert!(code(answer(&st, tampered).await).starts_with("token_"));
         assert_eq!(code(answer(&st, "garbage".into()).await), "token_malformed");
@@ -537,12 +668,72 @@ mod tests {
     #[test]
     fn channels_must_match_the_grant() {
         let exec = claims(Operation::Exec, serde_json::json!({"argv": ["ls", "-l"]}));
-        assert!(allowed(&exec, &Channel::Exec { argv: vec!["ls".into(), "-l".into()], tty: None }).is_ok());
-        assert!(allowed(&exec, &Channel::Exec { argv: vec!["rm".into()], tty: None }).is_err());
-        assert!(allowed(&exec, &Channel::Shell { tty: m87_events::tunnel::Tty { cols: 1, rows: 1, term: "x".into() } }).is_err());
-        let fwd = claims(Operation::Forward, serde_json::json!({"targets": [{"host": "127.0.0.1", "port": 80, "proto": "tcp"}]}));
-        assert!(allowed(&fwd, &Channel::Forward { host: "127.0.0.1".into(), port: 80 }).is_ok());
-        assert!(allowed(&fwd, &Channel::Forward { host: "127.0.0.1".into(), port: 22 }).is_err());
-        assert!(allowed(&fwd, &Channel::UdpForward { host: "127.0.0.1".into(), port: 80 }).is_err());
+        assert!(
+            allowed(
+                &exec,
+                &Channel::Exec {
+                    argv: vec!["ls".into(), "-l".into()],
+                    tty: None
+                }
+            )
+            .is_ok()
+        );
+        assert!(
+            allowed(
+                &exec,
+                &Channel::Exec {
+                    argv: vec!["rm".into()],
+                    tty: None
+                }
+            )
+            .is_err()
+        );
+        assert!(
+            allowed(
+                &exec,
+                &Channel::Shell {
+                    tty: m87_events::tunnel::Tty {
+                        cols: 1,
+                        rows: 1,
+                        term: "x".into()
+                    }
+                }
+            )
+            .is_err()
+        );
+        let fwd = claims(
+            Operation::Forward,
+            serde_json::json!({"targets": [{"host": "127.0.0.1", "port": 80, "proto": "tcp"}]}),
+        );
+        assert!(
+            allowed(
+                &fwd,
+                &Channel::Forward {
+                    host: "127.0.0.1".into(),
+                    port: 80
+                }
+            )
+            .is_ok()
+        );
+        assert!(
+            allowed(
+                &fwd,
+                &Channel::Forward {
+                    host: "127.0.0.1".into(),
+                    port: 22
+                }
+            )
+            .is_err()
+        );
+        assert!(
+            allowed(
+                &fwd,
+                &Channel::UdpForward {
+                    host: "127.0.0.1".into(),
+                    port: 80
+                }
+            )
+            .is_err()
+        );
     }
 }

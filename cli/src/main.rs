@@ -274,19 +274,45 @@ async fn dispatch_local(command: Command, out: Output) -> anyhow::Result<()> {
             ApiKeysCommand::List => commands::api_keys::list(out).await,
             ApiKeysCommand::Revoke { id } => commands::api_keys::revoke(id).await,
         },
-        Command::Cp { src, dst, recursive } => commands::files::cp(&src, &dst, recursive, out).await,
-        Command::Sync { src, dst, delete, excludes, dry_run, watch } => {
-            commands::files::sync(&src, &dst, commands::files::SyncArgs { delete, excludes, dry_run, watch }, out).await
+        Command::Cp {
+            src,
+            dst,
+            recursive,
+        } => commands::files::cp(&src, &dst, recursive, out).await,
+        Command::Sync {
+            src,
+            dst,
+            delete,
+            excludes,
+            dry_run,
+            watch,
+        } => {
+            commands::files::sync(
+                &src,
+                &dst,
+                commands::files::SyncArgs {
+                    delete,
+                    excludes,
+                    dry_run,
+                    watch,
+                },
+                out,
+            )
+            .await
         }
         Command::Org { command } => match command {
             OrgCommand::Create { id, name } => commands::orgs::create(id, name, out).await,
             OrgCommand::List => commands::orgs::list(out).await,
             OrgCommand::Delete { id } => commands::orgs::delete(id).await,
             OrgCommand::Members { command } => match command {
-                MembersCommand::Add { org, email, role } => commands::orgs::add(org, email, role).await,
+                MembersCommand::Add { org, email, role } => {
+                    commands::orgs::add(org, email, role).await
+                }
                 MembersCommand::Remove { org, email } => commands::orgs::remove(org, email).await,
                 MembersCommand::List { org } => commands::orgs::members(org, out).await,
-                MembersCommand::Role { org, email, role } => commands::orgs::role(org, email, role).await,
+                MembersCommand::Role { org, email, role } => {
+                    commands::orgs::role(org, email, role).await
+                }
             },
         },
         Command::Runtime { command } => match command {

@@ -10,10 +10,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use m87_agent::frames::{FrameReader, write_control};
 use m87_agent::http::{ApiClient, trust_invalid_cert_from_env};
 use m87_agent::services::BoxRead;
+use m87_events::SessionId;
 use m87_events::api::{CreateSessionRequest, DeviceSummary, SessionGrant};
 use m87_events::token::Operation;
 use m87_events::tunnel::{ALPN_SESSION, Channel, Control};
-use m87_events::SessionId;
 use tokio::sync::mpsc;
 
 use crate::remote::{ChannelOpener, OpenError, OpenedChannel};
@@ -35,7 +35,12 @@ pub struct QuicSession {
 impl QuicSession {
     /// Resolves `device` (name, id or unique prefix), asks for a session for `operation` with
     /// `args`, and opens it on the device.
-    pub async fn open(client: &ApiClient, device: &str, operation: Operation, args: serde_json::Value) -> anyhow::Result<Self> {
+    pub async fn open(
+        client: &ApiClient,
+        device: &str,
+        operation: Operation,
+        args: serde_json::Value,
+    ) -> anyhow::Result<Self> {
         let devices: Vec<DeviceSummary> = client.get("/v1/devices").await?;
         let approved: Vec<DeviceSummary> = devices
             .into_iter()
@@ -52,9 +57,14 @@ impl QuicSession {
             .await?;
         let trust_any = trust_invalid_cert_from_env();
         let pin = (!trust_any).then_some(grant.relay.cert_sha256.as_str());
-        let (endpoint, conn) = m87_agent::quic::connect(&grant.relay.address, &grant.relay.server_name, ALPN_SESSION, pin)
-            .await
-            .context("reaching the relay")?;
+        let (endpoint, conn) = m87_agent::quic::connect(
+            &grant.relay.address,
+            &grant.relay.server_name,
+            ALPN_SESSION,
+            pin,
+        )
+        .await
+        .context("reaching the relay")?;
         let (mut send, recv) = conn.open_bi().await.context("opening the session")?;
         write_control(&mut send, &Control::SessionOpen { token: grant.token }).await?;
         let mut reader = FrameReader::new(recv);
@@ -69,7 +79,11 @@ impl QuicSession {
                             continue;
                         }
                         let flow = u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
-                        let tx = routes.lock().unwrap_or_else(|p| p.into_inner()).get(&flow).cloned();
+                        let tx = routes
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get(&flow)
+                            .cloned();
                         if let Some(tx) = tx {
                             let _ = tx.try_send(d.slice(4..));
                         }
@@ -86,7 +100,9 @@ impl QuicSession {
                     routes,
                 })
             }
-            Ok(Some(Control::Refused { message, .. })) => anyhow::bail!("session refused: {message}"),
+            Ok(Some(Control::Refused { message, .. })) => {
+                anyhow::bail!("session refused: {message}")
+            }
             Ok(other) => anyhow::bail!("unexpected answer opening the session: {other:?}"),
             Err(e) => anyhow::bail!("the session could not be opened: {e}"),
         }
@@ -120,7 +136,9 @@ impl ChannelOpener for QuicSession {
                 writer: Box::new(send),
                 flow,
             }),
-            Ok(Some(Control::Refused { code, message })) => Err(OpenError::Refused { code, message }),
+            Ok(Some(Control::Refused { code, message })) => {
+                Err(OpenError::Refused { code, message })
+            }
             Ok(other) => Err(lost(format!("unexpected answer {other:?}"))),
             Err(e) => Err(lost(e.to_string())),
         }
@@ -130,12 +148,17 @@ impl ChannelOpener for QuicSession {
         let mut d = BytesMut::with_capacity(4 + payload.len());
         d.put_u32(flow);
         d.put_slice(&payload);
-        self.conn.send_datagram(d.freeze()).map_err(|e| OpenError::Lost(e.to_string()))
+        self.conn
+            .send_datagram(d.freeze())
+            .map_err(|e| OpenError::Lost(e.to_string()))
     }
 
     fn datagrams(&self, flow: u32) -> mpsc::Receiver<Bytes> {
         let (tx, rx) = mpsc::channel(1024);
-        self.routes.lock().unwrap_or_else(|p| p.into_inner()).insert(flow, tx);
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(flow, tx);
         rx
     }
 }

@@ -61,7 +61,9 @@ pub struct Publisher {
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher").field("published", &*self.published.borrow()).finish_non_exhaustive()
+        f.debug_struct("Publisher")
+            .field("published", &*self.published.borrow())
+            .finish_non_exhaustive()
     }
 }
 
@@ -104,7 +106,11 @@ impl Publisher {
                 }
             }
         });
-        Self { wake, published, bus }
+        Self {
+            wake,
+            published,
+            bus,
+        }
     }
 
     /// A live feed of the events it publishes.

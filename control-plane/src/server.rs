@@ -16,10 +16,10 @@ use crate::projections::store::{ReadStore, SqliteReadStore};
 use crate::projections::{Projector, RebuildError, all_projections};
 use crate::service::ControlPlane;
 use crate::service::sessions::SessionsConfig;
-use m87_events::token::SessionSigner;
 use crate::store::EventStore;
 use crate::store::sqlite::SqliteStore;
 use crate::tls;
+use m87_events::token::SessionSigner;
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "m87.db";
@@ -77,8 +77,10 @@ pub fn load_or_create_signer(data_dir: &Path) -> anyhow::Result<SessionSigner> {
         Ok(pkcs8) => SessionSigner::from_pkcs8(&pkcs8)
             .with_context(|| format!("{} is not a valid signing key", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let (signer, pkcs8) = SessionSigner::generate().context("generating the session signing key")?;
-            tls::write_private_file(&path, &pkcs8).with_context(|| format!("writing {}", path.display()))?;
+            let (signer, pkcs8) =
+                SessionSigner::generate().context("generating the session signing key")?;
+            tls::write_private_file(&path, &pkcs8)
+                .with_context(|| format!("writing {}", path.display()))?;
             tracing::info!(path = %path.display(), "created the session signing key");
             Ok(signer)
         }
@@ -124,8 +126,13 @@ impl Platform {
     /// starts the background tasks (publisher, projector, expiry sweeper).
     pub async fn start(config: &ServerConfig) -> anyhow::Result<Self> {
         let (stop, stop_rx) = watch::channel(false);
-        let cp = open_single_machine(&config.data_dir, config.settings.clone(), stop_rx.clone()).await?;
-        let admin_key_path = match cp.bootstrap_admin_key().await.context("creating the admin key")? {
+        let cp =
+            open_single_machine(&config.data_dir, config.settings.clone(), stop_rx.clone()).await?;
+        let admin_key_path = match cp
+            .bootstrap_admin_key()
+            .await
+            .context("creating the admin key")?
+        {
             Some(key) => {
                 let path = config.data_dir.join(ADMIN_KEY_FILE);
                 tls::write_private_file(&path, format!("{key}\n").as_bytes())
@@ -139,7 +146,11 @@ impl Platform {
             }
             None => None,
         };
-        let tls = tls::load_or_create(&config.data_dir, config.tls_cert.as_deref(), config.tls_key.as_deref())?;
+        let tls = tls::load_or_create(
+            &config.data_dir,
+            config.tls_cert.as_deref(),
+            config.tls_key.as_deref(),
+        )?;
         spawn_expiry_sweeper(cp.clone(), stop_rx);
         Ok(Self {
             cp,
@@ -155,7 +166,11 @@ impl Platform {
     }
 
     /// Serves the REST API on `listener` until `shutdown`, then stops the background tasks.
-    pub async fn serve_api(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    pub async fn serve_api(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
         let api_addr = listener.local_addr().context("reading the API address")?;
         tracing::info!(
             address = %api_addr,
@@ -164,7 +179,13 @@ impl Platform {
             self_signed = self.tls.self_signed,
             "REST API listening over HTTPS"
         );
-        tls::serve_https(listener, self.tls.config.clone(), app(AppState::new(self.cp.clone())), shutdown).await;
+        tls::serve_https(
+            listener,
+            self.tls.config.clone(),
+            app(AppState::new(self.cp.clone())),
+            shutdown,
+        )
+        .await;
         let _ = self.stop.send(true);
         tracing::info!("server stopped");
         Ok(())
@@ -195,5 +216,12 @@ pub async fn open_in_memory(settings: Settings) -> anyhow::Result<ControlPlane> 
     let read: Arc<dyn ReadStore> = Arc::new(crate::projections::store::MemoryReadStore::new());
     let projector =
         Projector::new(Arc::clone(&store), Arc::clone(&read), all_projections()).await?;
-    Ok(ControlPlane::new(store, read, projector, None, settings, SessionsConfig::ephemeral()?))
+    Ok(ControlPlane::new(
+        store,
+        read,
+        projector,
+        None,
+        settings,
+        SessionsConfig::ephemeral()?,
+    ))
 }

@@ -36,7 +36,8 @@ impl RelayIdentity {
             .collect::<Result<Vec<_>, _>>()
             .with_context(|| format!("parsing {}", cert.display()))?;
         anyhow::ensure!(!chain.is_empty(), "no certificate in {}", cert.display());
-        let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
+        let key = PrivateKeyDer::from_pem_file(key)
+            .with_context(|| format!("reading {}", key.display()))?;
         Ok(Self { chain, key })
     }
 
@@ -47,9 +48,11 @@ impl RelayIdentity {
         let key = dir.join("relay-key.pem");
         if !cert.exists() || !key.exists() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            let certified = rcgen::generate_simple_self_signed(names.to_vec()).context("generating the relay certificate")?;
+            let certified = rcgen::generate_simple_self_signed(names.to_vec())
+                .context("generating the relay certificate")?;
             write_private(&key, certified.signing_key.serialize_pem().as_bytes())?;
-            std::fs::write(&cert, certified.cert.pem()).with_context(|| format!("writing {}", cert.display()))?;
+            std::fs::write(&cert, certified.cert.pem())
+                .with_context(|| format!("writing {}", cert.display()))?;
         }
         Self::from_pem_files(&cert, &key)
     }
@@ -109,7 +112,10 @@ pub fn transport_config() -> quinn::TransportConfig {
 }
 
 /// The relay's QUIC server configuration for `alpns`.
-pub fn server_config(identity: &RelayIdentity, alpns: &[&[u8]]) -> anyhow::Result<quinn::ServerConfig> {
+pub fn server_config(
+    identity: &RelayIdentity,
+    alpns: &[&[u8]],
+) -> anyhow::Result<quinn::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -119,7 +125,8 @@ pub fn server_config(identity: &RelayIdentity, alpns: &[&[u8]]) -> anyhow::Resul
         .context("relay certificate and key do not match")?;
     tls.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
     tls.max_early_data_size = 0;
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("QUIC TLS configuration")?;
+    let crypto =
+        quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("QUIC TLS configuration")?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport_config()));
     Ok(server)

@@ -39,13 +39,17 @@ pub enum HeaderError {
 
 /// Reads exactly one control frame (no byte beyond it), within the time limit. Returns the
 /// message and its raw encoding (to forward as is).
-pub async fn read_control(recv: &mut quinn::RecvStream) -> Result<(Control, bytes::Bytes), HeaderError> {
+pub async fn read_control(
+    recv: &mut quinn::RecvStream,
+) -> Result<(Control, bytes::Bytes), HeaderError> {
     tokio::time::timeout(HEADER_TIMEOUT, async {
         let mut header = [0u8; m87_events::tunnel::frame::HEADER_LEN];
-        AsyncReadExt::read_exact(recv, &mut header).await.map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => HeaderError::Ended,
-            _ => HeaderError::Io(e),
-        })?;
+        AsyncReadExt::read_exact(recv, &mut header)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => HeaderError::Ended,
+                _ => HeaderError::Io(e),
+            })?;
         // Decoding the header alone tells the payload length and refuses oversized ones.
         let needed = match Frame::decode(&header) {
             Ok(_) => 0,
@@ -55,10 +59,12 @@ pub async fn read_control(recv: &mut quinn::RecvStream) -> Result<(Control, byte
         let mut buf = BytesMut::with_capacity(header.len() + needed);
         buf.extend_from_slice(&header);
         buf.resize(header.len() + needed, 0);
-        AsyncReadExt::read_exact(recv, &mut buf[header.len()..]).await.map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => HeaderError::Ended,
-            _ => HeaderError::Io(e),
-        })?;
+        AsyncReadExt::read_exact(recv, &mut buf[header.len()..])
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => HeaderError::Ended,
+                _ => HeaderError::Io(e),
+            })?;
         let raw = buf.freeze();
         match Frame::decode(&raw) {
             Ok((Frame::Control(payload), _)) => Frame::parse_control::<Control>(&payload)

@@ -107,20 +107,32 @@ pub struct RelayHandle {
 impl RelayHandle {
     /// The open sessions.
     pub fn sessions(&self) -> Vec<LiveSession> {
-        self.shared.sessions.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.shared
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Ends a session at once, and refuses tokens issued before now for the same device and
     /// subject (they may still be unused).
     pub fn end_session(&self, session: &LiveSession, reason: &str) {
         self.revoke(&session.device, &session.subject);
-        session.conn.close(io::CLOSE_SESSION_ENDED, reason.as_bytes());
+        session
+            .conn
+            .close(io::CLOSE_SESSION_ENDED, reason.as_bytes());
     }
 
     /// Refuses tokens issued up to now for `subject` on `device`.
     pub fn revoke(&self, device: &DeviceId, subject: &str) {
         let now = m87_events::token::now_unix();
-        let mut revoked = self.shared.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        let mut revoked = self
+            .shared
+            .revoked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         // Tokens live at most a minute: older entries protect nothing.
         revoked.retain(|(_, _, at)| *at > now - m87_events::token::MAX_LIFETIME_SECS);
         revoked.push((device.clone(), subject.to_owned(), now));
@@ -213,7 +225,8 @@ impl Relay {
                 }
             });
         }
-        self.endpoint.close(io::CLOSE_SHUTDOWN, b"relay shutting down");
+        self.endpoint
+            .close(io::CLOSE_SHUTDOWN, b"relay shutting down");
         self.endpoint.wait_idle().await;
     }
 }

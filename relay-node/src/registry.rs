@@ -84,7 +84,8 @@ impl Registry {
     pub fn disconnect(&self, device: &DeviceId, reason: &str) -> bool {
         let removed = self.lock().remove(device);
         if let Some(t) = &removed {
-            t.conn.close(crate::io::CLOSE_UNAUTHENTICATED, reason.as_bytes());
+            t.conn
+                .close(crate::io::CLOSE_UNAUTHENTICATED, reason.as_bytes());
         }
         removed.is_some()
     }

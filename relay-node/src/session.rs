@@ -21,7 +21,11 @@ pub(crate) type Flows = Mutex<HashMap<(DeviceId, u32), quinn::Connection>>;
 impl Shared {
     /// The client connection owning a device's flow.
     pub(crate) fn flow_owner(&self, device: &DeviceId, flow: u32) -> Option<quinn::Connection> {
-        self.flows.lock().unwrap_or_else(|p| p.into_inner()).get(&(device.clone(), flow)).cloned()
+        self.flows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(device.clone(), flow))
+            .cloned()
     }
 
     /// Marks a session id used; false if it was used before (a replay).
@@ -43,7 +47,10 @@ async fn refuse_session(
     reason: &str,
 ) {
     io::refuse(send, code, reason).await;
-    shared.link.session_refused(session, device, code, reason).await;
+    shared
+        .link
+        .session_refused(session, device, code, reason)
+        .await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send.stopped()).await;
     conn.close(CLOSE_SESSION_ENDED, reason.as_bytes());
 }
@@ -51,13 +58,14 @@ async fn refuse_session(
 /// Handles one client session connection until it ends.
 pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
     let remote = conn.remote_address();
-    let (mut csend, mut crecv) = match tokio::time::timeout(io::HEADER_TIMEOUT, conn.accept_bi()).await {
-        Ok(Ok(s)) => s,
-        _ => {
-            conn.close(CLOSE_PROTOCOL, b"no session open");
-            return;
-        }
-    };
+    let (mut csend, mut crecv) =
+        match tokio::time::timeout(io::HEADER_TIMEOUT, conn.accept_bi()).await {
+            Ok(Ok(s)) => s,
+            _ => {
+                conn.close(CLOSE_PROTOCOL, b"no session open");
+                return;
+            }
+        };
     let (token, raw_open) = match io::read_control(&mut crecv).await {
         Ok((Control::SessionOpen { token }, raw)) => (token, raw),
         Ok(_) => {
@@ -74,7 +82,16 @@ pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
         Ok(c) => c,
         Err(e) => {
             tracing::info!(%remote, error = %e, "session token refused");
-            refuse_session(&shared, &conn, &mut csend, None, None, e.code(), &e.to_string()).await;
+            refuse_session(
+                &shared,
+                &conn,
+                &mut csend,
+                None,
+                None,
+                e.code(),
+                &e.to_string(),
+            )
+            .await;
             return;
         }
     };
@@ -85,16 +102,43 @@ pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
         .iter()
         .any(|(d, sub, at)| *d == claims.dev && *sub == claims.sub && claims.iat <= *at);
     if revoked {
-        refuse_session(&shared, &conn, &mut csend, Some(claims.sid), Some(claims.dev.clone()), "access_revoked", "access to this device was revoked").await;
+        refuse_session(
+            &shared,
+            &conn,
+            &mut csend,
+            Some(claims.sid),
+            Some(claims.dev.clone()),
+            "access_revoked",
+            "access to this device was revoked",
+        )
+        .await;
         return;
     }
     if !shared.first_use(&claims) {
-        refuse_session(&shared, &conn, &mut csend, Some(claims.sid), Some(claims.dev.clone()), "token_replayed", "session token was already used").await;
+        refuse_session(
+            &shared,
+            &conn,
+            &mut csend,
+            Some(claims.sid),
+            Some(claims.dev.clone()),
+            "token_replayed",
+            "session token was already used",
+        )
+        .await;
         return;
     }
     let Some(tunnel) = shared.registry.get(&claims.dev) else {
         let reason = format!("device {} is offline", claims.dev);
-        refuse_session(&shared, &conn, &mut csend, Some(claims.sid), Some(claims.dev.clone()), "device_offline", &reason).await;
+        refuse_session(
+            &shared,
+            &conn,
+            &mut csend,
+            Some(claims.sid),
+            Some(claims.dev.clone()),
+            "device_offline",
+            &reason,
+        )
+        .await;
         return;
     };
     // Open the session on the device, which checks the token again.
@@ -105,7 +149,16 @@ pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
         Some((dsend, drecv, answer))
     };
     let Some((dsend, drecv, (answer, raw_answer))) = opened.await else {
-        refuse_session(&shared, &conn, &mut csend, Some(claims.sid), Some(claims.dev.clone()), "device_unreachable", "the device did not answer").await;
+        refuse_session(
+            &shared,
+            &conn,
+            &mut csend,
+            Some(claims.sid),
+            Some(claims.dev.clone()),
+            "device_unreachable",
+            "the device did not answer",
+        )
+        .await;
         return;
     };
     if csend.write_all(&raw_answer).await.is_err() {
@@ -120,15 +173,19 @@ pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
     };
     tracing::info!(relay = %shared.relay_id, session = %session_id, device = %claims.dev, op = claims.op.as_str(), %remote, "session open");
 
-    shared.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(
-        session_id,
-        crate::LiveSession {
+    shared
+        .sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
             session_id,
-            device: claims.dev.clone(),
-            subject: claims.sub.clone(),
-            conn: conn.clone(),
-        },
-    );
+            crate::LiveSession {
+                session_id,
+                device: claims.dev.clone(),
+                subject: claims.sub.clone(),
+                conn: conn.clone(),
+            },
+        );
     // The session's control stream: spliced for the session's life.
     let control = tokio::spawn(splice(crecv, dsend, drecv, csend));
     let device_conn = tunnel.conn.clone();
@@ -163,7 +220,11 @@ pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
             }
         }
     }
-    shared.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&session_id);
+    shared
+        .sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&session_id);
     control.abort();
     client_datagrams.abort();
     shared
@@ -195,7 +256,12 @@ async fn channel(
     match header {
         Control::OpenChannel { session_id: s, .. } if s == session_id => {}
         _ => {
-            io::refuse(&mut csend, "protocol", "expected an open-channel for this session").await;
+            io::refuse(
+                &mut csend,
+                "protocol",
+                "expected an open-channel for this session",
+            )
+            .await;
             return None;
         }
     }
@@ -204,7 +270,12 @@ async fn channel(
     let (answer, raw_answer) = match io::read_control(&mut drecv).await {
         Ok(a) => a,
         Err(_) => {
-            io::refuse(&mut csend, "device_unreachable", "the device did not answer").await;
+            io::refuse(
+                &mut csend,
+                "device_unreachable",
+                "the device did not answer",
+            )
+            .await;
             return None;
         }
     };
@@ -226,7 +297,11 @@ async fn channel(
     };
     splice(crecv, dsend, drecv, csend).await;
     if let Some(f) = flow {
-        shared.flows.lock().unwrap_or_else(|p| p.into_inner()).remove(&(device, f));
+        shared
+            .flows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(device, f));
     }
     flow
 }
@@ -243,7 +318,12 @@ where
 }
 
 /// Copies both ways until both directions end.
-async fn splice(crecv: quinn::RecvStream, dsend: quinn::SendStream, drecv: quinn::RecvStream, csend: quinn::SendStream) {
+async fn splice(
+    crecv: quinn::RecvStream,
+    dsend: quinn::SendStream,
+    drecv: quinn::RecvStream,
+    csend: quinn::SendStream,
+) {
     let up = copy_then_finish(crecv, dsend);
     let down = copy_then_finish(drecv, csend);
     tokio::join!(up, down);

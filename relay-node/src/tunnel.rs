@@ -11,13 +11,14 @@ use crate::io::{self, CLOSE_PROTOCOL, CLOSE_REPLACED, CLOSE_UNAUTHENTICATED};
 /// Handles one device tunnel connection until it ends.
 pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
     let remote = conn.remote_address();
-    let (mut send, mut recv) = match tokio::time::timeout(io::HEADER_TIMEOUT, conn.accept_bi()).await {
-        Ok(Ok(s)) => s,
-        _ => {
-            conn.close(CLOSE_PROTOCOL, b"no tunnel hello");
-            return;
-        }
-    };
+    let (mut send, mut recv) =
+        match tokio::time::timeout(io::HEADER_TIMEOUT, conn.accept_bi()).await {
+            Ok(Ok(s)) => s,
+            _ => {
+                conn.close(CLOSE_PROTOCOL, b"no tunnel hello");
+                return;
+            }
+        };
     let api_key = match io::read_control(&mut recv).await {
         Ok((Control::TunnelHello { api_key, .. }, _)) => api_key,
         Ok(_) => {
@@ -45,11 +46,17 @@ pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
     let (epoch, old) = shared.registry.insert(device_id.clone(), conn.clone());
     if let Some(old) = old {
         tracing::info!(device = %device_id, "a new tunnel replaces the old one");
-        old.conn.close(CLOSE_REPLACED, b"replaced by a newer tunnel");
+        old.conn
+            .close(CLOSE_REPLACED, b"replaced by a newer tunnel");
     }
-    if io::write_control(&mut send, &Control::TunnelAccepted { device_id: device_id.clone() })
-        .await
-        .is_err()
+    if io::write_control(
+        &mut send,
+        &Control::TunnelAccepted {
+            device_id: device_id.clone(),
+        },
+    )
+    .await
+    .is_err()
     {
         shared.registry.remove_if(&device_id, epoch);
         return;
@@ -80,6 +87,9 @@ pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
     drop(send);
     if shared.registry.remove_if(&device_id, epoch) {
         tracing::info!(device = %device_id, %reason, "device tunnel down");
-        shared.link.device_disconnected(&device_id, &reason.to_string()).await;
+        shared
+            .link
+            .device_disconnected(&device_id, &reason.to_string())
+            .await;
     }
 }

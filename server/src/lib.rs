@@ -48,7 +48,11 @@ pub struct Started {
 
 fn announced_address(settings: &RelaySettings, bound: SocketAddr) -> String {
     if let Some(a) = &settings.public_address {
-        return a.trim().trim_start_matches("quic://").trim_end_matches('/').to_owned();
+        return a
+            .trim()
+            .trim_start_matches("quic://")
+            .trim_end_matches('/')
+            .to_owned();
     }
     let ip = match bound.ip() {
         ip if ip.is_unspecified() && ip.is_ipv6() => "::1".parse().unwrap_or(ip),
@@ -71,7 +75,10 @@ fn access_may_shrink(event: &DomainEvent) -> bool {
 }
 
 /// Ends every open session whose user may no longer operate its device.
-async fn end_sessions_without_access(cp: &m87_control_plane::service::ControlPlane, relay: &m87_relay_node::RelayHandle) {
+async fn end_sessions_without_access(
+    cp: &m87_control_plane::service::ControlPlane,
+    relay: &m87_relay_node::RelayHandle,
+) {
     for session in relay.sessions() {
         if !cp.may_operate(&session.subject, &session.device).await {
             tracing::info!(session = %session.session_id, subject = %session.subject, device = %session.device, "access revoked: ending the session");
@@ -91,8 +98,17 @@ pub async fn run(
     let platform = Platform::start(&config).await?;
     let cp = platform.cp.clone();
 
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
-    if let Some(host) = relay.public_address.as_deref().and_then(|a| a.rsplit_once(':')).map(|(h, _)| h.trim_matches(['[', ']']).to_owned()) {
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    if let Some(host) = relay
+        .public_address
+        .as_deref()
+        .and_then(|a| a.rsplit_once(':'))
+        .map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
+    {
         names.push(host);
     }
     let identity = RelayIdentity::load_or_create(&config.data_dir.join("tls"), &names)?;

@@ -26,22 +26,39 @@ impl InProcessLink {
 #[async_trait]
 impl ControlPlaneLink for InProcessLink {
     async fn authenticate_device(&self, api_key: &str) -> Result<DeviceId, String> {
-        self.cp.authenticate_device(api_key).await.map_err(|e| e.to_string())
+        self.cp
+            .authenticate_device(api_key)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn device_connected(&self, device: &DeviceId, remote: SocketAddr) {
-        if let Err(e) = self.cp.record_presence(device, &self.relay_id, Some(remote.to_string()), None).await {
+        if let Err(e) = self
+            .cp
+            .record_presence(device, &self.relay_id, Some(remote.to_string()), None)
+            .await
+        {
             tracing::warn!(error = %e, "cannot record a device connection");
         }
     }
 
     async fn device_disconnected(&self, device: &DeviceId, reason: &str) {
-        if let Err(e) = self.cp.record_presence(device, &self.relay_id, None, Some(reason.to_owned())).await {
+        if let Err(e) = self
+            .cp
+            .record_presence(device, &self.relay_id, None, Some(reason.to_owned()))
+            .await
+        {
             tracing::warn!(error = %e, "cannot record a device disconnection");
         }
     }
 
-    async fn session_refused(&self, session: Option<SessionId>, device: Option<DeviceId>, code: &str, reason: &str) {
+    async fn session_refused(
+        &self,
+        session: Option<SessionId>,
+        device: Option<DeviceId>,
+        code: &str,
+        reason: &str,
+    ) {
         let refusal = SessionRefused {
             session_id: session,
             device_id: device,
@@ -49,7 +66,11 @@ impl ControlPlaneLink for InProcessLink {
             code: code.to_owned(),
             reason: reason.to_owned(),
         };
-        if let Err(e) = self.cp.record_refusal(refusal, &Metadata::system("relay")).await {
+        if let Err(e) = self
+            .cp
+            .record_refusal(refusal, &Metadata::system("relay"))
+            .await
+        {
             tracing::warn!(error = %e, "cannot record a refused session");
         }
     }

@@ -199,7 +199,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     m87_server::run(config, relay, listener, shutdown_signal(), |started| {
         println!("m87-server listening on https://{}", started.api_addr);
-        println!("TLS certificate SHA-256 fingerprint: {}", started.fingerprint);
+        println!(
+            "TLS certificate SHA-256 fingerprint: {}",
+            started.fingerprint
+        );
         println!(
             "relay listening on {}/udp (devices and clients dial {})",
             started.relay_addr, started.relay_public

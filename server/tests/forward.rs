@@ -13,7 +13,11 @@ use common::{M87, Proc, Server, enrolled_device};
 use sha2::{Digest, Sha256};
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A tiny HTTP server "on the device": answers every request with its path.
@@ -35,7 +39,12 @@ fn http_server() -> u16 {
                 }
                 let body = format!("you asked for {path}");
                 let mut s = stream;
-                write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+                write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
             });
         }
     });
@@ -71,7 +80,8 @@ fn start_forward(admin: &M87, device: &str, specs: &[String]) -> Proc {
     let mut args = vec![device, "forward"];
     args.extend(specs.iter().map(String::as_str));
     let p = Proc::spawn(admin.command(&args));
-    p.out.wait_for("press Ctrl-C to stop", Duration::from_secs(30));
+    p.out
+        .wait_for("press Ctrl-C to stop", Duration::from_secs(30));
     p
 }
 
@@ -79,7 +89,11 @@ fn start_forward(admin: &M87, device: &str, specs: &[String]) -> Proc {
 fn forwards_http_many_connections_bulk_data_and_udp() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("data"), "127.0.0.1:0");
-    let admin = M87::new(&server.url, &tmp.path().join("admin"), Some(&server.admin_key()));
+    let admin = M87::new(
+        &server.url,
+        &tmp.path().join("admin"),
+        Some(&server.admin_key()),
+    );
     let (_runtime, _device) = enrolled_device(&server, &admin, &tmp.path().join("dev"), "fwd-dev");
 
     let (http, echo) = (http_server(), echo_server());
@@ -97,9 +111,19 @@ fn forwards_http_many_connections_bulk_data_and_udp() {
     let forward = start_forward(
         &admin,
         "fwd-dev",
-        &[format!("{l_http}:{http}"), format!("{l_echo}:127.0.0.1:{echo}"), format!("{l_udp}:{udp_port}/udp")],
+        &[
+            format!("{l_http}:{http}"),
+            format!("{l_echo}:127.0.0.1:{echo}"),
+            format!("{l_udp}:{udp_port}/udp"),
+        ],
     );
-    assert!(forward.out.contains(&format!("127.0.0.1:{l_http} -> fwd-dev:{http}/tcp")), "{}", forward.out.all());
+    assert!(
+        forward
+            .out
+            .contains(&format!("127.0.0.1:{l_http} -> fwd-dev:{http}/tcp")),
+        "{}",
+        forward.out.all()
+    );
 
     // An HTTP request through the forward.
     let answer = get(l_http, "/hello");
@@ -112,7 +136,10 @@ fn forwards_http_many_connections_bulk_data_and_udp() {
         .collect();
     for t in threads {
         let (i, answer) = t.join().unwrap();
-        assert!(answer.ends_with(&format!("you asked for /conn/{i}")), "{answer}");
+        assert!(
+            answer.ends_with(&format!("you asked for /conn/{i}")),
+            "{answer}"
+        );
     }
 
     // 200 MB through one connection, digests match.
@@ -147,10 +174,14 @@ fn forwards_http_many_connections_bulk_data_and_udp() {
 
     // UDP echo.
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
-    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let mut ok = false;
     for attempt in 0..5 {
-        client.send_to(format!("ping {attempt}").as_bytes(), ("127.0.0.1", l_udp)).unwrap();
+        client
+            .send_to(format!("ping {attempt}").as_bytes(), ("127.0.0.1", l_udp))
+            .unwrap();
         let mut buf = [0u8; 2048];
         if let Ok((n, _)) = client.recv_from(&mut buf) {
             assert_eq!(&buf[..n], format!("echo:ping {attempt}").as_bytes());
@@ -165,7 +196,11 @@ fn forwards_http_many_connections_bulk_data_and_udp() {
 fn forward_errors_are_clear() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("data"), "127.0.0.1:0");
-    let admin = M87::new(&server.url, &tmp.path().join("admin"), Some(&server.admin_key()));
+    let admin = M87::new(
+        &server.url,
+        &tmp.path().join("admin"),
+        Some(&server.admin_key()),
+    );
     let (_runtime, _device) = enrolled_device(&server, &admin, &tmp.path().join("dev"), "fwd-err");
     let err = admin.fails(&["fwd-err", "forward", "99999"]);
     assert!(err.contains("99999"), "{err}");

@@ -21,7 +21,11 @@ impl Screen {
             if self.0.lock().unwrap().contains(needle) {
                 return;
             }
-            assert!(Instant::now() < deadline, "{needle:?} never appeared; screen:\n{}", self.0.lock().unwrap());
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} never appeared; screen:\n{}",
+                self.0.lock().unwrap()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -31,11 +35,20 @@ impl Screen {
 fn shell_in_a_real_terminal_runs_resizes_and_exits_with_status() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("data"), "127.0.0.1:0");
-    let admin = M87::new(&server.url, &tmp.path().join("admin"), Some(&server.admin_key()));
+    let admin = M87::new(
+        &server.url,
+        &tmp.path().join("admin"),
+        Some(&server.admin_key()),
+    );
     let (_runtime, _device) = enrolled_device(&server, &admin, &tmp.path().join("dev"), "term-dev");
 
     let pty = native_pty_system()
-        .openpty(PtySize { rows: 24, cols: 80, pixel_width: 0, pixel_height: 0 })
+        .openpty(PtySize {
+            rows: 24,
+            cols: 80,
+            pixel_width: 0,
+            pixel_height: 0,
+        })
         .unwrap();
     let mut cmd = CommandBuilder::new(bin("m87"));
     cmd.args(["term-dev", "shell"]);
@@ -55,7 +68,9 @@ fn shell_in_a_real_terminal_runs_resizes_and_exits_with_status() {
             if n == 0 {
                 break;
             }
-            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
     let screen = Screen(screen);
@@ -67,7 +82,14 @@ fn shell_in_a_real_terminal_runs_resizes_and_exits_with_status() {
     // The remote side sees our terminal size, and a resize.
     keys.write_all(b"stty size\r").unwrap();
     screen.wait_for("24 80");
-    pty.master.resize(PtySize { rows: 33, cols: 111, pixel_width: 0, pixel_height: 0 }).unwrap();
+    pty.master
+        .resize(PtySize {
+            rows: 33,
+            cols: 111,
+            pixel_width: 0,
+            pixel_height: 0,
+        })
+        .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     keys.write_all(b"stty size\r").unwrap();
     screen.wait_for("33 111");

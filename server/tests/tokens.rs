@@ -11,11 +11,10 @@ use std::time::{Duration, Instant};
 use common::{M87, Server, enrolled_device};
 use m87_agent::frames::{FrameReader, write_control};
 use m87_agent::http::ApiClient;
+use m87_events::SessionId;
 use m87_events::api::{CreateSessionRequest, SessionGrant};
 use m87_events::token::{Operation, SessionClaims, SessionSigner, now_unix};
 use m87_events::tunnel::{ALPN_SESSION, Control};
-use m87_events::SessionId;
-use tokio::io::AsyncWriteExt;
 
 async fn grant(server: &Server, device_id: &str) -> SessionGrant {
     let client = ApiClient::new(&server.url, Some(server.admin_key()), true).unwrap();
@@ -33,11 +32,18 @@ async fn grant(server: &Server, device_id: &str) -> SessionGrant {
 
 /// Presents `token` at the relay; returns the answer's code ("accepted" when accepted).
 async fn present(g: &SessionGrant, token: String) -> String {
-    let (_ep, conn) = m87_agent::quic::connect(&g.relay.address, &g.relay.server_name, ALPN_SESSION, Some(&g.relay.cert_sha256))
+    let (_ep, conn) = m87_agent::quic::connect(
+        &g.relay.address,
+        &g.relay.server_name,
+        ALPN_SESSION,
+        Some(&g.relay.cert_sha256),
+    )
+    .await
+    .unwrap();
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    write_control(&mut send, &Control::SessionOpen { token })
         .await
         .unwrap();
-    let (mut send, recv) = conn.open_bi().await.unwrap();
-    write_control(&mut send, &Control::SessionOpen { token }).await.unwrap();
     match FrameReader::new(recv).control().await {
         Ok(Some(Control::SessionAccepted { .. })) => "accepted".into(),
         Ok(Some(Control::Refused { code, .. })) => code,
@@ -47,7 +53,9 @@ async fn present(g: &SessionGrant, token: String) -> String {
 
 fn refusals(data: &std::path::Path) -> Vec<serde_json::Value> {
     let conn = rusqlite::Connection::open(data.join("m87.db")).unwrap();
-    let mut stmt = conn.prepare("SELECT data FROM events WHERE event_type = 'SessionRefused'").unwrap();
+    let mut stmt = conn
+        .prepare("SELECT data FROM events WHERE event_type = 'SessionRefused'")
+        .unwrap();
     stmt.query_map([], |r| r.get::<_, String>(0))
         .unwrap()
         .map(|d| serde_json::from_str(&d.unwrap()).unwrap())
@@ -59,7 +67,11 @@ async fn bad_tokens_are_refused_at_the_relay_and_recorded() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let server = Server::start(&data, "127.0.0.1:0");
-    let admin = M87::new(&server.url, &tmp.path().join("admin"), Some(&server.admin_key()));
+    let admin = M87::new(
+        &server.url,
+        &tmp.path().join("admin"),
+        Some(&server.admin_key()),
+    );
     let (_runtime, _dev) = enrolled_device(&server, &admin, &tmp.path().join("dev"), "tok-dev");
     let device_id = admin.devices()[0]["id"].as_str().unwrap().to_owned();
 
@@ -88,10 +100,20 @@ async fn bad_tokens_are_refused_at_the_relay_and_recorded() {
         exp: now + 60,
     };
     assert_eq!(present(&g, forger.sign(&claims)).await, "token_invalid");
-    let real = SessionSigner::from_pkcs8(&std::fs::read(data.join("session-signing.key")).unwrap()).unwrap();
-    let expired = SessionClaims { sid: SessionId::new(), iat: now - 120, exp: now - 60, ..claims.clone() };
+    let real = SessionSigner::from_pkcs8(&std::fs::read(data.join("session-signing.key")).unwrap())
+        .unwrap();
+    let expired = SessionClaims {
+        sid: SessionId::new(),
+        iat: now - 120,
+        exp: now - 60,
+        ..claims.clone()
+    };
     assert_eq!(present(&g, real.sign(&expired)).await, "token_expired");
-    let elsewhere = SessionClaims { sid: SessionId::new(), dev: "not-connected-device".parse().unwrap(), ..claims.clone() };
+    let elsewhere = SessionClaims {
+        sid: SessionId::new(),
+        dev: "not-connected-device".parse().unwrap(),
+        ..claims.clone()
+    };
     assert_eq!(present(&g, real.sign(&elsewhere)).await, "device_offline");
     assert_eq!(present(&g, "garbage".into()).await, "token_malformed");
 
@@ -100,9 +122,21 @@ async fn bad_tokens_are_refused_at_the_relay_and_recorded() {
     while refusals(&data).len() < 6 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let codes: Vec<String> = refusals(&data).iter().map(|r| r["code"].as_str().unwrap().to_owned()).collect();
-    for code in ["token_replayed", "token_invalid", "token_expired", "device_offline", "token_malformed"] {
-        assert!(codes.iter().any(|c| c == code), "{code} not recorded in {codes:?}");
+    let codes: Vec<String> = refusals(&data)
+        .iter()
+        .map(|r| r["code"].as_str().unwrap().to_owned())
+        .collect();
+    for code in [
+        "token_replayed",
+        "token_invalid",
+        "token_expired",
+        "device_offline",
+        "token_malformed",
+    ] {
+        assert!(
+            codes.iter().any(|c| c == code),
+            "{code} not recorded in {codes:?}"
+        );
     }
     assert!(refusals(&data).iter().all(|r| r["refused_by"] == "relay"));
 }
@@ -112,11 +146,22 @@ async fn garbage_oversized_and_stalled_peers_lose_only_their_connection() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let server = Server::start(&data, "127.0.0.1:0");
-    let admin = M87::new(&server.url, &tmp.path().join("admin"), Some(&server.admin_key()));
+    let admin = M87::new(
+        &server.url,
+        &tmp.path().join("admin"),
+        Some(&server.admin_key()),
+    );
     let (_runtime, _dev) = enrolled_device(&server, &admin, &tmp.path().join("dev"), "peer-dev");
     let device_id = admin.devices()[0]["id"].as_str().unwrap().to_owned();
     let g = grant(&server, &device_id).await;
-    let connect = || m87_agent::quic::connect(&g.relay.address, &g.relay.server_name, ALPN_SESSION, Some(&g.relay.cert_sha256));
+    let connect = || {
+        m87_agent::quic::connect(
+            &g.relay.address,
+            &g.relay.server_name,
+            ALPN_SESSION,
+            Some(&g.relay.cert_sha256),
+        )
+    };
 
     // Garbage instead of a frame.
     let (_e1, garbage) = connect().await.unwrap();
@@ -133,10 +178,17 @@ async fn garbage_oversized_and_stalled_peers_lose_only_their_connection() {
 
     let started = Instant::now();
     for conn in [&garbage, &oversized] {
-        tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.expect("bad peer not dropped");
+        tokio::time::timeout(Duration::from_secs(5), conn.closed())
+            .await
+            .expect("bad peer not dropped");
     }
-    tokio::time::timeout(Duration::from_secs(15), stalled.closed()).await.expect("stalled peer not dropped");
-    assert!(started.elapsed() >= Duration::from_secs(9), "stalled peer should get the full header timeout");
+    tokio::time::timeout(Duration::from_secs(15), stalled.closed())
+        .await
+        .expect("stalled peer not dropped");
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "stalled peer should get the full header timeout"
+    );
 
     // The relay still serves everyone else.
     let out = admin.run(&["peer-dev", "exec", "--", "echo", "still here"]);

@@ -110,8 +110,21 @@ pub async fn show(wanted: &str, output: Output) -> anyhow::Result<()> {
                 ("name", d.name.to_string()),
                 ("id", d.id.to_string()),
                 ("status", d.status.as_str().to_owned()),
-                ("connection", if d.online { "online".into() } else { "offline".into() }),
-                ("last seen", d.last_seen.as_ref().map(when).unwrap_or_else(|| "never".into())),
+                (
+                    "connection",
+                    if d.online {
+                        "online".into()
+                    } else {
+                        "offline".into()
+                    },
+                ),
+                (
+                    "last seen",
+                    d.last_seen
+                        .as_ref()
+                        .map(when)
+                        .unwrap_or_else(|| "never".into()),
+                ),
                 ("owner", d.owner_scope.to_string()),
                 (
                     "shared with",

@@ -21,10 +21,12 @@ enum Side {
 /// `<device>:/path` is remote; anything else (including `./a:b` and `/x:y`) is local.
 fn side(arg: &str) -> Side {
     match arg.split_once(':') {
-        Some((device, path)) if !device.is_empty() && !device.contains('/') && !path.is_empty() => Side::Remote {
-            device: device.to_owned(),
-            path: path.to_owned(),
-        },
+        Some((device, path)) if !device.is_empty() && !device.contains('/') && !path.is_empty() => {
+            Side::Remote {
+                device: device.to_owned(),
+                path: path.to_owned(),
+            }
+        }
         _ => Side::Local(PathBuf::from(arg)),
     }
 }
@@ -39,10 +41,24 @@ struct Transfer {
 
 fn transfer(src: &str, dst: &str) -> anyhow::Result<Transfer> {
     match (side(src), side(dst)) {
-        (Side::Local(local), Side::Remote { device, path }) => Ok(Transfer { device, remote: path, local, to_device: true }),
-        (Side::Remote { device, path }, Side::Local(local)) => Ok(Transfer { device, remote: path, local, to_device: false }),
-        (Side::Remote { .. }, Side::Remote { .. }) => anyhow::bail!("copying between two devices is not supported; copy through this machine"),
-        (Side::Local(_), Side::Local(_)) => anyhow::bail!("one side must be on a device: <device>:/path"),
+        (Side::Local(local), Side::Remote { device, path }) => Ok(Transfer {
+            device,
+            remote: path,
+            local,
+            to_device: true,
+        }),
+        (Side::Remote { device, path }, Side::Local(local)) => Ok(Transfer {
+            device,
+            remote: path,
+            local,
+            to_device: false,
+        }),
+        (Side::Remote { .. }, Side::Remote { .. }) => {
+            anyhow::bail!("copying between two devices is not supported; copy through this machine")
+        }
+        (Side::Local(_), Side::Local(_)) => {
+            anyhow::bail!("one side must be on a device: <device>:/path")
+        }
     }
 }
 
@@ -54,7 +70,11 @@ fn human(bytes: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }
 
 /// `m87 cp`.
@@ -111,7 +131,10 @@ pub struct SyncArgs {
     pub watch: bool,
 }
 
-fn print_report(report: &m87_agent::services::files::SyncReport, output: Output) -> anyhow::Result<()> {
+fn print_report(
+    report: &m87_agent::services::files::SyncReport,
+    output: Output,
+) -> anyhow::Result<()> {
     match output {
         Output::Json => print_json(report),
         Output::Table => {
@@ -142,7 +165,9 @@ fn print_report(report: &m87_agent::services::files::SyncReport, output: Output)
 pub async fn sync(src: &str, dst: &str, args: SyncArgs, output: Output) -> anyhow::Result<()> {
     let t = transfer(src, dst)?;
     if args.watch && !t.to_device {
-        anyhow::bail!("--watch syncs from this machine to a device only: m87 sync --watch ./dir <device>:/path");
+        anyhow::bail!(
+            "--watch syncs from this machine to a device only: m87 sync --watch ./dir <device>:/path"
+        );
     }
     if args.watch && args.dry_run {
         anyhow::bail!("--watch and --dry-run do not go together");
@@ -164,7 +189,10 @@ pub async fn sync(src: &str, dst: &str, args: SyncArgs, output: Output) -> anyho
         progress: output == Output::Table && std::io::stderr().is_terminal(),
     };
     let result = if args.watch {
-        eprintln!("watching {} for changes; press Ctrl-C to stop", t.local.display());
+        eprintln!(
+            "watching {} for changes; press Ctrl-C to stop",
+            t.local.display()
+        );
         let opener: Arc<dyn remote::ChannelOpener> = session.clone();
         remote::sync::watch(
             opener,

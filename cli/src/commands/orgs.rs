@@ -8,11 +8,16 @@ use crate::output::{Output, print_json, print_table};
 
 /// `m87 org create`.
 pub async fn create(id: OrgId, name: Option<String>, output: Output) -> anyhow::Result<()> {
-    let org: OrgSummary = user_client()?.post("/v1/orgs", &CreateOrgRequest { id, name }).await?;
+    let org: OrgSummary = user_client()?
+        .post("/v1/orgs", &CreateOrgRequest { id, name })
+        .await?;
     match output {
         Output::Json => print_json(&org),
         Output::Table => {
-            println!("created organization {} ({}); you are its admin", org.id, org.name);
+            println!(
+                "created organization {} ({}); you are its admin",
+                org.id, org.name
+            );
             Ok(())
         }
     }
@@ -34,7 +39,9 @@ pub async fn list(output: Output) -> anyhow::Result<()> {
                     vec![
                         o.id.to_string(),
                         o.name.clone(),
-                        o.role.map(|r| r.as_str().to_owned()).unwrap_or_else(|| "-".into()),
+                        o.role
+                            .map(|r| r.as_str().to_owned())
+                            .unwrap_or_else(|| "-".into()),
                         o.members.to_string(),
                     ]
                 })
@@ -55,7 +62,13 @@ pub async fn delete(id: OrgId) -> anyhow::Result<()> {
 /// `m87 org members add`.
 pub async fn add(org: OrgId, email: Email, role: Role) -> anyhow::Result<()> {
     user_client()?
-        .post_no_content(&format!("/v1/orgs/{org}/members"), &MemberRequest { email: email.clone(), role })
+        .post_no_content(
+            &format!("/v1/orgs/{org}/members"),
+            &MemberRequest {
+                email: email.clone(),
+                role,
+            },
+        )
         .await?;
     println!("added {email} to {org} as {}", role.as_str());
     Ok(())
@@ -63,7 +76,9 @@ pub async fn add(org: OrgId, email: Email, role: Role) -> anyhow::Result<()> {
 
 /// `m87 org members remove`.
 pub async fn remove(org: OrgId, email: Email) -> anyhow::Result<()> {
-    user_client()?.delete(&format!("/v1/orgs/{org}/members/{email}")).await?;
+    user_client()?
+        .delete(&format!("/v1/orgs/{org}/members/{email}"))
+        .await?;
     println!("removed {email} from {org}");
     Ok(())
 }
@@ -71,7 +86,10 @@ pub async fn remove(org: OrgId, email: Email) -> anyhow::Result<()> {
 /// `m87 org members role`.
 pub async fn role(org: OrgId, email: Email, role: Role) -> anyhow::Result<()> {
     user_client()?
-        .put_no_content(&format!("/v1/orgs/{org}/members/{email}"), &RoleRequest { role })
+        .put_no_content(
+            &format!("/v1/orgs/{org}/members/{email}"),
+            &RoleRequest { role },
+        )
         .await?;
     println!("{email} is now {} in {org}", role.as_str());
     Ok(())
@@ -79,7 +97,9 @@ pub async fn role(org: OrgId, email: Email, role: Role) -> anyhow::Result<()> {
 
 /// `m87 org members list`.
 pub async fn members(org: OrgId, output: Output) -> anyhow::Result<()> {
-    let members: Vec<MemberSummary> = user_client()?.get(&format!("/v1/orgs/{org}/members")).await?;
+    let members: Vec<MemberSummary> = user_client()?
+        .get(&format!("/v1/orgs/{org}/members"))
+        .await?;
     match output {
         Output::Json => print_json(&members),
         Output::Table => {

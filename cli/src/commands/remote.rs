@@ -9,7 +9,10 @@ use crate::session::QuicSession;
 
 /// Operations on one device.
 #[derive(Debug, Parser)]
-#[command(name = "m87 <device>", about = "Operate one device (by name, id or unique prefix)")]
+#[command(
+    name = "m87 <device>",
+    about = "Operate one device (by name, id or unique prefix)"
+)]
 pub struct DeviceCli {
     #[command(subcommand)]
     op: DeviceOp,
@@ -71,7 +74,12 @@ enum AccessOp {
     },
 }
 
-async fn access(client: &m87_agent::http::ApiClient, device: &str, op: AccessOp, output: crate::output::Output) -> anyhow::Result<i32> {
+async fn access(
+    client: &m87_agent::http::ApiClient,
+    device: &str,
+    op: AccessOp,
+    output: crate::output::Output,
+) -> anyhow::Result<i32> {
     let devices: Vec<m87_events::api::DeviceSummary> = client.get("/v1/devices").await?;
     let approved: Vec<_> = devices
         .into_iter()
@@ -83,22 +91,35 @@ async fn access(client: &m87_agent::http::ApiClient, device: &str, op: AccessOp,
     match op {
         AccessOp::List => match output {
             crate::output::Output::Json => {
-                crate::output::print_json(&serde_json::json!({"owner_scope": d.owner_scope, "allowed_scopes": d.allowed_scopes}))?;
+                crate::output::print_json(
+                    &serde_json::json!({"owner_scope": d.owner_scope, "allowed_scopes": d.allowed_scopes}),
+                )?;
             }
             crate::output::Output::Table => {
                 let mut rows = vec![vec![d.owner_scope.to_string(), "owner".to_owned()]];
-                rows.extend(d.allowed_scopes.iter().map(|s| vec![s.to_string(), "shared".to_owned()]));
+                rows.extend(
+                    d.allowed_scopes
+                        .iter()
+                        .map(|s| vec![s.to_string(), "shared".to_owned()]),
+                );
                 crate::output::print_table(&["SCOPE", "ACCESS"], &rows);
             }
         },
         AccessOp::Add { scope } => {
             client
-                .post_no_content(&format!("/v1/devices/{}/access", d.id), &m87_events::api::AccessRequest { scope: scope.clone() })
+                .post_no_content(
+                    &format!("/v1/devices/{}/access", d.id),
+                    &m87_events::api::AccessRequest {
+                        scope: scope.clone(),
+                    },
+                )
                 .await?;
             println!("{} is now shared with {scope}", d.name);
         }
         AccessOp::Remove { scope } => {
-            client.delete(&format!("/v1/devices/{}/access/{scope}", d.id)).await?;
+            client
+                .delete(&format!("/v1/devices/{}/access/{scope}", d.id))
+                .await?;
             println!("{} is no longer shared with {scope}", d.name);
         }
     }
@@ -122,7 +143,11 @@ pub async fn run(args: Vec<String>, output: crate::output::Output) -> anyhow::Re
     let client = user_client()?;
     match cli.op {
         DeviceOp::Access { command } => access(&client, device, command, output).await,
-        DeviceOp::Exec { stdin, tty, command } => {
+        DeviceOp::Exec {
+            stdin,
+            tty,
+            command,
+        } => {
             let grant_args = serde_json::json!({ "argv": command });
             let session = QuicSession::open(&client, device, Operation::Exec, grant_args).await?;
             let result = if tty {
@@ -135,7 +160,9 @@ pub async fn run(args: Vec<String>, output: crate::output::Output) -> anyhow::Re
             Ok(remote::exec::exit_code(result?))
         }
         DeviceOp::Shell => {
-            let session = QuicSession::open(&client, device, Operation::Shell, serde_json::Value::Null).await?;
+            let session =
+                QuicSession::open(&client, device, Operation::Shell, serde_json::Value::Null)
+                    .await?;
             let result = remote::shell::shell(&session).await;
             session.close().await;
             Ok(remote::exec::exit_code(result?))
@@ -147,7 +174,13 @@ pub async fn run(args: Vec<String>, output: crate::output::Output) -> anyhow::Re
                 .map(|s| serde_json::json!({"host": s.remote_host, "port": s.remote_port, "proto": s.proto.as_str()}))
                 .collect();
             let session = std::sync::Arc::new(
-                QuicSession::open(&client, device, Operation::Forward, serde_json::json!({ "targets": targets })).await?,
+                QuicSession::open(
+                    &client,
+                    device,
+                    Operation::Forward,
+                    serde_json::json!({ "targets": targets }),
+                )
+                .await?,
             );
             let name = session.device.name.to_string();
             let opener: std::sync::Arc<dyn remote::ChannelOpener> = session.clone();

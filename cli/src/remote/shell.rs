@@ -144,6 +144,7 @@ impl<F: AsFd> RawModeGuard<F> {
     }
 
     /// Whether raw mode is on (that is, `fd` is a terminal).
+    #[cfg(test)]
     pub fn is_active(&self) -> bool {
         self.saved.is_some()
     }

@@ -6,12 +6,14 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use m87_events::api::{
-    AccessRequest, ApiKeySummary, CreateApiKeyRequest, CreatedApiKey, DecisionResponse,
-    CreateOrgRequest, CreateSessionRequest, DeviceStatus, MemberRequest, MemberSummary, OrgSummary, RoleRequest, DeviceSummary, DeviceTunnelConfig, ErrorBody, Health,
-    PollRequest, PollResponse, RegisterRequest, RegisterResponse, SessionClosedReport,
-    SessionGrant, SessionRefusedReport, WhoAmI,
+    AccessRequest, ApiKeySummary, CreateApiKeyRequest, CreateOrgRequest, CreateSessionRequest,
+    CreatedApiKey, DecisionResponse, DeviceStatus, DeviceSummary, DeviceTunnelConfig, ErrorBody,
+    Health, MemberRequest, MemberSummary, OrgSummary, PollRequest, PollResponse, RegisterRequest,
+    RegisterResponse, RoleRequest, SessionClosedReport, SessionGrant, SessionRefusedReport, WhoAmI,
 };
-use m87_events::{CorrelationId, DeviceId, Email, KeyId, Metadata, OrgId, RequestId, Scope, SessionId};
+use m87_events::{
+    CorrelationId, DeviceId, Email, KeyId, Metadata, OrgId, RequestId, Scope, SessionId,
+};
 
 use crate::service::orgs::MemberChange;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -45,7 +47,10 @@ pub fn router() -> Router {
         .route("/v1/orgs", post(create_org).get(list_orgs))
         .route("/v1/orgs/{id}", delete(delete_org))
         .route("/v1/orgs/{id}/members", post(add_member).get(list_members))
-        .route("/v1/orgs/{id}/members/{email}", delete(remove_member).put(change_role))
+        .route(
+            "/v1/orgs/{id}/members/{email}",
+            delete(remove_member).put(change_role),
+        )
         .route("/v1/api-keys", post(create_api_key).get(list_api_keys))
         .route("/v1/api-keys/{id}", delete(revoke_api_key))
         .fallback(|| async { ApiError::not_found("route") })
@@ -303,14 +308,19 @@ async fn create_session(
     ApiPath(id): ApiPath<DeviceId>,
     ApiJson(req): ApiJson<CreateSessionRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    let grant = s.cp.create_session(&caller.identity, &id, req, &caller.metadata).await?;
+    let grant =
+        s.cp.create_session(&caller.identity, &id, req, &caller.metadata)
+            .await?;
     Ok((StatusCode::CREATED, Json(grant)))
 }
 
 /// For devices: the relays to dial and the key that signs session tokens.
 #[utoipa::path(get, path = "/v1/device/tunnel", tag = "device", security(("api_key" = [])),
     responses((status = 200, body = DeviceTunnelConfig), (status = 403, body = ErrorBody)))]
-async fn tunnel_config(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<DeviceTunnelConfig>> {
+async fn tunnel_config(
+    State(s): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<DeviceTunnelConfig>> {
     Ok(Json(s.cp.tunnel_config(&caller.identity)?))
 }
 
@@ -324,7 +334,8 @@ async fn session_closed(
     ApiPath(id): ApiPath<SessionId>,
     ApiJson(report): ApiJson<SessionClosedReport>,
 ) -> ApiResult<StatusCode> {
-    s.cp.close_session(&caller.identity, id, report, &caller.metadata).await?;
+    s.cp.close_session(&caller.identity, id, report, &caller.metadata)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -337,7 +348,11 @@ async fn session_refused(
     ApiJson(report): ApiJson<SessionRefusedReport>,
 ) -> ApiResult<StatusCode> {
     let crate::domain::Principal::Device { device_id } = &caller.identity.principal else {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "only devices report refusals"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only devices report refusals",
+        ));
     };
     let refusal = m87_events::domain::SessionRefused {
         session_id: report.session_id,
@@ -353,8 +368,14 @@ async fn session_refused(
 /// Create an organization; the caller becomes its admin.
 #[utoipa::path(post, path = "/v1/orgs", tag = "orgs", security(("api_key" = [])), request_body = CreateOrgRequest,
     responses((status = 201, body = OrgSummary), (status = 409, body = ErrorBody)))]
-async fn create_org(State(s): State<AppState>, caller: Caller, ApiJson(req): ApiJson<CreateOrgRequest>) -> ApiResult<impl IntoResponse> {
-    let org = s.cp.create_org(&caller.identity, req, &caller.metadata).await?;
+async fn create_org(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateOrgRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let org =
+        s.cp.create_org(&caller.identity, req, &caller.metadata)
+            .await?;
     Ok((StatusCode::CREATED, Json(org)))
 }
 
@@ -368,8 +389,13 @@ async fn list_orgs(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<
 #[utoipa::path(delete, path = "/v1/orgs/{id}", tag = "orgs", security(("api_key" = [])),
     params(("id" = String, Path, description = "organization id")),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn delete_org(State(s): State<AppState>, caller: Caller, ApiPath(id): ApiPath<OrgId>) -> ApiResult<StatusCode> {
-    s.cp.delete_org(&caller.identity, &id, &caller.metadata).await?;
+async fn delete_org(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<OrgId>,
+) -> ApiResult<StatusCode> {
+    s.cp.delete_org(&caller.identity, &id, &caller.metadata)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -377,8 +403,20 @@ async fn delete_org(State(s): State<AppState>, caller: Caller, ApiPath(id): ApiP
 #[utoipa::path(post, path = "/v1/orgs/{id}/members", tag = "orgs", security(("api_key" = [])), request_body = MemberRequest,
     params(("id" = String, Path, description = "organization id")),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn add_member(State(s): State<AppState>, caller: Caller, ApiPath(id): ApiPath<OrgId>, ApiJson(req): ApiJson<MemberRequest>) -> ApiResult<StatusCode> {
-    s.cp.change_member(&caller.identity, &id, &req.email, MemberChange::Add(req.role), &caller.metadata).await?;
+async fn add_member(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<OrgId>,
+    ApiJson(req): ApiJson<MemberRequest>,
+) -> ApiResult<StatusCode> {
+    s.cp.change_member(
+        &caller.identity,
+        &id,
+        &req.email,
+        MemberChange::Add(req.role),
+        &caller.metadata,
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -386,13 +424,21 @@ async fn add_member(State(s): State<AppState>, caller: Caller, ApiPath(id): ApiP
 #[utoipa::path(get, path = "/v1/orgs/{id}/members", tag = "orgs", security(("api_key" = [])),
     params(("id" = String, Path, description = "organization id")),
     responses((status = 200, body = [MemberSummary]), (status = 404, body = ErrorBody)))]
-async fn list_members(State(s): State<AppState>, caller: Caller, ApiPath(id): ApiPath<OrgId>) -> ApiResult<Json<Vec<MemberSummary>>> {
+async fn list_members(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<OrgId>,
+) -> ApiResult<Json<Vec<MemberSummary>>> {
     Ok(Json(s.cp.list_members(&caller.identity, &id).await?))
 }
 
 fn org_and_email(id: String, email: String) -> Result<(OrgId, Email), ApiError> {
-    let id = id.parse().map_err(|e: m87_events::ParseIdError| ApiError::bad_request(e.to_string()))?;
-    let email = email.parse().map_err(|e: m87_events::ParseIdError| ApiError::bad_request(e.to_string()))?;
+    let id = id
+        .parse()
+        .map_err(|e: m87_events::ParseIdError| ApiError::bad_request(e.to_string()))?;
+    let email = email
+        .parse()
+        .map_err(|e: m87_events::ParseIdError| ApiError::bad_request(e.to_string()))?;
     Ok((id, email))
 }
 
@@ -400,9 +446,20 @@ fn org_and_email(id: String, email: String) -> Result<(OrgId, Email), ApiError> 
 #[utoipa::path(delete, path = "/v1/orgs/{id}/members/{email}", tag = "orgs", security(("api_key" = [])),
     params(("id" = String, Path, description = "organization id"), ("email" = String, Path, description = "member")),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn remove_member(State(s): State<AppState>, caller: Caller, axum::extract::Path((id, email)): axum::extract::Path<(String, String)>) -> ApiResult<StatusCode> {
+async fn remove_member(
+    State(s): State<AppState>,
+    caller: Caller,
+    axum::extract::Path((id, email)): axum::extract::Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     let (id, email) = org_and_email(id, email)?;
-    s.cp.change_member(&caller.identity, &id, &email, MemberChange::Remove, &caller.metadata).await?;
+    s.cp.change_member(
+        &caller.identity,
+        &id,
+        &email,
+        MemberChange::Remove,
+        &caller.metadata,
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -417,7 +474,14 @@ async fn change_role(
     ApiJson(req): ApiJson<RoleRequest>,
 ) -> ApiResult<StatusCode> {
     let (id, email) = org_and_email(id, email)?;
-    s.cp.change_member(&caller.identity, &id, &email, MemberChange::Role(req.role), &caller.metadata).await?;
+    s.cp.change_member(
+        &caller.identity,
+        &id,
+        &email,
+        MemberChange::Role(req.role),
+        &caller.metadata,
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -57,7 +57,10 @@ impl Identity {
 
     /// The caller's role in an organization.
     pub fn role_in(&self, org: &OrgId) -> Option<Role> {
-        self.memberships.iter().find(|(o, _)| o == org).map(|(_, r)| *r)
+        self.memberships
+            .iter()
+            .find(|(o, _)| o == org)
+            .map(|(_, r)| *r)
     }
 
     /// Whether the caller may approve, remove and share devices owned by `scope`: platform
@@ -68,7 +71,9 @@ impl Identity {
         }
         match (&self.principal, scope.kind()) {
             (Principal::User { email, .. }, ScopeKind::User(owner)) => *email == owner,
-            (Principal::User { .. }, ScopeKind::Org(org)) => self.role_in(&org) == Some(Role::Admin),
+            (Principal::User { .. }, ScopeKind::Org(org)) => {
+                self.role_in(&org) == Some(Role::Admin)
+            }
             _ => false,
         }
     }
@@ -83,11 +88,15 @@ impl Identity {
         if self.platform_admin {
             return true;
         }
-        std::iter::once(owner).chain(allowed).any(|scope| match (&self.principal, scope.kind()) {
-            (Principal::User { email, .. }, ScopeKind::User(u)) => *email == u,
-            (_, ScopeKind::Org(org)) => matches!(self.role_in(&org), Some(Role::Admin | Role::Member)),
-            _ => false,
-        })
+        std::iter::once(owner)
+            .chain(allowed)
+            .any(|scope| match (&self.principal, scope.kind()) {
+                (Principal::User { email, .. }, ScopeKind::User(u)) => *email == u,
+                (_, ScopeKind::Org(org)) => {
+                    matches!(self.role_in(&org), Some(Role::Admin | Role::Member))
+                }
+                _ => false,
+            })
     }
 
     /// The actor recorded on events this caller causes.

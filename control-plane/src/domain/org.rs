@@ -54,7 +54,13 @@ impl Org {
 
     fn live(&self, caller: &Identity) -> Result<&OrgCreated, DomainError> {
         match &self.created {
-            Some(c) if !self.deleted && (caller.platform_admin || caller.email().is_some_and(|e| self.members.contains_key(e))) => Ok(c),
+            Some(c)
+                if !self.deleted
+                    && (caller.platform_admin
+                        || caller.email().is_some_and(|e| self.members.contains_key(e))) =>
+            {
+                Ok(c)
+            }
             _ => Err(DomainError::NotFound("organization")),
         }
     }
@@ -62,7 +68,10 @@ impl Org {
     fn administered(&self, caller: &Identity, what: &str) -> Result<&OrgCreated, DomainError> {
         let c = self.live(caller)?;
         if !caller.administers(&Scope::org(&c.org_id)) {
-            return Err(DomainError::Forbidden(format!("only admins of {} may {what}", c.org_id)));
+            return Err(DomainError::Forbidden(format!(
+                "only admins of {} may {what}",
+                c.org_id
+            )));
         }
         Ok(c)
     }
@@ -73,16 +82,28 @@ impl Org {
 }
 
 /// `CreateOrg`: the creator becomes its first admin.
-pub fn decide_create(org: &Org, caller: &Identity, org_id: &OrgId, name: Option<&str>) -> Result<Vec<DomainEvent>, DomainError> {
+pub fn decide_create(
+    org: &Org,
+    caller: &Identity,
+    org_id: &OrgId,
+    name: Option<&str>,
+) -> Result<Vec<DomainEvent>, DomainError> {
     let Some(email) = caller.email() else {
-        return Err(DomainError::Forbidden("devices cannot create organizations".into()));
+        return Err(DomainError::Forbidden(
+            "devices cannot create organizations".into(),
+        ));
     };
     if org.created.is_some() {
         return Err(DomainError::AlreadyExists(format!("organization {org_id}")));
     }
-    let name = name.map(str::trim).filter(|n| !n.is_empty()).unwrap_or(org_id.as_str());
+    let name = name
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .unwrap_or(org_id.as_str());
     if name.chars().count() > MAX_NAME_LEN || name.chars().any(char::is_control) {
-        return Err(DomainError::Validation(format!("organization name must be at most {MAX_NAME_LEN} printable characters")));
+        return Err(DomainError::Validation(format!(
+            "organization name must be at most {MAX_NAME_LEN} printable characters"
+        )));
     }
     Ok(vec![
         DomainEvent::OrgCreated(OrgCreated {
@@ -100,14 +121,24 @@ pub fn decide_create(org: &Org, caller: &Identity, org_id: &OrgId, name: Option<
 /// `DeleteOrg`.
 pub fn decide_delete(org: &Org, caller: &Identity) -> Result<DomainEvent, DomainError> {
     let c = org.administered(caller, "delete it")?;
-    Ok(DomainEvent::OrgDeleted(OrgDeleted { org_id: c.org_id.clone() }))
+    Ok(DomainEvent::OrgDeleted(OrgDeleted {
+        org_id: c.org_id.clone(),
+    }))
 }
 
 /// `AddMember`.
-pub fn decide_add(org: &Org, caller: &Identity, email: &Email, role: Role) -> Result<DomainEvent, DomainError> {
+pub fn decide_add(
+    org: &Org,
+    caller: &Identity,
+    email: &Email,
+    role: Role,
+) -> Result<DomainEvent, DomainError> {
     let c = org.administered(caller, "add members")?;
     if org.members.contains_key(email) {
-        return Err(DomainError::AlreadyExists(format!("{email} is already a member of {}", c.org_id)));
+        return Err(DomainError::AlreadyExists(format!(
+            "{email} is already a member of {}",
+            c.org_id
+        )));
     }
     Ok(DomainEvent::MemberAdded(MemberAdded {
         org_id: c.org_id.clone(),
@@ -117,16 +148,25 @@ pub fn decide_add(org: &Org, caller: &Identity, email: &Email, role: Role) -> Re
 }
 
 /// `RemoveMember`: admins remove anyone; members may leave. The last admin stays.
-pub fn decide_remove(org: &Org, caller: &Identity, email: &Email) -> Result<DomainEvent, DomainError> {
+pub fn decide_remove(
+    org: &Org,
+    caller: &Identity,
+    email: &Email,
+) -> Result<DomainEvent, DomainError> {
     let c = org.live(caller)?;
     if caller.email() != Some(email) && !caller.administers(&Scope::org(&c.org_id)) {
-        return Err(DomainError::Forbidden(format!("only admins of {} may remove members", c.org_id)));
+        return Err(DomainError::Forbidden(format!(
+            "only admins of {} may remove members",
+            c.org_id
+        )));
     }
     let Some(role) = org.members.get(email) else {
         return Err(DomainError::NotFound("member"));
     };
     if *role == Role::Admin && org.admins() == 1 {
-        return Err(DomainError::Validation("an organization keeps at least one admin".into()));
+        return Err(DomainError::Validation(
+            "an organization keeps at least one admin".into(),
+        ));
     }
     Ok(DomainEvent::MemberRemoved(MemberRemoved {
         org_id: c.org_id.clone(),
@@ -135,7 +175,12 @@ pub fn decide_remove(org: &Org, caller: &Identity, email: &Email) -> Result<Doma
 }
 
 /// `ChangeRole`. The last admin cannot be demoted.
-pub fn decide_role(org: &Org, caller: &Identity, email: &Email, role: Role) -> Result<Option<DomainEvent>, DomainError> {
+pub fn decide_role(
+    org: &Org,
+    caller: &Identity,
+    email: &Email,
+    role: Role,
+) -> Result<Option<DomainEvent>, DomainError> {
     let c = org.administered(caller, "change roles")?;
     let Some(current) = org.members.get(email) else {
         return Err(DomainError::NotFound("member"));
@@ -144,7 +189,9 @@ pub fn decide_role(org: &Org, caller: &Identity, email: &Email, role: Role) -> R
         return Ok(None);
     }
     if *current == Role::Admin && org.admins() == 1 {
-        return Err(DomainError::Validation("an organization keeps at least one admin".into()));
+        return Err(DomainError::Validation(
+            "an organization keeps at least one admin".into(),
+        ));
     }
     Ok(Some(DomainEvent::MemberRoleChanged(MemberRoleChanged {
         org_id: c.org_id.clone(),
@@ -168,16 +215,30 @@ mod tests {
 
     fn created() -> Org {
         let alice = user("alice@example.com");
-        let events = decide_create(&Org::default(), &alice, &"acme".parse().unwrap(), Some("Acme")).unwrap();
+        let events = decide_create(
+            &Org::default(),
+            &alice,
+            &"acme".parse().unwrap(),
+            Some("Acme"),
+        )
+        .unwrap();
         Org::from_events(&events)
     }
 
     #[test]
     fn creator_is_admin_and_ids_are_unique() {
         let org = created();
-        assert_eq!(org.members.get(&"alice@example.com".parse().unwrap()), Some(&Role::Admin));
+        assert_eq!(
+            org.members.get(&"alice@example.com".parse().unwrap()),
+            Some(&Role::Admin)
+        );
         assert!(matches!(
-            decide_create(&org, &user("bob@example.com"), &"acme".parse().unwrap(), None),
+            decide_create(
+                &org,
+                &user("bob@example.com"),
+                &"acme".parse().unwrap(),
+                None
+            ),
             Err(DomainError::AlreadyExists(_))
         ));
     }
@@ -189,13 +250,38 @@ mod tests {
         let bob: Email = "bob@example.com".parse().unwrap();
         org.apply(&decide_add(&org, &alice, &bob, Role::Member).unwrap());
         let bob_id = with_role("bob@example.com", "acme", Role::Member);
-        assert!(matches!(decide_add(&org, &bob_id, &"c@example.com".parse().unwrap(), Role::Viewer), Err(DomainError::Forbidden(_))));
-        assert_eq!(decide_add(&org, &user("eve@example.com"), &bob, Role::Admin).unwrap_err(), DomainError::NotFound("organization"));
-        assert!(matches!(decide_remove(&org, &alice, &"alice@example.com".parse().unwrap()), Err(DomainError::Validation(_))));
-        assert!(matches!(decide_role(&org, &alice, &"alice@example.com".parse().unwrap(), Role::Viewer), Err(DomainError::Validation(_))));
+        assert!(matches!(
+            decide_add(
+                &org,
+                &bob_id,
+                &"c@example.com".parse().unwrap(),
+                Role::Viewer
+            ),
+            Err(DomainError::Forbidden(_))
+        ));
+        assert_eq!(
+            decide_add(&org, &user("eve@example.com"), &bob, Role::Admin).unwrap_err(),
+            DomainError::NotFound("organization")
+        );
+        assert!(matches!(
+            decide_remove(&org, &alice, &"alice@example.com".parse().unwrap()),
+            Err(DomainError::Validation(_))
+        ));
+        assert!(matches!(
+            decide_role(
+                &org,
+                &alice,
+                &"alice@example.com".parse().unwrap(),
+                Role::Viewer
+            ),
+            Err(DomainError::Validation(_))
+        ));
         // Bob may leave by himself.
         assert!(decide_remove(&org, &bob_id, &bob).is_ok());
         assert!(decide_delete(&org, &admin("root@example.com")).is_ok());
-        assert!(matches!(decide_delete(&org, &bob_id), Err(DomainError::Forbidden(_))));
+        assert!(matches!(
+            decide_delete(&org, &bob_id),
+            Err(DomainError::Forbidden(_))
+        ));
     }
 }

@@ -45,7 +45,11 @@ impl Session {
 
 fn validate_args(op: Operation, args: &Value) -> Result<(), DomainError> {
     let bad = |m: &str| Err(DomainError::Validation(m.to_owned()));
-    if serde_json::to_vec(args).map(|v| v.len()).unwrap_or(usize::MAX) > MAX_ARGS_BYTES {
+    if serde_json::to_vec(args)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX)
+        > MAX_ARGS_BYTES
+    {
         return bad("session arguments are too large (8 KiB at most)");
     }
     match op {
@@ -54,8 +58,12 @@ fn validate_args(op: Operation, args: &Value) -> Result<(), DomainError> {
             _ => bad("exec needs args {\"argv\": [program, arguments…]}"),
         },
         Operation::Forward => match args.get("targets").and_then(Value::as_array) {
-            Some(t) if !t.is_empty()
-                && t.iter().all(|t| t.get("host").is_some_and(Value::is_string) && t.get("port").is_some_and(Value::is_u64)) =>
+            Some(t)
+                if !t.is_empty()
+                    && t.iter().all(|t| {
+                        t.get("host").is_some_and(Value::is_string)
+                            && t.get("port").is_some_and(Value::is_u64)
+                    }) =>
             {
                 Ok(())
             }
@@ -83,7 +91,9 @@ pub fn decide_open(
         _ => return Err(DomainError::NotFound("device")),
     };
     if !caller.can_operate(&enrollment.owner_scope, &device.allowed_scopes) {
-        return Err(DomainError::Forbidden("viewers may read a device's status but not operate it".into()));
+        return Err(DomainError::Forbidden(
+            "viewers may read a device's status but not operate it".into(),
+        ));
     }
     validate_args(operation, &args)?;
     Ok(DomainEvent::SessionOpened(SessionOpened {
@@ -141,15 +151,40 @@ mod tests {
         let d = device("user:a@example.com");
         let now = Utc::now();
         let args = serde_json::json!({"argv": ["true"]});
-        let e = decide_open(&d, &user("a@example.com"), SessionId::new(), Operation::Exec, args.clone(), now).unwrap();
-        let DomainEvent::SessionOpened(o) = e else { panic!() };
+        let e = decide_open(
+            &d,
+            &user("a@example.com"),
+            SessionId::new(),
+            Operation::Exec,
+            args.clone(),
+            now,
+        )
+        .unwrap();
+        let DomainEvent::SessionOpened(o) = e else {
+            panic!()
+        };
         assert_eq!(o.expires_at, now + chrono::Duration::seconds(60));
         assert_eq!(
-            decide_open(&d, &user("b@example.com"), SessionId::new(), Operation::Exec, args, now).unwrap_err(),
+            decide_open(
+                &d,
+                &user("b@example.com"),
+                SessionId::new(),
+                Operation::Exec,
+                args,
+                now
+            )
+            .unwrap_err(),
             DomainError::NotFound("device")
         );
         assert!(matches!(
-            decide_open(&d, &user("a@example.com"), SessionId::new(), Operation::Exec, serde_json::json!({}), now),
+            decide_open(
+                &d,
+                &user("a@example.com"),
+                SessionId::new(),
+                Operation::Exec,
+                serde_json::json!({}),
+                now
+            ),
             Err(DomainError::Validation(_))
         ));
     }
@@ -157,11 +192,22 @@ mod tests {
     #[test]
     fn only_the_device_closes_once() {
         let d = device("user:a@example.com");
-        let opened = decide_open(&d, &user("a@example.com"), SessionId::new(), Operation::Shell, Value::Null, Utc::now()).unwrap();
+        let opened = decide_open(
+            &d,
+            &user("a@example.com"),
+            SessionId::new(),
+            Operation::Shell,
+            Value::Null,
+            Utc::now(),
+        )
+        .unwrap();
         let mut s = Session::from_events([&opened]);
         let dev: DeviceId = "device-0001".parse().unwrap();
         let other: DeviceId = "device-0002".parse().unwrap();
-        assert_eq!(decide_close(&s, &other, Default::default()).unwrap_err(), DomainError::NotFound("session"));
+        assert_eq!(
+            decide_close(&s, &other, Default::default()).unwrap_err(),
+            DomainError::NotFound("session")
+        );
         s.apply(&decide_close(&s, &dev, Default::default()).unwrap());
         assert!(decide_close(&s, &dev, Default::default()).is_err());
     }

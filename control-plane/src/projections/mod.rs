@@ -19,7 +19,9 @@ use tokio::sync::{Mutex, broadcast, watch};
 
 use crate::bus::EventBus;
 use crate::store::{EventStore, StoreError};
-use models::{ApiKeysProjection, DevicesProjection, Docs, OrgsProjection, Projection, RegistrationsProjection};
+use models::{
+    ApiKeysProjection, DevicesProjection, Docs, OrgsProjection, Projection, RegistrationsProjection,
+};
 use store::ReadStore;
 
 /// Every projection m87 keeps.

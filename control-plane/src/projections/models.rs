@@ -168,7 +168,10 @@ impl Projection for OrgsProjection {
             return vec![put(ORGS, id, &row)];
         }
         if let DomainEvent::OrgDeleted(_) = &env.event {
-            return vec![Change::Delete { collection: ORGS, id: id.to_string() }];
+            return vec![Change::Delete {
+                collection: ORGS,
+                id: id.to_string(),
+            }];
         }
         let Some(mut row) = docs.get::<OrgRow>(ORGS, id.as_str()) else {
             return vec![];
@@ -329,7 +332,9 @@ impl Projection for DevicesProjection {
                 status: DeviceStatus::Approved,
                 enrolled_at: env.recorded_at,
                 removed_at: None,
-                last_seen: docs.get::<DeviceRow>(DEVICES, e.device_id.as_str()).and_then(|r| r.last_seen),
+                last_seen: docs
+                    .get::<DeviceRow>(DEVICES, e.device_id.as_str())
+                    .and_then(|r| r.last_seen),
             };
             return vec![put(DEVICES, &e.device_id, &row)];
         }

@@ -95,7 +95,11 @@ impl ControlPlane {
 impl ControlPlane {
     /// The identity of a user, however they proved it (API key now, OIDC token later): their
     /// own scope, their organizations' scopes and roles, and platform admin status.
-    pub async fn user_identity(&self, email: Email, key_id: Option<m87_events::KeyId>) -> Result<Identity, ServiceError> {
+    pub async fn user_identity(
+        &self,
+        email: Email,
+        key_id: Option<m87_events::KeyId>,
+    ) -> Result<Identity, ServiceError> {
         let mut memberships = Vec::new();
         for doc in self.read.list(ORGS).await? {
             if let Ok(org) = serde_json::from_value::<OrgRow>(doc)

@@ -24,7 +24,12 @@ impl ControlPlane {
     }
 
     /// `POST /v1/orgs`.
-    pub async fn create_org(&self, caller: &Identity, req: CreateOrgRequest, metadata: &Metadata) -> Result<OrgSummary, ServiceError> {
+    pub async fn create_org(
+        &self,
+        caller: &Identity,
+        req: CreateOrgRequest,
+        metadata: &Metadata,
+    ) -> Result<OrgSummary, ServiceError> {
         let (events, _) = self
             .execute(metadata, || {
                 let req = req.clone();
@@ -48,7 +53,12 @@ impl ControlPlane {
     }
 
     /// `DELETE /v1/orgs/{id}`.
-    pub async fn delete_org(&self, caller: &Identity, org_id: &OrgId, metadata: &Metadata) -> Result<(), ServiceError> {
+    pub async fn delete_org(
+        &self,
+        caller: &Identity,
+        org_id: &OrgId,
+        metadata: &Metadata,
+    ) -> Result<(), ServiceError> {
         self.execute(metadata, || async move {
             let (org, version) = self.load_org(org_id).await?;
             let event = org::decide_delete(&org, caller)?;
@@ -72,9 +82,15 @@ impl ControlPlane {
             let events = match change {
                 MemberChange::Add(role) => vec![org::decide_add(&org, caller, email, role)?],
                 MemberChange::Remove => vec![org::decide_remove(&org, caller, email)?],
-                MemberChange::Role(role) => org::decide_role(&org, caller, email, role)?.into_iter().collect(),
+                MemberChange::Role(role) => org::decide_role(&org, caller, email, role)?
+                    .into_iter()
+                    .collect(),
             };
-            let appends = if events.is_empty() { vec![] } else { batch(org_id, version, events) };
+            let appends = if events.is_empty() {
+                vec![]
+            } else {
+                batch(org_id, version, events)
+            };
             Ok(((), appends))
         })
         .await?;
@@ -111,13 +127,19 @@ impl ControlPlane {
     }
 
     /// `GET /v1/orgs/{id}/members`: for members of the organization and platform admins.
-    pub async fn list_members(&self, caller: &Identity, org_id: &OrgId) -> Result<Vec<MemberSummary>, ServiceError> {
+    pub async fn list_members(
+        &self,
+        caller: &Identity,
+        org_id: &OrgId,
+    ) -> Result<Vec<MemberSummary>, ServiceError> {
         let org = self
             .org_rows()
             .await?
             .into_iter()
             .find(|o| &o.org_id == org_id)
-            .filter(|o| caller.platform_admin || caller.email().is_some_and(|e| o.members.contains_key(e)))
+            .filter(|o| {
+                caller.platform_admin || caller.email().is_some_and(|e| o.members.contains_key(e))
+            })
             .ok_or(DomainError::NotFound("organization"))?;
         Ok(org
             .members

@@ -196,7 +196,10 @@ impl ControlPlane {
                 memberships: caller
                     .memberships
                     .iter()
-                    .map(|(org_id, role)| m87_events::api::Membership { org_id: org_id.clone(), role: *role })
+                    .map(|(org_id, role)| m87_events::api::Membership {
+                        org_id: org_id.clone(),
+                        role: *role,
+                    })
                     .collect(),
             },
             Principal::Device { device_id } => WhoAmI {

@@ -74,12 +74,20 @@ fn one(stream_id: StreamId, expected_version: u64, event: DomainEvent) -> Vec<St
 impl ControlPlane {
     /// Sets the relays sessions are sent to (the first is used).
     pub fn set_relays(&self, relays: Vec<RelayEndpoint>) {
-        *self.sessions.relays.write().unwrap_or_else(|p| p.into_inner()) = relays;
+        *self
+            .sessions
+            .relays
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = relays;
     }
 
     /// Sets where presence comes from.
     pub fn set_presence(&self, presence: Arc<dyn PresenceView>) {
-        *self.sessions.presence.write().unwrap_or_else(|p| p.into_inner()) = presence;
+        *self
+            .sessions
+            .presence
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = presence;
     }
 
     /// Whether a device's tunnel is connected.
@@ -97,7 +105,11 @@ impl ControlPlane {
     }
 
     fn relays(&self) -> Vec<RelayEndpoint> {
-        self.sessions.relays.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.sessions
+            .relays
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// `POST /v1/devices/{id}/sessions`.
@@ -116,9 +128,19 @@ impl ControlPlane {
                 async move {
                     let (events, _) = self.load(&StreamId::device(device_id)).await?;
                     let device = Device::from_events(&events);
-                    let event = session::decide_open(&device, caller, session_id, req.operation, args, now)?;
+                    let event = session::decide_open(
+                        &device,
+                        caller,
+                        session_id,
+                        req.operation,
+                        args,
+                        now,
+                    )?;
                     if !self.is_online(device_id) {
-                        return Err(DomainError::DeviceOffline(self.last_seen_text(device_id).await).into());
+                        return Err(DomainError::DeviceOffline(
+                            self.last_seen_text(device_id).await,
+                        )
+                        .into());
                     }
                     if self.relays().is_empty() {
                         return Err(ServiceError::NoRelay);
@@ -130,7 +152,11 @@ impl ControlPlane {
         let DomainEvent::SessionOpened(opened) = opened else {
             return Err(ServiceError::Contention);
         };
-        let relay = self.relays().into_iter().next().ok_or(ServiceError::NoRelay)?;
+        let relay = self
+            .relays()
+            .into_iter()
+            .next()
+            .ok_or(ServiceError::NoRelay)?;
         let claims = SessionClaims {
             sid: session_id,
             sub: caller.actor().to_string(),
@@ -188,7 +214,8 @@ impl ControlPlane {
             let report = report.clone();
             async move {
                 let (events, version) = self.load(&StreamId::session(&session_id)).await?;
-                let event = session::decide_close(&Session::from_events(&events), device_id, report)?;
+                let event =
+                    session::decide_close(&Session::from_events(&events), device_id, report)?;
                 Ok(((), one(StreamId::session(&session_id), version, event)))
             }
         })
@@ -212,7 +239,10 @@ impl ControlPlane {
             let (stream, refusal) = (stream.clone(), refusal.clone());
             async move {
                 let (_, version) = self.load(&stream).await?;
-                Ok(((), one(stream, version, DomainEvent::SessionRefused(refusal))))
+                Ok((
+                    (),
+                    one(stream, version, DomainEvent::SessionRefused(refusal)),
+                ))
             }
         })
         .await?;
@@ -254,7 +284,10 @@ impl ControlPlane {
 
     /// Whether `subject` (as in a session token: `user:<email>`) may still operate `device`.
     pub async fn may_operate(&self, subject: &str, device: &DeviceId) -> bool {
-        let Some(email) = subject.strip_prefix("user:").and_then(|e| e.parse::<m87_events::Email>().ok()) else {
+        let Some(email) = subject
+            .strip_prefix("user:")
+            .and_then(|e| e.parse::<m87_events::Email>().ok())
+        else {
             return false;
         };
         let Ok(identity) = self.user_identity(email, None).await else {
@@ -265,7 +298,9 @@ impl ControlPlane {
         };
         let device = Device::from_events(&events);
         match &device.enrollment {
-            Some(e) if !device.removed => identity.can_operate(&e.owner_scope, &device.allowed_scopes),
+            Some(e) if !device.removed => {
+                identity.can_operate(&e.owner_scope, &device.allowed_scopes)
+            }
             _ => false,
         }
     }

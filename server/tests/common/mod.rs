@@ -271,6 +271,8 @@ pub fn enrolled_device(server: &Server, admin: &M87, dir: &Path, name: &str) -> 
     let runtime = device.runtime(&["--email", "admin@localhost", "--name", name]);
     let request_id = request_id_of(&runtime);
     admin.ok(&["devices", "approve", &request_id]);
-    runtime.out.wait_for("tunnel connected to relay", Duration::from_secs(30));
+    runtime
+        .out
+        .wait_for("tunnel connected to relay", Duration::from_secs(30));
     (runtime, device)
 }
