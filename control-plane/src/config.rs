@@ -51,4 +51,6 @@ pub struct ServerConfig {
     pub tls_key: Option<PathBuf>,
     /// The control plane's settings.
     pub settings: Settings,
+    /// Interactive sign-in through an OIDC provider, when configured.
+    pub oidc: Option<crate::auth::OidcConfig>,
 }

@@ -9,11 +9,13 @@
 //! - [`projections`]: read models, their store seam and the projector.
 //! - [`service`]: command handlers and queries.
 //! - [`api`]: the axum router, the error mapping, authentication extractors, OpenAPI.
+//! - [`auth`]: OpenID Connect sign-in: validating the provider's JWT access tokens.
 //! - [`tls`]: the self-signed certificate and the HTTPS accept loop.
 //! - [`server`]: wiring it all together: [`server::run`].
 //! - [`config`]: settings and defaults.
 
 pub mod api;
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod domain;

@@ -112,6 +112,8 @@ pub struct Platform {
     pub tls: tls::TlsMaterial,
     /// Where the bootstrap admin key was written, when it was made now.
     pub admin_key_path: Option<PathBuf>,
+    /// The OIDC token validator, when sign-in is configured.
+    pub jwt: Option<Arc<crate::auth::JwtValidator>>,
     stop: watch::Sender<bool>,
 }
 
@@ -151,11 +153,22 @@ impl Platform {
             config.tls_cert.as_deref(),
             config.tls_key.as_deref(),
         )?;
+        let jwt = match &config.oidc {
+            Some(oidc) => {
+                let validator = crate::auth::JwtValidator::new(oidc.clone())
+                    .await
+                    .with_context(|| format!("setting up sign-in with {}", oidc.issuer))?;
+                tracing::info!(issuer = %oidc.issuer, audience = %oidc.audience, "OIDC sign-in enabled");
+                Some(Arc::new(validator))
+            }
+            None => None,
+        };
         spawn_expiry_sweeper(cp.clone(), stop_rx);
         Ok(Self {
             cp,
             tls,
             admin_key_path,
+            jwt,
             stop,
         })
     }

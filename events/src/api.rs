@@ -375,3 +375,14 @@ pub struct MemberSummary {
     /// Their role.
     pub role: Role,
 }
+
+/// `GET /v1/auth/config`: how to sign in interactively.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuthConfig {
+    /// The OIDC issuer URL.
+    pub issuer: String,
+    /// The public client id the CLI signs in with.
+    pub client_id: String,
+    /// The audience (resource) access tokens must be issued for.
+    pub audience: String,
+}

@@ -106,6 +106,18 @@ struct ServeArgs {
     #[arg(long, env = "M87_REGISTRATIONS_PER_MINUTE", default_value_t = 30)]
     registrations_per_minute: u32,
 
+    /// OIDC issuer for interactive sign-in (`m87 login`); access tokens from it are accepted.
+    #[arg(long, env = "OAUTH_ISSUER")]
+    oauth_issuer: Option<String>,
+
+    /// The audience access tokens must carry (the API's resource identifier).
+    #[arg(long, env = "OAUTH_AUDIENCE", requires = "oauth_issuer")]
+    oauth_audience: Option<String>,
+
+    /// The public client id the CLI signs in with.
+    #[arg(long, env = "OAUTH_CLIENT_ID", default_value = "m87-cli")]
+    oauth_client_id: String,
+
     /// Seconds between sweeps that record expired registration requests.
     #[arg(long, env = "M87_EXPIRY_SWEEP_SECS", default_value_t = 30)]
     expiry_sweep_secs: u64,
@@ -184,11 +196,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         registrations_per_minute: args.registrations_per_minute,
         expiry_sweep_interval: Duration::from_secs(args.expiry_sweep_secs.max(1)),
     };
+    let oidc = match (args.oauth_issuer, args.oauth_audience) {
+        (Some(issuer), Some(audience)) => Some(m87_control_plane::auth::OidcConfig::new(
+            issuer,
+            audience,
+            args.oauth_client_id,
+        )),
+        (Some(_), None) => anyhow::bail!("--oauth-issuer needs --oauth-audience (OAUTH_AUDIENCE)"),
+        _ => None,
+    };
     let config = ServerConfig {
         data_dir: args.data_dir,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         settings,
+        oidc,
     };
     let listener = tokio::net::TcpListener::bind(args.api_listen)
         .await

@@ -187,7 +187,29 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or_else(|| {
                 unauthenticated("malformed Authorization header: expected Bearer <key>")
             })?;
-        let identity = state.cp.authenticate(token).await?;
+        let is_key = token.starts_with(m87_events::KeyKind::User.prefix())
+            || token.starts_with(m87_events::KeyKind::Device.prefix());
+        let identity = match (&state.jwt, is_key) {
+            (Some(jwt), false) => match jwt.validate(token).await {
+                Ok(claims) => state.cp.user_identity(claims.email, None).await?,
+                Err(e) if e.is_server_side() => {
+                    tracing::error!(error = %e, "cannot validate an access token");
+                    return Err(ApiError {
+                        retry_after: Some(5),
+                        ..ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "unavailable",
+                            "the identity provider is unavailable; try again shortly",
+                        )
+                    });
+                }
+                Err(e) => {
+                    tracing::info!(reason = %e, "access token refused");
+                    return Err(unauthenticated(&format!("invalid access token: {e}")));
+                }
+            },
+            _ => state.cp.authenticate(token).await?,
+        };
         let SourceIp(source_ip) = SourceIp::from_request_parts(parts, state)
             .await
             .unwrap_or(SourceIp(None));

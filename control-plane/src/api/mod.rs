@@ -29,6 +29,8 @@ pub struct AppState {
     pub cp: ControlPlane,
     /// Limits registration requests per source address.
     pub registration_limiter: Arc<RateLimiter>,
+    /// Validates OIDC access tokens, when sign-in is configured.
+    pub jwt: Option<Arc<crate::auth::JwtValidator>>,
 }
 
 impl AppState {
@@ -38,7 +40,14 @@ impl AppState {
         Self {
             cp,
             registration_limiter: Arc::new(RateLimiter::new(per_minute, Duration::from_secs(60))),
+            jwt: None,
         }
+    }
+
+    /// With OIDC access tokens accepted besides API keys.
+    pub fn with_jwt(mut self, jwt: Arc<crate::auth::JwtValidator>) -> Self {
+        self.jwt = Some(jwt);
+        self
     }
 }
 

@@ -6,10 +6,11 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use m87_events::api::{
-    AccessRequest, ApiKeySummary, CreateApiKeyRequest, CreateOrgRequest, CreateSessionRequest,
-    CreatedApiKey, DecisionResponse, DeviceStatus, DeviceSummary, DeviceTunnelConfig, ErrorBody,
-    Health, MemberRequest, MemberSummary, OrgSummary, PollRequest, PollResponse, RegisterRequest,
-    RegisterResponse, RoleRequest, SessionClosedReport, SessionGrant, SessionRefusedReport, WhoAmI,
+    AccessRequest, ApiKeySummary, AuthConfig, CreateApiKeyRequest, CreateOrgRequest,
+    CreateSessionRequest, CreatedApiKey, DecisionResponse, DeviceStatus, DeviceSummary,
+    DeviceTunnelConfig, ErrorBody, Health, MemberRequest, MemberSummary, OrgSummary, PollRequest,
+    PollResponse, RegisterRequest, RegisterResponse, RoleRequest, SessionClosedReport,
+    SessionGrant, SessionRefusedReport, WhoAmI,
 };
 use m87_events::{
     CorrelationId, DeviceId, Email, KeyId, Metadata, OrgId, RequestId, Scope, SessionId,
@@ -32,6 +33,7 @@ pub fn router() -> Router {
         .route("/v1/health", get(health))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/whoami", get(whoami))
+        .route("/v1/auth/config", get(auth_config))
         .route("/v1/registrations", post(register))
         .route("/v1/registrations/{id}/poll", post(poll))
         .route("/v1/registrations/{id}/approve", post(approve))
@@ -76,6 +78,25 @@ async fn health() -> Json<Health> {
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "meta", responses((status = 200, description = "the OpenAPI 3.1 document")))]
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
+}
+
+/// How to sign in interactively (OIDC issuer, client id, audience); 404 when not configured.
+#[utoipa::path(get, path = "/v1/auth/config", tag = "meta",
+    responses((status = 200, body = AuthConfig), (status = 404, body = ErrorBody)))]
+async fn auth_config(State(s): State<AppState>) -> ApiResult<Json<AuthConfig>> {
+    let jwt = s.jwt.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this server has no interactive sign-in configured; use an api key",
+        )
+    })?;
+    let c = jwt.config();
+    Ok(Json(AuthConfig {
+        issuer: c.issuer.clone(),
+        client_id: c.client_id.clone(),
+        audience: c.audience.clone(),
+    }))
 }
 
 /// The caller as the server sees it (users and devices).
@@ -508,7 +529,7 @@ impl Modify for SecurityAddon {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "m87 API", description = "Control plane of m87: registration, approval, devices, API keys."),
-    paths(health, openapi, whoami, register, poll, approve, reject, list_devices, get_device,
+    paths(health, openapi, auth_config, whoami, register, poll, approve, reject, list_devices, get_device,
           remove_device, grant_access, revoke_access, create_api_key, list_api_keys, revoke_api_key,
           create_session, tunnel_config, session_closed, session_refused, create_org, list_orgs,
           delete_org, add_member, list_members, remove_member, change_role),

@@ -153,7 +153,11 @@ pub fn decide_approve(
     if device.is_enrolled() {
         // Enrolled by this very request: a concurrent approval won (this one read the request
         // before that approval was stored).
-        if device.enrollment.as_ref().is_some_and(|e| e.request_id == r.request_id) {
+        if device
+            .enrollment
+            .as_ref()
+            .is_some_and(|e| e.request_id == r.request_id)
+        {
             return Err(DomainError::AlreadyDecided(DeviceStatus::Approved));
         }
         return Err(DomainError::DeviceAlreadyEnrolled(r.device_id.to_string()));

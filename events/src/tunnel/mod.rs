@@ -153,6 +153,22 @@ impl Channel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Fuzz target for the control-message decoder: arbitrary bytes (and arbitrary JSON-ish
+        /// text) never panic; whatever parses re-encodes and parses to the same message.
+        #[test]
+        fn control_decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256), text in "\\PC{0,200}") {
+            for input in [bytes.as_slice(), text.as_bytes()] {
+                if let Ok(m) = Frame::parse_control::<Control>(input) {
+                    let f = Frame::control(&m);
+                    let Frame::Control(p) = f else { panic!("not a control frame") };
+                    prop_assert_eq!(Frame::parse_control::<Control>(&p).unwrap(), m);
+                }
+            }
+        }
+    }
 
     #[test]
     fn control_messages_round_trip_through_frames() {
