@@ -192,13 +192,11 @@ impl Platform {
             self_signed = self.tls.self_signed,
             "REST API listening over HTTPS"
         );
-        tls::serve_https(
-            listener,
-            self.tls.config.clone(),
-            app(AppState::new(self.cp.clone())),
-            shutdown,
-        )
-        .await;
+        let mut state = AppState::new(self.cp.clone());
+        if let Some(jwt) = &self.jwt {
+            state = state.with_jwt(Arc::clone(jwt));
+        }
+        tls::serve_https(listener, self.tls.config.clone(), app(state), shutdown).await;
         let _ = self.stop.send(true);
         tracing::info!("server stopped");
         Ok(())

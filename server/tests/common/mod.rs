@@ -123,13 +123,19 @@ impl Server {
     /// Starts the server on `listen` (use `127.0.0.1:0` for a free port) with its data in
     /// `data_dir`, and waits until it serves.
     pub fn start(data_dir: &Path, listen: &str) -> Self {
+        Self::start_with_env(data_dir, listen, &[])
+    }
+
+    /// [`Server::start`] with more environment for the server (e.g. `OAUTH_ISSUER`).
+    pub fn start_with_env(data_dir: &Path, listen: &str, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(bin("m87-server"));
         cmd.arg("--data-dir")
             .arg(data_dir)
             .args(["--api-listen", listen])
             .args(["--quic-listen", "127.0.0.1:0"])
             .env("M87_EXPIRY_SWEEP_SECS", "1")
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied());
         let proc = Proc::spawn(cmd);
         let line = proc
             .out
