@@ -6,9 +6,11 @@
 //! rebuild). A projection can be dropped and rebuilt from the log and comes back equal.
 //!
 //! - [`store`]: the read-store seam (SQLite, memory).
+//! - [`mongo`]: the MongoDB read store (fleet mode).
 //! - [`models`]: the documents and the pure projection logic.
 
 pub mod models;
+pub mod mongo;
 pub mod store;
 
 use std::sync::Arc;

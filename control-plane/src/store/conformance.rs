@@ -201,3 +201,28 @@ async fn sqlite_store_conforms() {
     })
     .await;
 }
+
+/// The MongoDB test server harness, shared with the integration tests.
+#[path = "../../tests/support/mongo.rs"]
+mod mongo_harness;
+
+#[tokio::test]
+async fn mongo_store_conforms() {
+    let server = mongo_harness::MongoServer::shared();
+    // `run_all` makes its stores synchronously; a MongoDB store is opened (and migrated)
+    // asynchronously, so each gets its own database up front.
+    let mut stores = Vec::new();
+    for _ in 0..8 {
+        let db = server.database("conformance").await;
+        stores.push(super::mongo::MongoStore::open(&db).await.unwrap());
+    }
+    let stores = std::sync::Mutex::new(stores);
+    run_all(|| {
+        stores
+            .lock()
+            .unwrap()
+            .pop()
+            .expect("run_all needs more MongoDB stores than prepared; raise the count above")
+    })
+    .await;
+}

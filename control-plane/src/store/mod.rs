@@ -7,8 +7,10 @@
 //!
 //! - [`sqlite`]: the single-machine backend (bundled SQLite, WAL).
 //! - [`memory`]: the in-memory twin for fast tests.
+//! - [`mongo`]: the fleet backend (MongoDB replica set), shared by several control planes.
 
 pub mod memory;
+pub mod mongo;
 pub mod sqlite;
 
 #[cfg(test)]
@@ -55,8 +57,8 @@ pub enum StoreError {
     },
 }
 
-/// The event store seam. Implemented by [`sqlite::SqliteStore`] and [`memory::MemoryStore`]
-/// (and MongoDB in fleet mode); one conformance suite runs against each.
+/// The event store seam. Implemented by [`sqlite::SqliteStore`], [`memory::MemoryStore`] and
+/// [`mongo::MongoStore`] (fleet mode); one conformance suite runs against each.
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
     /// Appends all of `batch` atomically, or nothing.
