@@ -1,5 +1,6 @@
 //! The credentials file, `$M87_CONFIG_DIR/credentials.json` (default `~/.config/m87`), shared by
-//! the device runtime (its device key) and the CLI (the user's key), each in its own section.
+//! the device runtime (its device key) and the CLI (the user's API key, or the user's OpenID
+//! Connect tokens), each in its own section: `device`, `user`, `oauth`.
 //!
 //! The directory is made 0700 and the file 0600; every write replaces the file atomically
 //! (temporary file, fsync, rename), so a crash never leaves a torn file. Sections this build does
@@ -72,15 +73,74 @@ pub struct UserCredentials {
     pub api_url: String,
 }
 
+/// A user's OpenID Connect session, from `m87 login` (the OAuth 2.0 device authorization
+/// grant): the tokens and everything needed to renew and revoke them without asking the server
+/// or the provider again.
+///
+/// `Debug` does not show the tokens.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuthCredentials {
+    /// The access token, sent as `Authorization: Bearer …`.
+    pub access_token: String,
+    /// The refresh token, if the provider gave one (scope `offline_access`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// When the access token expires, if the provider said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When the refresh token expires, if the provider said (most do not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_expires_at: Option<DateTime<Utc>>,
+    /// The provider (OIDC issuer URL).
+    pub issuer: String,
+    /// The public client's id at the provider.
+    pub client_id: String,
+    /// The API audience (resource) the access token is for.
+    pub audience: String,
+    /// The provider's token endpoint (for refreshing).
+    pub token_endpoint: String,
+    /// The provider's revocation endpoint (RFC 7009), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_endpoint: Option<String>,
+    /// The m87 server these tokens are for.
+    pub api_url: String,
+    /// When the tokens were obtained (at login or the last refresh).
+    pub updated_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for OAuthCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthCredentials")
+            .field("access_token", &"[redacted]")
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "[redacted]"),
+            )
+            .field("expires_at", &self.expires_at)
+            .field("refresh_expires_at", &self.refresh_expires_at)
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("audience", &self.audience)
+            .field("token_endpoint", &self.token_endpoint)
+            .field("revocation_endpoint", &self.revocation_endpoint)
+            .field("api_url", &self.api_url)
+            .field("updated_at", &self.updated_at)
+            .finish()
+    }
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Credentials {
     /// The device section.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<DeviceCredentials>,
-    /// The user section.
+    /// The user section (an API key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<UserCredentials>,
+    /// The user's OpenID Connect session (tokens from `m87 login`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<OAuthCredentials>,
     /// Sections this build does not know, kept as they are.
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,
@@ -241,7 +301,7 @@ mod tests {
     fn unknown_sections_survive_and_garbage_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let file = CredentialsFile::in_dir(dir.path());
-        std::fs::write(file.path(), r#"{"oauth": {"refresh": "r"}}"#).unwrap();
+        std::fs::write(file.path(), r#"{"future": {"refresh": "r"}}"#).unwrap();
         file.update(|c| {
             c.user = Some(UserCredentials {
                 api_key: "k".into(),
@@ -253,5 +313,68 @@ mod tests {
         assert!(text.contains("refresh"));
         std::fs::write(file.path(), "not json").unwrap();
         assert!(matches!(file.load(), Err(CredentialsError::Invalid { .. })));
+    }
+
+    fn oauth_section() -> OAuthCredentials {
+        OAuthCredentials {
+            access_token: "at-secret".into(),
+            refresh_token: Some("rt-secret".into()),
+            expires_at: Some(Utc::now()),
+            refresh_expires_at: None,
+            issuer: "https://idp.example".into(),
+            client_id: "m87-cli".into(),
+            audience: "https://m87.example/api".into(),
+            token_endpoint: "https://idp.example/token".into(),
+            revocation_endpoint: Some("https://idp.example/token/revocation".into()),
+            api_url: "https://m87.example".into(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn the_oauth_section_round_trips_next_to_the_others_and_unknown_sections() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = CredentialsFile::in_dir(dir.path().join("m87"));
+        std::fs::create_dir_all(file.dir()).unwrap();
+        std::fs::write(
+            file.path(),
+            r#"{"user": {"api_key": "m87u_x", "api_url": "https://h"}, "future": {"x": 1}}"#,
+        )
+        .unwrap();
+        let section = oauth_section();
+        file.update(|c| c.oauth = Some(section.clone())).unwrap();
+        let loaded = file.load().unwrap();
+        assert_eq!(loaded.oauth.as_ref(), Some(&section));
+        assert_eq!(loaded.user.unwrap().api_key, "m87u_x");
+        assert_eq!(loaded.other["future"]["x"], 1);
+        let mode = std::fs::metadata(file.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        // Optional fields may be absent (older or newer writers).
+        let text = std::fs::read_to_string(file.path()).unwrap();
+        let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let oauth = json["oauth"].as_object_mut().unwrap();
+        for k in ["refresh_token", "expires_at", "revocation_endpoint"] {
+            oauth.remove(k);
+        }
+        std::fs::write(file.path(), json.to_string()).unwrap();
+        let loaded = file.load().unwrap().oauth.unwrap();
+        assert_eq!(loaded.refresh_token, None);
+        assert_eq!(loaded.expires_at, None);
+
+        file.update(|c| c.oauth = None).unwrap();
+        let text = std::fs::read_to_string(file.path()).unwrap();
+        assert!(
+            !text.contains("oauth") && !text.contains("secret"),
+            "{text}"
+        );
+        assert!(text.contains("future"));
+    }
+
+    #[test]
+    fn debug_never_shows_tokens() {
+        let shown = format!("{:?}", oauth_section());
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("idp.example"));
     }
 }

@@ -1,8 +1,22 @@
-//! Where the CLI finds its server and key: the environment first, then the credentials file.
+//! Where the CLI finds its server and credentials: the environment first, then the credentials
+//! file.
+//!
+//! Precedence, first match wins:
+//! 1. `M87_API_KEY` (environment);
+//! 2. the API key stored by `m87 login --api-key` (section `user`);
+//! 3. the OpenID Connect session stored by `m87 login` (section `oauth`), its access token
+//!    renewed first when it expires within 30 s (see [`crate::auth::session`]).
+//!
+//! Each `m87 login` replaces the other kind of stored login, so 2 and 3 only meet in a file
+//! edited by hand. The server is `M87_API_URL`, else the one stored with the login, else
+//! [`DEFAULT_API_URL`]; an OIDC session is only sent to the server it was made for.
 
 use anyhow::{Context, bail};
-use m87_agent::credentials::CredentialsFile;
+use m87_agent::credentials::{CredentialsFile, OAuthCredentials};
 use m87_agent::http::{ApiClient, api_url_from_env, trust_invalid_cert_from_env};
+
+use crate::auth::http::OidcHttp;
+use crate::auth::session::{self, Freshness};
 
 /// The server used when nothing else says which.
 pub const DEFAULT_API_URL: &str = "https://127.0.0.1:8085";
@@ -17,28 +31,86 @@ pub fn user_api_url() -> anyhow::Result<String> {
     if let Some(url) = api_url_from_env() {
         return Ok(url);
     }
-    Ok(credentials_file()?
-        .load()?
+    let creds = credentials_file()?.load()?;
+    Ok(creds
         .user
         .map(|u| u.api_url)
+        .or(creds.oauth.map(|o| o.api_url))
         .unwrap_or_else(|| DEFAULT_API_URL.to_owned()))
 }
 
-/// A client acting as the user: `M87_API_KEY`, else the stored key.
-pub fn user_client() -> anyhow::Result<ApiClient> {
-    let key = match std::env::var("M87_API_KEY")
+/// How the user is signed in (see the module documentation for the precedence).
+pub enum UserAuth {
+    /// `M87_API_KEY`.
+    EnvKey,
+    /// The API key stored by `m87 login --api-key`.
+    StoredKey,
+    /// The OpenID Connect session stored by `m87 login`, as after any refresh.
+    Oidc(Box<OAuthCredentials>),
+}
+
+/// A client acting as the user, and how it signs in.
+pub struct UserSession {
+    /// The client.
+    pub client: ApiClient,
+    /// Its credentials' origin.
+    pub auth: UserAuth,
+}
+
+fn env_api_key() -> Option<String> {
+    std::env::var("M87_API_KEY")
         .ok()
-        .filter(|k| !k.trim().is_empty())
-    {
-        Some(k) => k.trim().to_owned(),
-        None => match credentials_file()?.load()?.user {
-            Some(u) => u.api_key,
-            None => bail!("not logged in: run `m87 login --api-key KEY` or set M87_API_KEY"),
-        },
+        .map(|k| k.trim().to_owned())
+        .filter(|k| !k.is_empty())
+}
+
+/// The user's client: `M87_API_KEY`, else the stored key, else the OIDC session (renewed when
+/// it is about to expire; a session that cannot be renewed is an error telling the user to log
+/// in again).
+pub fn user_session() -> anyhow::Result<UserSession> {
+    let trust = trust_invalid_cert_from_env();
+    if let Some(key) = env_api_key() {
+        return Ok(UserSession {
+            client: ApiClient::new(&user_api_url()?, Some(key), trust)?,
+            auth: UserAuth::EnvKey,
+        });
+    }
+    let file = credentials_file()?;
+    let creds = file.load()?;
+    if let Some(user) = creds.user {
+        return Ok(UserSession {
+            client: ApiClient::new(&user_api_url()?, Some(user.api_key), trust)?,
+            auth: UserAuth::StoredKey,
+        });
+    }
+    let Some(oauth) = creds.oauth else {
+        bail!("not logged in: run `m87 login --api-key KEY` or set M87_API_KEY");
     };
-    Ok(ApiClient::new(
-        &user_api_url()?,
-        Some(key),
-        trust_invalid_cert_from_env(),
-    )?)
+    if let Some(url) = api_url_from_env()
+        && url != oauth.api_url
+    {
+        bail!(
+            "you are logged in to {}, not to M87_API_URL={url}: run `m87 login` to log in there",
+            oauth.api_url
+        );
+    }
+    let oauth = if session::freshness(oauth.expires_at, oauth.updated_at, chrono::Utc::now())
+        == Freshness::Fresh
+    {
+        oauth
+    } else {
+        session::block_on(async move {
+            let http = OidcHttp::new(trust)?;
+            anyhow::Ok(session::ensure_fresh(&file, oauth, &http).await?)
+        })??
+    };
+    Ok(UserSession {
+        client: ApiClient::new(&oauth.api_url, Some(oauth.access_token.clone()), trust)?,
+        auth: UserAuth::Oidc(Box::new(oauth)),
+    })
+}
+
+/// A client acting as the user (see [`user_session`]).
+pub fn user_client() -> anyhow::Result<ApiClient> {
+    Ok(user_session()?.client)
 }

@@ -1,5 +1,6 @@
 //! `m87`: the command-line interface of m87, and the device runtime (`m87 runtime …`).
 
+mod auth;
 mod commands;
 mod context;
 mod output;
@@ -30,18 +31,29 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Store an API key so commands do not need M87_API_KEY.
+    /// Log in: with the server's OpenID Connect provider, or with an API key.
+    ///
+    /// Without --api-key: the OAuth 2.0 device flow. m87 shows a URL and a code to approve in a
+    /// browser (on any machine), then stores the tokens in the credentials file and renews them
+    /// as they expire. The provider comes from the server (GET /v1/auth/config); M87_AUTH_DOMAIN
+    /// (issuer), M87_AUTH_CLIENT_ID and M87_AUTH_AUDIENCE override it. A browser is opened when
+    /// there is a display, unless M87_NO_BROWSER=1.
+    ///
+    /// Credentials are used in this order: M87_API_KEY, else the stored API key, else the stored
+    /// login session. Each login replaces the stored login of the other kind.
     Login {
         /// A user API key (m87u_…), from `m87 api-keys create` or the server's admin.key;
         /// `-` reads it from standard input (keeps it out of the process list).
         #[arg(long)]
-        api_key: String,
+        api_key: Option<String>,
         /// The server (default: M87_API_URL, else https://127.0.0.1:8085).
         #[arg(long)]
         api_url: Option<String>,
     },
-    /// Remove the stored API key.
+    /// Remove the stored API key and login session (revoking the session at the provider).
     Logout,
+    /// The server, who you are, your organizations, and how you are logged in.
+    Status,
     /// List, inspect, approve and reject devices.
     Devices {
         #[command(subcommand)]
@@ -260,7 +272,8 @@ async fn dispatch_local(command: Command, out: Output) -> anyhow::Result<()> {
     match command {
         Command::Device(_) => Ok(()),
         Command::Login { api_key, api_url } => commands::login::login(api_key, api_url).await,
-        Command::Logout => commands::login::logout(),
+        Command::Logout => commands::login::logout().await,
+        Command::Status => commands::login::status(out).await,
         Command::Devices { command } => match command {
             DevicesCommand::List => commands::devices::list(out).await,
             DevicesCommand::Show { device } => commands::devices::show(&device, out).await,
