@@ -9,6 +9,7 @@
 //! # Layout
 //!
 //! - [`registry`]: connected device tunnels; replacement is atomic, removal compares epochs.
+//! - [`presence`]: the fleet-wide presence registry (device -> relay): in-process or NATS KV.
 //! - [`endpoint`]: QUIC and TLS configuration, certificates.
 //! - [`tunnel`]: the device tunnel handler.
 //! - [`session`]: the client session handler and stream splicing.
@@ -16,6 +17,7 @@
 
 pub mod endpoint;
 pub mod io;
+pub mod presence;
 pub mod registry;
 pub mod session;
 pub mod tunnel;

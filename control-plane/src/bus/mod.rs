@@ -4,8 +4,15 @@
 //! event on the bus, so nothing reaches the bus that was not stored. On one machine the bus is
 //! an in-process broadcast channel; subscribers that fall behind (or start late) catch up from
 //! the store, so the bus is a fast path, never the only path.
+//!
+//! - [`InProcessBus`]: the single-machine bus.
+//! - [`nats`]: the fleet bus on NATS JetStream ([`nats::JetStreamBus`]), with durable consumers
+//!   for relays and the audit exporter.
+
+pub mod nats;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use m87_events::EventEnvelope;
@@ -51,7 +58,16 @@ impl EventBus for InProcessBus {
     }
 }
 
+/// The first pause after a failed publish or store read; it doubles up to [`RETRY_MAX`].
+const RETRY_MIN: Duration = Duration::from_millis(50);
+/// The longest pause between attempts while the bus or the store is down.
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
 /// Tails the store and publishes every new event on the bus, in global order.
+///
+/// Each event is published only after the one before it was acknowledged by the bus, and the
+/// position moves only on acknowledgement: while the bus is down the publisher retries from the
+/// last acknowledged position (with a growing pause), so nothing stored is left unpublished.
 #[derive(Clone)]
 pub struct Publisher {
     wake: Arc<Notify>,
@@ -82,26 +98,51 @@ impl Publisher {
         let task_bus = Arc::clone(&bus);
         tokio::spawn(async move {
             let bus = task_bus;
+            // The last position the bus acknowledged: a failed publish never moves it, so the
+            // next attempt starts again right after it (the bus drops what it already has).
             let mut position = from;
+            let mut backoff = RETRY_MIN;
             loop {
-                match store.read_all(position, 500).await {
+                let failed = match store.read_all(position, 500).await {
                     Ok(events) if !events.is_empty() => {
+                        let mut failed = false;
                         for e in &events {
                             if let Err(err) = bus.publish(e).await {
-                                tracing::warn!(error = %err, "publishing to the bus failed; retrying");
+                                tracing::warn!(
+                                    error = %err,
+                                    position = e.global_position,
+                                    retry_in_ms = backoff.as_millis() as u64,
+                                    "publishing to the bus failed; retrying"
+                                );
+                                failed = true;
                                 break;
                             }
                             position = e.global_position;
                             let _ = tx.send(position);
                         }
-                        continue;
+                        if !failed {
+                            backoff = RETRY_MIN;
+                            continue;
+                        }
+                        true
                     }
-                    Ok(_) => {}
-                    Err(err) => tracing::warn!(error = %err, "publisher cannot read the store"),
+                    Ok(_) => false,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "publisher cannot read the store");
+                        true
+                    }
+                };
+                if failed {
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                    continue;
                 }
                 tokio::select! {
                     _ = task_wake.notified() => {}
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = shutdown.changed() => return,
                 }
             }
