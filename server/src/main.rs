@@ -86,12 +86,8 @@ struct ServeArgs {
     tls_key: Option<PathBuf>,
 
     /// Platform admins, comma-separated; the first receives the bootstrap API key.
-    #[arg(
-        long,
-        env = "M87_ADMIN_EMAILS",
-        value_delimiter = ',',
-        default_value = "admin@localhost"
-    )]
+    /// (`ADMIN_EMAILS` is read too when `M87_ADMIN_EMAILS` is not set; default admin@localhost.)
+    #[arg(long, env = "M87_ADMIN_EMAILS", value_delimiter = ',')]
     admin_emails: Vec<m87_events::Email>,
 
     /// Seconds a registration request waits for a decision.
@@ -188,9 +184,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Platform admins: `--admin-emails` / `M87_ADMIN_EMAILS`, else `ADMIN_EMAILS`, else
+/// `admin@localhost`.
+fn admin_emails(given: Vec<m87_events::Email>) -> anyhow::Result<Vec<m87_events::Email>> {
+    if !given.is_empty() {
+        return Ok(given);
+    }
+    let from_env = std::env::var("ADMIN_EMAILS").unwrap_or_default();
+    let parsed: Result<Vec<m87_events::Email>, _> = from_env
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::parse)
+        .collect();
+    let parsed = parsed.map_err(|e| anyhow::anyhow!("ADMIN_EMAILS: {e}"))?;
+    if parsed.is_empty() {
+        Ok(vec![m87_control_plane::config::default_admin()])
+    } else {
+        Ok(parsed)
+    }
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = Settings {
-        admin_emails: args.admin_emails,
+        admin_emails: admin_emails(args.admin_emails)?,
         registration_ttl: Duration::from_secs(args.registration_ttl_secs.max(1)),
         approval_poll_interval: Duration::from_secs(args.poll_interval_secs.max(1)),
         registrations_per_minute: args.registrations_per_minute,
