@@ -102,7 +102,8 @@ pub enum QuicError {
     },
 }
 
-/// Transport settings for client connections (large windows, keep-alive).
+/// Transport settings for client connections: 16 MiB per stream, no connection-wide receive
+/// limit (so stalled streams cannot block the others), keep-alive.
 pub fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(
@@ -110,7 +111,7 @@ pub fn transport_config() -> quinn::TransportConfig {
     ))
     .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
     .stream_receive_window(quinn::VarInt::from_u32(16 << 20))
-    .receive_window(quinn::VarInt::from_u32(64 << 20))
+    .receive_window(quinn::VarInt::MAX)
     .send_window(64 << 20)
     .keep_alive_interval(Some(Duration::from_secs(2)))
     .datagram_receive_buffer_size(Some(4 << 20))

@@ -93,14 +93,16 @@ pub fn fingerprint(der: &[u8]) -> String {
         .join(":")
 }
 
-/// Transport settings shared by relays, devices and clients: large windows for throughput,
-/// bounded streams, keep-alive well inside the idle timeout.
+/// Transport settings shared by relays, devices and clients: 16 MiB per stream for throughput,
+/// no connection-wide receive limit (a limit there lets a few streams whose reader stalls
+/// block every other stream and session on the connection — measured in
+/// `loadtest/reports/`), bounded streams, keep-alive well inside the idle timeout.
 pub fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_STREAMS_PER_CONNECTION))
         .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
         .stream_receive_window(quinn::VarInt::from_u32(16 << 20))
-        .receive_window(quinn::VarInt::from_u32(64 << 20))
+        .receive_window(quinn::VarInt::MAX)
         .send_window(64 << 20)
         .keep_alive_interval(Some(Duration::from_secs(2)))
         .datagram_receive_buffer_size(Some(4 << 20))

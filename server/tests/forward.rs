@@ -209,3 +209,58 @@ fn forward_errors_are_clear() {
     let err = admin.fails(&["fwd-err", "forward", &format!("{port}:80")]);
     assert!(err.contains(&port.to_string()), "{err}");
 }
+
+/// Sends to every connection as fast as the connection takes it.
+fn firehose_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = stream;
+                let block = vec![7u8; 1 << 16];
+                while s.write_all(&block).is_ok() {}
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn stalled_connections_do_not_block_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"), "127.0.0.1:0");
+    let admin = M87::new(
+        &server.url,
+        &tmp.path().join("admin"),
+        Some(&server.admin_key()),
+    );
+    let (_runtime, _device) = enrolled_device(&server, &admin, &tmp.path().join("dev"), "hol-dev");
+    let firehose = firehose_server();
+    let local = free_port();
+    let _forward = start_forward(&admin, "hol-dev", &[format!("{local}:{firehose}")]);
+
+    // Six connections whose reader never reads: each fills its stream's window.
+    let stalled: Vec<TcpStream> = (0..6)
+        .map(|_| TcpStream::connect(("127.0.0.1", local)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Another connection of the same forward still flows, and another session still works.
+    let mut reader = TcpStream::connect(("127.0.0.1", local)).unwrap();
+    reader
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    while got < 32 << 20 {
+        let n = reader
+            .read(&mut buf)
+            .expect("a stalled neighbour blocked this connection");
+        assert!(n > 0, "the forward closed this connection");
+        got += n;
+    }
+    let out = admin.run(&["hol-dev", "exec", "--", "echo", "still answering"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "still answering\n");
+    drop(stalled);
+}
