@@ -14,7 +14,9 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use m87_events::api::{DeviceTunnelConfig, SessionClosedReport, SessionRefusedReport};
+use m87_events::api::{
+    DeviceTunnelConfig, RelayEndpoint, SessionClosedReport, SessionRefusedReport,
+};
 use m87_events::token::{SessionClaims, SessionVerifier, now_unix};
 use m87_events::tunnel::{ALPN_TUNNEL, Channel, Control, ExitStatus};
 use m87_events::{DeviceId, SessionId};
@@ -159,15 +161,26 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), TunnelError> {
     let mut backoff = crate::runtime::Backoff::new();
+    // The relay of the last attempt: after a failure the next attempt prefers another one.
+    let mut last_relay: Option<String> = None;
     loop {
         let started = Instant::now();
-        let result = connect_once(&api, &api_key, &device_id, trust_any_cert, &mut shutdown).await;
+        let result = connect_once(
+            &api,
+            &api_key,
+            &device_id,
+            trust_any_cert,
+            &mut last_relay,
+            &mut shutdown,
+        )
+        .await;
         match result {
             Ok(()) => return Ok(()),
             Err(Failure::Fatal(reason)) => return Err(TunnelError::KeyRefused(reason)),
             Err(Failure::Retry(reason)) => {
-                // A tunnel that stayed up a while starts its backoff afresh.
-                if started.elapsed() > std::time::Duration::from_secs(60) {
+                // A tunnel that stayed up a while starts its backoff afresh, so the first retry
+                // after losing a relay comes within a second.
+                if started.elapsed() > std::time::Duration::from_secs(10) {
                     backoff = crate::runtime::Backoff::new();
                 }
                 let wait = backoff.next_wait();
@@ -184,6 +197,27 @@ pub async fn run(
     }
 }
 
+/// Picks a relay at random — so devices spread over the relays and do not all return to the
+/// same one after a restart — avoiding `avoid` (the relay that just failed) when there is
+/// another.
+fn choose_relay<'a>(relays: &'a [RelayEndpoint], avoid: Option<&str>) -> Option<&'a RelayEndpoint> {
+    use rand::RngCore;
+    let others: Vec<&RelayEndpoint> = relays
+        .iter()
+        .filter(|r| Some(r.address.as_str()) != avoid)
+        .collect();
+    let pool: Vec<&RelayEndpoint> = if others.is_empty() {
+        relays.iter().collect()
+    } else {
+        others
+    };
+    if pool.is_empty() {
+        return None;
+    }
+    let i = (rand::rng().next_u64() % pool.len() as u64) as usize;
+    pool.get(i).copied()
+}
+
 enum Failure {
     Retry(String),
     Fatal(String),
@@ -194,6 +228,7 @@ async fn connect_once(
     api_key: &str,
     device_id: &DeviceId,
     trust_any_cert: bool,
+    last_relay: &mut Option<String>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), Failure> {
     let config: DeviceTunnelConfig = match api.get("/v1/device/tunnel").await {
@@ -207,9 +242,10 @@ async fn connect_once(
     };
     let verifier = SessionVerifier::from_public_key(&config.session_public_key)
         .map_err(|_| Failure::Retry("the control plane sent an invalid session key".into()))?;
-    let Some(relay) = config.relays.first() else {
+    let Some(relay) = choose_relay(&config.relays, last_relay.as_deref()) else {
         return Err(Failure::Retry("the control plane knows no relay".into()));
     };
+    *last_relay = Some(relay.address.clone());
     let pin = (!trust_any_cert).then_some(relay.cert_sha256.as_str());
     let (_endpoint, conn) =
         crate::quic::connect(&relay.address, &relay.server_name, ALPN_TUNNEL, pin)
@@ -569,6 +605,32 @@ impl<S: AsyncRead + Unpin> AsyncRead for LeftoverThen<S> {
 mod tests {
     use super::*;
     use m87_events::token::Operation;
+
+    fn relay(address: &str) -> RelayEndpoint {
+        RelayEndpoint {
+            address: address.into(),
+            server_name: "localhost".into(),
+            cert_sha256: String::new(),
+        }
+    }
+
+    #[test]
+    fn relays_are_picked_at_random_avoiding_the_one_that_failed() {
+        let relays = vec![relay("a:1"), relay("b:1"), relay("c:1")];
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..300 {
+            let r = choose_relay(&relays, Some("a:1")).unwrap();
+            assert_ne!(
+                r.address, "a:1",
+                "the failed relay is avoided while others exist"
+            );
+            seen.insert(r.address.clone());
+        }
+        assert_eq!(seen.len(), 2, "both other relays get picked: {seen:?}");
+        let only = vec![relay("a:1")];
+        assert_eq!(choose_relay(&only, Some("a:1")).unwrap().address, "a:1");
+        assert!(choose_relay(&[], None).is_none());
+    }
 
     fn claims(op: Operation, args: serde_json::Value) -> SessionClaims {
         SessionClaims {

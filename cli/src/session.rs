@@ -56,15 +56,12 @@ impl QuicSession {
             )
             .await?;
         let trust_any = trust_invalid_cert_from_env();
-        let pin = (!trust_any).then_some(grant.relay.cert_sha256.as_str());
-        let (endpoint, conn) = m87_agent::quic::connect(
-            &grant.relay.address,
-            &grant.relay.server_name,
-            ALPN_SESSION,
-            pin,
-        )
-        .await
-        .context("reaching the relay")?;
+        let relay = chosen_relay(&grant)?;
+        let pin = (!trust_any).then_some(relay.cert_sha256.as_str());
+        let (endpoint, conn) =
+            m87_agent::quic::connect(&relay.address, &relay.server_name, ALPN_SESSION, pin)
+                .await
+                .context("reaching the relay")?;
         let (mut send, recv) = conn.open_bi().await.context("opening the session")?;
         write_control(&mut send, &Control::SessionOpen { token: grant.token }).await?;
         let mut reader = FrameReader::new(recv);
@@ -161,4 +158,29 @@ impl ChannelOpener for QuicSession {
             .insert(flow, tx);
         rx
     }
+}
+
+/// The relay to dial: the granted one, or the one `M87_RELAY` names (`host:port`, one of the
+/// relays the control plane knows) — to pin a region, or to measure a particular path.
+fn chosen_relay(grant: &SessionGrant) -> anyhow::Result<m87_events::api::RelayEndpoint> {
+    let wanted = std::env::var("M87_RELAY")
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty());
+    let Some(wanted) = wanted else {
+        return Ok(grant.relay.clone());
+    };
+    grant
+        .relays
+        .iter()
+        .chain(std::iter::once(&grant.relay))
+        .find(|r| r.address == wanted)
+        .cloned()
+        .ok_or_else(|| {
+            let known: Vec<&str> = grant.relays.iter().map(|r| r.address.as_str()).collect();
+            anyhow::anyhow!(
+                "M87_RELAY={wanted} is not one of the relays the control plane knows ({})",
+                known.join(", ")
+            )
+        })
 }

@@ -53,4 +53,21 @@ pub struct ServerConfig {
     pub settings: Settings,
     /// Interactive sign-in through an OIDC provider, when configured.
     pub oidc: Option<crate::auth::OidcConfig>,
+    /// Fleet mode: MongoDB and NATS instead of SQLite and the in-process bus.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// The shared backends of a fleet control-plane replica.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// The MongoDB database holding the event log and read models.
+    pub database: mongodb::Database,
+    /// A connected NATS client.
+    pub nats: async_nats::Client,
+    /// The JetStream event stream's settings.
+    pub jetstream: crate::bus::nats::JetStreamConfig,
+    /// The session signing key shared by every replica (created when missing).
+    pub signing_key: PathBuf,
+    /// The relay secret that opens the internal relay API.
+    pub relay_secret: String,
 }

@@ -10,13 +10,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{AppState, app};
+use crate::bus::nats::JetStreamBus;
 use crate::bus::{EventBus, InProcessBus, Publisher};
-use crate::config::{ServerConfig, Settings};
+use crate::config::{FleetConfig, ServerConfig, Settings};
+use crate::projections::mongo::MongoReadStore;
 use crate::projections::store::{ReadStore, SqliteReadStore};
 use crate::projections::{Projector, RebuildError, all_projections};
 use crate::service::ControlPlane;
 use crate::service::sessions::SessionsConfig;
 use crate::store::EventStore;
+use crate::store::mongo::MongoStore;
 use crate::store::sqlite::SqliteStore;
 use crate::tls;
 use m87_events::token::SessionSigner;
@@ -67,22 +70,100 @@ pub async fn open_single_machine(
     ))
 }
 
+/// Opens a fleet control-plane replica: the MongoDB event store and read models (migrated
+/// under a lock first), the JetStream bus with a publisher that starts after the last event on
+/// the stream, and a running projector, caught up before returning.
+pub async fn open_fleet(
+    fleet: &FleetConfig,
+    settings: Settings,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<ControlPlane> {
+    let applied = crate::store::mongo::migrate(&fleet.database)
+        .await
+        .context("applying MongoDB migrations")?;
+    if !applied.is_empty() {
+        tracing::info!(versions = ?applied, "applied MongoDB migrations");
+    }
+    let store: Arc<dyn EventStore> = Arc::new(
+        MongoStore::open(&fleet.database)
+            .await
+            .context("opening the MongoDB event store")?,
+    );
+    let read: Arc<dyn ReadStore> = Arc::new(
+        MongoReadStore::open(&fleet.database)
+            .await
+            .context("opening the MongoDB read models")?,
+    );
+    let bus = JetStreamBus::with_client(fleet.nats.clone(), fleet.jetstream.clone())
+        .await
+        .context("opening the JetStream event stream")?;
+    let projector =
+        Projector::new(Arc::clone(&store), Arc::clone(&read), all_projections()).await?;
+    projector
+        .catch_up()
+        .await
+        .context("bringing read models up to date")?;
+    projector.clone().spawn(&bus, shutdown.clone());
+    // Everything stored after the stream's last event is published (again, if another replica
+    // got there first: JetStream drops the duplicate by event id).
+    let from = bus
+        .last_published_position()
+        .await
+        .context("reading the event stream's last position")?
+        .unwrap_or(0);
+    let publisher = Publisher::spawn(
+        Arc::clone(&store),
+        Arc::new(bus) as Arc<dyn EventBus>,
+        from,
+        shutdown,
+    );
+    let sessions = SessionsConfig::new(load_signer_file(&fleet.signing_key)?);
+    Ok(ControlPlane::new(
+        store,
+        read,
+        projector,
+        Some(publisher),
+        settings,
+        sessions,
+    ))
+}
+
 /// The session signing key file inside the data directory.
 pub const SIGNING_KEY_FILE: &str = "session-signing.key";
 
 /// Loads the Ed25519 key that signs session tokens, creating it (0600) on first start.
 pub fn load_or_create_signer(data_dir: &Path) -> anyhow::Result<SessionSigner> {
-    let path = data_dir.join(SIGNING_KEY_FILE);
+    load_signer_file(&data_dir.join(SIGNING_KEY_FILE))
+}
+
+/// Loads the Ed25519 key at `path`, creating it (0600) when missing. Replicas that start
+/// together may race to create it: the file is written atomically, and a replica whose key
+/// lost the race reads the winner's.
+pub fn load_signer_file(path: &Path) -> anyhow::Result<SessionSigner> {
+    let path = path.to_path_buf();
     match std::fs::read(&path) {
         Ok(pkcs8) => SessionSigner::from_pkcs8(&pkcs8)
             .with_context(|| format!("{} is not a valid signing key", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let (signer, pkcs8) =
                 SessionSigner::generate().context("generating the session signing key")?;
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
             tls::write_private_file(&path, &pkcs8)
                 .with_context(|| format!("writing {}", path.display()))?;
             tracing::info!(path = %path.display(), "created the session signing key");
-            Ok(signer)
+            // Another replica may have written its own key at the same moment: use the one
+            // that is on disk now, so every replica signs with the same key.
+            let on_disk =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            if on_disk == pkcs8 {
+                Ok(signer)
+            } else {
+                SessionSigner::from_pkcs8(&on_disk)
+                    .with_context(|| format!("{} is not a valid signing key", path.display()))
+            }
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
@@ -94,11 +175,31 @@ pub async fn rebuild_projections(data_dir: &Path, name: Option<&str>) -> anyhow:
     anyhow::ensure!(db.exists(), "no m87 database in {}", data_dir.display());
     let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&db)?);
     let read: Arc<dyn ReadStore> = Arc::new(SqliteReadStore::open(&db)?);
+    rebuild_with(store, read, name).await
+}
+
+/// Rebuilds one projection (or all) in MongoDB from its event log. Control planes may keep
+/// running: their projectors skip what the rebuild has applied, and the rebuild's commits
+/// skip what theirs have.
+pub async fn rebuild_projections_mongo(
+    db: &mongodb::Database,
+    name: Option<&str>,
+) -> anyhow::Result<u64> {
+    let store: Arc<dyn EventStore> = Arc::new(MongoStore::open(db).await?);
+    let read: Arc<dyn ReadStore> = Arc::new(MongoReadStore::open(db).await?);
+    rebuild_with(store, read, name).await
+}
+
+async fn rebuild_with(
+    store: Arc<dyn EventStore>,
+    read: Arc<dyn ReadStore>,
+    name: Option<&str>,
+) -> anyhow::Result<u64> {
     let projector = Projector::new(Arc::clone(&store), read, all_projections()).await?;
     match projector.rebuild(name).await {
         Ok(()) => Ok(projector.progress()),
         Err(RebuildError::Unknown(n)) => {
-            anyhow::bail!("no projection named {n}; known: registrations, devices, api_keys")
+            anyhow::bail!("no projection named {n}; known: registrations, devices, api_keys, orgs")
         }
         Err(e) => Err(e.into()),
     }
@@ -114,6 +215,7 @@ pub struct Platform {
     pub admin_key_path: Option<PathBuf>,
     /// The OIDC token validator, when sign-in is configured.
     pub jwt: Option<Arc<crate::auth::JwtValidator>>,
+    relay_secret: Option<String>,
     stop: watch::Sender<bool>,
 }
 
@@ -128,8 +230,16 @@ impl Platform {
     /// starts the background tasks (publisher, projector, expiry sweeper).
     pub async fn start(config: &ServerConfig) -> anyhow::Result<Self> {
         let (stop, stop_rx) = watch::channel(false);
-        let cp =
-            open_single_machine(&config.data_dir, config.settings.clone(), stop_rx.clone()).await?;
+        let cp = match &config.fleet {
+            Some(fleet) => {
+                prepare_data_dir(&config.data_dir)?;
+                open_fleet(fleet, config.settings.clone(), stop_rx.clone()).await?
+            }
+            None => {
+                open_single_machine(&config.data_dir, config.settings.clone(), stop_rx.clone())
+                    .await?
+            }
+        };
         let admin_key_path = match cp
             .bootstrap_admin_key()
             .await
@@ -169,6 +279,7 @@ impl Platform {
             tls,
             admin_key_path,
             jwt,
+            relay_secret: config.fleet.as_ref().map(|f| f.relay_secret.clone()),
             stop,
         })
     }
@@ -195,6 +306,9 @@ impl Platform {
         let mut state = AppState::new(self.cp.clone());
         if let Some(jwt) = &self.jwt {
             state = state.with_jwt(Arc::clone(jwt));
+        }
+        if let Some(secret) = &self.relay_secret {
+            state = state.with_relay_secret(secret);
         }
         tls::serve_https(listener, self.tls.config.clone(), app(state), shutdown).await;
         let _ = self.stop.send(true);

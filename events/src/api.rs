@@ -279,6 +279,10 @@ pub struct SessionGrant {
     pub expires_at: DateTime<Utc>,
     /// The relay to dial.
     pub relay: RelayEndpoint,
+    /// Every relay the control plane knows (the session reaches the device through any of
+    /// them; `M87_RELAY` picks one by address).
+    #[serde(default)]
+    pub relays: Vec<RelayEndpoint>,
 }
 
 /// `GET /v1/device/tunnel`: what a device needs to connect.
@@ -385,4 +389,92 @@ pub struct AuthConfig {
     pub client_id: String,
     /// The audience (resource) access tokens must be issued for.
     pub audience: String,
+}
+
+// ------------------------------------------------------------------------------------------------
+// The internal relay API (fleet mode): relays call the control plane with the fleet's relay
+// secret as the bearer token.
+// ------------------------------------------------------------------------------------------------
+
+/// `GET /v1/internal/relay/config`: what a relay needs from the control plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RelayBootstrap {
+    /// The Ed25519 public key (base64url) that signs session tokens.
+    pub session_public_key: String,
+}
+
+/// `POST /v1/internal/relay/authenticate`: whose device key this is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RelayAuthenticateRequest {
+    /// The key the device presented.
+    pub api_key: String,
+}
+
+/// The answer to [`RelayAuthenticateRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RelayAuthenticateResponse {
+    /// The device the key belongs to.
+    pub device_id: DeviceId,
+}
+
+/// `POST /v1/internal/relay/presence`: a device's tunnel came or went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RelayPresenceReport {
+    /// The device.
+    pub device_id: DeviceId,
+    /// The relay reporting.
+    pub relay_id: String,
+    /// The device's address, when it connected.
+    #[serde(default)]
+    pub remote: Option<String>,
+    /// Why it left, when it disconnected.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Connected (true) or disconnected (false).
+    pub connected: bool,
+}
+
+/// `POST /v1/internal/relay/refusals`: a relay refused a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RelayRefusalReport {
+    /// The session, when the token named one.
+    #[serde(default)]
+    pub session_id: Option<SessionId>,
+    /// The device, when known.
+    #[serde(default)]
+    pub device_id: Option<DeviceId>,
+    /// The relay reporting.
+    pub relay_id: String,
+    /// A stable code.
+    pub code: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// One (subject, device) pair of an open session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessPair {
+    /// Who (`user:<email>`).
+    pub subject: String,
+    /// The device.
+    pub device_id: DeviceId,
+}
+
+/// `POST /v1/internal/relay/access`: which open sessions may go on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RelayAccessCheck {
+    /// The sessions' pairs (at most 1,000).
+    pub pairs: Vec<AccessPair>,
+}
+
+/// The answer to [`RelayAccessCheck`], one flag per pair in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RelayAccessAnswer {
+    /// Whether each pair may still operate.
+    pub allowed: Vec<bool>,
 }

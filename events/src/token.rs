@@ -159,6 +159,11 @@ pub struct SessionVerifier {
 }
 
 impl SessionVerifier {
+    /// The public key, base64url, as [`SessionVerifier::from_public_key`] reads it.
+    pub fn public_key(&self) -> String {
+        URL_SAFE_NO_PAD.encode(&self.public_key)
+    }
+
     /// From a base64url public key, as the control plane publishes it.
     pub fn from_public_key(b64: &str) -> Result<Self, KeyError> {
         let public_key = URL_SAFE_NO_PAD.decode(b64.trim()).map_err(|_| KeyError)?;

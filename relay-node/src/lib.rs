@@ -10,12 +10,17 @@
 //!
 //! - [`registry`]: connected device tunnels; replacement is atomic, removal compares epochs.
 //! - [`presence`]: the fleet-wide presence registry (device -> relay): in-process or NATS KV.
+//! - [`directory`]: the fleet's relay directory (NATS KV).
+//! - [`fleet`]: fleet mode: presence writes, and relay-to-relay links that carry sessions to
+//!   the relay holding a device's tunnel.
 //! - [`endpoint`]: QUIC and TLS configuration, certificates.
 //! - [`tunnel`]: the device tunnel handler.
 //! - [`session`]: the client session handler and stream splicing.
 //! - [`io`]: reading the first frames of a stream with size and time limits.
 
+pub mod directory;
 pub mod endpoint;
+pub mod fleet;
 pub mod io;
 pub mod presence;
 pub mod registry;
@@ -64,6 +69,9 @@ pub struct RelayConfig {
     pub link: Arc<dyn ControlPlaneLink>,
     /// The relay's TLS certificate and key.
     pub identity: endpoint::RelayIdentity,
+    /// Fleet mode: presence, the relay directory and links to other relays (None on one
+    /// machine).
+    pub fleet: Option<fleet::FleetConfig>,
 }
 
 /// A bound relay, ready to [`Relay::run`].
@@ -86,6 +94,10 @@ pub(crate) struct Shared {
     pub(crate) sessions: Mutex<HashMap<SessionId, LiveSession>>,
     /// (device, subject) pairs whose access was revoked, with when: older tokens are refused.
     pub(crate) revoked: Mutex<Vec<(DeviceId, String, i64)>>,
+    /// The relay's endpoint (links to other relays are dialled from it).
+    pub(crate) endpoint: quinn::Endpoint,
+    /// Fleet mode.
+    pub(crate) fleet: Option<fleet::Fleet>,
 }
 
 /// An open client session, as the relay sees it.
@@ -149,10 +161,24 @@ impl RelayHandle {
 impl Relay {
     /// Binds the relay's UDP socket.
     pub fn bind(addr: SocketAddr, config: RelayConfig) -> anyhow::Result<Self> {
-        let server = endpoint::server_config(&config.identity, &[ALPN_TUNNEL, ALPN_SESSION])?;
-        let endpoint = quinn::Endpoint::server(server, addr)?;
+        Self::with_socket(std::net::UdpSocket::bind(addr)?, config)
+    }
+
+    /// Runs the relay on an already bound UDP socket (so its address is known before the
+    /// configuration that names it is made).
+    pub fn with_socket(socket: std::net::UdpSocket, config: RelayConfig) -> anyhow::Result<Self> {
+        let server =
+            endpoint::server_config(&config.identity, &[ALPN_TUNNEL, ALPN_SESSION, fleet::ALPN])?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| anyhow::anyhow!("no async runtime for the relay"))?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            runtime,
+        )?;
         Ok(Self {
-            endpoint,
+            endpoint: endpoint.clone(),
             shared: Arc::new(Shared {
                 relay_id: config.relay_id,
                 verifier: config.verifier,
@@ -162,6 +188,8 @@ impl Relay {
                 flows: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(HashMap::new()),
                 revoked: Mutex::new(Vec::new()),
+                endpoint,
+                fleet: config.fleet.map(fleet::Fleet::new),
             }),
         })
     }
@@ -223,6 +251,7 @@ impl Relay {
                 match alpn.as_deref() {
                     Some(p) if p == ALPN_TUNNEL => tunnel::handle(shared, conn).await,
                     Some(p) if p == ALPN_SESSION => session::handle(shared, conn).await,
+                    Some(p) if p == fleet::ALPN => fleet::accept_link(shared, conn).await,
                     _ => conn.close(io::CLOSE_PROTOCOL, b"unknown protocol"),
                 }
             });

@@ -15,12 +15,41 @@ use crate::io::{self, CLOSE_PROTOCOL, CLOSE_SESSION_ENDED};
 /// Copy buffer per direction.
 const SPLICE_BUFFER: usize = 256 * 1024;
 
-/// Client connections owning UDP flows, by device and flow id.
-pub(crate) type Flows = Mutex<HashMap<(DeviceId, u32), quinn::Connection>>;
+/// Who receives a device's datagrams of one UDP flow: the client's connection, or the link to
+/// the relay the client is on.
+#[derive(Clone)]
+pub(crate) struct FlowOwner {
+    conn: quinn::Connection,
+    link: bool,
+}
+
+impl FlowOwner {
+    fn client(conn: quinn::Connection) -> Self {
+        Self { conn, link: false }
+    }
+
+    pub(crate) fn link(conn: quinn::Connection) -> Self {
+        Self { conn, link: true }
+    }
+
+    /// Sends a device datagram (flow id first) on.
+    pub(crate) fn send(&self, device: &DeviceId, datagram: bytes::Bytes) {
+        if self.link {
+            if let Some(d) = crate::fleet::link_datagram(device, &datagram) {
+                let _ = self.conn.send_datagram(d);
+            }
+        } else {
+            let _ = self.conn.send_datagram(datagram);
+        }
+    }
+}
+
+/// Client connections (or links) owning UDP flows, by device and flow id.
+pub(crate) type Flows = Mutex<HashMap<(DeviceId, u32), FlowOwner>>;
 
 impl Shared {
-    /// The client connection owning a device's flow.
-    pub(crate) fn flow_owner(&self, device: &DeviceId, flow: u32) -> Option<quinn::Connection> {
+    /// Who owns a device's flow.
+    pub(crate) fn flow_owner(&self, device: &DeviceId, flow: u32) -> Option<FlowOwner> {
         self.flows
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -127,7 +156,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
         .await;
         return;
     }
-    let Some(tunnel) = shared.registry.get(&claims.dev) else {
+    let Some(route) = shared.route_to(&claims.dev).await else {
         let reason = format!("device {} is offline", claims.dev);
         refuse_session(
             &shared,
@@ -143,8 +172,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
     };
     // Open the session on the device, which checks the token again.
     let opened = async {
-        let (mut dsend, mut drecv) = tunnel.conn.open_bi().await.ok()?;
-        dsend.write_all(&raw_open).await.ok()?;
+        let (dsend, mut drecv) = route.open(&raw_open).await?;
         let answer = io::read_control(&mut drecv).await.ok()?;
         Some((dsend, drecv, answer))
     };
@@ -171,7 +199,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
         conn.close(CLOSE_SESSION_ENDED, b"refused by the device");
         return;
     };
-    tracing::info!(relay = %shared.relay_id, session = %session_id, device = %claims.dev, op = claims.op.as_str(), %remote, "session open");
+    tracing::info!(relay = %shared.relay_id, session = %session_id, device = %claims.dev, op = claims.op.as_str(), %remote, via = route.remote_relay().unwrap_or("local"), "session open");
 
     shared
         .sessions
@@ -188,14 +216,13 @@ pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
         );
     // The session's control stream: spliced for the session's life.
     let control = tokio::spawn(splice(crecv, dsend, drecv, csend));
-    let device_conn = tunnel.conn.clone();
     let datagram_conn = conn.clone();
-    let datagram_device = device_conn.clone();
+    let datagram_route = route.clone();
     let client_datagrams = tokio::spawn(async move {
         // Client datagrams go to the device as they are (flow id first); the device checks
         // that the flow belongs to a session it accepted.
         while let Ok(d) = datagram_conn.read_datagram().await {
-            let _ = datagram_device.send_datagram(d);
+            datagram_route.send_datagram(d);
         }
     });
     loop {
@@ -203,18 +230,18 @@ pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
             accepted = conn.accept_bi() => match accepted {
                 Ok((s, r)) => {
                     let shared = Arc::clone(&shared);
-                    let device_conn = device_conn.clone();
+                    let route = route.clone();
                     let client = conn.clone();
                     let device = claims.dev.clone();
                     tokio::spawn(async move {
-                        if let Some(flow) = channel(shared, client, device_conn, device, session_id, s, r).await {
+                        if let Some(flow) = channel(shared, client, route, device, session_id, s, r).await {
                             tracing::debug!(flow, "udp flow ended");
                         }
                     });
                 }
                 Err(_) => break,
             },
-            _ = device_conn.closed() => {
+            _ = route.closed() => {
                 conn.close(CLOSE_SESSION_ENDED, b"the device disconnected");
                 break;
             }
@@ -231,7 +258,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
         .flows
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .retain(|_, c| c.stable_id() != conn.stable_id());
+        .retain(|_, c| c.link || c.conn.stable_id() != conn.stable_id());
     tracing::info!(session = %session_id, "session closed");
 }
 
@@ -239,7 +266,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
 async fn channel(
     shared: Arc<Shared>,
     client: quinn::Connection,
-    device_conn: quinn::Connection,
+    route: crate::fleet::Route,
     device: DeviceId,
     session_id: SessionId,
     mut csend: quinn::SendStream,
@@ -265,8 +292,7 @@ async fn channel(
             return None;
         }
     }
-    let (mut dsend, mut drecv) = device_conn.open_bi().await.ok()?;
-    dsend.write_all(&raw).await.ok()?;
+    let (dsend, mut drecv) = route.open(&raw).await?;
     let (answer, raw_answer) = match io::read_control(&mut drecv).await {
         Ok(a) => a,
         Err(_) => {
@@ -286,7 +312,7 @@ async fn channel(
                 .flows
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert((device.clone(), f), client.clone());
+                .insert((device.clone(), f), FlowOwner::client(client.clone()));
             Some(f)
         }
         Control::ChannelAccepted { flow: None } => None,
@@ -306,7 +332,7 @@ async fn channel(
     flow
 }
 
-async fn copy_then_finish<R, W>(mut from: R, mut to: W) -> u64
+pub(crate) async fn copy_then_finish<R, W>(mut from: R, mut to: W) -> u64
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,

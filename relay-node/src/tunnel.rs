@@ -61,6 +61,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
         shared.registry.remove_if(&device_id, epoch);
         return;
     }
+    let presence = crate::fleet::PresenceHold::start(&shared, &device_id, epoch, &conn);
     tracing::info!(relay = %shared.relay_id, device = %device_id, %remote, "device tunnel up");
     shared.link.device_connected(&device_id, remote).await;
 
@@ -75,8 +76,8 @@ pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
                     continue;
                 }
                 let flow = u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
-                if let Some(client) = shared.flow_owner(&device_id, flow) {
-                    let _ = client.send_datagram(d);
+                if let Some(owner) = shared.flow_owner(&device_id, flow) {
+                    owner.send(&device_id, d);
                 }
             }
         })
@@ -85,6 +86,9 @@ pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
     let reason = conn.closed().await;
     datagrams.abort();
     drop(send);
+    if let Some(p) = presence {
+        p.release().await;
+    }
     if shared.registry.remove_if(&device_id, epoch) {
         tracing::info!(device = %device_id, %reason, "device tunnel down");
         shared

@@ -4,8 +4,10 @@
 //! # Layout
 //!
 //! - [`link`]: the relay's way to the control plane in the same process.
+//! - [`fleet`]: the fleet roles, `control-plane` and `relay`, each in its own process.
 //! - [`run`]: start everything and serve until shutdown.
 
+pub mod fleet;
 pub mod link;
 
 use std::net::SocketAddr;
@@ -17,7 +19,7 @@ use m87_control_plane::server::Platform;
 use m87_events::DomainEvent;
 use m87_events::api::RelayEndpoint;
 use m87_relay_node::endpoint::RelayIdentity;
-use m87_relay_node::{Relay, RelayConfig};
+use m87_relay_node::{LiveSession, Relay, RelayConfig, RelayHandle};
 use tokio::net::TcpListener;
 
 /// Where the relay listens and how devices and clients reach it.
@@ -46,7 +48,9 @@ pub struct Started {
     pub relay_fingerprint: String,
 }
 
-fn announced_address(settings: &RelaySettings, bound: SocketAddr) -> String {
+/// The address devices and clients dial: `public_address` when given, else the bound one
+/// (loopback for an unspecified address).
+pub fn announced_address(settings: &RelaySettings, bound: SocketAddr) -> String {
     if let Some(a) = &settings.public_address {
         return a
             .trim()
@@ -62,7 +66,8 @@ fn announced_address(settings: &RelaySettings, bound: SocketAddr) -> String {
     SocketAddr::new(ip, bound.port()).to_string()
 }
 
-fn access_may_shrink(event: &DomainEvent) -> bool {
+/// Whether an event may take someone's access to a device away.
+pub fn access_may_shrink(event: &DomainEvent) -> bool {
     matches!(
         event,
         DomainEvent::AccessRevoked(_)
@@ -74,17 +79,73 @@ fn access_may_shrink(event: &DomainEvent) -> bool {
     )
 }
 
+/// Decides whether open sessions may go on.
+#[async_trait::async_trait]
+pub trait AccessOracle: Send + Sync + 'static {
+    /// For each session, whether its user may still operate its device.
+    async fn still_allowed(&self, sessions: &[LiveSession]) -> Vec<bool>;
+}
+
+#[async_trait::async_trait]
+impl AccessOracle for m87_control_plane::service::ControlPlane {
+    async fn still_allowed(&self, sessions: &[LiveSession]) -> Vec<bool> {
+        let mut out = Vec::with_capacity(sessions.len());
+        for s in sessions {
+            out.push(self.may_operate(&s.subject, &s.device).await);
+        }
+        out
+    }
+}
+
 /// Ends every open session whose user may no longer operate its device.
-async fn end_sessions_without_access(
-    cp: &m87_control_plane::service::ControlPlane,
-    relay: &m87_relay_node::RelayHandle,
-) {
-    for session in relay.sessions() {
-        if !cp.may_operate(&session.subject, &session.device).await {
+async fn end_sessions_without_access(oracle: &dyn AccessOracle, relay: &RelayHandle) {
+    let sessions = relay.sessions();
+    if sessions.is_empty() {
+        return;
+    }
+    let allowed = oracle.still_allowed(&sessions).await;
+    for (session, ok) in sessions.iter().zip(allowed) {
+        if !ok {
             tracing::info!(session = %session.session_id, subject = %session.subject, device = %session.device, "access revoked: ending the session");
-            relay.end_session(&session, "access to this device was revoked");
+            relay.end_session(session, "access to this device was revoked");
         }
     }
+}
+
+/// Follows the event feed until `stopping`: a removed device loses its tunnel on this relay at
+/// once; whoever loses access loses their sessions here.
+pub fn watch_revocations(
+    mut feed: tokio::sync::broadcast::Receiver<m87_events::EventEnvelope>,
+    relay: RelayHandle,
+    oracle: Arc<dyn AccessOracle>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    let registry = relay.registry();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                event = feed.recv() => match event {
+                    Ok(e) => {
+                        if let DomainEvent::DeviceRemoved(r) = &e.event
+                            && registry.disconnect(&r.device_id, "the device was removed")
+                        {
+                            tracing::info!(device = %r.device_id, "removed device disconnected");
+                        }
+                        if access_may_shrink(&e.event) {
+                            end_sessions_without_access(oracle.as_ref(), &relay).await;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        // Missed events might have revoked access: check every session.
+                        tracing::warn!(missed = n, "revocation feed lagged; checking every session");
+                        end_sessions_without_access(oracle.as_ref(), &relay).await;
+                    }
+                    Err(_) => return,
+                },
+                _ = stopping.changed() => return,
+            }
+        }
+    });
 }
 
 /// Runs the control plane and a relay until `shutdown` completes.
@@ -121,6 +182,7 @@ pub async fn run(
             verifier: cp.session_verifier(),
             link,
             identity,
+            fleet: None,
         },
     )
     .with_context(|| format!("binding the relay to {}/udp", relay.quic_listen))?;
@@ -141,32 +203,13 @@ pub async fn run(
     tracing::info!(address = %relay_addr, announced = %relay_public, sha256 = %relay_fingerprint, "relay listening (QUIC)");
 
     // A removed device loses its tunnel at once; whoever loses access loses their sessions.
-    if let Some(mut feed) = cp.subscribe() {
-        let registry = Arc::clone(&registry);
-        let handle = node.handle();
-        let cp = cp.clone();
-        let mut stopping = platform.stopping();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    event = feed.recv() => match event {
-                        Ok(e) => {
-                            if let DomainEvent::DeviceRemoved(r) = &e.event
-                                && registry.disconnect(&r.device_id, "the device was removed")
-                            {
-                                tracing::info!(device = %r.device_id, "removed device disconnected");
-                            }
-                            if access_may_shrink(&e.event) {
-                                end_sessions_without_access(&cp, &handle).await;
-                            }
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(_) => return,
-                    },
-                    _ = stopping.changed() => return,
-                }
-            }
-        });
+    if let Some(feed) = cp.subscribe() {
+        watch_revocations(
+            feed,
+            node.handle(),
+            Arc::new(cp.clone()) as Arc<dyn AccessOracle>,
+            platform.stopping(),
+        );
     }
     let relay_task = tokio::spawn(node.run(platform.stopping()));
 

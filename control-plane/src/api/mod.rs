@@ -2,11 +2,13 @@
 //!
 //! - [`error`]: the one error type and body format.
 //! - [`extract`]: JSON, path and caller extractors with JSON rejections.
+//! - [`internal`]: the internal relay API of fleet mode.
 //! - [`ratelimit`]: per-address limits for unauthenticated registration.
 //! - [`routes`]: the handlers and the OpenAPI document.
 
 pub mod error;
 pub mod extract;
+pub mod internal;
 pub mod ratelimit;
 pub mod routes;
 
@@ -31,6 +33,8 @@ pub struct AppState {
     pub registration_limiter: Arc<RateLimiter>,
     /// Validates OIDC access tokens, when sign-in is configured.
     pub jwt: Option<Arc<crate::auth::JwtValidator>>,
+    /// The fleet's relay secret, which opens the internal relay API (none on one machine).
+    pub relay_secret: Option<Arc<str>>,
 }
 
 impl AppState {
@@ -41,6 +45,7 @@ impl AppState {
             cp,
             registration_limiter: Arc::new(RateLimiter::new(per_minute, Duration::from_secs(60))),
             jwt: None,
+            relay_secret: None,
         }
     }
 
@@ -49,11 +54,18 @@ impl AppState {
         self.jwt = Some(jwt);
         self
     }
+
+    /// With the internal relay API open to callers presenting `secret`.
+    pub fn with_relay_secret(mut self, secret: &str) -> Self {
+        self.relay_secret = Some(Arc::from(secret));
+        self
+    }
 }
 
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
     routes::router()
+        .merge(internal::router())
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }

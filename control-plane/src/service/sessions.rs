@@ -22,6 +22,12 @@ use crate::store::StreamAppend;
 pub trait PresenceView: Send + Sync {
     /// Whether the device's tunnel is connected to a relay.
     fn is_online(&self, device: &DeviceId) -> bool;
+
+    /// The address (as in [`RelayEndpoint::address`]) of the relay holding the device's tunnel,
+    /// when known: sessions are sent there first, which saves the relay-to-relay hop.
+    fn relay_address(&self, _device: &DeviceId) -> Option<String> {
+        None
+    }
 }
 
 /// Presence when no relay runs: every device is offline.
@@ -71,8 +77,18 @@ fn one(stream_id: StreamId, expected_version: u64, event: DomainEvent) -> Vec<St
     }]
 }
 
+/// Any one of `relays`, spread by the clock's nanoseconds (no need for a random generator).
+fn pick_any(relays: &[RelayEndpoint]) -> Option<RelayEndpoint> {
+    if relays.is_empty() {
+        return None;
+    }
+    let nanos = Utc::now().timestamp_subsec_nanos() as usize;
+    relays.get(nanos % relays.len()).cloned()
+}
+
 impl ControlPlane {
-    /// Sets the relays sessions are sent to (the first is used).
+    /// Sets the relays sessions are sent to: the one holding the device when the presence view
+    /// knows it, else any.
     pub fn set_relays(&self, relays: Vec<RelayEndpoint>) {
         *self
             .sessions
@@ -152,10 +168,16 @@ impl ControlPlane {
         let DomainEvent::SessionOpened(opened) = opened else {
             return Err(ServiceError::Contention);
         };
-        let relay = self
-            .relays()
-            .into_iter()
-            .next()
+        let relays = self.relays();
+        let preferred = self
+            .sessions
+            .presence
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .relay_address(device_id);
+        let relay = preferred
+            .and_then(|a| relays.iter().find(|r| r.address == a).cloned())
+            .or_else(|| pick_any(&relays))
             .ok_or(ServiceError::NoRelay)?;
         let claims = SessionClaims {
             sid: session_id,
@@ -171,6 +193,7 @@ impl ControlPlane {
             token: self.sessions.signer.sign(&claims),
             expires_at: opened.expires_at,
             relay,
+            relays,
         })
     }
 

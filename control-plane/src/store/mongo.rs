@@ -54,7 +54,7 @@ use super::{EventStore, StoreError, StreamAppend, decode_envelope, envelopes_for
 const RETRY_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Connects to the MongoDB at `uri` and selects `database`. Nothing is sent yet: an unreachable
-/// server shows on the first operation, after the URI's `serverSelectionTimeoutMS` (30 s unless
+/// server shows on the first operation, after the URI's `serverSelectionTimeoutMS` (5 s unless
 /// the URI says otherwise).
 pub async fn connect_database(uri: &str, database: &str) -> Result<Database, StoreError> {
     let mut options = ClientOptions::parse(uri)
@@ -62,6 +62,14 @@ pub async fn connect_database(uri: &str, database: &str) -> Result<Database, Sto
         .map_err(|e| StoreError::Unavailable(format!("invalid MongoDB URI: {e}")))?;
     if options.app_name.is_none() {
         options.app_name = Some("m87-control-plane".to_owned());
+    }
+    // An unreachable database should answer 503 within seconds, not after the driver's 30 s
+    // default; a URI that sets these keeps its own.
+    if options.server_selection_timeout.is_none() {
+        options.server_selection_timeout = Some(Duration::from_secs(5));
+    }
+    if options.connect_timeout.is_none() {
+        options.connect_timeout = Some(Duration::from_secs(5));
     }
     let client = Client::with_options(options)
         .map_err(|e| StoreError::Unavailable(format!("cannot set up the MongoDB client: {e}")))?;

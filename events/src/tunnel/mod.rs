@@ -18,6 +18,10 @@
 //! exec and shell (data, stderr, resize, signal, exit — never control bytes mixed into the data),
 //! raw bytes for TCP forwards, file frames for copies. UDP forwards use QUIC datagrams.
 //!
+//! In a fleet, a third kind, a **relay-to-relay link** ([`ALPN_RELAY_LINK`]), joins relays: the
+//! relay a client reached forwards each of the session's streams to the relay holding the
+//! device's tunnel, behind a [`Control::RelayRoute`] frame (see the relay node's `peers`).
+//!
 //! - [`frame`]: frames and their codec.
 //! - [`files`]: the copy and sync sub-protocol.
 
@@ -34,6 +38,8 @@ pub use frame::{DecodeError, ExitStatus, Frame};
 pub const ALPN_TUNNEL: &[u8] = b"m87-tunnel/1";
 /// ALPN of client sessions.
 pub const ALPN_SESSION: &[u8] = b"m87-session/1";
+/// ALPN of relay-to-relay links (fleet mode).
+pub const ALPN_RELAY_LINK: &[u8] = b"m87-relay-link/1";
 /// How long a peer may take to send the first frame of a stream.
 pub const HEADER_TIMEOUT_SECS: u64 = 10;
 /// Most streams a peer may have open at once on one connection.
@@ -77,6 +83,27 @@ pub enum Control {
         /// For UDP forwards: the flow id to put in front of each datagram.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         flow: Option<u32>,
+    },
+    /// Relay → relay: the first frame of a relay-to-relay link, proving the dialling relay
+    /// knows the fleet's relay secret (the link's TLS already pins the answering relay's
+    /// certificate).
+    RelayHello {
+        /// The dialling relay's id.
+        relay_id: String,
+        /// The fleet's shared relay secret.
+        secret: String,
+    },
+    /// Relay → relay: the link is accepted.
+    RelayAccepted {
+        /// The answering relay's id.
+        relay_id: String,
+    },
+    /// Relay → relay: the first frame of a stream on a link: splice the rest of this stream
+    /// onto a new stream of this device's tunnel. The next frame is the client's own first
+    /// frame ([`Control::SessionOpen`] or [`Control::OpenChannel`]), forwarded as is.
+    RelayRoute {
+        /// The device whose tunnel the answering relay holds.
+        device_id: DeviceId,
     },
     /// Anyone: refused, with a reason for the user.
     Refused {
