@@ -11,7 +11,7 @@ use m87_agent::frames::{FrameReader, write_control};
 use m87_agent::http::{ApiClient, trust_invalid_cert_from_env};
 use m87_agent::services::BoxRead;
 use m87_events::SessionId;
-use m87_events::api::{CreateSessionRequest, DeviceSummary, SessionGrant};
+use m87_events::api::{CreateSessionRequest, DeviceSummary, RelayEndpoint, SessionGrant};
 use m87_events::token::Operation;
 use m87_events::tunnel::{ALPN_SESSION, Channel, Control};
 use tokio::sync::mpsc;
@@ -56,12 +56,7 @@ impl QuicSession {
             )
             .await?;
         let trust_any = trust_invalid_cert_from_env();
-        let relay = chosen_relay(&grant)?;
-        let pin = (!trust_any).then_some(relay.cert_sha256.as_str());
-        let (endpoint, conn) =
-            m87_agent::quic::connect(&relay.address, &relay.server_name, ALPN_SESSION, pin)
-                .await
-                .context("reaching the relay")?;
+        let (endpoint, conn) = connect_any(&candidates(&grant)?, trust_any).await?;
         let (mut send, recv) = conn.open_bi().await.context("opening the session")?;
         write_control(&mut send, &Control::SessionOpen { token: grant.token }).await?;
         let mut reader = FrameReader::new(recv);
@@ -160,15 +155,25 @@ impl ChannelOpener for QuicSession {
     }
 }
 
-/// The relay to dial: the granted one, or the one `M87_RELAY` names (`host:port`, one of the
-/// relays the control plane knows) — to pin a region, or to measure a particular path.
-fn chosen_relay(grant: &SessionGrant) -> anyhow::Result<m87_events::api::RelayEndpoint> {
+/// The relays to try in order: the granted one, then the others the control plane knows (any
+/// relay reaches the device; a relay that just died may still be listed). `M87_RELAY`
+/// (`host:port`, one of the known relays) names the only one to try — to pin a region, or to
+/// measure a particular path.
+fn candidates(grant: &SessionGrant) -> anyhow::Result<Vec<RelayEndpoint>> {
     let wanted = std::env::var("M87_RELAY")
         .ok()
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty());
     let Some(wanted) = wanted else {
-        return Ok(grant.relay.clone());
+        let mut all = vec![grant.relay.clone()];
+        all.extend(
+            grant
+                .relays
+                .iter()
+                .filter(|r| r.address != grant.relay.address)
+                .cloned(),
+        );
+        return Ok(all);
     };
     grant
         .relays
@@ -176,6 +181,7 @@ fn chosen_relay(grant: &SessionGrant) -> anyhow::Result<m87_events::api::RelayEn
         .chain(std::iter::once(&grant.relay))
         .find(|r| r.address == wanted)
         .cloned()
+        .map(|r| vec![r])
         .ok_or_else(|| {
             let known: Vec<&str> = grant.relays.iter().map(|r| r.address.as_str()).collect();
             anyhow::anyhow!(
@@ -183,4 +189,25 @@ fn chosen_relay(grant: &SessionGrant) -> anyhow::Result<m87_events::api::RelayEn
                 known.join(", ")
             )
         })
+}
+
+/// Connects to the first of `relays` that answers (the token is presented only after the
+/// handshake, so a relay that did not answer never saw it).
+async fn connect_any(
+    relays: &[RelayEndpoint],
+    trust_any: bool,
+) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
+    let mut failures = Vec::new();
+    for relay in relays {
+        let pin = (!trust_any).then_some(relay.cert_sha256.as_str());
+        match m87_agent::quic::connect(&relay.address, &relay.server_name, ALPN_SESSION, pin).await
+        {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                tracing::debug!(relay = %relay.address, error = %e, "relay did not answer; trying the next");
+                failures.push(e.to_string());
+            }
+        }
+    }
+    anyhow::bail!("reaching the relay: {}", failures.join("; "))
 }

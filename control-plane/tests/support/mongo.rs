@@ -107,6 +107,11 @@ impl MongoServer {
         client.database(&unique_name(prefix))
     }
 
+    /// The server's process id, when this process started it (to pause it with SIGSTOP, say).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether this process started the server (false with `MONGODB_URI`).
     pub fn is_ours(&self) -> bool {
         self.child.is_some()
