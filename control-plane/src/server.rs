@@ -19,6 +19,7 @@ use crate::projections::{Projector, RebuildError, all_projections};
 use crate::service::ControlPlane;
 use crate::service::sessions::SessionsConfig;
 use crate::store::EventStore;
+use crate::store::deadline::Deadline;
 use crate::store::mongo::MongoStore;
 use crate::store::sqlite::SqliteStore;
 use crate::tls;
@@ -70,6 +71,14 @@ pub async fn open_single_machine(
     ))
 }
 
+/// How long a MongoDB read may take before the API answers 503.
+const MONGO_READ_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a MongoDB write may take (including its own retries of write conflicts).
+const MONGO_WRITE_LIMIT: std::time::Duration = std::time::Duration::from_secs(35);
+
+/// How long a starting control plane waits for JetStream to become ready.
+const JETSTREAM_START_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Opens a fleet control-plane replica: the MongoDB event store and read models (migrated
 /// under a lock first), the JetStream bus with a publisher that starts after the last event on
 /// the stream, and a running projector, caught up before returning.
@@ -84,19 +93,37 @@ pub async fn open_fleet(
     if !applied.is_empty() {
         tracing::info!(versions = ?applied, "applied MongoDB migrations");
     }
-    let store: Arc<dyn EventStore> = Arc::new(
+    // The driver has no socket timeout: a database that stops answering must not hold
+    // requests forever (appends may retry write conflicts for up to 30 s by themselves).
+    let store: Arc<dyn EventStore> = Arc::new(Deadline::new(
         MongoStore::open(&fleet.database)
             .await
             .context("opening the MongoDB event store")?,
-    );
-    let read: Arc<dyn ReadStore> = Arc::new(
+        "MongoDB",
+        MONGO_READ_LIMIT,
+        MONGO_WRITE_LIMIT,
+    ));
+    let read: Arc<dyn ReadStore> = Arc::new(Deadline::new(
         MongoReadStore::open(&fleet.database)
             .await
             .context("opening the MongoDB read models")?,
-    );
-    let bus = JetStreamBus::with_client(fleet.nats.clone(), fleet.jetstream.clone())
-        .await
-        .context("opening the JetStream event stream")?;
+        "MongoDB",
+        MONGO_READ_LIMIT,
+        MONGO_WRITE_LIMIT,
+    ));
+    // Just after NATS restarts, JetStream may answer requests only once its streams have
+    // elected leaders: keep trying for a while instead of failing the start.
+    let started = std::time::Instant::now();
+    let bus = loop {
+        match JetStreamBus::with_client(fleet.nats.clone(), fleet.jetstream.clone()).await {
+            Ok(bus) => break bus,
+            Err(e) if started.elapsed() < JETSTREAM_START_PATIENCE => {
+                tracing::warn!(error = %e, "JetStream is not ready yet; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e).context("opening the JetStream event stream"),
+        }
+    };
     let projector =
         Projector::new(Arc::clone(&store), Arc::clone(&read), all_projections()).await?;
     projector

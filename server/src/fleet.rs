@@ -107,6 +107,26 @@ impl NatsSettings {
     }
 }
 
+/// Runs `attempt` until it succeeds or a minute has passed: just after NATS restarts,
+/// JetStream answers only once its streams and buckets have elected leaders.
+pub async fn patiently<T, F, Fut>(what: &str, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if started.elapsed() < Duration::from_secs(60) => {
+                tracing::warn!(error = %format!("{e:#}"), "{what}: not ready yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.context(what.to_owned())),
+        }
+    }
+}
+
 /// Checks a relay secret's length.
 pub fn check_secret(secret: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -119,6 +139,39 @@ pub fn check_secret(secret: &str) -> anyhow::Result<()> {
 // ------------------------------------------------------------------------------------------------
 // Control plane
 // ------------------------------------------------------------------------------------------------
+
+async fn open_presence(nats: &async_nats::Client, replicas: usize) -> anyhow::Result<NatsPresence> {
+    patiently("opening the presence bucket", || async {
+        Ok(NatsPresence::new(
+            nats.clone(),
+            NatsPresenceConfig {
+                replicas: replicas.max(1),
+                ..NatsPresenceConfig::default()
+            },
+        )
+        .await?)
+    })
+    .await
+}
+
+async fn open_directory(
+    nats: &async_nats::Client,
+    replicas: usize,
+    stopping: watch::Receiver<bool>,
+) -> anyhow::Result<RelayDirectory> {
+    patiently("opening the relay directory", || async {
+        RelayDirectory::open(
+            nats.clone(),
+            DirectoryConfig {
+                replicas: replicas.max(1),
+                ..DirectoryConfig::default()
+            },
+            stopping.clone(),
+        )
+        .await
+    })
+    .await
+}
 
 /// Presence as control planes see it: from the presence bucket's cache, with the relay's
 /// public address from the directory.
@@ -172,24 +225,8 @@ pub async fn run_control_plane(
     );
     let platform = Platform::start(&config).await?;
     let cp = platform.cp.clone();
-    let presence = NatsPresence::new(
-        nats.clone(),
-        NatsPresenceConfig {
-            replicas: nats_settings.replicas.max(1),
-            ..NatsPresenceConfig::default()
-        },
-    )
-    .await
-    .context("opening the presence bucket")?;
-    let directory = RelayDirectory::open(
-        nats,
-        DirectoryConfig {
-            replicas: nats_settings.replicas.max(1),
-            ..DirectoryConfig::default()
-        },
-        platform.stopping(),
-    )
-    .await?;
+    let presence = open_presence(&nats, nats_settings.replicas).await?;
+    let directory = open_directory(&nats, nats_settings.replicas, platform.stopping()).await?;
     cp.set_presence(Arc::new(FleetPresenceView {
         presence,
         directory: directory.clone(),
@@ -554,24 +591,8 @@ pub async fn run_relay(
         .nats
         .connect(&format!("m87-relay {}", role.relay_id))
         .await?;
-    let presence = NatsPresence::new(
-        nats.clone(),
-        NatsPresenceConfig {
-            replicas: role.nats.replicas.max(1),
-            ..NatsPresenceConfig::default()
-        },
-    )
-    .await
-    .context("opening the presence bucket")?;
-    let directory = RelayDirectory::open(
-        nats.clone(),
-        DirectoryConfig {
-            replicas: role.nats.replicas.max(1),
-            ..DirectoryConfig::default()
-        },
-        stopping.clone(),
-    )
-    .await?;
+    let presence = open_presence(&nats, role.nats.replicas).await?;
+    let directory = open_directory(&nats, role.nats.replicas, stopping.clone()).await?;
     let settings = crate::RelaySettings {
         quic_listen: role.quic_listen,
         public_address: role.public_address.clone(),
@@ -607,9 +628,10 @@ pub async fn run_relay(
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into());
     // Revocations reach this relay through the event stream.
-    let bus = JetStreamBus::with_client(nats, role.nats.jetstream())
-        .await
-        .context("following the event stream")?;
+    let bus = patiently("following the event stream", || async {
+        Ok(JetStreamBus::with_client(nats.clone(), role.nats.jetstream()).await?)
+    })
+    .await?;
     crate::watch_revocations(
         bus.subscribe(),
         node.handle(),

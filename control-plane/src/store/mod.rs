@@ -9,6 +9,7 @@
 //! - [`memory`]: the in-memory twin for fast tests.
 //! - [`mongo`]: the fleet backend (MongoDB replica set), shared by several control planes.
 
+pub mod deadline;
 pub mod memory;
 pub mod mongo;
 pub mod sqlite;
