@@ -131,6 +131,13 @@ pub fn watch_revocations(
                         {
                             tracing::info!(device = %r.device_id, "removed device disconnected");
                         }
+                        // Tokens already issued to a user who lost access are refused too.
+                        if let DomainEvent::AccessRevoked(r) = &e.event {
+                            let scope = r.scope.to_string();
+                            if scope.starts_with("user:") {
+                                relay.revoke(&r.device_id, &scope);
+                            }
+                        }
                         if access_may_shrink(&e.event) {
                             end_sessions_without_access(oracle.as_ref(), &relay).await;
                         }

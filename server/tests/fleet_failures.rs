@@ -423,3 +423,62 @@ async fn mongodb_unreachable_answers_503_and_recovers_by_itself() {
     drop(fleet);
     drop(mongo);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_applies_pending_steps_once_and_rebuild_restores_the_read_models() {
+    let (fleet, a, _b) = two_control_planes(1, MongoServer::shared()).await;
+    // The control planes migrated this database at start: nothing is pending.
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(common::bin("m87-server"))
+            .args(args)
+            .env("M87_MONGODB_URI", fleet.mongo.uri())
+            .env("M87_MONGODB_DATABASE", &fleet.database)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "m87-server {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let said = run(&["migrate"]);
+    assert!(said.contains("up to date (version 2)"), "{said}");
+    // A new database gets every step, once.
+    let fresh = mongo::unique_name("migrate");
+    let first = std::process::Command::new(common::bin("m87-server"))
+        .args(["migrate", "--mongodb-uri", fleet.mongo.uri()])
+        .args(["--mongodb-database", &fresh])
+        .output()
+        .unwrap();
+    let first = String::from_utf8_lossy(&first.stdout).into_owned();
+    assert!(
+        first.contains("applied MongoDB migrations [1, 2]"),
+        "{first}"
+    );
+    let db = mongodb::Client::with_uri_str(fleet.mongo.uri())
+        .await
+        .unwrap()
+        .database(&fresh);
+    let indexes = db
+        .collection::<mongodb::bson::Document>("events")
+        .list_index_names()
+        .await
+        .unwrap();
+    assert!(
+        indexes.contains(&"events_stream_version".to_owned()),
+        "{indexes:?}"
+    );
+
+    // Some history, then the read models are dropped and rebuilt while the control planes run.
+    for i in 0..3 {
+        let request = a.register(&format!("rebuild-{i}")).await.unwrap();
+        assert_eq!(a.approve(&request).await, Some(200));
+    }
+    let before = a.approved().await.unwrap();
+    let said = run(&["projections", "rebuild"]);
+    assert!(
+        said.contains("rebuilt all projections up to event"),
+        "{said}"
+    );
+    assert_eq!(a.approved().await.unwrap(), before);
+    let said = run(&["projections", "rebuild", "devices"]);
+    assert!(said.contains("rebuilt devices"), "{said}");
+    assert_nothing_lost_or_doubled(&fleet).await;
+}
