@@ -7,13 +7,12 @@ use std::sync::{Arc, Mutex};
 use m87_events::token::{SessionClaims, now_unix};
 use m87_events::tunnel::Control;
 use m87_events::{DeviceId, SessionId};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::Shared;
 use crate::io::{self, CLOSE_PROTOCOL, CLOSE_SESSION_ENDED};
 
-/// Copy buffer per direction.
-const SPLICE_BUFFER: usize = 256 * 1024;
+/// Largest chunk taken from a stream at once.
+const SPLICE_CHUNK: usize = 256 * 1024;
 
 /// Who receives a device's datagrams of one UDP flow: the client's connection, or the link to
 /// the relay the client is on.
@@ -332,15 +331,29 @@ async fn channel(
     flow
 }
 
-pub(crate) async fn copy_then_finish<R, W>(mut from: R, mut to: W) -> u64
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut reader = tokio::io::BufReader::with_capacity(SPLICE_BUFFER, &mut from);
-    let n = tokio::io::copy_buf(&mut reader, &mut to).await.unwrap_or(0);
-    let _ = to.shutdown().await;
-    n
+/// Moves one direction of a stream until it ends, then finishes the other side. Chunks are
+/// handed from one stream to the other as they are (`read_chunk` / `write_chunk`: no copy into
+/// a buffer of our own). Returns the bytes moved.
+pub(crate) async fn copy_then_finish(
+    mut from: quinn::RecvStream,
+    mut to: quinn::SendStream,
+) -> u64 {
+    let mut moved = 0u64;
+    loop {
+        match from.read_chunk(SPLICE_CHUNK, true).await {
+            Ok(Some(chunk)) => {
+                moved += chunk.bytes.len() as u64;
+                if to.write_chunk(chunk.bytes).await.is_err() {
+                    // The far side stopped reading: stop this side too.
+                    let _ = from.stop(quinn::VarInt::from_u32(0));
+                    return moved;
+                }
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let _ = to.finish();
+    moved
 }
 
 /// Copies both ways until both directions end.

@@ -295,3 +295,77 @@ async fn revoking_access_ends_a_session_that_crosses_relays_within_a_second() {
     let err = bob.fails(&["shared", "exec", "--", "true"]);
     assert!(err.contains("not found"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_link_without_the_secret_or_with_garbage_is_refused_and_the_relay_carries_on() {
+    use m87_agent::frames::{FrameReader, write_control};
+    use m87_events::tunnel::{ALPN_RELAY_LINK, Control};
+
+    let mut fleet = Fleet::new(1, MongoServer::shared()).await;
+    fleet.start_control_plane();
+    fleet.start_relay();
+    fleet.wait_for_relays(1);
+    let admin = fleet.admin(0);
+    let cp = fleet.control_planes[0].url.clone();
+    let (_runtime, _device) = enroll(&admin, &cp, &fleet.path("device"), "robot");
+    let relay = fleet.relays[0].address.clone();
+
+    // A link whose hello carries a wrong secret: refused, then closed.
+    let (_e, conn) = m87_agent::quic::connect(&relay, "localhost", ALPN_RELAY_LINK, None)
+        .await
+        .unwrap();
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    write_control(
+        &mut send,
+        &Control::RelayHello {
+            relay_id: "intruder".into(),
+            secret: "not-the-fleet-secret-0123456789abcdef".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let mut reader = FrameReader::new(recv);
+    match reader.control().await {
+        Ok(Some(Control::Refused { code, .. })) => assert_eq!(code, "unauthenticated"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .expect("the relay closes a link with a wrong secret");
+    assert!(
+        closed.to_string().contains("wrong relay secret"),
+        "{closed}"
+    );
+    fleet.relays[0].proc.out.wait_for(
+        "relay link with a wrong secret refused",
+        Duration::from_secs(5),
+    );
+
+    // Garbage instead of a hello: the connection is closed.
+    let (_e2, conn) = m87_agent::quic::connect(&relay, "localhost", ALPN_RELAY_LINK, None)
+        .await
+        .unwrap();
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[0xff; 64]).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(15), conn.closed())
+        .await
+        .expect("the relay closes a link that sends garbage");
+    assert!(
+        closed.to_string().contains("expected a relay hello"),
+        "{closed}"
+    );
+
+    // Silence instead of a hello: closed after the header time limit.
+    let (_e3, conn) = m87_agent::quic::connect(&relay, "localhost", ALPN_RELAY_LINK, None)
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(15), conn.closed())
+        .await
+        .expect("the relay closes a link that says nothing");
+    assert!(closed.to_string().contains("no relay hello"), "{closed}");
+
+    // The relay still serves.
+    let out = via(&admin, None, &["robot", "exec", "--", "echo", "still-here"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "still-here\n");
+}
