@@ -339,17 +339,12 @@ pub(crate) async fn copy_then_finish(
     mut to: quinn::SendStream,
 ) -> u64 {
     let mut moved = 0u64;
-    loop {
-        match from.read_chunk(SPLICE_CHUNK, true).await {
-            Ok(Some(chunk)) => {
-                moved += chunk.bytes.len() as u64;
-                if to.write_chunk(chunk.bytes).await.is_err() {
-                    // The far side stopped reading: stop this side too.
-                    let _ = from.stop(quinn::VarInt::from_u32(0));
-                    return moved;
-                }
-            }
-            Ok(None) | Err(_) => break,
+    while let Ok(Some(chunk)) = from.read_chunk(SPLICE_CHUNK, true).await {
+        moved += chunk.bytes.len() as u64;
+        if to.write_chunk(chunk.bytes).await.is_err() {
+            // The far side stopped reading: stop this side too.
+            let _ = from.stop(quinn::VarInt::from_u32(0));
+            return moved;
         }
     }
     let _ = to.finish();
