@@ -102,9 +102,6 @@ pub enum QuicError {
     },
 }
 
-/// The largest UDP payload path MTU discovery tries.
-pub const MTU_UPPER_BOUND: u16 = 16 * 1024;
-
 /// Transport settings for client connections: 16 MiB per stream, no connection-wide receive
 /// limit (so stalled streams cannot block the others), a keep-alive every 2 s and a 6 s idle
 /// timeout: a relay that vanished without closing (killed, or its host lost) is noticed within
@@ -121,12 +118,6 @@ pub fn transport_config() -> quinn::TransportConfig {
     .keep_alive_interval(Some(Duration::from_secs(2)))
     .datagram_receive_buffer_size(Some(4 << 20))
     .datagram_send_buffer_size(4 << 20);
-    // Path MTU discovery may go past Ethernet's 1500 bytes where the path allows it (jumbo
-    // frames, loopback): fewer, larger packets cost less CPU per byte. Probes that do not
-    // arrive only end the search; the path keeps the largest size that worked.
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(MTU_UPPER_BOUND);
-    t.mtu_discovery_config(Some(mtu));
     if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
         t.max_idle_timeout(Some(idle));
     }

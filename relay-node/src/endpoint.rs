@@ -93,9 +93,6 @@ pub fn fingerprint(der: &[u8]) -> String {
         .join(":")
 }
 
-/// The largest UDP payload path MTU discovery tries.
-pub const MTU_UPPER_BOUND: u16 = 16 * 1024;
-
 /// Transport settings shared by relays, devices and clients: 16 MiB per stream for throughput,
 /// no connection-wide receive limit (a limit there lets a few streams whose reader stalls
 /// block every other stream and session on the connection — measured in
@@ -110,12 +107,6 @@ pub fn transport_config() -> quinn::TransportConfig {
         .keep_alive_interval(Some(Duration::from_secs(2)))
         .datagram_receive_buffer_size(Some(4 << 20))
         .datagram_send_buffer_size(4 << 20);
-    // Path MTU discovery may go past Ethernet's 1500 bytes where the path allows it (jumbo
-    // frames, loopback): fewer, larger packets cost less CPU per byte. Probes that do not
-    // arrive only end the search; the path keeps the largest size that worked.
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(MTU_UPPER_BOUND);
-    t.mtu_discovery_config(Some(mtu));
     if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(10)) {
         t.max_idle_timeout(Some(idle));
     }
