@@ -126,10 +126,19 @@ pub async fn open_fleet(
     };
     let projector =
         Projector::new(Arc::clone(&store), Arc::clone(&read), all_projections()).await?;
-    projector
-        .catch_up()
-        .await
-        .context("bringing read models up to date")?;
+    // Other replicas keep the shared read models current, so a replica need not wait for them
+    // to start: a replica killed in the middle of a transaction leaves it open in MongoDB
+    // until the server aborts it (`transactionLifetimeLimitSeconds`, 60 s by default), and
+    // commits touching the same documents conflict until then. The projector keeps retrying.
+    match tokio::time::timeout(std::time::Duration::from_secs(5), projector.catch_up()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "read models not caught up at start; retrying in the background")
+        }
+        Err(_) => {
+            tracing::warn!("read models still catching up after 5 s; continuing in the background")
+        }
+    }
     projector.clone().spawn(&bus, shutdown.clone());
     // Everything stored after the stream's last event is published (again, if another replica
     // got there first: JetStream drops the duplicate by event id).

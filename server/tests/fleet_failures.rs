@@ -193,7 +193,9 @@ async fn counts(fleet: &Fleet) -> Counts {
 /// stream's events are each position once, in order.
 async fn assert_nothing_lost_or_doubled(fleet: &Fleet) -> Counts {
     let projections = all_projections().len();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Up to the 60 s MongoDB takes to abort a transaction a killed control plane left open,
+    // and more.
+    let deadline = Instant::now() + Duration::from_secs(90);
     let counts = loop {
         let c = counts(fleet).await;
         let settled = c.stored > 0
@@ -480,5 +482,55 @@ async fn migrate_applies_pending_steps_once_and_rebuild_restores_the_read_models
     assert_eq!(a.approved().await.unwrap(), before);
     let said = run(&["projections", "rebuild", "devices"]);
     assert!(said.contains("rebuilt devices"), "{said}");
+    assert_nothing_lost_or_doubled(&fleet).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_left_open_by_a_killed_replica_does_not_keep_another_from_starting() {
+    let mut fleet = Fleet::new(1, MongoServer::shared()).await;
+    fleet.start_control_plane();
+    let a = Api::new(&fleet.control_planes[0].url, &fleet.admin_key());
+    let first = a.register("open-tx-1").await.unwrap();
+    assert_eq!(a.approve(&first).await, Some(200));
+
+    // What a control plane killed in the middle of a projection commit leaves behind: a
+    // transaction that wrote a checkpoint and never ended. MongoDB keeps it (and its write
+    // lock) until it aborts it, 60 s later by default.
+    let client = mongodb::Client::with_uri_str(fleet.mongo.uri())
+        .await
+        .unwrap();
+    let checkpoints = client
+        .database(&fleet.database)
+        .collection::<mongodb::bson::Document>("projection_checkpoints");
+    let mut orphan = client.start_session().await.unwrap();
+    orphan.start_transaction().await.unwrap();
+    checkpoints
+        .update_one(
+            doc! { "_id": "devices" },
+            doc! { "$set": { "held_by": "a killed control plane" } },
+        )
+        .session(&mut orphan)
+        .await
+        .unwrap();
+    // New events cannot be projected meanwhile; the API still answers.
+    let second = a.register("open-tx-2").await.unwrap();
+    assert_eq!(a.approve(&second).await, Some(200));
+
+    // Another replica starts regardless, and serves.
+    fleet.start_control_plane();
+    let b = Api::new(&fleet.control_planes[1].url, &fleet.admin_key());
+    let (status, _) = b.get("/v1/devices").await.unwrap();
+    assert_eq!(status, 200);
+
+    // Once MongoDB drops the orphan, everything catches up.
+    orphan.abort_transaction().await.unwrap();
+    let expected: BTreeSet<String> = ["open-tx-1", "open-tx-2"].map(String::from).into();
+    for api in [&a, &b] {
+        let seen = eventually(Duration::from_secs(20), || async {
+            api.approved().await.as_ref() == Some(&expected)
+        })
+        .await;
+        assert!(seen, "{} lists {:?}", api.base, api.approved().await);
+    }
     assert_nothing_lost_or_doubled(&fleet).await;
 }
