@@ -452,6 +452,7 @@ async fn stay_enrolled(
         shutdown.clone(),
     );
     tokio::pin!(tunnel);
+    let stopping = shutdown.clone();
     let checkin = check_in(opts, &creds, &client, shutdown);
     tokio::pin!(checkin);
     tokio::select! {
@@ -459,7 +460,14 @@ async fn stay_enrolled(
             Ok(()) => Ok(()),
             Err(crate::tunnel::TunnelError::KeyRefused(message)) => Err(refused(message)),
         },
-        result = &mut checkin => result,
+        result = &mut checkin => {
+            if *stopping.borrow() {
+                // Let the tunnel close its connection, so the relay sees the device leave at
+                // once instead of after the idle timeout.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut tunnel).await;
+            }
+            result
+        }
     }
 }
 

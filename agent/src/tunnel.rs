@@ -247,7 +247,7 @@ async fn connect_once(
     };
     *last_relay = Some(relay.address.clone());
     let pin = (!trust_any_cert).then_some(relay.cert_sha256.as_str());
-    let (_endpoint, conn) =
+    let (endpoint, conn) =
         crate::quic::connect(&relay.address, &relay.server_name, ALPN_TUNNEL, pin)
             .await
             .map_err(|e| Failure::Retry(e.to_string()))?;
@@ -309,6 +309,11 @@ async fn connect_once(
     };
     router.abort();
     drop(send);
+    if outcome.is_ok() {
+        // Shutting down: make sure the close reaches the relay before the process exits.
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_millis(500), endpoint.wait_idle()).await;
+    }
     outcome
 }
 
