@@ -356,6 +356,17 @@ impl HttpLink {
         Err(last)
     }
 
+    /// Posts a record (presence, refusal) to the control plane; a failure is logged, not
+    /// retried: the record is for the audit trail, the relay carries on either way.
+    async fn record<B: serde::Serialize + Sync>(&self, path: &str, body: &B, what: &str) {
+        if let Err(e) = self
+            .call::<B, ()>(reqwest::Method::POST, path, Some(body))
+            .await
+        {
+            tracing::warn!(error = %e, "{what}");
+        }
+    }
+
     /// The session-token public key, retried until a control plane answers or `shutdown`.
     pub async fn bootstrap(
         &self,
@@ -408,16 +419,12 @@ impl ControlPlaneLink for HttpLink {
             reason: None,
             connected: true,
         };
-        if let Err(e) = self
-            .call::<_, ()>(
-                reqwest::Method::POST,
-                "/v1/internal/relay/presence",
-                Some(&report),
-            )
-            .await
-        {
-            tracing::warn!(error = %e, "cannot record a device connection");
-        }
+        self.record(
+            "/v1/internal/relay/presence",
+            &report,
+            "cannot record a device connection",
+        )
+        .await;
     }
 
     async fn device_disconnected(&self, device: &DeviceId, reason: &str) {
@@ -428,16 +435,12 @@ impl ControlPlaneLink for HttpLink {
             reason: Some(reason.to_owned()),
             connected: false,
         };
-        if let Err(e) = self
-            .call::<_, ()>(
-                reqwest::Method::POST,
-                "/v1/internal/relay/presence",
-                Some(&report),
-            )
-            .await
-        {
-            tracing::warn!(error = %e, "cannot record a device disconnection");
-        }
+        self.record(
+            "/v1/internal/relay/presence",
+            &report,
+            "cannot record a device disconnection",
+        )
+        .await;
     }
 
     async fn session_refused(
@@ -454,16 +457,12 @@ impl ControlPlaneLink for HttpLink {
             code: code.to_owned(),
             reason: reason.to_owned(),
         };
-        if let Err(e) = self
-            .call::<_, ()>(
-                reqwest::Method::POST,
-                "/v1/internal/relay/refusals",
-                Some(&report),
-            )
-            .await
-        {
-            tracing::warn!(error = %e, "cannot record a refused session");
-        }
+        self.record(
+            "/v1/internal/relay/refusals",
+            &report,
+            "cannot record a refused session",
+        )
+        .await;
     }
 }
 

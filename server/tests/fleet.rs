@@ -12,52 +12,12 @@ mod mongo;
 mod nats;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::{M87, Proc};
+use common::{M87, Proc, echo_server, free_port, udp_echo_server};
 use fleet_support::{Fleet, enroll, wait_for_nth};
 use mongo::MongoServer;
-
-/// Echoes TCP connections; returns the port.
-fn tcp_echo() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut reader = stream.try_clone().unwrap();
-                let mut writer = stream;
-                let _ = std::io::copy(&mut reader, &mut writer);
-                let _ = writer.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-    port
-}
-
-/// Echoes UDP datagrams with a prefix; returns the port.
-fn udp_echo() -> u16 {
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = socket.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while let Ok((n, from)) = socket.recv_from(&mut buf) {
-            let mut out = b"echo:".to_vec();
-            out.extend_from_slice(&buf[..n]);
-            let _ = socket.send_to(&out, from);
-        }
-    });
-    port
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Runs `m87 <args>` through the relay at `relay` (None: the one the control plane grants).
 fn via(cli: &M87, relay: Option<&str>, args: &[&str]) -> std::process::Output {
@@ -131,7 +91,7 @@ async fn a_session_reaches_the_device_through_any_relay_and_survives_a_relay_cra
         .wait_for("relay link accepted peer=relay-3", Duration::from_secs(5));
 
     // A TCP and a UDP forward through relay 3.
-    let (tcp, udp) = (tcp_echo(), udp_echo());
+    let (tcp, udp) = (echo_server(), udp_echo_server());
     let (ltcp, ludp) = (free_port(), free_port());
     let mut forward_cmd = admin2.command(&[
         "robot",

@@ -9,16 +9,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use common::{M87, Proc, Server, enrolled_device};
+use common::{M87, Proc, Server, echo_server, enrolled_device, free_port, udp_echo_server};
 use sha2::{Digest, Sha256};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A tiny HTTP server "on the device": answers every request with its path.
 fn http_server() -> u16 {
@@ -45,23 +37,6 @@ fn http_server() -> u16 {
                     body.len()
                 )
                 .unwrap();
-            });
-        }
-    });
-    port
-}
-
-/// Echoes everything back, then closes after the client half-closes.
-fn echo_server() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut r = stream.try_clone().unwrap();
-                let mut w = stream;
-                let _ = std::io::copy(&mut r, &mut w);
-                let _ = w.shutdown(std::net::Shutdown::Write);
             });
         }
     });
@@ -98,16 +73,7 @@ fn forwards_http_many_connections_bulk_data_and_udp() {
 
     let (http, echo) = (http_server(), echo_server());
     let (l_http, l_echo, l_udp) = (free_port(), free_port(), free_port());
-    let udp_target = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let udp_port = udp_target.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while let Ok((n, from)) = udp_target.recv_from(&mut buf) {
-            let mut reply = b"echo:".to_vec();
-            reply.extend_from_slice(&buf[..n]);
-            let _ = udp_target.send_to(&reply, from);
-        }
-    });
+    let udp_port = udp_echo_server();
     let forward = start_forward(
         &admin,
         "fwd-dev",
