@@ -14,6 +14,7 @@ pub mod api;
 pub mod domain;
 pub mod envelope;
 pub mod ids;
+pub mod secret;
 pub mod token;
 pub mod tunnel;
 

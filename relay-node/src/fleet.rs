@@ -27,8 +27,8 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use m87_events::DeviceId;
+use m87_events::secret::secrets_match;
 use m87_events::tunnel::{ALPN_RELAY_LINK, Control};
-use sha2::{Digest, Sha256};
 
 use crate::Shared;
 use crate::directory::RelayDirectory;
@@ -67,20 +67,6 @@ impl Fleet {
             links: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
-}
-
-fn digest(s: &str) -> [u8; 32] {
-    Sha256::digest(s.as_bytes()).into()
-}
-
-/// Compares secrets in time independent of where they differ.
-fn same_secret(a: &str, b: &str) -> bool {
-    let (x, y) = (digest(a), digest(b));
-    !a.is_empty()
-        && x.iter()
-            .zip(y.iter())
-            .fold(0u8, |acc, (p, q)| acc | (p ^ q))
-            == 0
 }
 
 /// Where a session's streams go: the device's tunnel here, or a link to the relay holding it.
@@ -407,7 +393,7 @@ pub(crate) async fn accept_link(shared: Arc<Shared>, conn: quinn::Connection) {
         };
     let peer = match io::read_control(&mut recv).await {
         Ok((Control::RelayHello { relay_id, secret }, _))
-            if same_secret(&secret, &fleet.config.secret) =>
+            if secrets_match(&secret, &fleet.config.secret) =>
         {
             relay_id
         }
@@ -531,12 +517,5 @@ mod tests {
         assert_eq!(rest, inner);
         assert!(split_link_datagram(&Bytes::from_static(&[200, 1, 2])).is_none());
         assert!(split_link_datagram(&Bytes::new()).is_none());
-    }
-
-    #[test]
-    fn secrets_compare_whole() {
-        assert!(same_secret("a-long-fleet-secret", "a-long-fleet-secret"));
-        assert!(!same_secret("a-long-fleet-secret", "a-long-fleet-secreT"));
-        assert!(!same_secret("", ""));
     }
 }

@@ -324,6 +324,25 @@ async fn a_relay_link_without_the_secret_or_with_garbage_is_refused_and_the_rela
         .expect("the relay closes a link that says nothing");
     assert!(closed.to_string().contains("no relay hello"), "{closed}");
 
+    // The control plane's internal relay API wants the same secret.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder()
+        .tls_danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    for bearer in [None, Some("not-the-fleet-secret-0123456789abcdef")] {
+        let mut request = http
+            .post(format!("{cp}/v1/internal/relay/authenticate"))
+            .json(&serde_json::json!({ "api_key": "m87d_guess" }));
+        if let Some(b) = bearer {
+            request = request.bearer_auth(b);
+        }
+        let answer = request.send().await.unwrap();
+        assert_eq!(answer.status().as_u16(), 401, "bearer {bearer:?}");
+        let body: serde_json::Value = answer.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthenticated", "{body}");
+    }
+
     // The relay still serves.
     let out = via(&admin, None, &["robot", "exec", "--", "echo", "still-here"]);
     assert!(out.status.success(), "{out:?}");

@@ -14,7 +14,7 @@ use m87_events::api::{
     RelayAccessAnswer, RelayAccessCheck, RelayAuthenticateRequest, RelayAuthenticateResponse,
     RelayBootstrap, RelayPresenceReport, RelayRefusalReport,
 };
-use sha2::{Digest, Sha256};
+use m87_events::secret::secrets_match;
 
 use super::AppState;
 use super::error::ApiError;
@@ -36,10 +36,6 @@ pub fn router() -> axum::Router<AppState> {
 /// A caller that presented the relay secret.
 pub struct RelayCaller;
 
-fn digest(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
-}
-
 impl FromRequestParts<AppState> for RelayCaller {
     type Rejection = ApiError;
 
@@ -53,14 +49,7 @@ impl FromRequestParts<AppState> for RelayCaller {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or_default();
-        // Compare digests so the time taken says nothing about the secret.
-        let (a, b) = (digest(presented.as_bytes()), digest(secret.as_bytes()));
-        let same = a
-            .iter()
-            .zip(b.iter())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0;
-        if presented.is_empty() || !same {
+        if !secrets_match(presented, secret) {
             tracing::warn!(path = %parts.uri.path(), "internal relay call with a wrong secret");
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,

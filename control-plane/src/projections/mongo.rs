@@ -121,10 +121,7 @@ fn parse_doc(doc: &Document) -> Result<Value, StoreError> {
         position: 0,
         reason: format!("read model document: {e}"),
     })?;
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
-        position: 0,
-        reason: format!("read model document: {e}"),
-    })
+    super::store::parse_doc(text)
 }
 
 #[async_trait]

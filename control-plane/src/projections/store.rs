@@ -73,7 +73,8 @@ impl SqliteReadStore {
     }
 }
 
-fn parse_doc(text: &str) -> Result<Value, StoreError> {
+/// A read-model document stored as JSON text.
+pub(crate) fn parse_doc(text: &str) -> Result<Value, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
         position: 0,
         reason: format!("read model document: {e}"),
