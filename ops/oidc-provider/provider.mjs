@@ -74,8 +74,16 @@ let generation = 0;
 
 function newSigningKey() {
   generation += 1;
-  const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
-  const jwk = privateKey.export({ format: 'jwk' });
+  // The key comes back as PEM and is parsed into a key object of its own before the JWK export.
+  // Exporting the generated key object directly can deadlock Node.js 20: a garbage collection
+  // during the export finalises the key-generation job, which takes the lock the export holds
+  // (seen in CI: the provider hung before listening).
+  const { privateKey: pem } = crypto.generateKeyPairSync('rsa', {
+    modulusLength: 2048,
+    publicKeyEncoding: { type: 'spki', format: 'pem' },
+    privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+  });
+  const jwk = crypto.createPrivateKey(pem).export({ format: 'jwk' });
   jwk.kid = `m87-test-${generation}-${crypto.randomBytes(4).toString('hex')}`;
   jwk.alg = 'RS256';
   jwk.use = 'sig';
