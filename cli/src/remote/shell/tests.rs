@@ -224,14 +224,69 @@ async fn on_a_real_terminal_keys_go_through_raw_and_the_terminal_is_restored() {
     // Ctrl-C is not a signal here: it interrupts the remote program.
     keyboard.write_all(b"\x03").unwrap();
     keyboard.flush().unwrap();
-    let status = tokio::time::timeout(std::time::Duration::from_secs(20), session)
-        .await
-        .expect("Ctrl-C did not reach the remote program")
-        .unwrap()
-        .unwrap();
+    let status = match tokio::time::timeout(std::time::Duration::from_secs(20), session).await {
+        Ok(ended) => ended.unwrap().unwrap(),
+        Err(_) => panic!(
+            "Ctrl-C did not end the remote program within 20 s; the screen: {:?}; our child \
+             processes: {}",
+            String::from_utf8_lossy(&shown),
+            child_processes()
+        ),
+    };
     assert_eq!(status, ExitStatus::Signal(2));
     let restored = tcgetattr(&probe).unwrap();
     assert_eq!(restored.local_modes, cooked.local_modes);
     assert_eq!(restored.input_modes, cooked.input_modes);
     assert_eq!(restored.output_modes, cooked.output_modes);
+}
+
+/// This process's descendants as `pid (comm) state pgrp session tpgid` (from /proc), to tell
+/// from a failure whether the remote program got the signal.
+fn child_processes() -> String {
+    // pid -> (ppid, description)
+    let mut all = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid pgrp session tty_nr tpgid …
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let (Some(pid), Some(ppid)) = (
+            head.split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<u32>().ok()),
+            fields.get(1).and_then(|p| p.parse::<u32>().ok()),
+        ) else {
+            continue;
+        };
+        let line = format!(
+            "{head}) state {} pgrp {} session {} tpgid {}",
+            fields[0], fields[2], fields[3], fields[5]
+        );
+        all.insert(pid, (ppid, line));
+    }
+    let me = std::process::id();
+    let descends = |mut pid: u32| {
+        for _ in 0..64 {
+            match all.get(&pid) {
+                Some((ppid, _)) if *ppid == me => return true,
+                Some((ppid, _)) => pid = *ppid,
+                None => return false,
+            }
+        }
+        false
+    };
+    let found: Vec<&str> = all
+        .iter()
+        .filter(|(pid, _)| descends(**pid))
+        .map(|(_, (_, line))| line.as_str())
+        .collect();
+    if found.is_empty() {
+        "none".to_owned()
+    } else {
+        found.join("; ")
+    }
 }
