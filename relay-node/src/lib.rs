@@ -171,6 +171,17 @@ impl Relay {
             endpoint::server_config(&config.identity, &[ALPN_TUNNEL, ALPN_SESSION, fleet::ALPN])?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| anyhow::anyhow!("no async runtime for the relay"))?;
+        let (recv_buffer, send_buffer) = endpoint::tune_socket(&socket);
+        if recv_buffer.is_some_and(|n| n < endpoint::SOCKET_BUFFER) {
+            tracing::warn!(
+                recv_buffer,
+                wanted = endpoint::SOCKET_BUFFER,
+                "the kernel granted the relay's UDP socket a small receive buffer; under load \
+                 packets will be dropped: raise net.core.rmem_max (and net.core.wmem_max)"
+            );
+        } else {
+            tracing::debug!(recv_buffer, send_buffer, "relay UDP socket buffers");
+        }
         let endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
             Some(server),
