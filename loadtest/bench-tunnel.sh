@@ -579,7 +579,7 @@ SSH_EXEC_MEAN=$(hf "$D/raw/exec.json" "ssh dev true" mean)
   echo "| rustc | $(rustc --version 2>/dev/null || echo unknown) |"
   echo "| OpenSSH | $(ssh -V 2>&1) |"
   echo "| ssh cipher (negotiated, defaults) | $SSH_CIPHER; KEX $SSH_KEX; host and user keys ed25519 |"
-  echo "| m87 transport | QUIC (quinn) with TLS 1.3 (rustls, ring provider); suite chosen by rustls' default preference (AES-256-GCM first); not logged |"
+  echo "| m87 transport | QUIC (quinn) with TLS 1.3 (rustls, ring provider); m87 prefers TLS_AES_128_GCM_SHA256 on both ends (since ef385a7; AES-256-GCM before); not logged |"
   echo "| tools | $(iperf3 --version | head -1), $(hyperfine --version) |"
   echo "| load average at start of each test | shown per row; other developers share this machine |"
   echo
