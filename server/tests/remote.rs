@@ -46,6 +46,13 @@ fn exec_streams_exit_codes_stdin_and_large_output() {
 
     let listed = admin.devices();
     assert_eq!(listed[0]["online"], true, "{listed}");
+    let table = admin.ok(&["devices", "list"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("exec-dev") && l.contains("online")),
+        "{table}"
+    );
 
     // stdout and stderr separately, exit code 3.
     let out = admin.run(&[
@@ -152,6 +159,13 @@ fn offline_devices_fail_fast_with_last_seen() {
     assert!(started.elapsed() < Duration::from_secs(10));
     let listed = admin.devices();
     assert!(listed[0]["last_seen"].is_string(), "{listed}");
+    let table = admin.ok(&["devices", "list"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("gone-dev") && l.contains("offline, last seen ")),
+        "{table}"
+    );
 }
 
 #[test]

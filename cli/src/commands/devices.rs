@@ -29,6 +29,7 @@ pub async fn list(output: Output) -> anyhow::Result<()> {
                         d.name.to_string(),
                         d.id.to_string(),
                         d.status.as_str().to_owned(),
+                        connection(d),
                         d.owner_scope.to_string(),
                         d.request_id.to_string(),
                         when(&d.requested_at),
@@ -36,11 +37,32 @@ pub async fn list(output: Output) -> anyhow::Result<()> {
                 })
                 .collect();
             print_table(
-                &["NAME", "ID", "STATUS", "OWNER", "REQUEST", "REQUESTED"],
+                &[
+                    "NAME",
+                    "ID",
+                    "STATUS",
+                    "CONNECTION",
+                    "OWNER",
+                    "REQUEST",
+                    "REQUESTED",
+                ],
                 &rows,
             );
             Ok(())
         }
+    }
+}
+
+/// `online`, or `offline` with when the device was last seen (`offline, never seen` before
+/// its first connection); `-` for a row that is not an enrolled device.
+fn connection(d: &DeviceSummary) -> String {
+    if d.status != DeviceStatus::Approved {
+        return "-".into();
+    }
+    match (d.online, &d.last_seen) {
+        (true, _) => "online".into(),
+        (false, Some(seen)) => format!("offline, last seen {}", when(seen)),
+        (false, None) => "offline, never seen".into(),
     }
 }
 
