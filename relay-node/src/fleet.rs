@@ -518,4 +518,17 @@ mod tests {
         assert!(split_link_datagram(&Bytes::from_static(&[200, 1, 2])).is_none());
         assert!(split_link_datagram(&Bytes::new()).is_none());
     }
+
+    proptest::proptest! {
+        /// Fuzz target for the link datagram decoder: arbitrary bytes from a peer never panic it,
+        /// and whatever splits is rebuilt to the same bytes.
+        #[test]
+        fn arbitrary_link_datagrams_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..96)) {
+            let d = Bytes::from(bytes);
+            if let Some((device, rest)) = split_link_datagram(&d) {
+                proptest::prop_assert!(rest.len() >= 4);
+                proptest::prop_assert_eq!(link_datagram(&device, &rest), Some(d));
+            }
+        }
+    }
 }

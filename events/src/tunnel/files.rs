@@ -463,6 +463,20 @@ pub fn validate_name(name: &str) -> Result<(), PathError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Fuzz target for the file-transfer message decoder: arbitrary bytes and arbitrary
+        /// JSON-ish text never panic it; whatever parses re-encodes and parses to the same message.
+        #[test]
+        fn file_message_decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256), text in "\\PC{0,200}") {
+            for input in [bytes.as_slice(), text.as_bytes()] {
+                if let Ok(m) = FileMsg::parse(input) {
+                    prop_assert_eq!(round_trip(&m), m);
+                }
+            }
+        }
+    }
 
     fn entry(path: &str, kind: EntryKind) -> Entry {
         Entry {
