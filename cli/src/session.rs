@@ -6,13 +6,14 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use async_trait::async_trait;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use m87_agent::frames::{FrameReader, write_control};
 use m87_agent::http::{ApiClient, trust_invalid_cert_from_env};
 use m87_agent::services::BoxRead;
 use m87_events::SessionId;
 use m87_events::api::{CreateSessionRequest, DeviceSummary, RelayEndpoint, SessionGrant};
 use m87_events::token::Operation;
+use m87_events::tunnel::datagram::{flow_datagram, split_flow_datagram};
 use m87_events::tunnel::{ALPN_SESSION, Channel, Control};
 use tokio::sync::mpsc;
 
@@ -67,17 +68,16 @@ impl QuicSession {
                 tokio::spawn(async move {
                     let (conn, routes) = router;
                     while let Ok(d) = conn.read_datagram().await {
-                        if d.len() < 4 {
+                        let Some((flow, payload)) = split_flow_datagram(&d) else {
                             continue;
-                        }
-                        let flow = u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
+                        };
                         let tx = routes
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .get(&flow)
                             .cloned();
                         if let Some(tx) = tx {
-                            let _ = tx.try_send(d.slice(4..));
+                            let _ = tx.try_send(payload);
                         }
                     }
                 });
@@ -137,11 +137,8 @@ impl ChannelOpener for QuicSession {
     }
 
     fn send_datagram(&self, flow: u32, payload: Bytes) -> Result<(), OpenError> {
-        let mut d = BytesMut::with_capacity(4 + payload.len());
-        d.put_u32(flow);
-        d.put_slice(&payload);
         self.conn
-            .send_datagram(d.freeze())
+            .send_datagram(flow_datagram(flow, &payload))
             .map_err(|e| OpenError::Lost(e.to_string()))
     }
 

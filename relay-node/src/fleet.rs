@@ -28,6 +28,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use m87_events::DeviceId;
 use m87_events::secret::secrets_match;
+use m87_events::tunnel::datagram::datagram_flow;
 use m87_events::tunnel::{ALPN_RELAY_LINK, Control};
 
 use crate::Shared;
@@ -165,7 +166,7 @@ fn split_link_datagram(d: &Bytes) -> Option<(DeviceId, Bytes)> {
     let id = std::str::from_utf8(d.get(1..1 + len)?).ok()?;
     let device: DeviceId = id.parse().ok()?;
     let rest = d.slice(1 + len..);
-    (rest.len() >= 4).then_some((device, rest))
+    datagram_flow(&rest).is_some().then_some((device, rest))
 }
 
 /// Routes a link's incoming datagrams: to the device when its tunnel is here, else to the
@@ -180,7 +181,9 @@ fn spawn_link_datagrams(shared: Arc<Shared>, link: quinn::Connection) {
                 let _ = tunnel.conn.send_datagram(datagram);
                 continue;
             }
-            let flow = u32::from_be_bytes([datagram[0], datagram[1], datagram[2], datagram[3]]);
+            let Some(flow) = datagram_flow(&datagram) else {
+                continue;
+            };
             if let Some(owner) = shared.flow_owner(&device, flow) {
                 owner.send(&device, datagram);
             }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use m87_events::tunnel::Control;
+use m87_events::tunnel::datagram::datagram_flow;
 
 use crate::Shared;
 use crate::io::{self, CLOSE_PROTOCOL, CLOSE_REPLACED, CLOSE_UNAUTHENTICATED};
@@ -72,10 +73,9 @@ pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
         let device_id = device_id.clone();
         tokio::spawn(async move {
             while let Ok(d) = conn.read_datagram().await {
-                if d.len() < 4 {
+                let Some(flow) = datagram_flow(&d) else {
                     continue;
-                }
-                let flow = u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
+                };
                 if let Some(owner) = shared.flow_owner(&device_id, flow) {
                     owner.send(&device_id, d);
                 }

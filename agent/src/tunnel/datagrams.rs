@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
+use m87_events::tunnel::datagram::{flow_datagram, split_flow_datagram};
 use tokio::sync::mpsc;
 
 use crate::services::DatagramPort;
@@ -28,11 +29,8 @@ impl DatagramPort for QuicDatagrams {
     }
 
     fn send(&self, flow: u32, payload: Bytes) -> Result<(), String> {
-        let mut d = BytesMut::with_capacity(4 + payload.len());
-        d.put_u32(flow);
-        d.put_slice(&payload);
         self.conn
-            .send_datagram(d.freeze())
+            .send_datagram(flow_datagram(flow, &payload))
             .map_err(|e| e.to_string())
     }
 
@@ -47,10 +45,9 @@ impl DatagramPort for QuicDatagrams {
 impl QuicDatagrams {
     pub(super) async fn route(self: Arc<Self>) {
         while let Ok(d) = self.conn.read_datagram().await {
-            if d.len() < 4 {
+            let Some((flow, payload)) = split_flow_datagram(&d) else {
                 continue;
-            }
-            let flow = u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
+            };
             let tx = self
                 .flows
                 .lock()
@@ -58,7 +55,7 @@ impl QuicDatagrams {
                 .get(&flow)
                 .cloned();
             if let Some(tx) = tx {
-                let _ = tx.try_send(d.slice(4..));
+                let _ = tx.try_send(payload);
             }
         }
     }

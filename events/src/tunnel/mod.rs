@@ -25,6 +25,7 @@
 //! - [`frame`]: frames and their codec.
 //! - [`files`]: the copy and sync sub-protocol.
 
+pub mod datagram;
 pub mod files;
 pub mod frame;
 
