@@ -4,27 +4,33 @@ import json, socket, struct, sys, threading, time
 
 CHUNK = 1 << 20
 
+def drain(conn):
+    """Reads until the peer's end of stream; returns how many bytes came."""
+    buf = bytearray(CHUNK)
+    total = 0
+    while True:
+        n = conn.recv_into(buf)
+        if n == 0:
+            return total
+        total += n
+
+def send_zeros(conn, size):
+    """Sends `size` zero bytes, then ends this side of the stream."""
+    block = memoryview(bytes(CHUNK))
+    left = size
+    while left > 0:
+        n = min(left, CHUNK)
+        conn.sendall(block[:n])
+        left -= n
+    conn.shutdown(socket.SHUT_WR)
+
 def handle(conn):
     with conn:
         op = conn.recv(1)
         if op == b"U":
-            buf = bytearray(CHUNK)
-            total = 0
-            while True:
-                n = conn.recv_into(buf)
-                if n == 0:
-                    break
-                total += n
-            conn.sendall(struct.pack("!Q", total))
+            conn.sendall(struct.pack("!Q", drain(conn)))
         elif op == b"D":
-            want = struct.unpack("!Q", recv_exact(conn, 8))[0]
-            block = memoryview(bytes(CHUNK))
-            left = want
-            while left > 0:
-                n = min(left, CHUNK)
-                conn.sendall(block[:n])
-                left -= n
-            conn.shutdown(socket.SHUT_WR)
+            send_zeros(conn, struct.unpack("!Q", recv_exact(conn, 8))[0])
             conn.recv(1)
         elif op == b"P":
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -57,23 +63,11 @@ def client(mode, port, size):
     c = socket.create_connection(("127.0.0.1", port))
     if mode == "up":
         c.sendall(b"U")
-        block = memoryview(bytes(CHUNK))
-        left = size
-        while left > 0:
-            n = min(left, CHUNK)
-            c.sendall(block[:n])
-            left -= n
-        c.shutdown(socket.SHUT_WR)
+        send_zeros(c, size)
         got = struct.unpack("!Q", recv_exact(c, 8))[0]
     else:
         c.sendall(b"D" + struct.pack("!Q", size))
-        buf = bytearray(CHUNK)
-        got = 0
-        while True:
-            n = c.recv_into(buf)
-            if n == 0:
-                break
-            got += n
+        got = drain(c)
     secs = time.monotonic() - t0
     c.close()
     print(json.dumps({"mode": mode, "bytes": got, "expected": size, "secs": secs,
