@@ -23,10 +23,12 @@ IPERF_PORT=18900 API_PORT=18905 QUIC_PORT=18904 FWD_PORT=18911 SSHD_DEV=18920 SS
 HZ=$(getconf CLK_TCK)
 W=$(mktemp -d /tmp/m87-ab.XXXXXX)
 PIDS=()
+CREATED_RUN_SSHD=0
 cleanup() {
   local p
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for f in "$W"/ssh/sshd_*.pid; do [[ -f $f ]] && kill "$(cat "$f")" 2>/dev/null || true; done
+  if [[ $CREATED_RUN_SSHD == 1 ]]; then rmdir /run/sshd 2>/dev/null || true; fi
   rm -rf "$W"
 }
 trap cleanup EXIT
@@ -50,7 +52,10 @@ ssh_setup() {
   mkdir -m 700 "$S"
   ssh-keygen -q -t ed25519 -N '' -f "$S/host" && ssh-keygen -q -t ed25519 -N '' -f "$S/id"
   cp "$S/id.pub" "$S/authorized_keys"
-  mkdir -p /run/sshd
+  if [[ ! -d /run/sshd ]]; then
+    mkdir -m 0755 /run/sshd # sshd's privilege separation directory; removed at the end
+    CREATED_RUN_SSHD=1
+  fi
   for role in dev jump; do
     port=$SSHD_DEV; [[ $role == jump ]] && port=$SSHD_JUMP
     printf '%s\n' "ListenAddress 127.0.0.1:$port" "HostKey $S/host" "PidFile $S/sshd_$role.pid" \

@@ -74,45 +74,9 @@ SECANTUSD=${SECANTUSD_BIN:-$ROOT/.test-env/venv/bin/secantusd-py}
 SECRET=bench-fleet-relay-secret-0123456789abcdef
 DEVICE=bench
 
-log() { printf '[bench-fleet %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-# ---------------------------------------------------------------------------------------------
-# Cleanup: every process this script started is in PIDS and is stopped by its id.
-PIDS=()
-D=""
-WATCHDOG=""
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  set +e
-  local i pid
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-    kill -TERM "${PIDS[i]}" 2>/dev/null
-  done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
-  done
-  if [[ -n $WATCHDOG ]]; then
-    pkill -TERM -P "$WATCHDOG" 2>/dev/null # its sleep
-    kill "$WATCHDOG" 2>/dev/null
-    wait "$WATCHDOG" 2>/dev/null
-  fi
-  if [[ -n $D && -d $D ]]; then
-    if [[ ${BENCH_KEEP:-0} == 1 || $rc != 0 ]]; then
-      log "kept $D (logs and raw results)"
-    else
-      rm -rf "$D"
-    fi
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT
-trap 'log "terminated (watchdog after ${TIMEOUT}s, or a signal)"; exit 143' TERM
-untrack() { local p keep=(); for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done; PIDS=("${keep[@]}"); }
+BENCH_NAME=bench-fleet
+# log, die, the cleanup of PIDS / D / WATCHDOG on exit, waits and load helpers.
+source "$ROOT/loadtest/lib/common.sh"
 
 # ---------------------------------------------------------------------------------------------
 # Prerequisites.
@@ -165,35 +129,6 @@ s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' "$1")
     fi
   done
   die "no free port"
-}
-port_listening() { [[ -n $(ss -Hntl "sport = :$1" 2>/dev/null) ]]; }
-wait_for_line() { # file pattern seconds pid
-  local i
-  for ((i = 0; i < $3 * 10; i++)); do
-    grep -q -- "$2" "$1" 2>/dev/null && return 0
-    kill -0 "$4" 2>/dev/null || { tail -30 "$1" >&2; die "process $4 exited while waiting for '$2' in $1"; }
-    sleep 0.1
-  done
-  tail -30 "$1" >&2
-  die "timed out waiting for '$2' in $1"
-}
-wait_for_port() { # port seconds pid
-  local i
-  for ((i = 0; i < $2 * 10; i++)); do
-    port_listening "$1" && return 0
-    kill -0 "$3" 2>/dev/null || die "process $3 exited before listening on $1"
-    sleep 0.1
-  done
-  die "timed out waiting for a listener on port $1"
-}
-loadavg() { cut -d' ' -f1 /proc/loadavg; }
-wait_quiet() { # what
-  local waited=0
-  while ((waited < WAIT_QUIET)) && awk -v l="$(loadavg)" -v q="$QUIET_LOAD" 'BEGIN { exit !(l >= q) }'; do
-    ((waited == 0)) && log "waiting up to ${WAIT_QUIET}s for load average < $QUIET_LOAD $1 (now $(loadavg))"
-    sleep 5
-    waited=$((waited + 5))
-  done
 }
 ms_now() { date +%s%3N; }
 # Nearest-rank percentile of the numbers in a file: pctl FILE P

@@ -69,46 +69,11 @@ M87=$BIN_DIR/m87
 M87_SERVER=$BIN_DIR/m87-server
 SSHD=/usr/sbin/sshd
 
-log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-# ---------------------------------------------------------------------------------------------
-# Cleanup: every process this script started is in PIDS and is stopped by its id.
-PIDS=()
-D=""
+BENCH_NAME=bench
+# log, die, the cleanup of PIDS / D / WATCHDOG on exit, waits and load helpers.
+source "$ROOT/loadtest/lib/common.sh"
 CREATED_RUN_SSHD=0
-WATCHDOG=""
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  set +e
-  local i
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-    kill -TERM "${PIDS[i]}" 2>/dev/null
-  done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
-  done
-  if [[ -n $WATCHDOG ]]; then
-    pkill -TERM -P "$WATCHDOG" 2>/dev/null # its sleep
-    kill "$WATCHDOG" 2>/dev/null
-    wait "$WATCHDOG" 2>/dev/null
-  fi
-  if [[ $CREATED_RUN_SSHD == 1 ]]; then rmdir /run/sshd 2>/dev/null; fi
-  if [[ -n $D && -d $D ]]; then
-    if [[ ${BENCH_KEEP:-0} == 1 || $rc != 0 ]]; then
-      log "kept $D (logs and raw results)"
-    else
-      rm -rf "$D"
-    fi
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT
-trap 'log "terminated (watchdog after ${TIMEOUT}s, or a signal)"; exit 143' TERM
+cleanup_more() { if [[ $CREATED_RUN_SSHD == 1 ]]; then rmdir /run/sshd 2>/dev/null; fi; }
 
 # ---------------------------------------------------------------------------------------------
 # Prerequisites.
@@ -152,25 +117,6 @@ log "working in $D"
 
 # ---------------------------------------------------------------------------------------------
 # Helpers.
-wait_for_line() { # file pattern seconds pid
-  local i
-  for ((i = 0; i < $3 * 10; i++)); do
-    grep -q -- "$2" "$1" 2>/dev/null && return 0
-    kill -0 "$4" 2>/dev/null || { cat "$1" >&2; die "process $4 exited while waiting for '$2'"; }
-    sleep 0.1
-  done
-  cat "$1" >&2
-  die "timed out waiting for '$2' in $1"
-}
-wait_for_port() { # port seconds pid
-  local i
-  for ((i = 0; i < $2 * 10; i++)); do
-    port_busy "$1" t && return 0
-    kill -0 "$3" 2>/dev/null || die "process $3 exited before listening on $1"
-    sleep 0.1
-  done
-  die "timed out waiting for a listener on port $1"
-}
 # Resident memory of a process in KiB (field VmRSS or VmHWM of /proc/PID/status).
 mem_kib() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
@@ -198,15 +144,6 @@ CLK_TCK=$(getconf CLK_TCK)
 pct() { awk -v a="$1" -v b="$2" -v s="$3" -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", (b - a) / hz / s * 100 }'; }
 gbit() { awk -v b="$1" 'BEGIN { printf "%.2f", b / 1e9 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-loadavg() { cut -d' ' -f1 /proc/loadavg; }
-wait_quiet() { # what
-  local waited=0
-  while ((waited < WAIT_QUIET)) && awk -v l="$(loadavg)" -v q="$QUIET_LOAD" 'BEGIN { exit !(l >= q) }'; do
-    ((waited == 0)) && log "waiting up to ${WAIT_QUIET}s for load average < $QUIET_LOAD $1 (now $(loadavg))"
-    sleep 5
-    waited=$((waited + 5))
-  done
-}
 
 # ---------------------------------------------------------------------------------------------
 # m87: server (control plane + relay), device runtime, approval.
@@ -495,7 +432,6 @@ done
 declare -A HOL_MB HOL_FIRST HOL_EXEC
 HAVE_PY=0
 command -v python3 >/dev/null && HAVE_PY=1
-untrack() { local p keep=(); for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done; PIDS=("${keep[@]}"); }
 if [[ $HAVE_PY == 1 ]]; then
   for path in m87 ssh sshj; do
     case $path in
