@@ -20,10 +20,14 @@
 //!
 //! In a fleet, a third kind, a **relay-to-relay link** ([`ALPN_RELAY_LINK`]), joins relays: the
 //! relay a client reached forwards each of the session's streams to the relay holding the
-//! device's tunnel, behind a [`Control::RelayRoute`] frame (see the relay node's `peers`).
+//! device's tunnel, behind a [`Control::RelayRoute`] frame (the relay node's `fleet` module
+//! dials and answers these links).
+//!
+//! # Layout
 //!
 //! - [`frame`]: frames and their codec.
 //! - [`files`]: the copy and sync sub-protocol.
+//! - [`datagram`]: the flow-datagram format of UDP forwards (flow id + payload).
 
 pub mod datagram;
 pub mod files;
