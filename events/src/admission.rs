@@ -310,7 +310,9 @@ mod tests {
         let verifier = signer.verifier();
         let d1 = device(1);
         use RefusalCode::*;
-        let table: &[(Token, Given, Option<&DeviceId>, i64, Option<RefusalCode>)] = &[
+        // (token, given, admitting device, now, refusal expected)
+        type Row<'a> = (Token, Given, Option<&'a DeviceId>, i64, Option<RefusalCode>);
+        let table: &[Row] = &[
             (Token::Good, Given::Nothing, None, NOW, None),
             (Token::Good, Given::Nothing, Some(&d1), NOW, None),
             (
