@@ -13,7 +13,6 @@ use m87_events::DeviceId;
 
 use super::{Presence, PresenceEntry, PresenceError, PresenceRegistry, same_tunnel};
 
-
 /// Settings of the NATS presence registry.
 #[derive(Debug, Clone)]
 pub struct NatsPresenceConfig {
