@@ -9,7 +9,11 @@
 //! - [`api`]: REST request and response bodies and the one error body format.
 //! - [`tunnel`]: the tunnel wire protocol: frames and their codec, control messages, channels.
 //! - [`token`]: Ed25519-signed session tokens (signing and offline verification).
+//! - [`admission`]: session admission as a pure decision (token, replay guard, revocations)
+//!   and the refusal codes.
+//! - [`secret`]: constant-time comparison of shared secrets.
 
+pub mod admission;
 pub mod api;
 pub mod domain;
 pub mod envelope;

@@ -21,183 +21,51 @@
 //! One link per pair of relays (per direction) carries every session between them; a link that
 //! failed is dialled again on the next session.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
 use m87_events::DeviceId;
+use m87_events::admission::{DEVICE_UNREACHABLE_REASON, RefusalCode};
 use m87_events::secret::secrets_match;
 use m87_events::tunnel::datagram::datagram_flow;
 use m87_events::tunnel::{ALPN_RELAY_LINK, Control};
 
-use crate::Shared;
-use crate::directory::RelayDirectory;
 use crate::io::{self, CLOSE_PROTOCOL, CLOSE_UNAUTHENTICATED};
-use crate::presence::PresenceRegistry;
-use crate::session::{FlowOwner, copy_then_finish};
+use crate::route::{FlowOwner, Route, split_link_datagram};
+use crate::splice::copy_then_finish;
+use crate::state::RelayState;
 
-/// Makes the QUIC client configuration that dials a peer relay pinning `cert_sha256`.
-pub type PeerClientConfig = Arc<dyn Fn(&str) -> anyhow::Result<quinn::ClientConfig> + Send + Sync>;
-
-/// What a relay needs to take part in a fleet.
-pub struct FleetConfig {
-    /// The fleet-wide presence registry.
-    pub presence: Arc<dyn PresenceRegistry>,
-    /// The relay directory (for peers' certificates).
-    pub directory: RelayDirectory,
-    /// Where other relays dial this one.
-    pub peer_address: SocketAddr,
-    /// The fleet's relay secret.
-    pub secret: String,
-    /// Client configuration for links.
-    pub peer_client_config: PeerClientConfig,
-}
-
-/// The fleet state of a running relay.
-pub(crate) struct Fleet {
-    pub(crate) config: FleetConfig,
-    /// Open links by peer relay id; the lock also makes concurrent dials to one peer one dial.
-    links: tokio::sync::Mutex<HashMap<String, quinn::Connection>>,
-}
-
-impl Fleet {
-    pub(crate) fn new(config: FleetConfig) -> Self {
-        Self {
-            config,
-            links: tokio::sync::Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-/// Where a session's streams go: the device's tunnel here, or a link to the relay holding it.
-#[derive(Clone)]
-pub(crate) enum Route {
-    /// The tunnel is on this relay.
-    Local(quinn::Connection),
-    /// The tunnel is on the relay at the other end of `link`.
-    Remote {
-        /// The link.
-        link: quinn::Connection,
-        /// The device.
-        device: DeviceId,
-        /// The relay holding the tunnel.
-        relay_id: String,
-    },
-}
-
-impl Route {
-    /// Opens a stream towards the device and writes `first` (the client's first frame, raw).
-    pub(crate) async fn open(
-        &self,
-        first: &[u8],
-    ) -> Option<(quinn::SendStream, quinn::RecvStream)> {
-        match self {
-            Route::Local(conn) => {
-                let (mut send, recv) = conn.open_bi().await.ok()?;
-                send.write_all(first).await.ok()?;
-                Some((send, recv))
-            }
-            Route::Remote { link, device, .. } => {
-                let (mut send, recv) = link.open_bi().await.ok()?;
-                io::write_control(
-                    &mut send,
-                    &Control::RelayRoute {
-                        device_id: device.clone(),
-                    },
-                )
-                .await
-                .ok()?;
-                send.write_all(first).await.ok()?;
-                Some((send, recv))
-            }
-        }
-    }
-
-    /// Sends a client datagram (flow id first) towards the device.
-    pub(crate) fn send_datagram(&self, datagram: Bytes) {
-        match self {
-            Route::Local(conn) => {
-                let _ = conn.send_datagram(datagram);
-            }
-            Route::Remote { link, device, .. } => {
-                if let Some(d) = link_datagram(device, &datagram) {
-                    let _ = link.send_datagram(d);
-                }
-            }
-        }
-    }
-
-    /// Resolves when the way to the device is gone.
-    pub(crate) async fn closed(&self) {
-        match self {
-            Route::Local(conn) => {
-                conn.closed().await;
-            }
-            Route::Remote { link, .. } => {
-                link.closed().await;
-            }
-        }
-    }
-
-    /// Which relay holds the tunnel (None: this one).
-    pub(crate) fn remote_relay(&self) -> Option<&str> {
-        match self {
-            Route::Local(_) => None,
-            Route::Remote { relay_id, .. } => Some(relay_id),
-        }
-    }
-}
-
-/// A datagram for a link: the device id in front of the flow datagram.
-pub(crate) fn link_datagram(device: &DeviceId, datagram: &[u8]) -> Option<Bytes> {
-    let id = device.as_str().as_bytes();
-    let len = u8::try_from(id.len()).ok()?;
-    let mut out = BytesMut::with_capacity(1 + id.len() + datagram.len());
-    out.put_u8(len);
-    out.put_slice(id);
-    out.put_slice(datagram);
-    Some(out.freeze())
-}
-
-/// Splits a link datagram into the device and the flow datagram.
-fn split_link_datagram(d: &Bytes) -> Option<(DeviceId, Bytes)> {
-    let len = usize::from(*d.first()?);
-    let id = std::str::from_utf8(d.get(1..1 + len)?).ok()?;
-    let device: DeviceId = id.parse().ok()?;
-    let rest = d.slice(1 + len..);
-    datagram_flow(&rest).is_some().then_some((device, rest))
-}
+pub use crate::links::{FleetConfig, PeerClientConfig};
 
 /// Routes a link's incoming datagrams: to the device when its tunnel is here, else to the
 /// client that owns the flow.
-fn spawn_link_datagrams(shared: Arc<Shared>, link: quinn::Connection) {
+fn spawn_link_datagrams(state: RelayState, link: quinn::Connection) {
     tokio::spawn(async move {
         while let Ok(d) = link.read_datagram().await {
             let Some((device, datagram)) = split_link_datagram(&d) else {
                 continue;
             };
-            if let Some(tunnel) = shared.registry.get(&device) {
+            if let Some(tunnel) = state.registry().get(&device) {
                 let _ = tunnel.conn.send_datagram(datagram);
                 continue;
             }
             let Some(flow) = datagram_flow(&datagram) else {
                 continue;
             };
-            if let Some(owner) = shared.flow_owner(&device, flow) {
+            if let Some(owner) = state.flows().owner(&device, flow) {
                 owner.send(&device, datagram);
             }
         }
     });
 }
 
-impl Shared {
+impl RelayState {
     /// Where the device's tunnel is: here, through a link to another relay, or nowhere.
-    pub(crate) async fn route_to(self: &Arc<Self>, device: &DeviceId) -> Option<Route> {
-        if let Some(t) = self.registry.get(device) {
+    pub(crate) async fn route_to(&self, device: &DeviceId) -> Option<Route> {
+        if let Some(t) = self.registry().get(device) {
             return Some(Route::Local(t.conn));
         }
-        let fleet = self.fleet.as_ref()?;
+        let fleet = self.fleet()?;
         let presence = match fleet.config.presence.lookup(device).await {
             Ok(Some(p)) => p,
             Ok(None) => return None,
@@ -206,7 +74,7 @@ impl Shared {
                 return None;
             }
         };
-        if presence.entry.relay_id == self.relay_id {
+        if presence.entry.relay_id == self.relay_id() {
             // The registry says here, but the tunnel is gone (an entry not yet removed).
             return None;
         }
@@ -227,16 +95,11 @@ impl Shared {
     }
 
     /// The link to `relay_id`, dialled now if there is none that is open.
-    async fn link_to(
-        self: &Arc<Self>,
-        relay_id: &str,
-        addr: SocketAddr,
-    ) -> anyhow::Result<quinn::Connection> {
+    async fn link_to(&self, relay_id: &str, addr: SocketAddr) -> anyhow::Result<quinn::Connection> {
         let fleet = self
-            .fleet
-            .as_ref()
+            .fleet()
             .ok_or_else(|| anyhow::anyhow!("not in a fleet"))?;
-        let mut links = fleet.links.lock().await;
+        let mut links = fleet.links().await;
         if let Some(link) = links.get(relay_id)
             && link.close_reason().is_none()
         {
@@ -253,7 +116,7 @@ impl Shared {
         };
         let client = (fleet.config.peer_client_config)(&info.cert_sha256)?;
         let connecting = self
-            .endpoint
+            .endpoint()
             .connect_with(client, addr, &info.server_name)?;
         let link = tokio::time::timeout(io::HEADER_TIMEOUT, connecting)
             .await
@@ -262,7 +125,7 @@ impl Shared {
         io::write_control(
             &mut send,
             &Control::RelayHello {
-                relay_id: self.relay_id.clone(),
+                relay_id: self.relay_id().to_owned(),
                 secret: fleet.config.secret.clone(),
             },
         )
@@ -281,7 +144,7 @@ impl Shared {
             std::future::pending::<()>().await;
         });
         tracing::info!(peer = %relay_id, %addr, "relay link up");
-        spawn_link_datagrams(Arc::clone(self), link.clone());
+        spawn_link_datagrams(self.clone(), link.clone());
         links.insert(relay_id.to_owned(), link.clone());
         Ok(link)
     }
@@ -293,34 +156,34 @@ pub(crate) struct PresenceHold {
     task: tokio::task::JoinHandle<()>,
     revision: Arc<std::sync::atomic::AtomicU64>,
     device: DeviceId,
-    shared: Arc<Shared>,
+    state: RelayState,
 }
 
 impl PresenceHold {
     /// Starts holding the entry of `device`'s tunnel `conn` (registry epoch `epoch`). None
     /// outside a fleet.
     pub(crate) fn start(
-        shared: &Arc<Shared>,
+        state: &RelayState,
         device: &DeviceId,
         epoch: u64,
         conn: &quinn::Connection,
     ) -> Option<Self> {
         use std::sync::atomic::Ordering;
-        let fleet = shared.fleet.as_ref()?;
+        let fleet = state.fleet()?;
         let entry = crate::presence::PresenceEntry {
-            relay_id: shared.relay_id.clone(),
+            relay_id: state.relay_id().to_owned(),
             relay_addr: fleet.config.peer_address,
             epoch,
             connected_at: chrono::Utc::now(),
         };
         let revision = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let task = {
-            let shared = Arc::clone(shared);
+            let state = state.clone();
             let revision = Arc::clone(&revision);
             let device = device.clone();
             let conn = conn.clone();
             tokio::spawn(async move {
-                let Some(fleet) = shared.fleet.as_ref() else {
+                let Some(fleet) = state.fleet() else {
                     return;
                 };
                 let presence = &fleet.config.presence;
@@ -356,7 +219,7 @@ impl PresenceHold {
             task,
             revision,
             device: device.clone(),
-            shared: Arc::clone(shared),
+            state: state.clone(),
         })
     }
 
@@ -364,7 +227,7 @@ impl PresenceHold {
     pub(crate) async fn release(self) {
         self.task.abort();
         let revision = self.revision.load(std::sync::atomic::Ordering::SeqCst);
-        let Some(fleet) = self.shared.fleet.as_ref() else {
+        let Some(fleet) = self.state.fleet() else {
             return;
         };
         if revision != 0
@@ -380,9 +243,9 @@ impl PresenceHold {
 }
 
 /// Handles a link another relay dialled, until it closes.
-pub(crate) async fn accept_link(shared: Arc<Shared>, conn: quinn::Connection) {
+pub(crate) async fn accept_link(state: RelayState, conn: quinn::Connection) {
     let remote = conn.remote_address();
-    let Some(fleet) = shared.fleet.as_ref() else {
+    let Some(fleet) = state.fleet() else {
         conn.close(CLOSE_PROTOCOL, b"this relay is not in a fleet");
         return;
     };
@@ -402,7 +265,8 @@ pub(crate) async fn accept_link(shared: Arc<Shared>, conn: quinn::Connection) {
         }
         Ok((Control::RelayHello { relay_id, .. }, _)) => {
             tracing::warn!(%remote, claimed = %relay_id, "relay link with a wrong secret refused");
-            io::refuse(&mut send, "unauthenticated", "wrong relay secret").await;
+            let code = RefusalCode::Unauthenticated.as_str();
+            io::refuse(&mut send, code, "wrong relay secret").await;
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send.stopped()).await;
             conn.close(CLOSE_UNAUTHENTICATED, b"wrong relay secret");
             return;
@@ -415,7 +279,7 @@ pub(crate) async fn accept_link(shared: Arc<Shared>, conn: quinn::Connection) {
     if io::write_control(
         &mut send,
         &Control::RelayAccepted {
-            relay_id: shared.relay_id.clone(),
+            relay_id: state.relay_id().to_owned(),
         },
     )
     .await
@@ -424,9 +288,9 @@ pub(crate) async fn accept_link(shared: Arc<Shared>, conn: quinn::Connection) {
         return;
     }
     tracing::info!(%peer, %remote, "relay link accepted");
-    spawn_link_datagrams(Arc::clone(&shared), conn.clone());
+    spawn_link_datagrams(state.clone(), conn.clone());
     while let Ok((s, r)) = conn.accept_bi().await {
-        tokio::spawn(routed_stream(Arc::clone(&shared), conn.clone(), s, r));
+        tokio::spawn(routed_stream(state.clone(), conn.clone(), s, r));
     }
     drop((send, recv));
     tracing::info!(%peer, "relay link closed");
@@ -434,7 +298,7 @@ pub(crate) async fn accept_link(shared: Arc<Shared>, conn: quinn::Connection) {
 
 /// One stream of a link: onto the named device's tunnel.
 async fn routed_stream(
-    shared: Arc<Shared>,
+    state: RelayState,
     link: quinn::Connection,
     mut lsend: quinn::SendStream,
     mut lrecv: quinn::RecvStream,
@@ -442,22 +306,18 @@ async fn routed_stream(
     let device = match io::read_control(&mut lrecv).await {
         Ok((Control::RelayRoute { device_id }, _)) => device_id,
         _ => {
-            io::refuse(&mut lsend, "protocol", "expected a relay route").await;
+            let code = RefusalCode::Protocol.as_str();
+            io::refuse(&mut lsend, code, "expected a relay route").await;
             return;
         }
     };
-    let Some(tunnel) = shared.registry.get(&device) else {
+    let Some(tunnel) = state.registry().get(&device) else {
         let reason = format!("device {device} is offline");
-        io::refuse(&mut lsend, "device_offline", &reason).await;
+        io::refuse(&mut lsend, RefusalCode::DeviceOffline.as_str(), &reason).await;
         return;
     };
     let Ok((dsend, mut drecv)) = tunnel.conn.open_bi().await else {
-        io::refuse(
-            &mut lsend,
-            "device_unreachable",
-            "the device did not answer",
-        )
-        .await;
+        refuse_unreachable(&mut lsend).await;
         return;
     };
     // The client's frames flow to the device as they come; the device's first answer is read
@@ -466,12 +326,7 @@ async fn routed_stream(
     let (answer, raw) = match io::read_control(&mut drecv).await {
         Ok(a) => a,
         Err(_) => {
-            io::refuse(
-                &mut lsend,
-                "device_unreachable",
-                "the device did not answer",
-            )
-            .await;
+            refuse_unreachable(&mut lsend).await;
             up.abort();
             return;
         }
@@ -482,11 +337,9 @@ async fn routed_stream(
     }
     let flow = match answer {
         Control::ChannelAccepted { flow: Some(f) } => {
-            shared
-                .flows
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert((device.clone(), f), FlowOwner::link(link.clone()));
+            state
+                .flows()
+                .insert(device.clone(), f, FlowOwner::link(link.clone()));
             Some(f)
         }
         _ => None,
@@ -494,44 +347,15 @@ async fn routed_stream(
     copy_then_finish(drecv, lsend).await;
     let _ = up.await;
     if let Some(f) = flow {
-        shared
-            .flows
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(device, f));
+        state.flows().remove(device, f);
     }
+}
+
+/// Tells the far side of a link stream that the device did not answer.
+async fn refuse_unreachable(send: &mut quinn::SendStream) {
+    let code = RefusalCode::DeviceUnreachable.as_str();
+    io::refuse(send, code, DEVICE_UNREACHABLE_REASON).await;
 }
 
 /// The ALPN of links, for the server configuration.
 pub(crate) const ALPN: &[u8] = ALPN_RELAY_LINK;
-
-#[cfg(test)]
-#[allow(clippy::expect_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn link_datagrams_carry_the_device_and_the_flow_datagram() {
-        let device: DeviceId = "0123abcd-robot".parse().expect("valid id");
-        let inner = Bytes::from_static(&[0, 0, 0, 7, b'h', b'i']);
-        let d = link_datagram(&device, &inner).expect("fits");
-        let (back, rest) = split_link_datagram(&d).expect("splits");
-        assert_eq!(back, device);
-        assert_eq!(rest, inner);
-        assert!(split_link_datagram(&Bytes::from_static(&[200, 1, 2])).is_none());
-        assert!(split_link_datagram(&Bytes::new()).is_none());
-    }
-
-    proptest::proptest! {
-        /// Fuzz target for the link datagram decoder: arbitrary bytes from a peer never panic it,
-        /// and whatever splits is rebuilt to the same bytes.
-        #[test]
-        fn arbitrary_link_datagrams_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..96)) {
-            let d = Bytes::from(bytes);
-            if let Some((device, rest)) = split_link_datagram(&d) {
-                proptest::prop_assert!(rest.len() >= 4);
-                proptest::prop_assert_eq!(link_datagram(&device, &rest), Some(d));
-            }
-        }
-    }
-}

@@ -13,23 +13,32 @@
 //! - [`directory`]: the fleet's relay directory (NATS KV).
 //! - [`fleet`]: fleet mode: presence writes, and relay-to-relay links that carry sessions to
 //!   the relay holding a device's tunnel.
+//! - `links`: the fleet settings and the pool of dialled links.
 //! - [`endpoint`]: QUIC and TLS configuration, certificates.
+//! - `state`: the relay's shared state, one owner behind a cloneable handle, with the tables
+//!   of live sessions and UDP flows.
 //! - [`tunnel`]: the device tunnel handler.
-//! - [`session`]: the client session handler and stream splicing.
+//! - [`session`]: the client session handler: admit (a pure decision, in
+//!   `m87_events::admission`), then open on the device and splice.
+//! - `route`: the way to a device (local tunnel or link), flow owners, link datagrams.
+//! - `splice`: moving a stream's bytes both ways.
 //! - [`io`]: reading the first frames of a stream with size and time limits.
 
 pub mod directory;
 pub mod endpoint;
 pub mod fleet;
 pub mod io;
+mod links;
 pub mod presence;
 pub mod registry;
+mod route;
 pub mod session;
+mod splice;
+mod state;
 pub mod tunnel;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -77,27 +86,7 @@ pub struct RelayConfig {
 /// A bound relay, ready to [`Relay::run`].
 pub struct Relay {
     endpoint: quinn::Endpoint,
-    shared: Arc<Shared>,
-}
-
-/// State shared by the relay's connection handlers.
-pub(crate) struct Shared {
-    pub(crate) relay_id: String,
-    pub(crate) verifier: SessionVerifier,
-    pub(crate) link: Arc<dyn ControlPlaneLink>,
-    pub(crate) registry: Arc<Registry>,
-    /// Session ids already used, with when their token expires (replay protection).
-    pub(crate) used_sessions: Mutex<HashMap<SessionId, i64>>,
-    /// Client connections owning UDP flows.
-    pub(crate) flows: session::Flows,
-    /// Open client sessions.
-    pub(crate) sessions: Mutex<HashMap<SessionId, LiveSession>>,
-    /// (device, subject) pairs whose access was revoked, with when: older tokens are refused.
-    pub(crate) revoked: Mutex<Vec<(DeviceId, String, i64)>>,
-    /// The relay's endpoint (links to other relays are dialled from it).
-    pub(crate) endpoint: quinn::Endpoint,
-    /// Fleet mode.
-    pub(crate) fleet: Option<fleet::Fleet>,
+    state: state::RelayState,
 }
 
 /// An open client session, as the relay sees it.
@@ -115,19 +104,13 @@ pub struct LiveSession {
 /// A handle to a running relay's sessions, for the control plane's decisions.
 #[derive(Clone)]
 pub struct RelayHandle {
-    shared: Arc<Shared>,
+    state: state::RelayState,
 }
 
 impl RelayHandle {
     /// The open sessions.
     pub fn sessions(&self) -> Vec<LiveSession> {
-        self.shared
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.state.sessions().list()
     }
 
     /// Ends a session at once, and refuses tokens issued before now for the same device and
@@ -141,20 +124,13 @@ impl RelayHandle {
 
     /// Refuses tokens issued up to now for `subject` on `device`.
     pub fn revoke(&self, device: &DeviceId, subject: &str) {
-        let now = m87_events::token::now_unix();
-        let mut revoked = self
-            .shared
-            .revoked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        // Tokens live at most a minute: older entries protect nothing.
-        revoked.retain(|(_, _, at)| *at > now - m87_events::token::MAX_LIFETIME_SECS);
-        revoked.push((device.clone(), subject.to_owned(), now));
+        self.state
+            .revoke(device, subject, m87_events::token::now_unix());
     }
 
     /// The connected devices.
     pub fn registry(&self) -> Arc<Registry> {
-        Arc::clone(&self.shared.registry)
+        Arc::clone(self.state.registry())
     }
 }
 
@@ -188,21 +164,14 @@ impl Relay {
             socket,
             runtime,
         )?;
-        Ok(Self {
-            endpoint: endpoint.clone(),
-            shared: Arc::new(Shared {
-                relay_id: config.relay_id,
-                verifier: config.verifier,
-                link: config.link,
-                registry: Arc::new(Registry::default()),
-                used_sessions: Mutex::new(HashMap::new()),
-                flows: Mutex::new(HashMap::new()),
-                sessions: Mutex::new(HashMap::new()),
-                revoked: Mutex::new(Vec::new()),
-                endpoint,
-                fleet: config.fleet.map(fleet::Fleet::new),
-            }),
-        })
+        let state = state::RelayState::new(
+            config.relay_id,
+            config.verifier,
+            config.link,
+            endpoint.clone(),
+            config.fleet.map(links::Fleet::new),
+        );
+        Ok(Self { endpoint, state })
     }
 
     /// The bound address.
@@ -212,13 +181,13 @@ impl Relay {
 
     /// The connected devices.
     pub fn registry(&self) -> Arc<Registry> {
-        Arc::clone(&self.shared.registry)
+        Arc::clone(self.state.registry())
     }
 
     /// A handle to the relay's sessions.
     pub fn handle(&self) -> RelayHandle {
         RelayHandle {
-            shared: Arc::clone(&self.shared),
+            state: self.state.clone(),
         }
     }
 
@@ -232,7 +201,7 @@ impl Relay {
                 },
                 _ = shutdown.changed() => break,
             };
-            let shared = Arc::clone(&self.shared);
+            let state = self.state.clone();
             tokio::spawn(async move {
                 let started = Instant::now();
                 let remote = incoming.remote_address();
@@ -260,9 +229,9 @@ impl Relay {
                     .and_then(|d| d.protocol);
                 tracing::debug!(%remote, elapsed_ms = started.elapsed().as_millis() as u64, "connection up");
                 match alpn.as_deref() {
-                    Some(p) if p == ALPN_TUNNEL => tunnel::handle(shared, conn).await,
-                    Some(p) if p == ALPN_SESSION => session::handle(shared, conn).await,
-                    Some(p) if p == fleet::ALPN => fleet::accept_link(shared, conn).await,
+                    Some(p) if p == ALPN_TUNNEL => tunnel::handle(state, conn).await,
+                    Some(p) if p == ALPN_SESSION => session::handle(state, conn).await,
+                    Some(p) if p == fleet::ALPN => fleet::accept_link(state, conn).await,
                     _ => conn.close(io::CLOSE_PROTOCOL, b"unknown protocol"),
                 }
             });

@@ -1,195 +1,74 @@
-//! Client sessions: verify the token, open the session on the device's tunnel, then splice
-//! every operation stream of the client's connection onto a new stream of the tunnel.
+//! Client sessions: decide whether to admit the session (token, revocations, replay: a pure
+//! decision, [`m87_events::admission`]), then act: open the session on the device's tunnel and
+//! splice every operation stream of the client's connection onto a new stream of the tunnel.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use m87_events::DeviceId;
+use m87_events::SessionId;
+use m87_events::admission::{DEVICE_UNREACHABLE_REASON, Refusal, RefusalCode};
 use m87_events::token::{SessionClaims, now_unix};
 use m87_events::tunnel::Control;
-use m87_events::{DeviceId, SessionId};
 
-use crate::Shared;
 use crate::io::{self, CLOSE_PROTOCOL, CLOSE_SESSION_ENDED};
+use crate::route::{FlowOwner, Route};
+use crate::splice::splice;
+use crate::state::RelayState;
 
-/// Most chunks (received frames) taken from a stream at once.
-const SPLICE_CHUNKS: usize = 64;
+/// How long a refusal may take to reach the client before its connection is closed.
+const REFUSAL_GRACE: Duration = Duration::from_secs(1);
 
-/// The size up to which a splice gathers received data before writing it on.
-const SPLICE_COALESCE: usize = 64 * 1024;
-
-/// Who receives a device's datagrams of one UDP flow: the client's connection, or the link to
-/// the relay the client is on.
-#[derive(Clone)]
-pub(crate) struct FlowOwner {
-    conn: quinn::Connection,
-    link: bool,
+/// The two streams of a session's control stream (client side and device side), spliced for
+/// the session's life once the device accepted it.
+struct ControlStreams {
+    crecv: quinn::RecvStream,
+    csend: quinn::SendStream,
+    dsend: quinn::SendStream,
+    drecv: quinn::RecvStream,
 }
 
-impl FlowOwner {
-    fn client(conn: quinn::Connection) -> Self {
-        Self { conn, link: false }
-    }
-
-    pub(crate) fn link(conn: quinn::Connection) -> Self {
-        Self { conn, link: true }
-    }
-
-    /// Sends a device datagram (flow id first) on.
-    pub(crate) fn send(&self, device: &DeviceId, datagram: bytes::Bytes) {
-        if self.link {
-            if let Some(d) = crate::fleet::link_datagram(device, &datagram) {
-                let _ = self.conn.send_datagram(d);
-            }
-        } else {
-            let _ = self.conn.send_datagram(datagram);
-        }
-    }
-}
-
-/// Client connections (or links) owning UDP flows, by device and flow id.
-pub(crate) type Flows = Mutex<HashMap<(DeviceId, u32), FlowOwner>>;
-
-impl Shared {
-    /// Who owns a device's flow.
-    pub(crate) fn flow_owner(&self, device: &DeviceId, flow: u32) -> Option<FlowOwner> {
-        self.flows
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(device.clone(), flow))
-            .cloned()
-    }
-
-    /// Marks a session id used; false if it was used before (a replay).
-    fn first_use(&self, claims: &SessionClaims) -> bool {
-        let now = now_unix();
-        let mut used = self.used_sessions.lock().unwrap_or_else(|p| p.into_inner());
-        used.retain(|_, exp| *exp > now);
-        used.insert(claims.sid, claims.exp).is_none()
-    }
-}
-
-async fn refuse_session(
-    shared: &Shared,
+/// Refuses the session: tells the client and the control plane why, then closes.
+async fn refuse(
+    state: &RelayState,
     conn: &quinn::Connection,
     send: &mut quinn::SendStream,
-    session: Option<SessionId>,
-    device: Option<DeviceId>,
-    code: &str,
-    reason: &str,
+    refusal: Refusal,
 ) {
-    io::refuse(send, code, reason).await;
-    shared
-        .link
-        .session_refused(session, device, code, reason)
+    let code = refusal.code.as_str();
+    io::refuse(send, code, &refusal.reason).await;
+    state
+        .link()
+        .session_refused(refusal.session, refusal.device, code, &refusal.reason)
         .await;
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send.stopped()).await;
-    conn.close(CLOSE_SESSION_ENDED, reason.as_bytes());
+    let _ = tokio::time::timeout(REFUSAL_GRACE, send.stopped()).await;
+    conn.close(CLOSE_SESSION_ENDED, refusal.reason.as_bytes());
 }
 
 /// Handles one client session connection until it ends.
-pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
+pub(crate) async fn handle(state: RelayState, conn: quinn::Connection) {
     let remote = conn.remote_address();
-    let (mut csend, mut crecv) =
-        match tokio::time::timeout(io::HEADER_TIMEOUT, conn.accept_bi()).await {
-            Ok(Ok(s)) => s,
-            _ => {
-                conn.close(CLOSE_PROTOCOL, b"no session open");
-                return;
+    let Some((mut csend, crecv, token, raw_open)) = read_session_open(&conn).await else {
+        return;
+    };
+    // Decide...
+    let decision = state.admit(&token, now_unix());
+    // ...then act.
+    let claims = match decision {
+        Ok(claims) => claims,
+        Err(refusal) => {
+            if refusal.session.is_none() {
+                tracing::info!(%remote, error = %refusal.reason, "session token refused");
             }
-        };
-    let (token, raw_open) = match io::read_control(&mut crecv).await {
-        Ok((Control::SessionOpen { token }, raw)) => (token, raw),
-        Ok(_) => {
-            conn.close(CLOSE_PROTOCOL, b"expected a session open");
-            return;
-        }
-        Err(e) => {
-            tracing::debug!(%remote, error = %e, "bad session open");
-            conn.close(CLOSE_PROTOCOL, b"bad session open");
-            return;
+            return refuse(&state, &conn, &mut csend, refusal).await;
         }
     };
-    let claims = match shared.verifier.verify(&token, now_unix(), None) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::info!(%remote, error = %e, "session token refused");
-            refuse_session(
-                &shared,
-                &conn,
-                &mut csend,
-                None,
-                None,
-                e.code(),
-                &e.to_string(),
-            )
-            .await;
-            return;
-        }
+    let Some(route) = state.route_to(&claims.dev).await else {
+        return refuse(&state, &conn, &mut csend, Refusal::device_offline(&claims)).await;
     };
-    let revoked = shared
-        .revoked
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .any(|(d, sub, at)| *d == claims.dev && *sub == claims.sub && claims.iat <= *at);
-    if revoked {
-        refuse_session(
-            &shared,
-            &conn,
-            &mut csend,
-            Some(claims.sid),
-            Some(claims.dev.clone()),
-            "access_revoked",
-            "access to this device was revoked",
-        )
-        .await;
-        return;
-    }
-    if !shared.first_use(&claims) {
-        refuse_session(
-            &shared,
-            &conn,
-            &mut csend,
-            Some(claims.sid),
-            Some(claims.dev.clone()),
-            "token_replayed",
-            "session token was already used",
-        )
-        .await;
-        return;
-    }
-    let Some(route) = shared.route_to(&claims.dev).await else {
-        let reason = format!("device {} is offline", claims.dev);
-        refuse_session(
-            &shared,
-            &conn,
-            &mut csend,
-            Some(claims.sid),
-            Some(claims.dev.clone()),
-            "device_offline",
-            &reason,
-        )
-        .await;
-        return;
-    };
-    // Open the session on the device, which checks the token again.
-    let opened = async {
-        let (dsend, mut drecv) = route.open(&raw_open).await?;
-        let answer = io::read_control(&mut drecv).await.ok()?;
-        Some((dsend, drecv, answer))
-    };
-    let Some((dsend, drecv, (answer, raw_answer))) = opened.await else {
-        refuse_session(
-            &shared,
-            &conn,
-            &mut csend,
-            Some(claims.sid),
-            Some(claims.dev.clone()),
-            "device_unreachable",
-            "the device did not answer",
-        )
-        .await;
-        return;
+    let opened = open_on_device(&route, &raw_open).await;
+    let Some((dsend, drecv, (answer, raw_answer))) = opened else {
+        let refusal = Refusal::device_unreachable(&claims);
+        return refuse(&state, &conn, &mut csend, refusal).await;
     };
     if csend.write_all(&raw_answer).await.is_err() {
         return;
@@ -197,26 +76,85 @@ pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
     let Control::SessionAccepted { session_id } = answer else {
         // The device refused (and records it itself); pass the refusal on and end.
         let _ = csend.finish();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), csend.stopped()).await;
+        let _ = tokio::time::timeout(REFUSAL_GRACE, csend.stopped()).await;
         conn.close(CLOSE_SESSION_ENDED, b"refused by the device");
         return;
     };
-    tracing::info!(relay = %shared.relay_id, session = %session_id, device = %claims.dev, op = claims.op.as_str(), %remote, via = route.remote_relay().unwrap_or("local"), "session open");
+    tracing::info!(relay = %state.relay_id(), session = %session_id, device = %claims.dev, op = claims.op.as_str(), %remote, via = route.remote_relay().unwrap_or("local"), "session open");
+    let control = ControlStreams {
+        crecv,
+        csend,
+        dsend,
+        drecv,
+    };
+    serve(state, conn, route, claims, session_id, control).await;
+}
 
-    shared
-        .sessions
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(
-            session_id,
-            crate::LiveSession {
-                session_id,
-                device: claims.dev.clone(),
-                subject: claims.sub.clone(),
-                conn: conn.clone(),
-            },
-        );
+/// Reads the client's session open on its first stream; closes the connection when there is
+/// none. Returns the stream, the token and the open frame as it came (to pass on).
+async fn read_session_open(
+    conn: &quinn::Connection,
+) -> Option<(quinn::SendStream, quinn::RecvStream, String, bytes::Bytes)> {
+    let (csend, mut crecv) = match tokio::time::timeout(io::HEADER_TIMEOUT, conn.accept_bi()).await
+    {
+        Ok(Ok(s)) => s,
+        _ => {
+            conn.close(CLOSE_PROTOCOL, b"no session open");
+            return None;
+        }
+    };
+    match io::read_control(&mut crecv).await {
+        Ok((Control::SessionOpen { token }, raw)) => Some((csend, crecv, token, raw)),
+        Ok(_) => {
+            conn.close(CLOSE_PROTOCOL, b"expected a session open");
+            None
+        }
+        Err(e) => {
+            let remote = conn.remote_address();
+            tracing::debug!(%remote, error = %e, "bad session open");
+            conn.close(CLOSE_PROTOCOL, b"bad session open");
+            None
+        }
+    }
+}
+
+/// Opens the session on the device (which checks the token again) and reads its answer.
+async fn open_on_device(
+    route: &Route,
+    raw_open: &[u8],
+) -> Option<(
+    quinn::SendStream,
+    quinn::RecvStream,
+    (Control, bytes::Bytes),
+)> {
+    let (dsend, mut drecv) = route.open(raw_open).await?;
+    let answer = io::read_control(&mut drecv).await.ok()?;
+    Some((dsend, drecv, answer))
+}
+
+/// Serves an open session until the client or the device goes: its control stream, the
+/// client's datagrams, and one spliced stream per operation.
+async fn serve(
+    state: RelayState,
+    conn: quinn::Connection,
+    route: Route,
+    claims: SessionClaims,
+    session_id: SessionId,
+    control: ControlStreams,
+) {
+    state.sessions().insert(crate::LiveSession {
+        session_id,
+        device: claims.dev.clone(),
+        subject: claims.sub.clone(),
+        conn: conn.clone(),
+    });
     // The session's control stream: spliced for the session's life.
+    let ControlStreams {
+        crecv,
+        csend,
+        dsend,
+        drecv,
+    } = control;
     let control = tokio::spawn(splice(crecv, dsend, drecv, csend));
     let datagram_conn = conn.clone();
     let datagram_route = route.clone();
@@ -227,16 +165,40 @@ pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
             datagram_route.send_datagram(d);
         }
     });
+    accept_channels(&state, &conn, &route, &claims.dev, session_id).await;
+    state.sessions().remove(&session_id);
+    control.abort();
+    client_datagrams.abort();
+    state.flows().remove_client(&conn);
+    let stats = conn.stats();
+    tracing::info!(
+        session = %session_id,
+        path_mtu = stats.path.current_mtu,
+        rtt_ms = stats.path.rtt.as_millis() as u64,
+        lost_packets = stats.path.lost_packets,
+        "session closed"
+    );
+}
+
+/// Accepts the client's operation streams, each spliced onto the device, until the client's
+/// connection or the way to the device ends.
+async fn accept_channels(
+    state: &RelayState,
+    conn: &quinn::Connection,
+    route: &Route,
+    device: &DeviceId,
+    session_id: SessionId,
+) {
     loop {
         tokio::select! {
             accepted = conn.accept_bi() => match accepted {
                 Ok((s, r)) => {
-                    let shared = Arc::clone(&shared);
+                    let state = state.clone();
                     let route = route.clone();
                     let client = conn.clone();
-                    let device = claims.dev.clone();
+                    let device = device.clone();
                     tokio::spawn(async move {
-                        if let Some(flow) = channel(shared, client, route, device, session_id, s, r).await {
+                        if let Some(flow) = channel(state, client, route, device, session_id, s, r).await {
                             tracing::debug!(flow, "udp flow ended");
                         }
                     });
@@ -249,33 +211,13 @@ pub(crate) async fn handle(shared: Arc<Shared>, conn: quinn::Connection) {
             }
         }
     }
-    shared
-        .sessions
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&session_id);
-    control.abort();
-    client_datagrams.abort();
-    shared
-        .flows
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .retain(|_, c| c.link || c.conn.stable_id() != conn.stable_id());
-    let stats = conn.stats();
-    tracing::info!(
-        session = %session_id,
-        path_mtu = stats.path.current_mtu,
-        rtt_ms = stats.path.rtt.as_millis() as u64,
-        lost_packets = stats.path.lost_packets,
-        "session closed"
-    );
 }
 
 /// Splices one operation stream. Returns the UDP flow id it carried, if any.
 async fn channel(
-    shared: Arc<Shared>,
+    state: RelayState,
     client: quinn::Connection,
-    route: crate::fleet::Route,
+    route: Route,
     device: DeviceId,
     session_id: SessionId,
     mut csend: quinn::SendStream,
@@ -292,12 +234,8 @@ async fn channel(
     match header {
         Control::OpenChannel { session_id: s, .. } if s == session_id => {}
         _ => {
-            io::refuse(
-                &mut csend,
-                "protocol",
-                "expected an open-channel for this session",
-            )
-            .await;
+            let reason = "expected an open-channel for this session";
+            io::refuse(&mut csend, RefusalCode::Protocol.as_str(), reason).await;
             return None;
         }
     }
@@ -305,23 +243,16 @@ async fn channel(
     let (answer, raw_answer) = match io::read_control(&mut drecv).await {
         Ok(a) => a,
         Err(_) => {
-            io::refuse(
-                &mut csend,
-                "device_unreachable",
-                "the device did not answer",
-            )
-            .await;
+            let code = RefusalCode::DeviceUnreachable.as_str();
+            io::refuse(&mut csend, code, DEVICE_UNREACHABLE_REASON).await;
             return None;
         }
     };
     csend.write_all(&raw_answer).await.ok()?;
     let flow = match answer {
         Control::ChannelAccepted { flow: Some(f) } => {
-            shared
-                .flows
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert((device.clone(), f), FlowOwner::client(client.clone()));
+            let owner = FlowOwner::client(client.clone());
+            state.flows().insert(device.clone(), f, owner);
             Some(f)
         }
         Control::ChannelAccepted { flow: None } => None,
@@ -332,74 +263,7 @@ async fn channel(
     };
     splice(crecv, dsend, drecv, csend).await;
     if let Some(f) = flow {
-        shared
-            .flows
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(device, f));
+        state.flows().remove(device, f);
     }
     flow
-}
-
-/// Moves one direction of a stream until it ends, then finishes the other side; returns the
-/// bytes moved.
-///
-/// Received chunks are taken many at a time (`read_chunks`: few wake-ups) and what has arrived
-/// is copied into one buffer of up to [`SPLICE_COALESCE`] before it is written. Writing the
-/// received chunks as they are (one per packet, about 1.2 KB) costs more than the copy: quinn
-/// finds the bytes for each packet it sends by walking the chunks written to the stream and
-/// not yet acknowledged, so with thousands of small chunks in flight that walk took 9% of the
-/// relay's CPU in an 8-stream forward; with 64 KiB chunks, under 2%.
-pub(crate) async fn copy_then_finish(
-    mut from: quinn::RecvStream,
-    mut to: quinn::SendStream,
-) -> u64 {
-    use futures_util::FutureExt;
-    let mut moved = 0u64;
-    let mut chunks: Vec<bytes::Bytes> = vec![bytes::Bytes::new(); SPLICE_CHUNKS];
-    let mut buffer = bytes::BytesMut::new();
-    let append = |buffer: &mut bytes::BytesMut, chunks: &[bytes::Bytes]| {
-        for chunk in chunks {
-            buffer.extend_from_slice(chunk);
-        }
-    };
-    let mut ended = false;
-    while !ended {
-        buffer.reserve(SPLICE_COALESCE);
-        match from.read_chunks(&mut chunks).await {
-            Ok(Some(n)) => append(&mut buffer, &chunks[..n]),
-            Ok(None) | Err(_) => break,
-        }
-        // Take what has already arrived, without waiting for more: nothing is held back.
-        while buffer.len() < SPLICE_COALESCE {
-            match from.read_chunks(&mut chunks).now_or_never() {
-                Some(Ok(Some(n))) => append(&mut buffer, &chunks[..n]),
-                Some(Ok(None) | Err(_)) => {
-                    ended = true;
-                    break;
-                }
-                None => break,
-            }
-        }
-        moved += buffer.len() as u64;
-        if to.write_chunk(buffer.split().freeze()).await.is_err() {
-            // The far side stopped reading: stop this side too.
-            let _ = from.stop(quinn::VarInt::from_u32(0));
-            return moved;
-        }
-    }
-    let _ = to.finish();
-    moved
-}
-
-/// Copies both ways until both directions end.
-async fn splice(
-    crecv: quinn::RecvStream,
-    dsend: quinn::SendStream,
-    drecv: quinn::RecvStream,
-    csend: quinn::SendStream,
-) {
-    let up = copy_then_finish(crecv, dsend);
-    let down = copy_then_finish(drecv, csend);
-    tokio::join!(up, down);
 }

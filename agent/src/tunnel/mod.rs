@@ -180,7 +180,7 @@ async fn connect_once(
         verifier,
         api: api.clone(),
         sessions: Mutex::new(HashMap::new()),
-        used: Mutex::new(HashMap::new()),
+        admission: Mutex::new(Default::default()),
         ctx: ServiceContext { datagrams },
     });
     let outcome = loop {

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use m87_events::admission::{AdmissionState, RefusalCode, admit};
 use m87_events::api::{SessionClosedReport, SessionRefusedReport};
 use m87_events::token::{SessionClaims, SessionVerifier, now_unix};
 use m87_events::tunnel::{Channel, Control, ExitStatus};
@@ -35,7 +36,8 @@ pub(super) struct TunnelState {
     pub(super) verifier: SessionVerifier,
     pub(super) api: ApiClient,
     pub(super) sessions: Mutex<HashMap<SessionId, Arc<ActiveSession>>>,
-    pub(super) used: Mutex<HashMap<SessionId, i64>>,
+    /// Session ids already used (replay protection).
+    pub(super) admission: Mutex<AdmissionState>,
     pub(super) ctx: ServiceContext,
 }
 
@@ -64,7 +66,8 @@ pub(super) async fn handle_stream(
             channel,
         } => open_channel(state, session_id, channel, reader, send).await,
         _ => {
-            let _ = write_refusal(&mut send, "protocol", "unexpected stream header").await;
+            let code = RefusalCode::Protocol.as_str();
+            let _ = write_refusal(&mut send, code, "unexpected stream header").await;
             let _ = send.finish();
         }
     }
@@ -74,9 +77,10 @@ async fn refuse<W: AsyncWrite + Unpin>(
     state: &TunnelState,
     send: &mut W,
     session_id: Option<SessionId>,
-    code: &str,
+    code: RefusalCode,
     reason: &str,
 ) {
+    let code = code.as_str();
     let _ = write_refusal(send, code, reason).await;
     let _ = send.shutdown().await;
     tracing::warn!(code, reason, "session refused");
@@ -102,33 +106,25 @@ async fn open_session<W: AsyncWrite + Unpin + Send + 'static>(
     mut reader: FrameReader<BoxRead>,
     mut send: W,
 ) {
-    let claims = match state
-        .verifier
-        .verify(&token, now_unix(), Some(&state.device_id))
-    {
+    // Decide...
+    let decision = {
+        let mut admission = state.admission.lock().unwrap_or_else(|p| p.into_inner());
+        admit(
+            &state.verifier,
+            &mut admission,
+            &token,
+            Some(&state.device_id),
+            now_unix(),
+        )
+    };
+    // ...then act.
+    let claims = match decision {
         Ok(c) => c,
-        Err(e) => {
-            refuse(&state, &mut send, None, e.code(), &e.to_string()).await;
+        Err(r) => {
+            refuse(&state, &mut send, r.session, r.code, &r.reason).await;
             return;
         }
     };
-    let replayed = {
-        let now = now_unix();
-        let mut used = state.used.lock().unwrap_or_else(|p| p.into_inner());
-        used.retain(|_, exp| *exp > now);
-        used.insert(claims.sid, claims.exp).is_some()
-    };
-    if replayed {
-        refuse(
-            &state,
-            &mut send,
-            Some(claims.sid),
-            "token_replayed",
-            "session token was already used",
-        )
-        .await;
-        return;
-    }
     let sid = claims.sid;
     let session = Arc::new(ActiveSession {
         claims,
@@ -157,25 +153,7 @@ async fn open_session<W: AsyncWrite + Unpin + Send + 'static>(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&sid);
-    let exit = *session.last_exit.lock().unwrap_or_else(|p| p.into_inner());
-    let report = SessionClosedReport {
-        duration_ms: session.started.elapsed().as_millis() as u64,
-        bytes_to_device: session.bytes_in.load(Ordering::Relaxed),
-        bytes_from_device: session.bytes_out.load(Ordering::Relaxed),
-        exit_code: match exit {
-            Some(ExitStatus::Code(c)) => Some(c),
-            _ => None,
-        },
-        signal: match exit {
-            Some(ExitStatus::Signal(s)) => Some(s),
-            _ => None,
-        },
-        error: session
-            .last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone(),
-    };
+    let report = session.closed_report();
     tracing::info!(session = %sid, bytes_in = report.bytes_to_device, bytes_out = report.bytes_from_device, "session closed");
     if let Err(e) = state
         .api
@@ -183,6 +161,31 @@ async fn open_session<W: AsyncWrite + Unpin + Send + 'static>(
         .await
     {
         tracing::warn!(error = %e, "cannot report a closed session");
+    }
+}
+
+impl ActiveSession {
+    /// What is reported to the control plane when the session closes.
+    fn closed_report(&self) -> SessionClosedReport {
+        let exit = *self.last_exit.lock().unwrap_or_else(|p| p.into_inner());
+        SessionClosedReport {
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            bytes_to_device: self.bytes_in.load(Ordering::Relaxed),
+            bytes_from_device: self.bytes_out.load(Ordering::Relaxed),
+            exit_code: match exit {
+                Some(ExitStatus::Code(c)) => Some(c),
+                _ => None,
+            },
+            signal: match exit {
+                Some(ExitStatus::Signal(s)) => Some(s),
+                _ => None,
+            },
+            error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
     }
 }
 
@@ -255,14 +258,21 @@ async fn open_channel<W: AsyncWrite + Unpin + Send + 'static>(
             &state,
             &mut send,
             Some(session_id),
-            "no_session",
+            RefusalCode::NoSession,
             "no such session on this device",
         )
         .await;
         return;
     };
     if let Err(reason) = allowed(&session.claims, &channel) {
-        refuse(&state, &mut send, Some(session_id), "not_allowed", &reason).await;
+        refuse(
+            &state,
+            &mut send,
+            Some(session_id),
+            RefusalCode::NotAllowed,
+            &reason,
+        )
+        .await;
         return;
     }
     if !matches!(channel, Channel::UdpForward { .. })
@@ -341,7 +351,7 @@ mod tests {
             // Reports go nowhere in this test.
             api: ApiClient::new("https://127.0.0.1:9", None, true).unwrap(),
             sessions: Mutex::new(HashMap::new()),
-            used: Mutex::new(HashMap::new()),
+            admission: Mutex::new(AdmissionState::default()),
             ctx: ServiceContext {
                 datagrams: Arc::new(NoDatagrams),
             },
