@@ -22,8 +22,7 @@ use crate::bus::Publisher;
 use crate::config::Settings;
 use crate::domain::DomainError;
 use crate::projections::Projector;
-use crate::projections::store::ReadStore;
-use crate::store::{EventStore, StoreError, StreamAppend};
+use crate::store::{EventStore, ReadStore, StoreError, StreamAppend};
 
 /// Why a service call failed.
 #[derive(Debug, thiserror::Error)]
