@@ -15,7 +15,7 @@ use super::{ControlPlane, ServiceError};
 use crate::domain::api_key::{self, ApiKey};
 use crate::domain::device::{self, Device};
 use crate::domain::registration::{self, Registration, RequestRegistration};
-use crate::domain::{DomainError, Identity};
+use crate::domain::{Aggregate, DomainError, Identity, enrollment};
 use crate::projections::models::{API_KEYS, ApiKeyRow, REGISTRATIONS, RegistrationRow};
 use crate::store::StreamAppend;
 
@@ -94,7 +94,7 @@ impl ControlPlane {
                     .map(|r| r.device_id.clone())
                     .ok_or(DomainError::NotFound("registration request"))?;
                 let (device, device_version) = self.load_device(&device_id).await?;
-                let approval = registration::decide_approve(&reg, &device, caller, Utc::now())?;
+                let approval = enrollment::decide_approve(&reg, &device, caller, Utc::now())?;
                 let mut batch = one(
                     StreamId::registration(&request_id),
                     reg_version,
@@ -151,7 +151,8 @@ impl ControlPlane {
                 }
                 let (device, device_version) = self.load_device(&requested.device_id).await?;
                 let key = generate_key(KeyKind::Device);
-                match device::decide_issue_credentials(&reg, &device, KeyId::new(), key.digest) {
+                match enrollment::decide_issue_credentials(&reg, &device, KeyId::new(), key.digest)
+                {
                     Ok(event) => {
                         response.api_key = Some(key.secret);
                         let stream = StreamId::device(&requested.device_id);

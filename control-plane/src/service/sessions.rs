@@ -14,7 +14,7 @@ use m87_events::{DeviceId, DomainEvent, Metadata, SessionId, StreamId};
 use super::{ControlPlane, ServiceError};
 use crate::domain::device::Device;
 use crate::domain::session::{self, Session};
-use crate::domain::{DomainError, Identity, Principal};
+use crate::domain::{Aggregate, DomainError, Identity, Principal};
 use crate::projections::models::{DEVICES, DeviceRow};
 use crate::store::StreamAppend;
 
