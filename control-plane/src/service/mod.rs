@@ -7,7 +7,8 @@
 //!
 //! # Layout
 //!
-//! - here: [`ControlPlane`], [`ServiceError`], and running a command (`execute`: decide, append, retry).
+//! - here: [`ControlPlane`], [`ServiceError`], and running a command (`execute`: decide,
+//!   append, retry on conflict, wait for the read models).
 //! - [`registrations`]: registration requests: request, approve, reject, poll, expiry.
 //! - [`devices`]: enrolled devices: removal, access, and the device list.
 //! - [`api_keys`]: user API keys: create, revoke, the bootstrap admin key, list.
