@@ -1,5 +1,5 @@
-//! An enrolled device: its credentials (issued through [`super::enrollment`]), who may reach it,
-//! and its removal.
+//! An enrolled device: its credentials (issued by the decision in `enrollment.rs`), who may
+//! reach it, and its removal.
 
 use m87_events::domain::{AccessGranted, AccessRevoked, DeviceEnrolled, DeviceRemoved};
 use m87_events::{DomainEvent, KeyId, RequestId, Scope};

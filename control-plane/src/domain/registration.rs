@@ -1,8 +1,9 @@
 //! A device's request to join the fleet.
 //!
 //! Lifecycle: requested → approved | rejected | expired. Approval enrolls the device on its own
-//! stream (see [`super::device`]); the device's key is released later, once, to a poll that
-//! presents the claim secret.
+//! stream; the device's key is released later, once, to a poll that presents the claim secret.
+//! Those two decisions read the device too, so they live in `enrollment.rs`, above this module
+//! and the device's.
 
 use chrono::{DateTime, Duration, Utc};
 use m87_events::api::DeviceStatus;

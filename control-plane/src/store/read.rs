@@ -4,8 +4,8 @@
 //! the projection's checkpoint in one transaction, and does nothing when the checkpoint is
 //! already at or past the event: applying an event twice has the effect of applying it once.
 //!
-//! The backends live with their event stores: [`super::sqlite::SqliteReadStore`],
-//! [`super::mongo::MongoReadStore`] and [`super::memory::MemoryReadStore`].
+//! The backends live with their event stores, in `sqlite/read.rs`, `mongo/read.rs` and
+//! `memory/read.rs`.
 
 use async_trait::async_trait;
 use serde_json::Value;
