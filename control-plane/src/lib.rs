@@ -1,17 +1,27 @@
 //! The m87 control plane: the REST API, authentication, the command handlers that turn requests
 //! into events, the event store, the bus and the projections that feed the API.
 //!
+//! Imports run one way, down this list: `server` wires everything; `api` calls `service`;
+//! `service` runs `domain` decisions and writes and reads through the `store` traits; the
+//! `projections` follow the `bus` and write through the `store`'s read-store trait; the `bus` is
+//! fed from the `store`; `domain`, `store` and `auth` import nothing else of this crate.
+//!
 //! # Layout
 //!
-//! - [`domain`]: aggregates and business rules, pure.
-//! - [`store`]: the event store seam (SQLite, memory) and its conformance suite.
-//! - [`bus`]: the event bus seam (in-process) and the publisher that feeds it from the store.
-//! - [`projections`]: read models, their store seam and the projector.
-//! - [`service`]: command handlers and queries.
+//! - [`server`]: wiring: opens the stores, bus, projector and service for one machine, a fleet
+//!   or tests (in memory); the session signing key; projection rebuilds.
+//! - [`tls`]: the self-signed certificate and the HTTPS accept loop.
 //! - [`api`]: the axum router, the error mapping, authentication extractors, OpenAPI.
 //! - [`auth`]: OpenID Connect sign-in: validating the provider's JWT access tokens.
-//! - [`tls`]: the self-signed certificate and the HTTPS accept loop.
-//! - [`server`]: wiring it all together: [`server::run`].
+//! - [`service`]: [`service::ControlPlane`]: one file per aggregate or concern
+//!   (registrations, devices, API keys, organizations, sessions, authentication), each with its
+//!   commands and queries.
+//! - [`projections`]: the projector and the read models' documents (pure projection logic).
+//! - [`bus`]: the event bus seam (in-process; NATS JetStream in a fleet) and the publisher that
+//!   feeds it from the store.
+//! - [`domain`]: the [`domain::Aggregate`]s and the business rules that decide, pure.
+//! - [`store`]: the event-store and read-store seams, grouped by backend: `store/sqlite/`
+//!   (single machine), `store/mongo/` (fleet), `store/memory/` (tests), each holding both stores.
 //! - [`config`]: settings and defaults.
 
 pub mod api;

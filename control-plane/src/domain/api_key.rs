@@ -3,7 +3,7 @@
 use m87_events::domain::{ApiKeyCreated, ApiKeyRevoked};
 use m87_events::{DomainEvent, Email, KeyId};
 
-use super::{DomainError, Identity};
+use super::{Aggregate, DomainError, Identity};
 
 /// Longest key label accepted.
 pub const MAX_NAME_LEN: usize = 64;
@@ -17,23 +17,14 @@ pub struct ApiKey {
     pub revoked: bool,
 }
 
-impl ApiKey {
+impl Aggregate for ApiKey {
     /// Folds one event into the state.
-    pub fn apply(&mut self, event: &DomainEvent) {
+    fn apply(&mut self, event: &DomainEvent) {
         match event {
             DomainEvent::ApiKeyCreated(e) => self.created = Some(e.clone()),
             DomainEvent::ApiKeyRevoked(_) => self.revoked = true,
             _ => {}
         }
-    }
-
-    /// Folds a whole stream.
-    pub fn from_events<'a>(events: impl IntoIterator<Item = &'a DomainEvent>) -> Self {
-        let mut state = Self::default();
-        for e in events {
-            state.apply(e);
-        }
-        state
     }
 }
 

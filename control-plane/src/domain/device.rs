@@ -1,13 +1,10 @@
-//! An enrolled device: its credentials, who may reach it, and its removal.
+//! An enrolled device: its credentials (issued by the decision in `enrollment.rs`), who may
+//! reach it, and its removal.
 
-use m87_events::domain::{
-    AccessGranted, AccessRevoked, DeviceCredentialsIssued, DeviceEnrolled, DeviceRemoved,
-};
+use m87_events::domain::{AccessGranted, AccessRevoked, DeviceEnrolled, DeviceRemoved};
 use m87_events::{DomainEvent, KeyId, RequestId, Scope};
 
-use super::registration::Registration;
-use super::{DomainError, Identity};
-use m87_events::api::DeviceStatus;
+use super::{Aggregate, DomainError, Identity};
 
 /// The device aggregate, folded from its stream.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -22,9 +19,9 @@ pub struct Device {
     pub allowed_scopes: Vec<Scope>,
 }
 
-impl Device {
+impl Aggregate for Device {
     /// Folds one event into the state. Unrelated events are ignored.
-    pub fn apply(&mut self, event: &DomainEvent) {
+    fn apply(&mut self, event: &DomainEvent) {
         match event {
             DomainEvent::DeviceEnrolled(e) => {
                 // A new enrollment starts clean: no key, no shares.
@@ -44,16 +41,9 @@ impl Device {
             _ => {}
         }
     }
+}
 
-    /// Folds a whole stream.
-    pub fn from_events<'a>(events: impl IntoIterator<Item = &'a DomainEvent>) -> Self {
-        let mut state = Self::default();
-        for e in events {
-            state.apply(e);
-        }
-        state
-    }
-
+impl Device {
     /// Whether the device is part of the fleet now.
     pub fn is_enrolled(&self) -> bool {
         self.enrollment.is_some() && !self.removed
@@ -83,41 +73,6 @@ impl Device {
         }
         Ok(e)
     }
-}
-
-/// `IssueDeviceCredentials`: the first poll with the right claim secret after approval.
-/// `registration` must already have passed [`super::registration::check_claim`].
-pub fn decide_issue_credentials(
-    registration: &Registration,
-    device: &Device,
-    key_id: KeyId,
-    key_hash: String,
-) -> Result<DomainEvent, DomainError> {
-    let r = registration
-        .requested
-        .as_ref()
-        .ok_or(DomainError::NotFound("registration request"))?;
-    if registration.status != Some(DeviceStatus::Approved) {
-        return Err(DomainError::Validation(
-            "registration request is not approved".into(),
-        ));
-    }
-    match &device.enrollment {
-        Some(e) if e.request_id == r.request_id && !device.removed => {}
-        // Approved, but the enrollment it made was removed or replaced since.
-        _ => return Err(DomainError::AlreadyDecided(DeviceStatus::Removed)),
-    }
-    if matches!(device.credentials, Some((issued_for, _)) if issued_for == r.request_id) {
-        return Err(DomainError::CredentialsAlreadyIssued);
-    }
-    Ok(DomainEvent::DeviceCredentialsIssued(
-        DeviceCredentialsIssued {
-            device_id: r.device_id.clone(),
-            request_id: r.request_id,
-            key_id,
-            key_hash,
-        },
-    ))
 }
 
 /// `RemoveDevice`.
@@ -162,68 +117,27 @@ pub fn decide_revoke(
 
 #[cfg(test)]
 mod tests {
-    use chrono::{DateTime, Duration, Utc};
     use m87_events::SystemInfo;
+    use m87_events::domain::DeviceEnrolled;
 
     use super::*;
-    use crate::domain::registration::{RequestRegistration, decide_approve, decide_request};
     use crate::domain::test_support::{admin, user};
 
-    fn approved() -> (Registration, Device) {
-        let now = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
-        let cmd = RequestRegistration {
+    /// A device enrolled for alice, as an approval leaves it.
+    fn enrolled() -> Device {
+        let enrolled = DomainEvent::DeviceEnrolled(DeviceEnrolled {
             device_id: "dev-00000001".parse().unwrap(),
+            request_id: RequestId::new(),
             name: "robot-1".parse().unwrap(),
             owner_scope: "user:alice@example.com".parse().unwrap(),
             system_info: SystemInfo::default(),
-            claim_secret: "0123456789abcdef0123456789abcdef".into(),
-        };
-        let mut reg_events =
-            vec![decide_request(&cmd, RequestId::new(), now, Duration::minutes(60)).unwrap()];
-        let approval = decide_approve(
-            &Registration::from_events(&reg_events),
-            &Device::default(),
-            &user("alice@example.com"),
-            now,
-        )
-        .unwrap();
-        reg_events.push(approval.registration_event);
-        (
-            Registration::from_events(&reg_events),
-            Device::from_events([&approval.device_event]),
-        )
-    }
-
-    #[test]
-    fn credentials_are_issued_exactly_once() {
-        let (reg, mut device) = approved();
-        let event = decide_issue_credentials(&reg, &device, KeyId::new(), "hash".into()).unwrap();
-        device.apply(&event);
-        assert_eq!(
-            decide_issue_credentials(&reg, &device, KeyId::new(), "hash2".into()).unwrap_err(),
-            DomainError::CredentialsAlreadyIssued
-        );
-    }
-
-    #[test]
-    fn no_credentials_before_approval_or_after_removal() {
-        let (reg, device) = approved();
-        let pending = Registration {
-            status: Some(DeviceStatus::Pending),
-            ..reg.clone()
-        };
-        assert!(decide_issue_credentials(&pending, &device, KeyId::new(), "h".into()).is_err());
-        let mut removed = device.clone();
-        removed.apply(&decide_remove(&device, &user("alice@example.com")).unwrap());
-        assert_eq!(
-            decide_issue_credentials(&reg, &removed, KeyId::new(), "h".into()).unwrap_err(),
-            DomainError::AlreadyDecided(DeviceStatus::Removed)
-        );
+        });
+        Device::from_events([&enrolled])
     }
 
     #[test]
     fn removal_rules() {
-        let (_, device) = approved();
+        let device = enrolled();
         assert_eq!(
             decide_remove(&device, &user("bob@example.com")).unwrap_err(),
             DomainError::NotFound("device")
@@ -239,7 +153,7 @@ mod tests {
 
     #[test]
     fn shared_user_sees_but_cannot_administer() {
-        let (_, mut device) = approved();
+        let mut device = enrolled();
         let bob_scope: Scope = "user:bob@example.com".parse().unwrap();
         let grant = decide_grant(&device, &user("alice@example.com"), &bob_scope)
             .unwrap()

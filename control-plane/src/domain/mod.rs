@@ -4,15 +4,22 @@
 //! aggregates it touches by folding their streams with `apply`, asks a `decide_*` function, and
 //! appends what comes back. `apply` only changes state; all rules live in the decisions.
 //!
+//! # Layout
+//!
+//! - [`aggregate`]: the [`Aggregate`] trait: state folded from one stream's events.
 //! - [`registration`]: a device's request to join, from request to approval, rejection or expiry.
 //! - [`device`]: an enrolled device: credentials, access, removal.
+//! - [`enrollment`]: the decisions that read a registration and a device together (approval,
+//!   the one-time release of the device's key); above both, so neither imports the other.
 //! - [`api_key`]: user API keys.
 //! - [`identity`]: who is calling, and what they may see and administer.
 //! - [`session`]: remote sessions: opening (token grant) and closing.
 //! - [`org`]: organizations, members and roles.
 
+pub mod aggregate;
 pub mod api_key;
 pub mod device;
+pub mod enrollment;
 pub mod identity;
 pub mod org;
 pub mod registration;
@@ -20,6 +27,7 @@ pub mod session;
 
 use m87_events::api::DeviceStatus;
 
+pub use aggregate::Aggregate;
 pub use identity::{Identity, Principal};
 
 /// Why a command was refused. Each variant maps to one HTTP status in the REST layer.

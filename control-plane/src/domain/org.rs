@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use m87_events::domain::{MemberAdded, MemberRemoved, MemberRoleChanged, OrgCreated, OrgDeleted};
 use m87_events::{DomainEvent, Email, OrgId, Role, Scope};
 
-use super::{DomainError, Identity};
+use super::{Aggregate, DomainError, Identity};
 
 /// Longest organization name.
 pub const MAX_NAME_LEN: usize = 128;
@@ -21,9 +21,9 @@ pub struct Org {
     pub members: BTreeMap<Email, Role>,
 }
 
-impl Org {
+impl Aggregate for Org {
     /// Folds one event.
-    pub fn apply(&mut self, event: &DomainEvent) {
+    fn apply(&mut self, event: &DomainEvent) {
         match event {
             DomainEvent::OrgCreated(e) => self.created = Some(e.clone()),
             DomainEvent::OrgDeleted(_) => {
@@ -42,16 +42,9 @@ impl Org {
             _ => {}
         }
     }
+}
 
-    /// Folds a stream.
-    pub fn from_events<'a>(events: impl IntoIterator<Item = &'a DomainEvent>) -> Self {
-        let mut s = Self::default();
-        for e in events {
-            s.apply(e);
-        }
-        s
-    }
-
+impl Org {
     fn live(&self, caller: &Identity) -> Result<&OrgCreated, DomainError> {
         match &self.created {
             Some(c)

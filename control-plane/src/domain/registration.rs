@@ -1,19 +1,16 @@
 //! A device's request to join the fleet.
 //!
 //! Lifecycle: requested → approved | rejected | expired. Approval enrolls the device on its own
-//! stream (see [`super::device`]); the device's key is released later, once, to a poll that
-//! presents the claim secret.
+//! stream; the device's key is released later, once, to a poll that presents the claim secret.
+//! Those two decisions read the device too, so they live in `enrollment.rs`, above this module
+//! and the device's.
 
 use chrono::{DateTime, Duration, Utc};
 use m87_events::api::DeviceStatus;
-use m87_events::domain::{
-    DeviceEnrolled, RegistrationApproved, RegistrationExpired, RegistrationRejected,
-    RegistrationRequested,
-};
+use m87_events::domain::{RegistrationExpired, RegistrationRejected, RegistrationRequested};
 use m87_events::{DeviceId, DeviceName, DomainEvent, RequestId, Scope, SystemInfo};
 
-use super::device::Device;
-use super::{DomainError, Identity, digests_match, secret_digest};
+use super::{Aggregate, DomainError, Identity, digests_match, secret_digest};
 
 /// Shortest claim secret accepted.
 pub const MIN_CLAIM_SECRET_LEN: usize = 32;
@@ -44,9 +41,9 @@ pub struct RequestRegistration {
     pub claim_secret: String,
 }
 
-impl Registration {
+impl Aggregate for Registration {
     /// Folds one event into the state. Unrelated events are ignored.
-    pub fn apply(&mut self, event: &DomainEvent) {
+    fn apply(&mut self, event: &DomainEvent) {
         match event {
             DomainEvent::RegistrationRequested(e) => {
                 self.requested = Some(e.clone());
@@ -58,16 +55,9 @@ impl Registration {
             _ => {}
         }
     }
+}
 
-    /// Folds a whole stream.
-    pub fn from_events<'a>(events: impl IntoIterator<Item = &'a DomainEvent>) -> Self {
-        let mut state = Self::default();
-        for e in events {
-            state.apply(e);
-        }
-        state
-    }
-
+impl Registration {
     /// The status a reader should see at `now`: a pending request past its expiry is expired
     /// even before the expiry is recorded.
     pub fn effective_status(&self, now: DateTime<Utc>) -> Option<DeviceStatus> {
@@ -79,7 +69,7 @@ impl Registration {
         }
     }
 
-    fn visible_to<'a>(
+    pub(super) fn visible_to<'a>(
         &'a self,
         caller: &Identity,
     ) -> Result<&'a RegistrationRequested, DomainError> {
@@ -89,7 +79,7 @@ impl Registration {
         }
     }
 
-    fn pending_at(&self, now: DateTime<Utc>) -> Result<(), DomainError> {
+    pub(super) fn pending_at(&self, now: DateTime<Utc>) -> Result<(), DomainError> {
         match self.effective_status(now) {
             Some(DeviceStatus::Pending) => Ok(()),
             Some(DeviceStatus::Expired) => Err(DomainError::Expired),
@@ -124,57 +114,6 @@ pub fn decide_request(
         claim_secret_hash: secret_digest(&cmd.claim_secret),
         expires_at: now + ttl,
     }))
-}
-
-/// What an approval appends: one event on the request's stream, one on the device's.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Approval {
-    /// For the registration stream.
-    pub registration_event: DomainEvent,
-    /// For the device stream.
-    pub device_event: DomainEvent,
-}
-
-/// `ApproveRegistration`.
-pub fn decide_approve(
-    registration: &Registration,
-    device: &Device,
-    caller: &Identity,
-    now: DateTime<Utc>,
-) -> Result<Approval, DomainError> {
-    let r = registration.visible_to(caller)?;
-    if !caller.administers(&r.owner_scope) {
-        return Err(DomainError::Forbidden(format!(
-            "you do not administer {}, so you cannot approve its devices",
-            r.owner_scope
-        )));
-    }
-    registration.pending_at(now)?;
-    if device.is_enrolled() {
-        // Enrolled by this very request: a concurrent approval won (this one read the request
-        // before that approval was stored).
-        if device
-            .enrollment
-            .as_ref()
-            .is_some_and(|e| e.request_id == r.request_id)
-        {
-            return Err(DomainError::AlreadyDecided(DeviceStatus::Approved));
-        }
-        return Err(DomainError::DeviceAlreadyEnrolled(r.device_id.to_string()));
-    }
-    Ok(Approval {
-        registration_event: DomainEvent::RegistrationApproved(RegistrationApproved {
-            request_id: r.request_id,
-            device_id: r.device_id.clone(),
-        }),
-        device_event: DomainEvent::DeviceEnrolled(DeviceEnrolled {
-            device_id: r.device_id.clone(),
-            request_id: r.request_id,
-            name: r.name.clone(),
-            owner_scope: r.owner_scope.clone(),
-            system_info: r.system_info.clone(),
-        }),
-    })
 }
 
 /// `RejectRegistration`.
@@ -228,18 +167,18 @@ pub fn check_claim<'a>(
     Ok((status, r))
 }
 
+/// Fixtures for the tests of registration and enrollment decisions.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
-    use crate::domain::test_support::{admin, user};
 
-    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    pub(crate) const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
-    fn t0() -> DateTime<Utc> {
+    pub(crate) fn t0() -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000, 0).unwrap()
     }
 
-    fn request_cmd(owner: &str) -> RequestRegistration {
+    pub(crate) fn request_cmd(owner: &str) -> RequestRegistration {
         RequestRegistration {
             device_id: "dev-00000001".parse().unwrap(),
             name: "robot-1".parse().unwrap(),
@@ -250,11 +189,17 @@ mod tests {
     }
 
     /// Given no events, when a device requests registration, then RegistrationRequested.
-    fn requested(owner: &str) -> (RequestId, Vec<DomainEvent>) {
+    pub(crate) fn requested(owner: &str) -> (RequestId, Vec<DomainEvent>) {
         let id = RequestId::new();
         let e = decide_request(&request_cmd(owner), id, t0(), Duration::minutes(60)).unwrap();
         (id, vec![e])
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{SECRET, request_cmd, requested, t0};
+    use super::*;
 
     #[test]
     fn request_records_digest_and_expiry_never_the_secret() {
@@ -274,124 +219,6 @@ mod tests {
         cmd.claim_secret = "short".into();
         let err = decide_request(&cmd, RequestId::new(), t0(), Duration::minutes(60)).unwrap_err();
         assert!(matches!(err, DomainError::Validation(_)));
-    }
-
-    #[test]
-    fn owner_approves_and_device_is_enrolled() {
-        let (id, events) = requested("user:alice@example.com");
-        let reg = Registration::from_events(&events);
-        let approval =
-            decide_approve(&reg, &Device::default(), &user("alice@example.com"), t0()).unwrap();
-        assert_eq!(
-            approval.registration_event,
-            DomainEvent::RegistrationApproved(RegistrationApproved {
-                request_id: id,
-                device_id: "dev-00000001".parse().unwrap()
-            })
-        );
-        assert!(
-            matches!(approval.device_event, DomainEvent::DeviceEnrolled(ref d) if d.request_id == id)
-        );
-    }
-
-    #[test]
-    fn platform_admin_approves_any_scope() {
-        let (_, events) = requested("org:acme");
-        let reg = Registration::from_events(&events);
-        assert!(decide_approve(&reg, &Device::default(), &admin("root@example.com"), t0()).is_ok());
-    }
-
-    #[test]
-    fn stranger_gets_not_found_not_forbidden() {
-        let (_, events) = requested("user:alice@example.com");
-        let reg = Registration::from_events(&events);
-        let err =
-            decide_approve(&reg, &Device::default(), &user("bob@example.com"), t0()).unwrap_err();
-        assert_eq!(err, DomainError::NotFound("registration request"));
-        let err = decide_reject(&reg, &user("bob@example.com"), t0()).unwrap_err();
-        assert_eq!(err, DomainError::NotFound("registration request"));
-    }
-
-    #[test]
-    fn member_of_scope_who_does_not_administer_is_forbidden() {
-        let (_, events) = requested("org:acme");
-        let reg = Registration::from_events(&events);
-        let mut member = user("bob@example.com");
-        member.scopes.push("org:acme".parse().unwrap());
-        let err = decide_approve(&reg, &Device::default(), &member, t0()).unwrap_err();
-        assert!(matches!(err, DomainError::Forbidden(_)));
-    }
-
-    #[test]
-    fn approving_twice_is_refused() {
-        let (_, mut events) = requested("user:alice@example.com");
-        let alice = user("alice@example.com");
-        let approval = decide_approve(
-            &Registration::from_events(&events),
-            &Device::default(),
-            &alice,
-            t0(),
-        )
-        .unwrap();
-        events.push(approval.registration_event);
-        let reg = Registration::from_events(&events);
-        let err = decide_approve(&reg, &Device::default(), &alice, t0()).unwrap_err();
-        assert_eq!(err, DomainError::AlreadyDecided(DeviceStatus::Approved));
-        let err = decide_reject(&reg, &alice, t0()).unwrap_err();
-        assert_eq!(err, DomainError::AlreadyDecided(DeviceStatus::Approved));
-    }
-
-    #[test]
-    fn rejected_request_cannot_be_approved() {
-        let (_, mut events) = requested("user:alice@example.com");
-        let alice = user("alice@example.com");
-        events.push(decide_reject(&Registration::from_events(&events), &alice, t0()).unwrap());
-        let err = decide_approve(
-            &Registration::from_events(&events),
-            &Device::default(),
-            &alice,
-            t0(),
-        )
-        .unwrap_err();
-        assert_eq!(err, DomainError::AlreadyDecided(DeviceStatus::Rejected));
-    }
-
-    #[test]
-    fn expired_request_cannot_be_decided_and_expiry_is_recorded_once() {
-        let (_, mut events) = requested("user:alice@example.com");
-        let alice = user("alice@example.com");
-        let later = t0() + Duration::minutes(60);
-        let reg = Registration::from_events(&events);
-        assert_eq!(
-            decide_approve(&reg, &Device::default(), &alice, later).unwrap_err(),
-            DomainError::Expired
-        );
-        assert_eq!(
-            decide_reject(&reg, &alice, later).unwrap_err(),
-            DomainError::Expired
-        );
-        assert!(decide_expire(&reg, t0()).is_none(), "not yet expired");
-        events.push(decide_expire(&reg, later).unwrap());
-        let reg = Registration::from_events(&events);
-        assert!(decide_expire(&reg, later).is_none(), "expiry recorded once");
-        assert_eq!(
-            decide_approve(&reg, &Device::default(), &alice, later).unwrap_err(),
-            DomainError::Expired
-        );
-    }
-
-    #[test]
-    fn enrolled_device_cannot_be_approved_again() {
-        let (_, events) = requested("user:alice@example.com");
-        let alice = user("alice@example.com");
-        let reg = Registration::from_events(&events);
-        let first = decide_approve(&reg, &Device::default(), &alice, t0()).unwrap();
-        let device = Device::from_events([&first.device_event]);
-        // A second request from the same device while it is enrolled.
-        let (_, events2) = requested("user:alice@example.com");
-        let err = decide_approve(&Registration::from_events(&events2), &device, &alice, t0())
-            .unwrap_err();
-        assert!(matches!(err, DomainError::DeviceAlreadyEnrolled(_)));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use m87_events::{DeviceId, DomainEvent, SessionId};
 use serde_json::Value;
 
 use super::device::Device;
-use super::{DomainError, Identity};
+use super::{Aggregate, DomainError, Identity};
 
 /// Longest lifetime of a session token to start a session.
 pub const TOKEN_LIFETIME_SECS: i64 = 60;
@@ -23,23 +23,14 @@ pub struct Session {
     pub closed: bool,
 }
 
-impl Session {
+impl Aggregate for Session {
     /// Folds one event.
-    pub fn apply(&mut self, event: &DomainEvent) {
+    fn apply(&mut self, event: &DomainEvent) {
         match event {
             DomainEvent::SessionOpened(e) => self.opened = Some(e.clone()),
             DomainEvent::SessionClosed(_) => self.closed = true,
             _ => {}
         }
-    }
-
-    /// Folds a stream.
-    pub fn from_events<'a>(events: impl IntoIterator<Item = &'a DomainEvent>) -> Self {
-        let mut s = Self::default();
-        for e in events {
-            s.apply(e);
-        }
-        s
     }
 }
 

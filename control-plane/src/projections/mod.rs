@@ -1,17 +1,33 @@
 //! Projections: read models kept from the event log, each with its own checkpoint.
 //!
 //! The [`Projector`] applies events in global order to every projection whose checkpoint is
-//! behind, idempotently (see [`store::ReadStore::commit`]). It takes events from the bus when they
+//! behind, idempotently (see [`ReadStore::commit`]). It takes events from the bus when they
 //! arrive in order and reads them from the store otherwise (at start, after lagging, after a
 //! rebuild). A projection can be dropped and rebuilt from the log and comes back equal.
 //!
-//! - [`store`]: the read-store seam (SQLite, memory).
-//! - [`mongo`]: the MongoDB read store (fleet mode).
+//! Projections write only through the [`ReadStore`] trait; where the documents are kept is the
+//! business of each backend under [`crate::store`].
+//!
+//! # Layout
+//!
+//! - here: the [`Projector`].
 //! - [`models`]: the documents and the pure projection logic.
+//! - [`store`], [`mongo`]: the read store's earlier paths, kept as re-exports.
 
 pub mod models;
-pub mod mongo;
-pub mod store;
+
+/// The read-store seam and its single-machine and in-memory backends, re-exported from
+/// [`crate::store`] where they live.
+pub mod store {
+    pub use crate::store::memory::MemoryReadStore;
+    pub use crate::store::read::{Change, ReadStore};
+    pub use crate::store::sqlite::SqliteReadStore;
+}
+
+/// The MongoDB read store, re-exported from [`crate::store::mongo`] where it lives.
+pub mod mongo {
+    pub use crate::store::mongo::MongoReadStore;
+}
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,11 +36,10 @@ use m87_events::EventEnvelope;
 use tokio::sync::{Mutex, broadcast, watch};
 
 use crate::bus::EventBus;
-use crate::store::{EventStore, StoreError};
+use crate::store::{EventStore, ReadStore, StoreError};
 use models::{
     ApiKeysProjection, DevicesProjection, Docs, OrgsProjection, Projection, RegistrationsProjection,
 };
-use store::ReadStore;
 
 /// Every projection m87 keeps.
 pub fn all_projections() -> Vec<Arc<dyn Projection>> {

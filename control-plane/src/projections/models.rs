@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::store::Change;
+use crate::store::Change;
 
 /// Collection of [`RegistrationRow`]s, by request id.
 pub const REGISTRATIONS: &str = "registrations";

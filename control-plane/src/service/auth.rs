@@ -1,9 +1,11 @@
-//! API keys: how they are made, and how a presented key becomes an [`Identity`].
+//! Who is calling: how keys are made, how a presented key becomes an [`Identity`], a user's
+//! identity (scopes, roles, platform admin), and `whoami`.
 //!
 //! A key is a kind prefix (`m87u_` user, `m87d_` device) and 48 random hex characters. Only its
 //! SHA-256 digest is stored; authentication looks the digest up in the `api_keys` read model.
 
-use m87_events::{Email, KeyKind, Scope};
+use m87_events::api::WhoAmI;
+use m87_events::{DeviceId, Email, KeyKind, Scope};
 use rand::RngCore;
 
 use super::{ControlPlane, ServiceError};
@@ -116,6 +118,48 @@ impl ControlPlane {
             principal: Principal::User { email, key_id },
             memberships,
         })
+    }
+
+    /// Whether `email` is a platform admin.
+    pub fn is_platform_admin(&self, email: &Email) -> bool {
+        self.settings.admin_emails.contains(email)
+    }
+
+    /// The device behind a device key (relays authenticate tunnels with this).
+    pub async fn authenticate_device(&self, api_key: &str) -> Result<DeviceId, ServiceError> {
+        match self.authenticate(api_key).await?.principal {
+            Principal::Device { device_id } => Ok(device_id),
+            Principal::User { .. } => Err(ServiceError::Unauthenticated("not a device key")),
+        }
+    }
+
+    /// `GET /v1/whoami`.
+    pub fn whoami(&self, caller: &Identity) -> WhoAmI {
+        match &caller.principal {
+            Principal::User { email, .. } => WhoAmI {
+                kind: "user".into(),
+                email: Some(email.clone()),
+                device_id: None,
+                scopes: caller.scopes.clone(),
+                platform_admin: caller.platform_admin,
+                memberships: caller
+                    .memberships
+                    .iter()
+                    .map(|(org_id, role)| m87_events::api::Membership {
+                        org_id: org_id.clone(),
+                        role: *role,
+                    })
+                    .collect(),
+            },
+            Principal::Device { device_id } => WhoAmI {
+                kind: "device".into(),
+                email: None,
+                device_id: Some(device_id.clone()),
+                scopes: vec![],
+                platform_admin: false,
+                memberships: vec![],
+            },
+        }
     }
 }
 

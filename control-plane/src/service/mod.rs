@@ -1,29 +1,38 @@
 //! The application service: turns requests into commands, runs them against the aggregates and
 //! appends what they decide; answers queries from the read models.
 //!
-//! - [`commands`]: command handlers (load, decide, append with retry on conflict).
-//! - [`queries`]: reads from the projections, filtered by the caller's scopes.
-//! - [`auth`]: API keys: generation, and authentication against the read model.
+//! [`ControlPlane`]'s methods are grouped by aggregate or concern, one file each, holding its
+//! commands (load the aggregate, decide, append with retry on conflict) and its queries (read
+//! the projections, filtered by the caller's scopes).
+//!
+//! # Layout
+//!
+//! - here: [`ControlPlane`], [`ServiceError`], and running a command (`execute`: decide,
+//!   append, retry on conflict, wait for the read models).
+//! - [`registrations`]: registration requests: request, approve, reject, poll, expiry.
+//! - [`devices`]: enrolled devices: removal, access, and the device list.
+//! - [`api_keys`]: user API keys: create, revoke, the bootstrap admin key, list.
 //! - [`orgs`]: organizations and memberships.
 //! - [`sessions`]: session grants, session ends and refusals, device presence.
+//! - [`auth`]: key generation, and who is calling: authentication, identities, `whoami`.
 
+pub mod api_keys;
 pub mod auth;
-pub mod commands;
+pub mod devices;
 pub mod orgs;
-pub mod queries;
+pub mod registrations;
 pub mod sessions;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use m87_events::{EventEnvelope, Metadata};
+use m87_events::{DomainEvent, EventEnvelope, Metadata, StreamId};
 
 use crate::bus::Publisher;
 use crate::config::Settings;
 use crate::domain::DomainError;
 use crate::projections::Projector;
-use crate::projections::store::ReadStore;
-use crate::store::{EventStore, StoreError, StreamAppend};
+use crate::store::{EventStore, ReadStore, StoreError, StreamAppend};
 
 /// Why a service call failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +67,27 @@ impl From<StoreError> for ServiceError {
 const MAX_ATTEMPTS: usize = 5;
 /// How long a command waits for the read models to include its events before answering.
 const READ_YOUR_WRITES: Duration = Duration::from_secs(5);
+
+/// A batch of one event on one stream.
+fn one(stream_id: StreamId, expected_version: u64, event: DomainEvent) -> Vec<StreamAppend> {
+    vec![StreamAppend {
+        stream_id,
+        expected_version,
+        events: vec![event],
+    }]
+}
+
+fn parse_all<T: serde::de::DeserializeOwned>(docs: Vec<serde_json::Value>) -> Vec<T> {
+    docs.into_iter()
+        .filter_map(|d| match serde_json::from_value(d) {
+            Ok(row) => Some(row),
+            Err(e) => {
+                tracing::warn!(error = %e, "skipping an unreadable read-model document");
+                None
+            }
+        })
+        .collect()
+}
 
 /// The control plane's application service.
 #[derive(Clone)]

@@ -5,7 +5,7 @@ use m87_events::{DomainEvent, Email, Metadata, OrgId, Role, StreamId};
 
 use super::{ControlPlane, ServiceError};
 use crate::domain::org::{self, Org};
-use crate::domain::{DomainError, Identity};
+use crate::domain::{Aggregate, DomainError, Identity};
 use crate::projections::models::{ORGS, OrgRow};
 use crate::store::StreamAppend;
 

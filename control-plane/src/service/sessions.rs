@@ -11,12 +11,11 @@ use m87_events::domain::{DeviceConnected, DeviceDisconnected, SessionRefused};
 use m87_events::token::{SessionClaims, SessionSigner, SessionVerifier};
 use m87_events::{DeviceId, DomainEvent, Metadata, SessionId, StreamId};
 
-use super::{ControlPlane, ServiceError};
+use super::{ControlPlane, ServiceError, one};
 use crate::domain::device::Device;
 use crate::domain::session::{self, Session};
-use crate::domain::{DomainError, Identity, Principal};
+use crate::domain::{Aggregate, DomainError, Identity, Principal};
 use crate::projections::models::{DEVICES, DeviceRow};
-use crate::store::StreamAppend;
 
 /// Which device tunnels are connected now.
 pub trait PresenceView: Send + Sync {
@@ -67,14 +66,6 @@ impl SessionsConfig {
     pub fn ephemeral() -> Result<Self, m87_events::token::KeyError> {
         Ok(Self::new(SessionSigner::generate()?.0))
     }
-}
-
-fn one(stream_id: StreamId, expected_version: u64, event: DomainEvent) -> Vec<StreamAppend> {
-    vec![StreamAppend {
-        stream_id,
-        expected_version,
-        events: vec![event],
-    }]
 }
 
 /// Any one of `relays`, spread by the clock's nanoseconds (no need for a random generator).
@@ -325,14 +316,6 @@ impl ControlPlane {
                 identity.can_operate(&e.owner_scope, &device.allowed_scopes)
             }
             _ => false,
-        }
-    }
-
-    /// The device behind a device key (relays authenticate tunnels with this).
-    pub async fn authenticate_device(&self, api_key: &str) -> Result<DeviceId, ServiceError> {
-        match self.authenticate(api_key).await?.principal {
-            Principal::Device { device_id } => Ok(device_id),
-            Principal::User { .. } => Err(ServiceError::Unauthenticated("not a device key")),
         }
     }
 }

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use m87_events::{EventEnvelope, Metadata, StreamId};
 use serde_json::Value;
 
+use super::read::{Change, ReadStore};
 use super::{EventStore, StoreError, StreamAppend};
-use crate::projections::store::{Change, ReadStore};
 
 /// A store whose calls end after a time limit.
 #[derive(Debug, Clone)]

@@ -1,18 +1,31 @@
-//! The event store: the source of truth.
+//! Storage: the event store (the source of truth) and the read store (the projections' read
+//! models), each behind a trait, with one implementation per backend.
 //!
-//! Appends are atomic across the streams of one batch and use optimistic concurrency: each
+//! Event store appends are atomic across the streams of one batch and use optimistic concurrency: each
 //! stream's expected version must equal its current version, or nothing is written and
 //! [`StoreError::Conflict`] tells which stream moved. Every stored event gets a global position;
 //! readers see positions in order with no gaps.
 //!
+//! Storage is grouped by backend, not by role: each backend's folder holds its event store and
+//! its read store (the projections' documents and checkpoints), and the helpers they share.
+//!
+//! # Layout
+//!
+//! - here: the event store seam, [`EventStore`], and the envelope helpers every backend uses.
+//! - [`read`]: the read-store seam, [`ReadStore`], and the [`Change`]s projections write.
 //! - [`sqlite`]: the single-machine backend (bundled SQLite, WAL).
-//! - [`memory`]: the in-memory twin for fast tests.
 //! - [`mongo`]: the fleet backend (MongoDB replica set), shared by several control planes.
+//! - [`memory`]: the in-memory twin of both stores, for fast tests.
+//! - [`deadline`]: a time limit on every call to a store of either kind.
+//! - `conformance` (tests only): the suite every event store passes.
 
 pub mod deadline;
 pub mod memory;
 pub mod mongo;
+pub mod read;
 pub mod sqlite;
+
+pub use read::{Change, ReadStore};
 
 #[cfg(test)]
 pub(crate) mod conformance;

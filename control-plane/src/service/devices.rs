@@ -1,29 +1,16 @@
-//! Queries, answered from the read models and filtered by the caller's scopes: a device outside
-//! them does not exist for the caller.
+//! Enrolled devices: removal and access (commands), and the device list (queries), filtered by
+//! the caller's scopes: a device outside them does not exist for the caller.
 
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-use m87_events::api::{ApiKeySummary, DeviceStatus, DeviceSummary, WhoAmI};
-use m87_events::{DeviceId, KeyKind};
+use m87_events::api::{DeviceStatus, DeviceSummary};
+use m87_events::{DeviceId, Metadata, Scope, StreamId};
 
-use super::{ControlPlane, ServiceError};
-use crate::domain::{DomainError, Identity, Principal};
-use crate::projections::models::{
-    API_KEYS, ApiKeyRow, DEVICES, DeviceRow, REGISTRATIONS, RegistrationRow,
-};
-
-fn parse_all<T: serde::de::DeserializeOwned>(docs: Vec<serde_json::Value>) -> Vec<T> {
-    docs.into_iter()
-        .filter_map(|d| match serde_json::from_value(d) {
-            Ok(row) => Some(row),
-            Err(e) => {
-                tracing::warn!(error = %e, "skipping an unreadable read-model document");
-                None
-            }
-        })
-        .collect()
-}
+use super::{ControlPlane, ServiceError, one, parse_all};
+use crate::domain::device::{self, Device};
+use crate::domain::{Aggregate, DomainError, Identity, Principal};
+use crate::projections::models::{DEVICES, DeviceRow, REGISTRATIONS, RegistrationRow};
 
 fn from_device(
     d: DeviceRow,
@@ -72,6 +59,52 @@ fn from_registration(r: RegistrationRow, now: chrono::DateTime<Utc>) -> DeviceSu
 }
 
 impl ControlPlane {
+    pub(super) async fn load_device(&self, id: &DeviceId) -> Result<(Device, u64), ServiceError> {
+        let (events, version) = self.load(&StreamId::device(id)).await?;
+        Ok((Device::from_events(&events), version))
+    }
+
+    /// `DELETE /v1/devices/{id}`.
+    pub async fn remove_device(
+        &self,
+        caller: &Identity,
+        device_id: &DeviceId,
+        metadata: &Metadata,
+    ) -> Result<(), ServiceError> {
+        self.execute(metadata, || async move {
+            let (device, version) = self.load_device(device_id).await?;
+            let event = device::decide_remove(&device, caller)?;
+            Ok(((), one(StreamId::device(device_id), version, event)))
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `POST /v1/devices/{id}/access` (`grant`) and `DELETE /v1/devices/{id}/access/{scope}`.
+    pub async fn change_access(
+        &self,
+        caller: &Identity,
+        device_id: &DeviceId,
+        scope: &Scope,
+        grant: bool,
+        metadata: &Metadata,
+    ) -> Result<(), ServiceError> {
+        self.execute(metadata, || async move {
+            let (device, version) = self.load_device(device_id).await?;
+            let event = if grant {
+                device::decide_grant(&device, caller, scope)?
+            } else {
+                device::decide_revoke(&device, caller, scope)?
+            };
+            let batch = event
+                .map(|e| one(StreamId::device(device_id), version, e))
+                .unwrap_or_default();
+            Ok(((), batch))
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Every device and undecided request the caller can see: per device, its current
     /// enrollment (if any) and its newest request if that came later.
     pub async fn list_devices(
@@ -155,61 +188,5 @@ impl ControlPlane {
             .filter(|d| &d.id == device_id)
             .max_by_key(|d| (d.status == DeviceStatus::Approved, d.requested_at))
             .ok_or_else(|| DomainError::NotFound("device").into())
-    }
-
-    /// The caller's own user API keys; every user key for platform admins.
-    pub async fn list_api_keys(
-        &self,
-        caller: &Identity,
-    ) -> Result<Vec<ApiKeySummary>, ServiceError> {
-        let Some(email) = caller.email() else {
-            return Err(DomainError::Forbidden("devices cannot list api keys".into()).into());
-        };
-        let mut keys: Vec<ApiKeySummary> = parse_all::<ApiKeyRow>(self.read.list(API_KEYS).await?)
-            .into_iter()
-            .filter(|k| k.kind == KeyKind::User)
-            .filter(|k| caller.platform_admin || k.email.as_ref() == Some(email))
-            .filter_map(|k| {
-                Some(ApiKeySummary {
-                    id: k.key_id,
-                    email: k.email?,
-                    name: k.name,
-                    hint: k.hint,
-                    created_at: k.created_at,
-                    revoked_at: k.revoked_at,
-                })
-            })
-            .collect();
-        keys.sort_by_key(|k| k.created_at);
-        Ok(keys)
-    }
-
-    /// `GET /v1/whoami`.
-    pub fn whoami(&self, caller: &Identity) -> WhoAmI {
-        match &caller.principal {
-            Principal::User { email, .. } => WhoAmI {
-                kind: "user".into(),
-                email: Some(email.clone()),
-                device_id: None,
-                scopes: caller.scopes.clone(),
-                platform_admin: caller.platform_admin,
-                memberships: caller
-                    .memberships
-                    .iter()
-                    .map(|(org_id, role)| m87_events::api::Membership {
-                        org_id: org_id.clone(),
-                        role: *role,
-                    })
-                    .collect(),
-            },
-            Principal::Device { device_id } => WhoAmI {
-                kind: "device".into(),
-                email: None,
-                device_id: Some(device_id.clone()),
-                scopes: vec![],
-                platform_admin: false,
-                memberships: vec![],
-            },
-        }
     }
 }

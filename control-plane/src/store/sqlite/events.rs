@@ -11,43 +11,8 @@ use async_trait::async_trait;
 use m87_events::{EventEnvelope, Metadata, StreamId};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{EventStore, StoreError, StreamAppend, decode_envelope, envelopes_for};
-
-/// Opens (creating if needed) the database at `path` with m87's settings and brings its schema
-/// up to date.
-pub fn open_database(path: &Path) -> Result<Connection, StoreError> {
-    let unavailable = |e: rusqlite::Error| {
-        StoreError::Unavailable(format!("cannot open {}: {e}", path.display()))
-    };
-    let mut conn = Connection::open(path).map_err(unavailable)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(unavailable)?;
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
-    )
-    .map_err(unavailable)?;
-    m87_migrations::sqlite::migrate(&mut conn)
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    Ok(conn)
-}
-
-/// Runs blocking SQLite work off the async runtime.
-pub(crate) async fn blocking<T: Send + 'static>(
-    conn: &Arc<Mutex<Connection>>,
-    work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    let conn = Arc::clone(conn);
-    tokio::task::spawn_blocking(move || {
-        let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-        work(&mut guard)
-    })
-    .await
-    .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
-}
-
-pub(crate) fn unavailable(e: rusqlite::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
+use super::{blocking, open_database, unavailable};
+use crate::store::{EventStore, StoreError, StreamAppend, decode_envelope, envelopes_for};
 
 /// The SQLite event store.
 #[derive(Debug, Clone)]

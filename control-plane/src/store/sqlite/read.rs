@@ -1,10 +1,6 @@
-//! The read store: JSON documents in named collections, plus one checkpoint per projection.
-//!
-//! Projections write through [`ReadStore::commit`], which applies a batch of changes and moves
-//! the projection's checkpoint in one transaction, and does nothing when the checkpoint is
-//! already at or past the event: applying an event twice has the effect of applying it once.
+//! The SQLite read store: the read models' documents and the projections' checkpoints, in the
+//! same database file as the event log (its own connection).
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -12,51 +8,9 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
+use super::{blocking, open_database, unavailable};
 use crate::store::StoreError;
-use crate::store::sqlite::{blocking, open_database, unavailable};
-
-/// One change to a read model.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Change {
-    /// Insert or replace a document.
-    Put {
-        /// Its collection.
-        collection: &'static str,
-        /// Its id.
-        id: String,
-        /// Its content.
-        doc: Value,
-    },
-    /// Remove a document (no error if absent).
-    Delete {
-        /// Its collection.
-        collection: &'static str,
-        /// Its id.
-        id: String,
-    },
-}
-
-/// The read-store seam: SQLite on one machine, MongoDB in a fleet, memory in tests.
-#[async_trait]
-pub trait ReadStore: Send + Sync + 'static {
-    /// One document.
-    async fn get(&self, collection: &str, id: &str) -> Result<Option<Value>, StoreError>;
-    /// Every document of a collection, ordered by id.
-    async fn list(&self, collection: &str) -> Result<Vec<Value>, StoreError>;
-    /// The global position up to which `projection` has applied events (0: none).
-    async fn checkpoint(&self, projection: &str) -> Result<u64, StoreError>;
-    /// Applies `changes` and sets the checkpoint to `position`, atomically, unless the
-    /// checkpoint is already at or past `position`. Returns whether it applied them.
-    async fn commit(
-        &self,
-        projection: &str,
-        position: u64,
-        changes: Vec<Change>,
-    ) -> Result<bool, StoreError>;
-    /// Empties `collections` and resets the projection's checkpoint to 0, atomically.
-    async fn reset(&self, projection: &str, collections: &[&'static str])
-    -> Result<(), StoreError>;
-}
+use crate::store::read::{Change, ReadStore, parse_doc};
 
 /// The SQLite read store (same database file as the event log, its own connection).
 #[derive(Debug, Clone)]
@@ -71,14 +25,6 @@ impl SqliteReadStore {
             conn: Arc::new(Mutex::new(open_database(path)?)),
         })
     }
-}
-
-/// A read-model document stored as JSON text.
-pub(crate) fn parse_doc(text: &str) -> Result<Value, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
-        position: 0,
-        reason: format!("read model document: {e}"),
-    })
 }
 
 #[async_trait]
@@ -203,105 +149,5 @@ impl ReadStore for SqliteReadStore {
             tx.commit().map_err(unavailable)
         })
         .await
-    }
-}
-
-/// The in-memory read store, for fast tests.
-#[derive(Debug, Default)]
-pub struct MemoryReadStore {
-    inner: Mutex<MemoryInner>,
-}
-
-#[derive(Debug, Default)]
-struct MemoryInner {
-    docs: HashMap<String, BTreeMap<String, Value>>,
-    checkpoints: HashMap<String, u64>,
-}
-
-impl MemoryReadStore {
-    /// An empty read store.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryInner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-#[async_trait]
-impl ReadStore for MemoryReadStore {
-    async fn get(&self, collection: &str, id: &str) -> Result<Option<Value>, StoreError> {
-        Ok(self
-            .lock()
-            .docs
-            .get(collection)
-            .and_then(|c| c.get(id))
-            .cloned())
-    }
-
-    async fn list(&self, collection: &str) -> Result<Vec<Value>, StoreError> {
-        Ok(self
-            .lock()
-            .docs
-            .get(collection)
-            .map(|c| c.values().cloned().collect())
-            .unwrap_or_default())
-    }
-
-    async fn checkpoint(&self, projection: &str) -> Result<u64, StoreError> {
-        Ok(self
-            .lock()
-            .checkpoints
-            .get(projection)
-            .copied()
-            .unwrap_or(0))
-    }
-
-    async fn commit(
-        &self,
-        projection: &str,
-        position: u64,
-        changes: Vec<Change>,
-    ) -> Result<bool, StoreError> {
-        let mut inner = self.lock();
-        if inner.checkpoints.get(projection).copied().unwrap_or(0) >= position {
-            return Ok(false);
-        }
-        for change in changes {
-            match change {
-                Change::Put {
-                    collection,
-                    id,
-                    doc,
-                } => {
-                    inner
-                        .docs
-                        .entry(collection.to_owned())
-                        .or_default()
-                        .insert(id, doc);
-                }
-                Change::Delete { collection, id } => {
-                    if let Some(c) = inner.docs.get_mut(collection) {
-                        c.remove(&id);
-                    }
-                }
-            }
-        }
-        inner.checkpoints.insert(projection.to_owned(), position);
-        Ok(true)
-    }
-
-    async fn reset(
-        &self,
-        projection: &str,
-        collections: &[&'static str],
-    ) -> Result<(), StoreError> {
-        let mut inner = self.lock();
-        for c in collections {
-            inner.docs.remove(*c);
-        }
-        inner.checkpoints.remove(projection);
-        Ok(())
     }
 }

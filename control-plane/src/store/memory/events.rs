@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use m87_events::{EventEnvelope, Metadata, StreamId};
 
-use super::{EventStore, StoreError, StreamAppend, envelopes_for};
+use crate::store::{EventStore, StoreError, StreamAppend, envelopes_for};
 
 /// Keeps every event in a vector, behind a mutex.
 #[derive(Debug, Default)]

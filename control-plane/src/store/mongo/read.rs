@@ -16,9 +16,10 @@ use mongodb::bson::{Bson, Document, doc};
 use mongodb::{Client, ClientSession, Collection, Database};
 use serde_json::Value;
 
-use super::store::{Change, ReadStore};
+use super::transaction::{BodyError, Outcome, Transaction};
+use super::{collection, migrate, unavailable};
 use crate::store::StoreError;
-use crate::store::mongo::{BodyError, Outcome, Transaction, collection, migrate, unavailable};
+use crate::store::read::{Change, ReadStore};
 
 /// The MongoDB read store. Cheap to clone; clones share the client's connection pool.
 #[derive(Debug, Clone)]
@@ -121,7 +122,7 @@ fn parse_doc(doc: &Document) -> Result<Value, StoreError> {
         position: 0,
         reason: format!("read model document: {e}"),
     })?;
-    super::store::parse_doc(text)
+    crate::store::read::parse_doc(text)
 }
 
 #[async_trait]

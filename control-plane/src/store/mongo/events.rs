@@ -1,4 +1,4 @@
-//! The MongoDB event store (fleet mode): several control planes share one replica set.
+//! The MongoDB event store: one document per event, in a gap-free global order.
 //!
 //! # Layout
 //!
@@ -30,221 +30,19 @@
 //! aborts the transaction and is [`StoreError::Conflict`]; nothing is written. A server that
 //! cannot be reached is [`StoreError::Unavailable`].
 
-use std::time::{Duration, Instant};
-
 use async_trait::async_trait;
 use m87_events::{EventEnvelope, Metadata, StreamId};
 use m87_migrations::mongo::{
     COUNTERS_COLLECTION, DUPLICATE_KEY, EVENTS_COLLECTION, GLOBAL_POSITION_COUNTER, error_code,
-    is_unreachable,
 };
 use mongodb::bson::{Bson, Document, doc};
-use mongodb::error::{
-    Error as MongoError, ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT,
-};
-use mongodb::options::{
-    ClientOptions, CollectionOptions, ReadConcern, ReturnDocument, WriteConcern,
-};
+use mongodb::error::{Error as MongoError, ErrorKind};
+use mongodb::options::ReturnDocument;
 use mongodb::{Client, ClientSession, Collection, Database};
 
-use super::{EventStore, StoreError, StreamAppend, decode_envelope, envelopes_for};
-
-/// How long a transaction keeps retrying write conflicts before the store reports
-/// [`StoreError::Unavailable`].
-const RETRY_DEADLINE: Duration = Duration::from_secs(30);
-
-/// Connects to the MongoDB at `uri` and selects `database`. Nothing is sent yet: an unreachable
-/// server shows on the first operation, after the URI's `serverSelectionTimeoutMS` (5 s unless
-/// the URI says otherwise).
-pub async fn connect_database(uri: &str, database: &str) -> Result<Database, StoreError> {
-    let mut options = ClientOptions::parse(uri)
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("invalid MongoDB URI: {e}")))?;
-    if options.app_name.is_none() {
-        options.app_name = Some("m87-control-plane".to_owned());
-    }
-    // An unreachable database should answer 503 within seconds, not after the driver's 30 s
-    // default; a URI that sets these keeps its own.
-    if options.server_selection_timeout.is_none() {
-        options.server_selection_timeout = Some(Duration::from_secs(5));
-    }
-    if options.connect_timeout.is_none() {
-        options.connect_timeout = Some(Duration::from_secs(5));
-    }
-    let client = Client::with_options(options)
-        .map_err(|e| StoreError::Unavailable(format!("cannot set up the MongoDB client: {e}")))?;
-    Ok(client.database(database))
-}
-
-/// Brings the schema of `db` up to date (see [`m87_migrations::mongo`]); returns the versions
-/// applied now.
-pub async fn migrate(db: &Database) -> Result<Vec<u32>, StoreError> {
-    m87_migrations::mongo::migrate(db)
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("MongoDB schema migration: {e}")))
-}
-
-/// A collection handle with majority read and write concern.
-pub(crate) fn collection(db: &Database, name: &str) -> Collection<Document> {
-    db.collection_with_options(
-        name,
-        CollectionOptions::builder()
-            .read_concern(ReadConcern::majority())
-            .write_concern(WriteConcern::majority())
-            .build(),
-    )
-}
-
-/// Turns a driver error into [`StoreError::Unavailable`] that says what was being done.
-pub(crate) fn unavailable(what: &str, e: &MongoError) -> StoreError {
-    if is_unreachable(e) {
-        StoreError::Unavailable(format!("cannot reach MongoDB while {what}: {e}"))
-    } else {
-        StoreError::Unavailable(format!("MongoDB failed while {what}: {e}"))
-    }
-}
-
-/// What a transaction body decided.
-pub(crate) enum Outcome<T> {
-    /// Commit, then return the value.
-    Commit(T),
-    /// Abort (nothing to write), then return the value.
-    Abort(T),
-}
-
-/// Why a transaction body stopped early.
-pub(crate) enum BodyError {
-    /// A driver error: retried when transient, else reported as unavailable.
-    Mongo(MongoError),
-    /// A decision (such as a conflict): the transaction is aborted and this is returned.
-    Store(StoreError),
-}
-
-impl From<MongoError> for BodyError {
-    fn from(e: MongoError) -> Self {
-        Self::Mongo(e)
-    }
-}
-
-impl From<StoreError> for BodyError {
-    fn from(e: StoreError) -> Self {
-        Self::Store(e)
-    }
-}
-
-/// Jittered exponential backoff for the `attempt`th retry (from 1): up to 2 ms, 4 ms, … 128 ms.
-fn backoff(attempt: u32) -> Duration {
-    let cap = 2_u64 << attempt.clamp(1, 7).saturating_sub(1);
-    Duration::from_micros(rand::random_range(cap * 250..=cap * 1000))
-}
-
-/// One transaction with retries: [`Transaction::begin`] starts an attempt on a fresh session
-/// (snapshot reads, majority commit); the caller runs its body with that session and hands the
-/// result to [`Transaction::finish`], which commits or aborts as the body decided. Transient
-/// transaction errors (write conflicts) make `finish` return `None` after a jittered backoff, and
-/// the caller loops to begin again, for up to [`RETRY_DEADLINE`]; an unknown commit result retries
-/// the commit, which the server treats idempotently.
-pub(crate) struct Transaction<'a> {
-    client: &'a Client,
-    what: &'a str,
-    started: Instant,
-    attempt: u32,
-}
-
-impl<'a> Transaction<'a> {
-    /// A transaction on `client`; `what` names the work in error messages.
-    pub(crate) fn new(client: &'a Client, what: &'a str) -> Self {
-        Self {
-            client,
-            what,
-            started: Instant::now(),
-            attempt: 0,
-        }
-    }
-
-    /// Starts an attempt.
-    pub(crate) async fn begin(&mut self) -> Result<ClientSession, StoreError> {
-        self.attempt += 1;
-        let mut session = self
-            .client
-            .start_session()
-            .await
-            .map_err(|e| unavailable(self.what, &e))?;
-        session
-            .start_transaction()
-            .read_concern(ReadConcern::snapshot())
-            .write_concern(WriteConcern::majority())
-            .await
-            .map_err(|e| unavailable(self.what, &e))?;
-        Ok(session)
-    }
-
-    /// Ends an attempt: `Some` with the result, or `None` to try again.
-    pub(crate) async fn finish<T>(
-        &mut self,
-        mut session: ClientSession,
-        result: Result<Outcome<T>, BodyError>,
-    ) -> Result<Option<T>, StoreError> {
-        let failure = match result {
-            Ok(Outcome::Commit(value)) => match commit(&mut session).await {
-                Ok(()) => return Ok(Some(value)),
-                Err(e) => e,
-            },
-            Ok(Outcome::Abort(value)) => {
-                let _ = session.abort_transaction().await;
-                return Ok(Some(value));
-            }
-            Err(BodyError::Store(e)) => {
-                let _ = session.abort_transaction().await;
-                return Err(e);
-            }
-            Err(BodyError::Mongo(e)) => {
-                let _ = session.abort_transaction().await;
-                e
-            }
-        };
-        // No server to select means the driver already waited its server selection timeout
-        // (long enough for an election): retrying would only multiply that wait.
-        if !failure.contains_label(TRANSIENT_TRANSACTION_ERROR) || no_server(&failure) {
-            return Err(unavailable(self.what, &failure));
-        }
-        if self.started.elapsed() >= RETRY_DEADLINE {
-            return Err(StoreError::Unavailable(format!(
-                "MongoDB kept refusing the transaction while {} ({} attempts in {:?}): {failure}",
-                self.what,
-                self.attempt,
-                self.started.elapsed()
-            )));
-        }
-        tokio::time::sleep(backoff(self.attempt)).await;
-        Ok(None)
-    }
-}
-
-/// Whether server selection failed: no usable server within the selection timeout.
-fn no_server(e: &MongoError) -> bool {
-    matches!(
-        e.kind.as_ref(),
-        ErrorKind::ServerSelection { .. } | ErrorKind::Shutdown
-    )
-}
-
-async fn commit(session: &mut ClientSession) -> Result<(), MongoError> {
-    let mut tries = 0_u32;
-    loop {
-        match session.commit_transaction().await {
-            Err(e)
-                if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
-                    && !no_server(&e)
-                    && tries < 5 =>
-            {
-                tries += 1;
-                tokio::time::sleep(backoff(tries)).await;
-            }
-            other => return other,
-        }
-    }
-}
+use super::transaction::{BodyError, Outcome, Transaction};
+use super::{collection, connect_database, migrate, unavailable};
+use crate::store::{EventStore, StoreError, StreamAppend, decode_envelope, envelopes_for};
 
 /// The MongoDB event store. Cheap to clone; clones share the client's connection pool.
 #[derive(Debug, Clone)]

@@ -1,31 +1,15 @@
-//! Command handlers: load the aggregates a command touches, decide, append.
+//! Registration requests: a device asks to join, an administrator approves or rejects, the
+//! device polls for its key, and overdue requests expire.
 
 use chrono::Utc;
-use m87_events::api::{
-    CreateApiKeyRequest, CreatedApiKey, DeviceStatus, PollResponse, RegisterRequest,
-    RegisterResponse,
-};
-use m87_events::domain::ApiKeyCreated;
-use m87_events::{
-    DeviceId, DomainEvent, Email, KeyId, KeyKind, Metadata, RequestId, Scope, StreamId,
-};
+use m87_events::api::{DeviceStatus, PollResponse, RegisterRequest, RegisterResponse};
+use m87_events::{DeviceId, DomainEvent, KeyId, KeyKind, Metadata, RequestId, StreamId};
 
 use super::auth::generate_key;
-use super::{ControlPlane, ServiceError};
-use crate::domain::api_key::{self, ApiKey};
-use crate::domain::device::{self, Device};
+use super::{ControlPlane, ServiceError, one};
 use crate::domain::registration::{self, Registration, RequestRegistration};
-use crate::domain::{DomainError, Identity};
-use crate::projections::models::{API_KEYS, ApiKeyRow, REGISTRATIONS, RegistrationRow};
-use crate::store::StreamAppend;
-
-fn one(stream_id: StreamId, expected_version: u64, event: DomainEvent) -> Vec<StreamAppend> {
-    vec![StreamAppend {
-        stream_id,
-        expected_version,
-        events: vec![event],
-    }]
-}
+use crate::domain::{Aggregate, DomainError, Identity, enrollment};
+use crate::projections::models::{REGISTRATIONS, RegistrationRow};
 
 fn chrono_ttl(d: std::time::Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::hours(1))
@@ -68,14 +52,12 @@ impl ControlPlane {
         })
     }
 
-    async fn load_registration(&self, id: &RequestId) -> Result<(Registration, u64), ServiceError> {
+    pub(super) async fn load_registration(
+        &self,
+        id: &RequestId,
+    ) -> Result<(Registration, u64), ServiceError> {
         let (events, version) = self.load(&StreamId::registration(id)).await?;
         Ok((Registration::from_events(&events), version))
-    }
-
-    async fn load_device(&self, id: &DeviceId) -> Result<(Device, u64), ServiceError> {
-        let (events, version) = self.load(&StreamId::device(id)).await?;
-        Ok((Device::from_events(&events), version))
     }
 
     /// `POST /v1/registrations/{id}/approve`. Returns the enrolled device id.
@@ -94,7 +76,7 @@ impl ControlPlane {
                     .map(|r| r.device_id.clone())
                     .ok_or(DomainError::NotFound("registration request"))?;
                 let (device, device_version) = self.load_device(&device_id).await?;
-                let approval = registration::decide_approve(&reg, &device, caller, Utc::now())?;
+                let approval = enrollment::decide_approve(&reg, &device, caller, Utc::now())?;
                 let mut batch = one(
                     StreamId::registration(&request_id),
                     reg_version,
@@ -151,7 +133,8 @@ impl ControlPlane {
                 }
                 let (device, device_version) = self.load_device(&requested.device_id).await?;
                 let key = generate_key(KeyKind::Device);
-                match device::decide_issue_credentials(&reg, &device, KeyId::new(), key.digest) {
+                match enrollment::decide_issue_credentials(&reg, &device, KeyId::new(), key.digest)
+                {
                     Ok(event) => {
                         response.api_key = Some(key.secret);
                         let stream = StreamId::device(&requested.device_id);
@@ -166,136 +149,6 @@ impl ControlPlane {
             })
             .await?;
         Ok(response)
-    }
-
-    /// `DELETE /v1/devices/{id}`.
-    pub async fn remove_device(
-        &self,
-        caller: &Identity,
-        device_id: &DeviceId,
-        metadata: &Metadata,
-    ) -> Result<(), ServiceError> {
-        self.execute(metadata, || async move {
-            let (device, version) = self.load_device(device_id).await?;
-            let event = device::decide_remove(&device, caller)?;
-            Ok(((), one(StreamId::device(device_id), version, event)))
-        })
-        .await?;
-        Ok(())
-    }
-
-    /// `POST /v1/devices/{id}/access` (`grant`) and `DELETE /v1/devices/{id}/access/{scope}`.
-    pub async fn change_access(
-        &self,
-        caller: &Identity,
-        device_id: &DeviceId,
-        scope: &Scope,
-        grant: bool,
-        metadata: &Metadata,
-    ) -> Result<(), ServiceError> {
-        self.execute(metadata, || async move {
-            let (device, version) = self.load_device(device_id).await?;
-            let event = if grant {
-                device::decide_grant(&device, caller, scope)?
-            } else {
-                device::decide_revoke(&device, caller, scope)?
-            };
-            let batch = event
-                .map(|e| one(StreamId::device(device_id), version, e))
-                .unwrap_or_default();
-            Ok(((), batch))
-        })
-        .await?;
-        Ok(())
-    }
-
-    /// `POST /v1/api-keys`.
-    pub async fn create_api_key(
-        &self,
-        caller: &Identity,
-        req: CreateApiKeyRequest,
-        metadata: &Metadata,
-    ) -> Result<CreatedApiKey, ServiceError> {
-        let key = generate_key(KeyKind::User);
-        let key_id = KeyId::new();
-        let (event, stored) = self
-            .execute(metadata, || {
-                let (req, key) = (&req, &key);
-                async move {
-                    let event = api_key::decide_create(
-                        caller,
-                        req.email.as_ref(),
-                        req.name.as_deref(),
-                        key_id,
-                        key.digest.clone(),
-                        key.hint.clone(),
-                    )?;
-                    Ok((event.clone(), one(StreamId::api_key(&key_id), 0, event)))
-                }
-            })
-            .await?;
-        let DomainEvent::ApiKeyCreated(created) = event else {
-            return Err(ServiceError::Contention);
-        };
-        Ok(CreatedApiKey {
-            id: key_id,
-            key: key.secret,
-            email: created.email,
-            name: created.name,
-            created_at: stored
-                .first()
-                .map(|e| e.recorded_at)
-                .unwrap_or_else(Utc::now),
-        })
-    }
-
-    /// `DELETE /v1/api-keys/{id}`.
-    pub async fn revoke_api_key(
-        &self,
-        caller: &Identity,
-        key_id: KeyId,
-        metadata: &Metadata,
-    ) -> Result<(), ServiceError> {
-        self.execute(metadata, || async move {
-            let (events, version) = self.load(&StreamId::api_key(&key_id)).await?;
-            let event = api_key::decide_revoke(&ApiKey::from_events(&events), caller)?;
-            Ok(((), one(StreamId::api_key(&key_id), version, event)))
-        })
-        .await?;
-        Ok(())
-    }
-
-    /// Creates the platform admin's first key unless one was made before. Returns the key when
-    /// it made one.
-    pub async fn bootstrap_admin_key(&self) -> Result<Option<String>, ServiceError> {
-        let existing = self.read.list(API_KEYS).await?;
-        let already = existing
-            .into_iter()
-            .filter_map(|d| serde_json::from_value::<ApiKeyRow>(d).ok())
-            .any(|k| k.bootstrap);
-        if already {
-            return Ok(None);
-        }
-        let Some(email) = self.settings.admin_emails.first().cloned() else {
-            return Ok(None);
-        };
-        let key = generate_key(KeyKind::User);
-        let key_id = KeyId::new();
-        let event = DomainEvent::ApiKeyCreated(ApiKeyCreated {
-            key_id,
-            email,
-            name: "bootstrap admin key".into(),
-            key_hash: key.digest.clone(),
-            key_hint: key.hint.clone(),
-            bootstrap: true,
-        });
-        let metadata = Metadata::system("bootstrap");
-        self.execute(&metadata, || {
-            let event = event.clone();
-            async move { Ok(((), one(StreamId::api_key(&key_id), 0, event))) }
-        })
-        .await?;
-        Ok(Some(key.secret))
     }
 
     /// Records the expiry of every pending request past its lifetime. Returns how many.
@@ -325,10 +178,5 @@ impl ControlPlane {
             count += stored.len();
         }
         Ok(count)
-    }
-
-    /// Whether `email` is a platform admin.
-    pub fn is_platform_admin(&self, email: &Email) -> bool {
-        self.settings.admin_emails.contains(email)
     }
 }
