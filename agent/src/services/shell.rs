@@ -31,7 +31,7 @@ use tokio::time::{Instant, timeout};
 
 use super::exec::signal_group;
 use super::{BoxRead, BoxWrite, ChannelOutcome};
-use crate::frames::{FrameReader, write_frame};
+use m87_transport::frames::{FrameReader, write_frame};
 use account::{Account, term_name};
 
 /// Size of each read from the PTY (and so the largest data frame sent).

@@ -1,7 +1,7 @@
 //! `m87 devices list|show|approve|reject`.
 
 use anyhow::bail;
-use m87_agent::http::ApiClient;
+use m87_transport::http::ApiClient;
 use m87_events::api::{DecisionResponse, DeviceStatus, DeviceSummary};
 use m87_events::{DeviceId, RequestId};
 

@@ -13,8 +13,8 @@ pub mod sync;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use m87_agent::frames::FrameReader;
-use m87_agent::services::{BoxRead, BoxWrite};
+use m87_transport::frames::FrameReader;
+use m87_transport::stream::{BoxRead, BoxWrite};
 use m87_events::tunnel::Channel;
 use tokio::sync::mpsc;
 

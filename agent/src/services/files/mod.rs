@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use m87_events::tunnel::files::FileChannel;
 
 use super::{BoxRead, BoxWrite, ChannelOutcome};
-use crate::frames::FrameReader;
+use m87_transport::frames::FrameReader;
 
 pub use sync::{SyncParams, SyncReport, sync_destination, sync_source};
 pub use wire::{TransferError, Wire};

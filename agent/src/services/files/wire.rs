@@ -7,7 +7,7 @@ use m87_events::tunnel::Frame;
 use m87_events::tunnel::files::FileMsg;
 use tokio::io::AsyncWriteExt;
 
-use crate::frames::{FrameIoError, FrameReader, write_frame};
+use m87_transport::frames::{FrameIoError, FrameReader, write_frame};
 use crate::services::{BoxRead, BoxWrite};
 
 /// How long to wait for the peer's error message after our write failed.
