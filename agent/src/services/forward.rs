@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use m87_events::tunnel::{Control, Frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 
 use super::{BoxRead, BoxWrite, ChannelOutcome, ServiceContext};
@@ -238,7 +238,7 @@ mod tests {
 
     use super::*;
     use crate::services::DatagramPort;
-    use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
+    use tokio::io::{AsyncReadExt, DuplexStream, ReadHalf, WriteHalf};
     use tokio::net::TcpListener;
     use tokio::sync::mpsc;
 

@@ -132,7 +132,7 @@ pub struct SyncArgs {
 }
 
 fn print_report(
-    report: &m87_agent::services::files::SyncReport,
+    report: &m87_files::SyncReport,
     output: Output,
 ) -> anyhow::Result<()> {
     match output {
