@@ -19,7 +19,9 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use m87_transport::credentials::{CredentialsError, CredentialsFile, DeviceCredentials, write_private};
+use m87_transport::credentials::{
+    CredentialsError, CredentialsFile, DeviceCredentials, write_private,
+};
 use m87_transport::http::{ApiClient, ApiError};
 
 /// How the runtime is told to run.

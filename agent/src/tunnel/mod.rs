@@ -28,9 +28,9 @@ use m87_events::token::SessionVerifier;
 use m87_events::tunnel::{ALPN_TUNNEL, Control};
 use tokio::sync::watch;
 
+use crate::services::ServiceContext;
 use m87_transport::frames::{FrameReader, write_control};
 use m87_transport::http::{ApiClient, ApiError};
-use crate::services::ServiceContext;
 
 use datagrams::QuicDatagrams;
 use session::{TunnelState, handle_stream};

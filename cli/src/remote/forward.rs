@@ -24,9 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use m87_events::tunnel::Frame;
 use m87_transport::forward::{CONNECT_TIMEOUT, MAX_DATAGRAM, UDP_IDLE_TIMEOUT};
 use m87_transport::stream::splice;
-use m87_events::tunnel::Frame;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;

@@ -8,10 +8,10 @@ mod watch;
 
 use std::path::Path;
 
+use m87_events::tunnel::files::{FileChannel, FileMsg};
 use m87_files::sync::{check_source_root, prepare_destination_root};
 use m87_files::tree::Excludes;
 use m87_files::{SyncParams, TransferError, sync_destination, sync_source};
-use m87_events::tunnel::files::{FileChannel, FileMsg};
 
 use super::ChannelOpener;
 use super::cp::progress::Bar;
