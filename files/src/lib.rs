@@ -10,7 +10,7 @@
 //!
 //! - [`wire`]: frames of a files stream, counted (content bytes each way); [`TransferError`].
 //! - [`tree`]: walking local trees into manifest entries; exclude patterns ([`tree::Excludes`]).
-//! - [`write`]: writing safely: temporary file, fsync, metadata, rename; never through a
+//! - [`write`](mod@write): writing safely: temporary file, fsync, metadata, rename; never through a
 //!   symlink inside the tree; where a copy ends up (`cp` rules).
 //! - [`stream`]: sending and receiving tree streams (push and pull).
 //! - [`delta`]: the rsync-style delta algorithm (pure).
