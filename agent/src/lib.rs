@@ -1,22 +1,20 @@
-//! The m87 device runtime (the agent): registration, credentials, and staying enrolled. Later
-//! issues add the tunnel and the services behind each operation.
+//! The m87 device runtime (the agent): registration and staying enrolled, the tunnel to a relay
+//! with reconnect, and the services behind each operation. How it reaches the server and the
+//! relays (QUIC, frames, the REST client, the credentials file) comes from `m87-transport`.
 //!
 //! # Layout
 //!
-//! - [`credentials`]: the shared credentials file (`credentials.json`, 0600, atomic writes).
-//! - [`http`]: the REST client the runtime and the CLI share.
 //! - [`sysinfo`]: what the device tells about itself.
 //! - [`runtime`]: register, wait for approval, receive the key once, stay enrolled.
-//! - [`frames`]: tunnel frames over async byte streams.
 //! - [`services`]: what runs behind each channel (exec, shell, forward, files).
-//! - [`quic`]: QUIC client settings with relay certificate pinning.
 //! - [`tunnel`]: the device's tunnel to a relay and the sessions it serves.
+//! - [`credentials`], [`frames`], [`http`], [`quic`]: re-exports of the `m87-transport` modules
+//!   of the same names, for callers that still reach them through the agent (the server
+//!   crate); new code imports `m87_transport` directly.
 
-pub mod credentials;
-pub mod frames;
-pub mod http;
-pub mod quic;
 pub mod runtime;
 pub mod services;
 pub mod sysinfo;
 pub mod tunnel;
+
+pub use m87_transport::{credentials, frames, http, quic};

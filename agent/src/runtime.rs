@@ -5,7 +5,7 @@
 //! - `device.json`: the device id, generated once and kept (also across `runtime logout`);
 //! - `registration.json`: a pending request (id and claim secret), so a restarted runtime resumes
 //!   polling the same request instead of registering again;
-//! - `credentials.json`: the device key, in its `device` section (see [`crate::credentials`]).
+//! - `credentials.json`: the device key, in its `device` section (see [`m87_transport::credentials`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,8 +19,10 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::credentials::{CredentialsError, CredentialsFile, DeviceCredentials, write_private};
-use crate::http::{ApiClient, ApiError};
+use m87_transport::credentials::{
+    CredentialsError, CredentialsFile, DeviceCredentials, write_private,
+};
+use m87_transport::http::{ApiClient, ApiError};
 
 /// How the runtime is told to run.
 #[derive(Debug, Clone)]

@@ -12,8 +12,8 @@
 //! [`DEFAULT_API_URL`]; an OIDC session is only sent to the server it was made for.
 
 use anyhow::{Context, bail};
-use m87_agent::credentials::{CredentialsFile, OAuthCredentials};
-use m87_agent::http::{ApiClient, api_url_from_env, trust_invalid_cert_from_env};
+use m87_transport::credentials::{CredentialsFile, OAuthCredentials};
+use m87_transport::http::{ApiClient, api_url_from_env, trust_invalid_cert_from_env};
 
 use crate::auth::http::OidcHttp;
 use crate::auth::session::{self, Freshness};

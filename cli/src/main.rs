@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use m87_events::{DeviceName, Email, KeyId, OrgId, Role};
+use m87_transport::http::ApiError;
 use output::Output;
 
 /// Secure, outbound-only access to fleets of Linux devices.
@@ -340,7 +341,7 @@ async fn dispatch_local(command: Command, out: Output) -> anyhow::Result<()> {
 }
 
 fn hint(err: &anyhow::Error) -> Option<&'static str> {
-    match err.downcast_ref::<m87_agent::http::ApiError>()?.status()? {
+    match err.downcast_ref::<ApiError>()?.status()? {
         401 => Some("check M87_API_KEY, or run `m87 login --api-key KEY`"),
         _ => None,
     }

@@ -7,14 +7,14 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
-use m87_agent::frames::{FrameReader, write_control};
-use m87_agent::http::{ApiClient, trust_invalid_cert_from_env};
-use m87_agent::services::BoxRead;
 use m87_events::SessionId;
 use m87_events::api::{CreateSessionRequest, DeviceSummary, RelayEndpoint, SessionGrant};
 use m87_events::token::Operation;
 use m87_events::tunnel::datagram::{flow_datagram, split_flow_datagram};
 use m87_events::tunnel::{ALPN_SESSION, Channel, Control};
+use m87_transport::frames::{FrameReader, write_control};
+use m87_transport::http::{ApiClient, trust_invalid_cert_from_env};
+use m87_transport::stream::BoxRead;
 use tokio::sync::mpsc;
 
 use crate::remote::{ChannelOpener, OpenError, OpenedChannel};
@@ -197,7 +197,8 @@ async fn connect_any(
     let mut failures = Vec::new();
     for relay in relays {
         let pin = (!trust_any).then_some(relay.cert_sha256.as_str());
-        match m87_agent::quic::connect(&relay.address, &relay.server_name, ALPN_SESSION, pin).await
+        match m87_transport::quic::connect(&relay.address, &relay.server_name, ALPN_SESSION, pin)
+            .await
         {
             Ok(c) => return Ok(c),
             Err(e) => {

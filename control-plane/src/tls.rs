@@ -1,9 +1,7 @@
 //! TLS for the REST API: the operator's certificate, or a self-signed one kept in the data
 //! directory across restarts; and the HTTPS accept loop.
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +13,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
@@ -36,38 +33,9 @@ pub struct TlsMaterial {
     pub self_signed: bool,
 }
 
-/// SHA-256 of a DER certificate as `AB:CD:…`.
-pub fn fingerprint(der: &[u8]) -> String {
-    Sha256::digest(der)
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// Writes `contents` to `path` with mode 0600, atomically (temporary file, fsync, rename).
-pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
+/// The certificate fingerprint and private file writes, shared with the rest of m87.
+pub use m87_transport::private_file::write_private_file;
+pub use m87_transport::tls::fingerprint;
 
 /// Loads the operator's certificate and key, or the self-signed pair in `data_dir/tls`
 /// (creating it on first start).

@@ -10,7 +10,7 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 
 use super::{BoxRead, ChannelOutcome};
-use crate::frames::{FrameReader, write_frame};
+use m87_transport::frames::{FrameReader, write_frame};
 
 /// Size of each output read (and so the largest data frame sent).
 const CHUNK: usize = 64 * 1024;

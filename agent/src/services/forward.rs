@@ -37,64 +37,22 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use m87_events::tunnel::{Control, Frame};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 
 use super::{BoxRead, BoxWrite, ChannelOutcome, ServiceContext};
-use crate::frames::{FrameReader, write_control, write_frame};
+use m87_transport::forward::{
+    CONNECT_TIMEOUT, MAX_DATAGRAM, UDP_IDLE_TIMEOUT, bare_host, display_target,
+};
+use m87_transport::frames::{FrameReader, write_control, write_frame};
+use m87_transport::stream::splice;
 
-/// How long the device may take to connect to (or resolve) the target.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Size of each direction's buffer when splicing a TCP connection with a channel.
-pub const SPLICE_BUFFER: usize = 128 * 1024;
-/// Largest UDP payload relayed; larger datagrams are dropped.
-pub const MAX_DATAGRAM: usize = 65_507;
-/// A UDP flow without a datagram either way for this long is closed.
-pub const UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// The refusal code of a UDP forward whose target cannot be reached.
 pub const UNREACHABLE: &str = "unreachable";
 
 /// Consecutive socket errors after which a UDP flow gives up (errors from ICMP replies come one
 /// per datagram; an endless series means the socket is broken).
 const MAX_UDP_ERRORS: u32 = 64;
-
-/// `host:port` as a user writes it (IPv6 addresses in brackets).
-pub fn display_target(host: &str, port: u16) -> String {
-    let host = bare_host(host);
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
-}
-
-/// The host without IPv6 brackets, if a client sent them.
-fn bare_host(host: &str) -> &str {
-    host.strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host)
-}
-
-/// Splices a byte stream with a channel that has switched to raw bytes: what `reader` already
-/// buffered goes first, then both directions are copied with [`SPLICE_BUFFER`]-sized buffers,
-/// passing a half-close from either side on to the other. Returns the bytes copied from
-/// `stream` to the channel and from the channel to `stream`.
-pub async fn splice<S>(
-    stream: &mut S,
-    reader: FrameReader<BoxRead>,
-    writer: BoxWrite,
-) -> io::Result<(u64, u64)>
-where
-    S: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
-    let (inner, buffered) = reader.into_parts();
-    // Copy the leftover out so the reader's large buffer is freed.
-    let leftover = io::Cursor::new(Bytes::copy_from_slice(&buffered));
-    drop(buffered);
-    let mut channel = tokio::io::join(leftover.chain(inner), writer);
-    tokio::io::copy_bidirectional_with_sizes(stream, &mut channel, SPLICE_BUFFER, SPLICE_BUFFER)
-        .await
-}
 
 async fn connect_tcp(host: &str, port: u16) -> Result<TcpStream, String> {
     match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((bare_host(host), port))).await {
@@ -280,7 +238,7 @@ mod tests {
 
     use super::*;
     use crate::services::DatagramPort;
-    use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
+    use tokio::io::{AsyncReadExt, DuplexStream, ReadHalf, WriteHalf};
     use tokio::net::TcpListener;
     use tokio::sync::mpsc;
 
@@ -383,13 +341,6 @@ mod tests {
         );
         assert_eq!(reader.next().await.unwrap(), None);
         assert_eq!(task.await.unwrap().error, Some(message));
-    }
-
-    #[tokio::test]
-    async fn ipv6_targets_are_shown_in_brackets() {
-        assert_eq!(display_target("::1", 80), "[::1]:80");
-        assert_eq!(display_target("[::1]", 80), "[::1]:80");
-        assert_eq!(display_target("db.local", 5432), "db.local:5432");
     }
 
     /// Flows in memory: the test plays the tunnel.

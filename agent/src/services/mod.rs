@@ -16,15 +16,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use m87_events::tunnel::{Channel, ExitStatus};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
-use crate::frames::FrameReader;
+use m87_transport::frames::FrameReader;
 
-/// A boxed receive side.
-pub type BoxRead = Box<dyn AsyncRead + Unpin + Send>;
-/// A boxed send side.
-pub type BoxWrite = Box<dyn AsyncWrite + Unpin + Send>;
+pub use m87_transport::stream::{BoxRead, BoxWrite};
 
 /// How a channel ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -31,8 +31,8 @@ use tokio::time::{Instant, timeout};
 
 use super::exec::signal_group;
 use super::{BoxRead, BoxWrite, ChannelOutcome};
-use crate::frames::{FrameReader, write_frame};
 use account::{Account, term_name};
+use m87_transport::frames::{FrameReader, write_frame};
 
 /// Size of each read from the PTY (and so the largest data frame sent).
 const CHUNK: usize = 64 * 1024;

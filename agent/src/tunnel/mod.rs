@@ -28,9 +28,9 @@ use m87_events::token::SessionVerifier;
 use m87_events::tunnel::{ALPN_TUNNEL, Control};
 use tokio::sync::watch;
 
-use crate::frames::{FrameReader, write_control};
-use crate::http::{ApiClient, ApiError};
 use crate::services::ServiceContext;
+use m87_transport::frames::{FrameReader, write_control};
+use m87_transport::http::{ApiClient, ApiError};
 
 use datagrams::QuicDatagrams;
 use session::{TunnelState, handle_stream};
@@ -139,7 +139,7 @@ async fn connect_once(
     *last_relay = Some(relay.address.clone());
     let pin = (!trust_any_cert).then_some(relay.cert_sha256.as_str());
     let (endpoint, conn) =
-        crate::quic::connect(&relay.address, &relay.server_name, ALPN_TUNNEL, pin)
+        m87_transport::quic::connect(&relay.address, &relay.server_name, ALPN_TUNNEL, pin)
             .await
             .map_err(|e| Failure::Retry(e.to_string()))?;
     let (mut send, recv) = conn

@@ -14,9 +14,9 @@ use m87_events::tunnel::{Channel, Control, ExitStatus};
 use m87_events::{DeviceId, SessionId};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::frames::{FrameReader, write_control, write_refusal};
-use crate::http::ApiClient;
 use crate::services::{self, BoxRead, BoxWrite, ServiceContext};
+use m87_transport::frames::{FrameReader, write_control, write_refusal};
+use m87_transport::http::ApiClient;
 
 use super::io::{Counting, LeftoverThen};
 

@@ -39,7 +39,7 @@ impl OidcHttp {
     /// certificate, as for the m87 server.
     pub fn new(trust_invalid_cert: bool) -> anyhow::Result<Self> {
         // m87 uses ring everywhere; whoever installs it first wins, the others are no-ops.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        m87_transport::tls::install_ring_provider();
         let client = reqwest::Client::builder()
             // The provider's answers must not send the client elsewhere (SSRF); OAuth endpoints
             // answer directly.

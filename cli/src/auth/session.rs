@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use m87_agent::credentials::{CredentialsError, CredentialsFile, OAuthCredentials};
+use m87_transport::credentials::{CredentialsError, CredentialsFile, OAuthCredentials};
 
 use super::http::OidcHttp;
 use super::oidc::{self, RefreshError};

@@ -1,9 +1,9 @@
 //! `m87 devices list|show|approve|reject`.
 
 use anyhow::bail;
-use m87_agent::http::ApiClient;
 use m87_events::api::{DecisionResponse, DeviceStatus, DeviceSummary};
 use m87_events::{DeviceId, RequestId};
+use m87_transport::http::ApiClient;
 
 use crate::context::user_client;
 use crate::output::{Output, print_json, print_table, when};

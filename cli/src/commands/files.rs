@@ -131,10 +131,7 @@ pub struct SyncArgs {
     pub watch: bool,
 }
 
-fn print_report(
-    report: &m87_agent::services::files::SyncReport,
-    output: Output,
-) -> anyhow::Result<()> {
+fn print_report(report: &m87_files::SyncReport, output: Output) -> anyhow::Result<()> {
     match output {
         Output::Json => print_json(report),
         Output::Table => {

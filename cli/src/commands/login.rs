@@ -4,9 +4,9 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use m87_agent::credentials::{CredentialsFile, OAuthCredentials, UserCredentials};
-use m87_agent::http::{ApiClient, api_url_from_env, trust_invalid_cert_from_env};
 use m87_events::api::{AuthConfig, WhoAmI};
+use m87_transport::credentials::{CredentialsFile, OAuthCredentials, UserCredentials};
+use m87_transport::http::{ApiClient, api_url_from_env, trust_invalid_cert_from_env};
 use serde::Serialize;
 
 use crate::auth::http::OidcHttp;

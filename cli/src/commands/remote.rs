@@ -75,7 +75,7 @@ enum AccessOp {
 }
 
 async fn access(
-    client: &m87_agent::http::ApiClient,
+    client: &m87_transport::http::ApiClient,
     device: &str,
     op: AccessOp,
     output: crate::output::Output,

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use m87_agent::http::{api_url_from_env, trust_invalid_cert_from_env};
 use m87_agent::runtime::{RunOptions, RuntimeState};
 use m87_events::{DeviceName, Email, OrgId, Scope};
+use m87_transport::http::{api_url_from_env, trust_invalid_cert_from_env};
 use tokio::sync::watch;
 
 use crate::context::{DEFAULT_API_URL, credentials_file};

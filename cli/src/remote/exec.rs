@@ -7,7 +7,7 @@ use m87_events::tunnel::{Channel, ExitStatus, Frame};
 use tokio::io::AsyncReadExt;
 
 use super::{ChannelOpener, OpenedChannel};
-use m87_agent::frames::write_frame;
+use m87_transport::frames::write_frame;
 
 /// What the process ended with, as this CLI's exit code: the code, or 128 + signal.
 pub fn exit_code(status: ExitStatus) -> i32 {

@@ -2,8 +2,8 @@
 //!
 //! Every local listener is bound first; then each accepted TCP connection opens its own
 //! `Channel::Forward` channel, and each local UDP source address gets its own
-//! `Channel::UdpForward` flow. The wire protocol of both is described in
-//! [`m87_agent::services::forward`]:
+//! `Channel::UdpForward` flow. The wire protocol of both is described with the device's side
+//! (`agent/src/services/forward.rs`):
 //!
 //! - TCP: after `ChannelAccepted`, the device sends one status frame — `Eof` (connected, raw
 //!   bytes follow both ways) or `Error(message)` (the connection failed) — then the stream
@@ -24,8 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use m87_agent::services::forward::{CONNECT_TIMEOUT, MAX_DATAGRAM, UDP_IDLE_TIMEOUT, splice};
 use m87_events::tunnel::Frame;
+use m87_transport::forward::{CONNECT_TIMEOUT, MAX_DATAGRAM, UDP_IDLE_TIMEOUT};
+use m87_transport::stream::splice;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;

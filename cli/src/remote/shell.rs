@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use bytes::Bytes;
-use m87_agent::frames::write_frame;
 use m87_events::tunnel::{Channel, ExitStatus, Frame, Tty};
+use m87_transport::frames::write_frame;
 use rustix::termios::{OptionalActions, Termios};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::signal::unix::{SignalKind, signal};

@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use m87_agent::frames::{FrameReader, write_control};
-use m87_agent::services::{BoxRead, BoxWrite, DatagramPort, ServiceContext, serve};
+use m87_agent::services::{DatagramPort, ServiceContext, serve};
 use m87_events::tunnel::{Channel, Control};
+use m87_transport::frames::{FrameReader, write_control};
+use m87_transport::stream::{BoxRead, BoxWrite};
 use tokio::sync::mpsc;
 
 use super::{ChannelOpener, OpenError, OpenedChannel};

@@ -1,56 +1,23 @@
-//! File copy and sync: the device side of a `Channel::Files` stream, and the pieces the CLI
-//! reuses for its side (the protocol is symmetric: whichever side receives files uses the same
-//! safe writer, whichever sends uses the same tree walker).
+//! File copy and sync: the device side of a `Channel::Files` stream. The transfer engine it
+//! runs (the same as the CLI's) is the `m87-files` crate.
 //!
 //! The frame sequences are documented in [`m87_events::tunnel::files`].
 //!
-//! - [`wire`]: frames of a files stream, counted (content bytes each way).
-//! - [`tree`]: walking local trees into manifest entries; exclude patterns.
-//! - [`write`]: writing safely: temporary file, fsync, metadata, rename; never through a
-//!   symlink inside the tree; where a copy ends up (`cp` rules).
-//! - [`stream`]: sending and receiving tree streams (push and pull).
-//! - [`delta`]: the rsync-style delta algorithm (pure).
-//! - [`sync`]: the two roles of a sync (source and destination).
 //! - `push`, `pull`: the device's side of `cp`.
-
-pub mod delta;
-mod pull;
-mod push;
-pub mod stream;
-pub mod sync;
-mod sync_dest;
-mod sync_source;
-pub mod tree;
-pub mod wire;
-pub mod write;
+//! - `sync`: the device's side of a sync (it takes the role the client did not).
 
 use std::path::PathBuf;
 
 use m87_events::tunnel::files::FileChannel;
 
 use super::{BoxRead, BoxWrite, ChannelOutcome};
-use crate::frames::FrameReader;
+use m87_transport::frames::FrameReader;
 
-pub use sync::{SyncParams, SyncReport, sync_destination, sync_source};
-pub use wire::{TransferError, Wire};
+use m87_files::{SyncParams, TransferError, Wire};
 
-/// Reports transfer progress (the CLI draws a bar; the agent ignores it).
-pub trait Progress: Send + Sync {
-    /// The transfer will move about `total` content bytes.
-    fn begin(&self, total: u64) {
-        let _ = total;
-    }
-    /// `bytes` more content bytes were moved (or found already in place, for deltas).
-    fn advance(&self, bytes: u64) {
-        let _ = bytes;
-    }
-}
-
-/// Progress that goes nowhere.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoProgress;
-
-impl Progress for NoProgress {}
+mod pull;
+mod push;
+mod sync;
 
 /// Serves a files channel: push, pull or sync (see [`m87_events::tunnel::files`]).
 pub async fn serve(

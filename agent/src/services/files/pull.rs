@@ -2,9 +2,11 @@
 
 use m87_events::tunnel::files::FileMsg;
 
-use super::stream::send_tree;
-use super::tree::source_tree;
-use super::{NoProgress, TransferError, Wire, resolve_device_path};
+use m87_files::stream::send_tree;
+use m87_files::tree::source_tree;
+use m87_files::{NoProgress, TransferError, Wire};
+
+use super::resolve_device_path;
 
 /// Serves a pull: `Ready`, `Tree`, the tree stream.
 pub(super) async fn serve(

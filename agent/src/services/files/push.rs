@@ -2,9 +2,11 @@
 
 use m87_events::tunnel::files::{EntryKind, FileMsg, validate_name};
 
-use super::stream::receive_tree;
-use super::write::resolve_destination;
-use super::{NoProgress, TransferError, Wire, resolve_device_path};
+use m87_files::stream::receive_tree;
+use m87_files::write::resolve_destination;
+use m87_files::{NoProgress, TransferError, Wire};
+
+use super::resolve_device_path;
 
 /// Receives a push: `Tree`, answers `Ready`, receives the tree stream, answers `Done`.
 pub(super) async fn serve(

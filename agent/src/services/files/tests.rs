@@ -8,7 +8,7 @@ use m87_events::tunnel::Frame;
 use m87_events::tunnel::files::{Entry, EntryKind, FileChannel, FileMsg, Mtime};
 
 use super::*;
-use crate::frames::write_frame;
+use m87_transport::frames::write_frame;
 
 /// Starts the service; returns the client's ends and the service's task.
 fn start(op: FileChannel) -> (Wire, tokio::task::JoinHandle<ChannelOutcome>) {

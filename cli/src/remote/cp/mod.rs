@@ -8,12 +8,12 @@ pub mod progress;
 
 use std::path::Path;
 
-use m87_agent::services::files::stream::{receive_tree, send_tree};
-use m87_agent::services::files::tree::source_tree;
-use m87_agent::services::files::write::resolve_destination;
-use m87_agent::services::files::{TransferError, Wire};
 use m87_events::tunnel::Channel;
 use m87_events::tunnel::files::{EntryKind, FileChannel, FileMsg, validate_name};
+use m87_files::stream::{receive_tree, send_tree};
+use m87_files::tree::source_tree;
+use m87_files::write::resolve_destination;
+use m87_files::{TransferError, Wire};
 
 use super::{ChannelOpener, OpenedChannel};
 use progress::Bar;

@@ -1,7 +1,7 @@
 //! The progress bar of `m87 cp` and `m87 sync`: bytes, rate and ETA on standard error.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use m87_agent::services::files::Progress;
+use m87_files::Progress;
 
 const TEMPLATE: &str = "{msg} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}";
 

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use m87_agent::frames::{FrameReader, write_control, write_frame};
-use m87_agent::services::{BoxRead, BoxWrite};
 use m87_events::tunnel::files::{Entry, EntryKind, Mtime};
 use m87_events::tunnel::{Channel, Control, Frame};
+use m87_transport::frames::{FrameReader, write_control, write_frame};
+use m87_transport::stream::{BoxRead, BoxWrite};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 

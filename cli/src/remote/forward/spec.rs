@@ -62,7 +62,7 @@ impl ForwardSpec {
 
     /// `host:port` of the device's end (IPv6 in brackets).
     pub fn remote_target(&self) -> String {
-        m87_agent::services::forward::display_target(&self.remote_host, self.remote_port)
+        m87_transport::forward::display_target(&self.remote_host, self.remote_port)
     }
 
     /// The channel that opens one connection (TCP) or one flow (UDP) of this forward.

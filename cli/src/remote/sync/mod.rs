@@ -8,16 +8,16 @@ mod watch;
 
 use std::path::Path;
 
-use m87_agent::services::files::sync::{check_source_root, prepare_destination_root};
-use m87_agent::services::files::tree::Excludes;
-use m87_agent::services::files::{SyncParams, TransferError, sync_destination, sync_source};
 use m87_events::tunnel::files::{FileChannel, FileMsg};
+use m87_files::sync::{check_source_root, prepare_destination_root};
+use m87_files::tree::Excludes;
+use m87_files::{SyncParams, TransferError, sync_destination, sync_source};
 
 use super::ChannelOpener;
 use super::cp::progress::Bar;
 use super::cp::{open_files, user_error};
 
-pub use m87_agent::services::files::SyncReport;
+pub use m87_files::SyncReport;
 pub use watch::watch;
 
 /// How to sync.

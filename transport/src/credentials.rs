@@ -6,13 +6,14 @@
 //! (temporary file, fsync, rename), so a crash never leaves a torn file. Sections this build does
 //! not know are kept as they are.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use m87_events::DeviceId;
 use serde::{Deserialize, Serialize};
+
+use crate::private_file::write_private_file;
 
 /// Why the credentials file could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -222,7 +223,8 @@ impl CredentialsFile {
     }
 }
 
-/// Makes `dir` (0700) and writes `contents` to `path` (0600) atomically.
+/// Makes `dir` (0700) and writes `contents` to `path` (0600) atomically (see
+/// [`crate::private_file`]).
 pub fn write_private(dir: &Path, path: &Path, contents: &[u8]) -> Result<(), CredentialsError> {
     let io = |action, source| CredentialsError::Io {
         action,
@@ -232,31 +234,7 @@ pub fn write_private(dir: &Path, path: &Path, contents: &[u8]) -> Result<(), Cre
     std::fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| io("restricting the directory of", e))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            d.sync_all()?;
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(|e| io("writing", e))
+    write_private_file(path, contents).map_err(|e| io("writing", e))
 }
 
 #[cfg(test)]

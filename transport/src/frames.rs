@@ -1,6 +1,11 @@
-//! Frames over async byte streams (QUIC streams, or `tokio::io::duplex` in tests).
+//! Frames over async byte streams (QUIC streams, or `tokio::io::duplex` in tests): a buffering
+//! [`FrameReader`], writers for frames, control messages and refusals, and [`read_header`],
+//! which reads exactly one control frame within a time limit (a relay reading a stream's first
+//! frame before it decides where the stream goes).
 
-use bytes::BytesMut;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
 use m87_events::tunnel::{Control, Frame, frame::DecodeError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -99,6 +104,64 @@ pub async fn write_refusal<W: AsyncWrite + Unpin>(
     .await
 }
 
+/// Why a stream's first frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HeaderError {
+    /// Not within the time limit.
+    #[error("timed out waiting for the stream header")]
+    Timeout,
+    /// The stream ended first.
+    #[error("stream ended before its header")]
+    Ended,
+    /// The bytes are not a valid control frame.
+    #[error("invalid stream header: {0}")]
+    Invalid(String),
+    /// The stream failed.
+    #[error("stream error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn ended_or_io(e: std::io::Error) -> HeaderError {
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => HeaderError::Ended,
+        _ => HeaderError::Io(e),
+    }
+}
+
+/// Reads exactly one control frame (no byte beyond it) within `limit`. Returns the message and
+/// its raw encoding (to forward as is). The frame header alone tells the payload length, so an
+/// oversized frame is refused before its payload is read.
+pub async fn read_header<R: AsyncRead + Unpin>(
+    recv: &mut R,
+    limit: Duration,
+) -> Result<(Control, Bytes), HeaderError> {
+    tokio::time::timeout(limit, async {
+        let mut header = [0u8; m87_events::tunnel::frame::HEADER_LEN];
+        recv.read_exact(&mut header).await.map_err(ended_or_io)?;
+        let needed = match Frame::decode(&header) {
+            Ok(_) => 0,
+            Err(DecodeError::Incomplete { needed }) => needed,
+            Err(e) => return Err(HeaderError::Invalid(e.to_string())),
+        };
+        let mut buf = BytesMut::with_capacity(header.len() + needed);
+        buf.extend_from_slice(&header);
+        buf.resize(header.len() + needed, 0);
+        recv.read_exact(&mut buf[header.len()..])
+            .await
+            .map_err(ended_or_io)?;
+        let raw = buf.freeze();
+        match Frame::decode(&raw) {
+            Ok((Frame::Control(payload), _)) => Frame::parse_control::<Control>(&payload)
+                .map(|c| (c, raw.clone()))
+                .map_err(|e| HeaderError::Invalid(e.to_string())),
+            Ok(_) => Err(HeaderError::Invalid("expected a control frame".into())),
+            Err(e) => Err(HeaderError::Invalid(e.to_string())),
+        }
+    })
+    .await
+    .map_err(|_| HeaderError::Timeout)?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +204,44 @@ mod tests {
         assert!(matches!(
             FrameReader::new(b).next().await,
             Err(FrameIoError::Truncated)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_header_is_read_exactly_and_nothing_beyond_it() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        let hello = Control::Refused {
+            code: "c".into(),
+            message: "m".into(),
+        };
+        write_control(&mut a, &hello).await.unwrap();
+        a.write_all(b"raw bytes after").await.unwrap();
+        let (control, raw) = read_header(&mut b, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(control, hello);
+        assert_eq!(raw, Frame::control(&hello).to_bytes());
+        let mut rest = [0u8; 15];
+        b.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"raw bytes after");
+    }
+
+    #[tokio::test]
+    async fn a_header_that_is_not_a_control_frame_ends_early_or_is_late_is_refused() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        write_frame(&mut a, &Frame::Eof).await.unwrap();
+        assert!(matches!(
+            read_header(&mut b, Duration::from_secs(5)).await,
+            Err(HeaderError::Invalid(_))
+        ));
+        let (a, mut b) = tokio::io::duplex(1024);
+        drop(a);
+        assert!(matches!(
+            read_header(&mut b, Duration::from_secs(5)).await,
+            Err(HeaderError::Ended)
+        ));
+        let (_a, mut b) = tokio::io::duplex(1024);
+        assert!(matches!(
+            read_header(&mut b, Duration::from_millis(20)).await,
+            Err(HeaderError::Timeout)
         ));
     }
 }

@@ -7,8 +7,8 @@ use m87_events::tunnel::Frame;
 use m87_events::tunnel::files::FileMsg;
 use tokio::io::AsyncWriteExt;
 
-use crate::frames::{FrameIoError, FrameReader, write_frame};
-use crate::services::{BoxRead, BoxWrite};
+use m87_transport::frames::{FrameIoError, FrameReader, write_frame};
+use m87_transport::stream::{BoxRead, BoxWrite};
 
 /// How long to wait for the peer's error message after our write failed.
 const ERROR_GRACE: Duration = Duration::from_secs(3);

@@ -1,4 +1,4 @@
-//! Tree streams (push and pull): sending a [`SourceTree`] and receiving one into a
+//! Tree streams (push and pull): sending a [`SourceTree`](crate::tree::SourceTree) and receiving one into a
 //! destination.
 
 use std::io::{Seek, SeekFrom};

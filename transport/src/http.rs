@@ -1,4 +1,4 @@
-//! A small client for the m87 REST API, used by the runtime and the CLI.
+//! A small client for the m87 REST API, used by the device runtime and the CLI.
 //!
 //! TLS uses rustls with the ring provider and the system's roots; `M87_TRUST_INVALID_CERT=true`
 //! accepts any certificate (development only: a self-signed single-machine server).
@@ -112,8 +112,7 @@ impl ApiClient {
         key: Option<String>,
         trust_invalid_cert: bool,
     ) -> Result<Self, ApiError> {
-        // Several crates could pick a provider; m87 uses ring everywhere.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::tls::install_ring_provider();
         let base = base_url.trim().trim_end_matches('/').to_owned();
         if !(base.starts_with("https://") || base.starts_with("http://")) {
             return Err(ApiError::Setup(format!(
