@@ -6,12 +6,14 @@
 //! - [`credentials`]: the shared credentials file (`credentials.json`, 0600, atomic writes).
 //! - [`http`]: the REST client the runtime and the CLI share.
 //! - [`sysinfo`]: what the device tells about itself.
+//! - [`backoff`]: exponential backoff with jitter for every retry loop.
 //! - [`runtime`]: register, wait for approval, receive the key once, stay enrolled.
 //! - [`frames`]: tunnel frames over async byte streams.
 //! - [`services`]: what runs behind each channel (exec, shell, forward, files).
 //! - [`quic`]: QUIC client settings with relay certificate pinning.
 //! - [`tunnel`]: the device's tunnel to a relay and the sessions it serves.
 
+pub mod backoff;
 pub mod credentials;
 pub mod frames;
 pub mod http;
