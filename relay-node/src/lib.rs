@@ -17,13 +17,17 @@
 //! - [`tunnel`]: the device tunnel handler.
 //! - [`session`]: the client session handler and stream splicing.
 //! - [`io`]: reading the first frames of a stream with size and time limits.
+//! - [`control_link`]: a fleet relay's HTTPS link to the control planes.
+//! - [`revocation`]: following the event feed to cut off what was revoked.
 
+pub mod control_link;
 pub mod directory;
 pub mod endpoint;
 pub mod fleet;
 pub mod io;
 pub mod presence;
 pub mod registry;
+pub mod revocation;
 pub mod session;
 pub mod tunnel;
 

@@ -4,6 +4,7 @@
 //! aggregates it touches by folding their streams with `apply`, asks a `decide_*` function, and
 //! appends what comes back. `apply` only changes state; all rules live in the decisions.
 //!
+//! - [`access`]: which events may take someone's access to a device away.
 //! - [`registration`]: a device's request to join, from request to approval, rejection or expiry.
 //! - [`device`]: an enrolled device: credentials, access, removal.
 //! - [`api_key`]: user API keys.
@@ -11,6 +12,7 @@
 //! - [`session`]: remote sessions: opening (token grant) and closing.
 //! - [`org`]: organizations, members and roles.
 
+pub mod access;
 pub mod api_key;
 pub mod device;
 pub mod identity;
