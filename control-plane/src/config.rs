@@ -170,3 +170,23 @@ impl NatsSettings {
         }
     }
 }
+
+impl FleetConfig {
+    /// Connects to MongoDB (`mongodb_uri`, database `mongodb_database`), then to NATS.
+    pub async fn connect(
+        mongodb_uri: &str,
+        mongodb_database: &str,
+        nats: &NatsSettings,
+        signing_key: PathBuf,
+        relay_secret: String,
+    ) -> anyhow::Result<Self> {
+        let database = crate::store::mongo::connect_database(mongodb_uri, mongodb_database).await?;
+        Ok(Self {
+            database,
+            nats: nats.connect("m87-control-plane").await?,
+            jetstream: nats.jetstream(),
+            signing_key,
+            relay_secret,
+        })
+    }
+}

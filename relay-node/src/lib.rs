@@ -19,6 +19,7 @@
 //! - [`io`]: reading the first frames of a stream with size and time limits.
 //! - [`control_link`]: a fleet relay's HTTPS link to the control planes.
 //! - [`revocation`]: following the event feed to cut off what was revoked.
+//! - [`role`]: the fleet relay role, and the address rules every relay shares.
 
 pub mod control_link;
 pub mod directory;
@@ -28,6 +29,7 @@ pub mod io;
 pub mod presence;
 pub mod registry;
 pub mod revocation;
+pub mod role;
 pub mod session;
 pub mod tunnel;
 

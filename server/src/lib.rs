@@ -22,10 +22,8 @@ use anyhow::Context;
 use m87_control_plane::config::ServerConfig;
 use m87_control_plane::domain::access::access_may_shrink;
 use m87_control_plane::server::{self, Platform};
-use m87_events::api::RelayEndpoint;
-use m87_relay_node::endpoint::RelayIdentity;
 use m87_relay_node::revocation::{AccessOracle, watch_revocations};
-use m87_relay_node::{Relay, RelayConfig};
+use m87_relay_node::role::bind_single_relay;
 use tokio::net::TcpListener;
 
 use cli::{Cli, Command, ProjectionsCommand, ServeArgs};
@@ -147,24 +145,6 @@ pub struct Started {
     pub relay_fingerprint: String,
 }
 
-/// The address devices and clients dial: `public_address` when given, else the bound one
-/// (loopback for an unspecified address).
-pub fn announced_address(settings: &RelaySettings, bound: SocketAddr) -> String {
-    if let Some(a) = &settings.public_address {
-        return a
-            .trim()
-            .trim_start_matches("quic://")
-            .trim_end_matches('/')
-            .to_owned();
-    }
-    let ip = match bound.ip() {
-        ip if ip.is_unspecified() && ip.is_ipv6() => "::1".parse().unwrap_or(ip),
-        ip if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
-        ip => ip,
-    };
-    SocketAddr::new(ip, bound.port()).to_string()
-}
-
 /// Runs the control plane and a relay until `shutdown` completes.
 pub async fn run_single_machine(
     config: ServerConfig,
@@ -176,45 +156,18 @@ pub async fn run_single_machine(
     let platform = Platform::start(&config).await?;
     let cp = platform.cp.clone();
 
-    let mut names = vec![
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-        "::1".to_owned(),
-    ];
-    if let Some(host) = relay
-        .public_address
-        .as_deref()
-        .and_then(|a| a.rsplit_once(':'))
-        .map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
-    {
-        names.push(host);
-    }
-    let identity = RelayIdentity::load_or_create(&config.data_dir.join("tls"), &names)?;
-    let relay_fingerprint = identity.fingerprint();
     let link = Arc::new(link::InProcessLink::new(cp.clone(), "relay-1".into()));
-    let node = Relay::bind(
+    let (node, endpoint) = bind_single_relay(
+        &config.data_dir,
         relay.quic_listen,
-        RelayConfig {
-            relay_id: "relay-1".into(),
-            verifier: cp.session_verifier(),
-            link,
-            identity,
-            fleet: None,
-        },
-    )
-    .with_context(|| format!("binding the relay to {}/udp", relay.quic_listen))?;
+        relay.public_address.as_deref(),
+        cp.session_verifier(),
+        link,
+    )?;
     let relay_addr = node.local_addr()?;
-    let relay_public = announced_address(&relay, relay_addr);
-    let server_name = relay_public
-        .rsplit_once(':')
-        .map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    cp.set_relays(vec![RelayEndpoint {
-        address: relay_public.clone(),
-        server_name,
-        cert_sha256: relay_fingerprint.clone(),
-    }]);
+    let (relay_public, relay_fingerprint) =
+        (endpoint.address.clone(), endpoint.cert_sha256.clone());
+    cp.set_relays(vec![endpoint]);
     let registry = node.registry();
     cp.set_presence(Arc::new(link::RegistryPresence(Arc::clone(&registry))));
     tracing::info!(address = %relay_addr, announced = %relay_public, sha256 = %relay_fingerprint, "relay listening (QUIC)");
