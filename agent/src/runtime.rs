@@ -19,8 +19,8 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::credentials::{CredentialsError, CredentialsFile, DeviceCredentials, write_private};
 use crate::backoff::Backoff;
+use crate::credentials::{CredentialsError, CredentialsFile, DeviceCredentials, write_private};
 use crate::http::{ApiClient, ApiError};
 
 /// How the runtime is told to run.
