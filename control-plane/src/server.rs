@@ -81,7 +81,7 @@ const NATS_START_PATIENCE: std::time::Duration = std::time::Duration::from_secs(
 
 /// Runs `attempt` until it succeeds or a minute has passed: just after NATS restarts,
 /// JetStream answers only once its streams and buckets have elected leaders.
-pub async fn patiently<T, F, Fut>(what: &str, mut attempt: F) -> anyhow::Result<T>
+async fn patiently<T, F, Fut>(what: &str, mut attempt: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
