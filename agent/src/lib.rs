@@ -5,16 +5,14 @@
 //! # Layout
 //!
 //! - [`sysinfo`]: what the device tells about itself.
+//! - [`backoff`]: exponential backoff with jitter for every retry loop.
 //! - [`runtime`]: register, wait for approval, receive the key once, stay enrolled.
 //! - [`services`]: what runs behind each channel (exec, shell, forward, files).
 //! - [`tunnel`]: the device's tunnel to a relay and the sessions it serves.
-//! - [`credentials`], [`frames`], [`http`], [`quic`]: re-exports of the `m87-transport` modules
-//!   of the same names, for callers that still reach them through the agent (the server
-//!   crate); new code imports `m87_transport` directly.
 
+pub mod backoff;
 pub mod runtime;
 pub mod services;
 pub mod sysinfo;
 pub mod tunnel;
 
-pub use m87_transport::{credentials, frames, http, quic};

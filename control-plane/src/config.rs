@@ -1,8 +1,10 @@
-//! The control plane's settings, with the defaults of the single-machine mode.
+//! The control plane's settings, with the defaults of the single-machine mode, and how a fleet
+//! replica reaches NATS.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use m87_events::Email;
 
 /// Settings of the control plane.
@@ -70,4 +72,121 @@ pub struct FleetConfig {
     pub signing_key: PathBuf,
     /// The relay secret that opens the internal relay API.
     pub relay_secret: String,
+}
+
+/// Platform admins as given (`--admin-emails` / `M87_ADMIN_EMAILS`), else from `ADMIN_EMAILS`,
+/// else [`default_admin`].
+pub fn admin_emails_or_env(given: Vec<Email>) -> anyhow::Result<Vec<Email>> {
+    if !given.is_empty() {
+        return Ok(given);
+    }
+    let from_env = std::env::var("ADMIN_EMAILS").unwrap_or_default();
+    let parsed: Result<Vec<Email>, _> = from_env
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::parse)
+        .collect();
+    let parsed = parsed.map_err(|e| anyhow::anyhow!("ADMIN_EMAILS: {e}"))?;
+    if parsed.is_empty() {
+        Ok(vec![default_admin()])
+    } else {
+        Ok(parsed)
+    }
+}
+
+/// Shortest relay secret accepted.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// Checks a relay secret's length.
+pub fn check_relay_secret(secret: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        secret.chars().count() >= MIN_SECRET_LEN,
+        "the relay secret (--relay-secret, M87_RELAY_SECRET) must be at least {MIN_SECRET_LEN} characters"
+    );
+    Ok(())
+}
+
+/// How to reach NATS.
+#[derive(Debug, Clone, Default)]
+pub struct NatsSettings {
+    /// Server URLs.
+    pub servers: Vec<String>,
+    /// A `.creds` file (JWT and NKey).
+    pub creds: Option<PathBuf>,
+    /// A token.
+    pub token: Option<String>,
+    /// User and password.
+    pub user: Option<(String, String)>,
+    /// A PEM file of roots to trust for `tls://` servers.
+    pub tls_ca: Option<PathBuf>,
+    /// Replicas of the stream and buckets.
+    pub replicas: usize,
+}
+
+impl NatsSettings {
+    /// Connects, retrying the first connection until the servers answer.
+    pub async fn connect(&self, name: &str) -> anyhow::Result<async_nats::Client> {
+        anyhow::ensure!(
+            !self.servers.is_empty(),
+            "no NATS server given (--nats-url or M87_NATS_URL)"
+        );
+        let mut options = match &self.creds {
+            Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
+                .await
+                .with_context(|| format!("reading NATS credentials {}", path.display()))?,
+            None => async_nats::ConnectOptions::new(),
+        };
+        if let Some(token) = &self.token {
+            options = options.token(token.clone());
+        }
+        if let Some((user, password)) = &self.user {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(ca) = &self.tls_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        let options = options
+            .name(name)
+            .connection_timeout(Duration::from_secs(5))
+            .retry_on_initial_connect()
+            .reconnect_delay_callback(|attempts| {
+                let exp = u32::try_from(attempts.min(16)).unwrap_or(16);
+                Duration::from_millis(2u64.saturating_pow(exp)).min(Duration::from_secs(2))
+            });
+        let client = options
+            .connect(self.servers.clone())
+            .await
+            .with_context(|| format!("connecting to NATS at {}", self.servers.join(",")))?;
+        Ok(client)
+    }
+
+    /// The JetStream settings of the event stream.
+    pub fn jetstream(&self) -> crate::bus::nats::JetStreamConfig {
+        crate::bus::nats::JetStreamConfig {
+            servers: self.servers.clone(),
+            replicas: self.replicas.max(1),
+            ..crate::bus::nats::JetStreamConfig::default()
+        }
+    }
+}
+
+impl FleetConfig {
+    /// Connects to MongoDB (`mongodb_uri`, database `mongodb_database`), then to NATS.
+    pub async fn connect(
+        mongodb_uri: &str,
+        mongodb_database: &str,
+        nats: &NatsSettings,
+        signing_key: PathBuf,
+        relay_secret: String,
+    ) -> anyhow::Result<Self> {
+        let database = crate::store::mongo::connect_database(mongodb_uri, mongodb_database).await?;
+        Ok(Self {
+            database,
+            nats: nats.connect("m87-control-plane").await?,
+            jetstream: nats.jetstream(),
+            signing_key,
+            relay_secret,
+        })
+    }
 }

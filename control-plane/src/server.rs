@@ -76,8 +76,41 @@ const MONGO_READ_LIMIT: std::time::Duration = std::time::Duration::from_secs(10)
 /// How long a MongoDB write may take (including its own retries of write conflicts).
 const MONGO_WRITE_LIMIT: std::time::Duration = std::time::Duration::from_secs(35);
 
-/// How long a starting control plane waits for JetStream to become ready.
-const JETSTREAM_START_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a starting control plane or relay waits for NATS to become ready.
+const NATS_START_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs `attempt` until it succeeds or a minute has passed: just after NATS restarts,
+/// JetStream answers only once its streams and buckets have elected leaders.
+async fn patiently<T, F, Fut>(what: &str, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if started.elapsed() < NATS_START_PATIENCE => {
+                tracing::warn!(error = %format!("{e:#}"), "{what}: not ready yet; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.context(what.to_owned())),
+        }
+    }
+}
+
+/// Opens the JetStream event stream, patiently (see [`patiently`]); `what` names the purpose in
+/// the logs and the error.
+pub async fn open_event_stream(
+    nats: &async_nats::Client,
+    config: &crate::bus::nats::JetStreamConfig,
+    what: &str,
+) -> anyhow::Result<JetStreamBus> {
+    patiently(what, || async {
+        Ok(JetStreamBus::with_client(nats.clone(), config.clone()).await?)
+    })
+    .await
+}
 
 /// Opens a fleet control-plane replica: the MongoDB event store and read models (migrated
 /// under a lock first), the JetStream bus with a publisher that starts after the last event on
@@ -111,19 +144,12 @@ pub async fn open_fleet(
         MONGO_READ_LIMIT,
         MONGO_WRITE_LIMIT,
     ));
-    // Just after NATS restarts, JetStream may answer requests only once its streams have
-    // elected leaders: keep trying for a while instead of failing the start.
-    let started = std::time::Instant::now();
-    let bus = loop {
-        match JetStreamBus::with_client(fleet.nats.clone(), fleet.jetstream.clone()).await {
-            Ok(bus) => break bus,
-            Err(e) if started.elapsed() < JETSTREAM_START_PATIENCE => {
-                tracing::warn!(error = %e, "JetStream is not ready yet; retrying");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-            Err(e) => return Err(e).context("opening the JetStream event stream"),
-        }
-    };
+    let bus = open_event_stream(
+        &fleet.nats,
+        &fleet.jetstream,
+        "opening the JetStream event stream",
+    )
+    .await?;
     let projector =
         Projector::new(Arc::clone(&store), Arc::clone(&read), all_projections()).await?;
     // Other replicas keep the shared read models current, so a replica need not wait for them
@@ -224,6 +250,33 @@ pub async fn rebuild_projections_mongo(
     let store: Arc<dyn EventStore> = Arc::new(MongoStore::open(db).await?);
     let read: Arc<dyn ReadStore> = Arc::new(MongoReadStore::open(db).await?);
     rebuild_with(store, read, name).await
+}
+
+/// Rebuilds one projection (or all): in MongoDB when `mongo` (URI and database) is given, else
+/// in the data directory's SQLite.
+pub async fn rebuild_projections_in(
+    data_dir: &Path,
+    mongo: Option<(&str, &str)>,
+    name: Option<&str>,
+) -> anyhow::Result<u64> {
+    match mongo {
+        Some((uri, database)) => {
+            let db = crate::store::mongo::connect_database(uri, database).await?;
+            rebuild_projections_mongo(&db, name).await
+        }
+        None => rebuild_projections(data_dir, name).await,
+    }
+}
+
+/// Applies pending MongoDB migrations; returns the versions applied now and the schema's
+/// version after them.
+pub async fn migrate_mongo(uri: &str, database: &str) -> anyhow::Result<(Vec<u32>, u32)> {
+    let db = crate::store::mongo::connect_database(uri, database).await?;
+    let applied = crate::store::mongo::migrate(&db).await?;
+    let current = m87_migrations::mongo::current_version(&db)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((applied, current))
 }
 
 async fn rebuild_with(

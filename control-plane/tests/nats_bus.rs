@@ -1,11 +1,10 @@
-//! The JetStream event bus against a real `nats-server` (see `tests/support/nats.rs`): round
+//! The JetStream event bus against a real `nats-server` (see `m87_test_support::nats`): round
 //! trip, duplicates dropped by event id, the publisher surviving a NATS restart, durable
 //! consumers, and a replicated stream on a 3-node cluster.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/nats.rs"]
-mod nats_support;
+use m87_test_support::nats as nats_support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -464,6 +464,9 @@ pub struct AccessPair {
     pub device_id: DeviceId,
 }
 
+/// Most pairs one [`RelayAccessCheck`] may carry.
+pub const MAX_ACCESS_PAIRS: usize = 1000;
+
 /// `POST /v1/internal/relay/access`: which open sessions may go on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -23,7 +23,11 @@
 //! - `route`: the way to a device (local tunnel or link), flow owners, link datagrams.
 //! - `splice`: moving a stream's bytes both ways.
 //! - [`io`]: reading the first frames of a stream with size and time limits.
+//! - [`control_link`]: a fleet relay's HTTPS link to the control planes.
+//! - [`revocation`]: following the event feed to cut off what was revoked.
+//! - [`role`]: the fleet relay role, and the address rules every relay shares.
 
+pub mod control_link;
 pub mod directory;
 pub mod endpoint;
 pub mod fleet;
@@ -31,6 +35,8 @@ pub mod io;
 mod links;
 pub mod presence;
 pub mod registry;
+pub mod revocation;
+pub mod role;
 mod route;
 pub mod session;
 mod splice;

@@ -1,11 +1,10 @@
 //! The presence registry: one suite against the in-process map and the NATS KV bucket (a real
-//! `nats-server`, see `control-plane/tests/support/nats.rs`), plus what only the NATS one does:
+//! `nats-server`, see `m87_test_support::nats`), plus what only the NATS one does:
 //! the cache fed by the watch, shared between relays.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../control-plane/tests/support/nats.rs"]
-mod nats_support;
+use m87_test_support::nats as nats_support;
 
 use std::time::{Duration, Instant};
 

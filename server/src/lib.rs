@@ -1,26 +1,123 @@
-//! `m87-server` as a library: the single-machine platform — the control plane and one relay
-//! node in one process — wired together. `main` parses arguments and calls [`run`].
+//! `m87-server` as a library: the control plane and the relay node wired together — both in
+//! one process on a single machine, or each fleet role in its own. `main` parses arguments,
+//! sets up tracing and calls [`run`].
 //!
 //! # Layout
 //!
+//! - [`cli`]: the command line (subcommands and arguments).
 //! - [`link`]: the relay's way to the control plane in the same process.
 //! - [`fleet`]: the fleet roles, `control-plane` and `relay`, each in its own process.
-//! - [`run`]: start everything and serve until shutdown.
+//! - [`run`]: run what the command line asks for; [`run_single_machine`]: start the whole
+//!   platform in one process and serve until shutdown.
 
+pub mod cli;
 pub mod fleet;
 pub mod link;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use m87_control_plane::config::ServerConfig;
-use m87_control_plane::server::Platform;
-use m87_events::DomainEvent;
-use m87_events::api::RelayEndpoint;
-use m87_relay_node::endpoint::RelayIdentity;
-use m87_relay_node::{LiveSession, Relay, RelayConfig, RelayHandle};
+use m87_control_plane::domain::access::access_may_shrink;
+use m87_control_plane::server::{self, Platform};
+use m87_relay_node::revocation::{AccessOracle, watch_revocations};
+use m87_relay_node::role::bind_single_relay;
 use tokio::net::TcpListener;
+
+use cli::{Cli, Command, ProjectionsCommand, ServeArgs};
+
+/// Runs what `cli` asks for until it is done or a shutdown signal arrives.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let data_dir = cli.data_dir;
+    match cli.command {
+        Some(Command::Projections {
+            command:
+                ProjectionsCommand::Rebuild {
+                    name,
+                    mongodb_uri,
+                    mongodb_database,
+                },
+        }) => {
+            let mongo = mongodb_uri
+                .as_deref()
+                .map(|uri| (uri, mongodb_database.as_str()));
+            let position =
+                server::rebuild_projections_in(&data_dir, mongo, name.as_deref()).await?;
+            println!(
+                "rebuilt {} up to event {position}",
+                name.as_deref().unwrap_or("all projections")
+            );
+            Ok(())
+        }
+        Some(Command::Migrate(mongo)) => {
+            let (applied, current) =
+                server::migrate_mongo(&mongo.mongodb_uri, &mongo.mongodb_database).await?;
+            if applied.is_empty() {
+                println!("MongoDB schema is up to date (version {current})");
+            } else {
+                println!(
+                    "applied MongoDB migrations {applied:?}; schema is now at version {current}"
+                );
+            }
+            Ok(())
+        }
+        Some(Command::ControlPlane(args)) => fleet::control_plane(data_dir, *args).await,
+        Some(Command::Relay(args)) => fleet::relay(data_dir, *args).await,
+        Some(Command::Serve) | None => serve(data_dir, cli.serve).await,
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}
+
+async fn serve(data_dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
+    let api_listen = args.api.api_listen;
+    let config = args.api.server_config(data_dir)?;
+    let listener = TcpListener::bind(api_listen)
+        .await
+        .with_context(|| format!("binding the API to {api_listen}"))?;
+    let relay = RelaySettings {
+        quic_listen: args.quic_listen,
+        public_address: args.relay_url,
+    };
+    run_single_machine(config, relay, listener, shutdown_signal(), |started| {
+        println!("m87-server listening on https://{}", started.api_addr);
+        println!(
+            "TLS certificate SHA-256 fingerprint: {}",
+            started.fingerprint
+        );
+        println!(
+            "relay listening on {}/udp (devices and clients dial {})",
+            started.relay_addr, started.relay_public
+        );
+        if let Some(path) = &started.admin_key_path {
+            println!("platform admin API key written to {}", path.display());
+        }
+    })
+    .await
+}
 
 /// Where the relay listens and how devices and clients reach it.
 #[derive(Debug, Clone)]
@@ -48,115 +145,8 @@ pub struct Started {
     pub relay_fingerprint: String,
 }
 
-/// The address devices and clients dial: `public_address` when given, else the bound one
-/// (loopback for an unspecified address).
-pub fn announced_address(settings: &RelaySettings, bound: SocketAddr) -> String {
-    if let Some(a) = &settings.public_address {
-        return a
-            .trim()
-            .trim_start_matches("quic://")
-            .trim_end_matches('/')
-            .to_owned();
-    }
-    let ip = match bound.ip() {
-        ip if ip.is_unspecified() && ip.is_ipv6() => "::1".parse().unwrap_or(ip),
-        ip if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
-        ip => ip,
-    };
-    SocketAddr::new(ip, bound.port()).to_string()
-}
-
-/// Whether an event may take someone's access to a device away.
-pub fn access_may_shrink(event: &DomainEvent) -> bool {
-    matches!(
-        event,
-        DomainEvent::AccessRevoked(_)
-            | DomainEvent::DeviceRemoved(_)
-            | DomainEvent::MemberRemoved(_)
-            | DomainEvent::MemberRoleChanged(_)
-            | DomainEvent::OrgDeleted(_)
-            | DomainEvent::ApiKeyRevoked(_)
-    )
-}
-
-/// Decides whether open sessions may go on.
-#[async_trait::async_trait]
-pub trait AccessOracle: Send + Sync + 'static {
-    /// For each session, whether its user may still operate its device.
-    async fn still_allowed(&self, sessions: &[LiveSession]) -> Vec<bool>;
-}
-
-#[async_trait::async_trait]
-impl AccessOracle for m87_control_plane::service::ControlPlane {
-    async fn still_allowed(&self, sessions: &[LiveSession]) -> Vec<bool> {
-        let mut out = Vec::with_capacity(sessions.len());
-        for s in sessions {
-            out.push(self.may_operate(&s.subject, &s.device).await);
-        }
-        out
-    }
-}
-
-/// Ends every open session whose user may no longer operate its device.
-async fn end_sessions_without_access(oracle: &dyn AccessOracle, relay: &RelayHandle) {
-    let sessions = relay.sessions();
-    if sessions.is_empty() {
-        return;
-    }
-    let allowed = oracle.still_allowed(&sessions).await;
-    for (session, ok) in sessions.iter().zip(allowed) {
-        if !ok {
-            tracing::info!(session = %session.session_id, subject = %session.subject, device = %session.device, "access revoked: ending the session");
-            relay.end_session(session, "access to this device was revoked");
-        }
-    }
-}
-
-/// Follows the event feed until `stopping`: a removed device loses its tunnel on this relay at
-/// once; whoever loses access loses their sessions here.
-pub fn watch_revocations(
-    mut feed: tokio::sync::broadcast::Receiver<m87_events::EventEnvelope>,
-    relay: RelayHandle,
-    oracle: Arc<dyn AccessOracle>,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
-) {
-    let registry = relay.registry();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                event = feed.recv() => match event {
-                    Ok(e) => {
-                        if let DomainEvent::DeviceRemoved(r) = &e.event
-                            && registry.disconnect(&r.device_id, "the device was removed")
-                        {
-                            tracing::info!(device = %r.device_id, "removed device disconnected");
-                        }
-                        // Tokens already issued to a user who lost access are refused too.
-                        if let DomainEvent::AccessRevoked(r) = &e.event {
-                            let scope = r.scope.to_string();
-                            if scope.starts_with("user:") {
-                                relay.revoke(&r.device_id, &scope);
-                            }
-                        }
-                        if access_may_shrink(&e.event) {
-                            end_sessions_without_access(oracle.as_ref(), &relay).await;
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        // Missed events might have revoked access: check every session.
-                        tracing::warn!(missed = n, "revocation feed lagged; checking every session");
-                        end_sessions_without_access(oracle.as_ref(), &relay).await;
-                    }
-                    Err(_) => return,
-                },
-                _ = stopping.changed() => return,
-            }
-        }
-    });
-}
-
 /// Runs the control plane and a relay until `shutdown` completes.
-pub async fn run(
+pub async fn run_single_machine(
     config: ServerConfig,
     relay: RelaySettings,
     api_listener: TcpListener,
@@ -166,45 +156,18 @@ pub async fn run(
     let platform = Platform::start(&config).await?;
     let cp = platform.cp.clone();
 
-    let mut names = vec![
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-        "::1".to_owned(),
-    ];
-    if let Some(host) = relay
-        .public_address
-        .as_deref()
-        .and_then(|a| a.rsplit_once(':'))
-        .map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
-    {
-        names.push(host);
-    }
-    let identity = RelayIdentity::load_or_create(&config.data_dir.join("tls"), &names)?;
-    let relay_fingerprint = identity.fingerprint();
     let link = Arc::new(link::InProcessLink::new(cp.clone(), "relay-1".into()));
-    let node = Relay::bind(
+    let (node, endpoint) = bind_single_relay(
+        &config.data_dir,
         relay.quic_listen,
-        RelayConfig {
-            relay_id: "relay-1".into(),
-            verifier: cp.session_verifier(),
-            link,
-            identity,
-            fleet: None,
-        },
-    )
-    .with_context(|| format!("binding the relay to {}/udp", relay.quic_listen))?;
+        relay.public_address.as_deref(),
+        cp.session_verifier(),
+        link,
+    )?;
     let relay_addr = node.local_addr()?;
-    let relay_public = announced_address(&relay, relay_addr);
-    let server_name = relay_public
-        .rsplit_once(':')
-        .map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    cp.set_relays(vec![RelayEndpoint {
-        address: relay_public.clone(),
-        server_name,
-        cert_sha256: relay_fingerprint.clone(),
-    }]);
+    let (relay_public, relay_fingerprint) =
+        (endpoint.address.clone(), endpoint.cert_sha256.clone());
+    cp.set_relays(vec![endpoint]);
     let registry = node.registry();
     cp.set_presence(Arc::new(link::RegistryPresence(Arc::clone(&registry))));
     tracing::info!(address = %relay_addr, announced = %relay_public, sha256 = %relay_fingerprint, "relay listening (QUIC)");
@@ -214,7 +177,8 @@ pub async fn run(
         watch_revocations(
             feed,
             node.handle(),
-            Arc::new(cp.clone()) as Arc<dyn AccessOracle>,
+            Arc::new(link::ServiceOracle(cp.clone())) as Arc<dyn AccessOracle>,
+            access_may_shrink,
             platform.stopping(),
         );
     }

@@ -1,4 +1,5 @@
-//! The relay's link to the control plane when both run in one process.
+//! The relay's link to the control plane when both run in one process: device checks, presence,
+//! refusals and access checks go straight to the control plane's service.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +9,8 @@ use m87_control_plane::service::ControlPlane;
 use m87_control_plane::service::sessions::PresenceView;
 use m87_events::domain::SessionRefused;
 use m87_events::{DeviceId, Metadata, SessionId};
-use m87_relay_node::{ControlPlaneLink, Registry};
+use m87_relay_node::revocation::AccessOracle;
+use m87_relay_node::{ControlPlaneLink, LiveSession, Registry};
 
 /// Calls the control plane's service directly.
 pub struct InProcessLink {
@@ -82,5 +84,19 @@ pub struct RegistryPresence(pub Arc<Registry>);
 impl PresenceView for RegistryPresence {
     fn is_online(&self, device: &DeviceId) -> bool {
         self.0.contains(device)
+    }
+}
+
+/// Access checks answered by the control plane's service directly.
+pub struct ServiceOracle(pub ControlPlane);
+
+#[async_trait]
+impl AccessOracle for ServiceOracle {
+    async fn still_allowed(&self, sessions: &[LiveSession]) -> Vec<bool> {
+        let mut out = Vec::with_capacity(sessions.len());
+        for s in sessions {
+            out.push(self.0.may_operate(&s.subject, &s.device).await);
+        }
+        out
     }
 }

@@ -6,10 +6,8 @@
 
 mod common;
 mod fleet_support;
-#[path = "../../control-plane/tests/support/mongo.rs"]
-mod mongo;
-#[path = "../../control-plane/tests/support/nats.rs"]
-mod nats;
+
+use m87_test_support::{mongo, nats};
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
@@ -258,7 +256,7 @@ async fn revoking_access_ends_a_session_that_crosses_relays_within_a_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_link_without_the_secret_or_with_garbage_is_refused_and_the_relay_carries_on() {
-    use m87_agent::frames::{FrameReader, write_control};
+    use m87_transport::frames::{FrameReader, write_control};
     use m87_events::tunnel::{ALPN_RELAY_LINK, Control};
 
     let mut fleet = Fleet::new(1, MongoServer::shared()).await;
@@ -271,7 +269,7 @@ async fn a_relay_link_without_the_secret_or_with_garbage_is_refused_and_the_rela
     let relay = fleet.relays[0].address.clone();
 
     // A link whose hello carries a wrong secret: refused, then closed.
-    let (_e, conn) = m87_agent::quic::connect(&relay, "localhost", ALPN_RELAY_LINK, None)
+    let (_e, conn) = m87_transport::quic::connect(&relay, "localhost", ALPN_RELAY_LINK, None)
         .await
         .unwrap();
     let (mut send, recv) = conn.open_bi().await.unwrap();
@@ -302,7 +300,7 @@ async fn a_relay_link_without_the_secret_or_with_garbage_is_refused_and_the_rela
     );
 
     // Garbage instead of a hello: the connection is closed.
-    let (_e2, conn) = m87_agent::quic::connect(&relay, "localhost", ALPN_RELAY_LINK, None)
+    let (_e2, conn) = m87_transport::quic::connect(&relay, "localhost", ALPN_RELAY_LINK, None)
         .await
         .unwrap();
     let (mut send, _recv) = conn.open_bi().await.unwrap();
@@ -316,7 +314,7 @@ async fn a_relay_link_without_the_secret_or_with_garbage_is_refused_and_the_rela
     );
 
     // Silence instead of a hello: closed after the header time limit.
-    let (_e3, conn) = m87_agent::quic::connect(&relay, "localhost", ALPN_RELAY_LINK, None)
+    let (_e3, conn) = m87_transport::quic::connect(&relay, "localhost", ALPN_RELAY_LINK, None)
         .await
         .unwrap();
     let closed = tokio::time::timeout(Duration::from_secs(15), conn.closed())

@@ -6,10 +6,8 @@
 
 mod common;
 mod fleet_support;
-#[path = "../../control-plane/tests/support/mongo.rs"]
-mod mongo;
-#[path = "../../control-plane/tests/support/nats.rs"]
-mod nats;
+
+use m87_test_support::{mongo, nats};
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

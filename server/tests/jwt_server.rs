@@ -5,15 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-#[path = "../../control-plane/tests/common/oidc.rs"]
-#[allow(dead_code)]
-mod oidc;
-#[path = "../../control-plane/tests/common/tokens.rs"]
-mod tokens;
 
 use common::{M87, Server};
-use m87_agent::http::{ApiClient, ApiError};
+use m87_transport::http::{ApiClient, ApiError};
 use m87_events::api::WhoAmI;
+use m87_test_support::{oidc, tokens};
 use oidc::{DEFAULT_AUDIENCE, OidcProvider};
 use serde_json::json;
 use tokens::{

@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! End to end with a real OpenID Connect provider (npm `oidc-provider`, see
-//! `control-plane/tests/common/oidc.rs`) and the real `m87-server` and `m87` binaries:
+//! `m87_test_support::oidc`) and the real `m87-server` and `m87` binaries:
 //! `m87 login` with the device authorization grant, approved through the provider's own pages;
 //! commands with the session; silent refresh with refresh token rotation; two commands
 //! refreshing at once; `m87 status`; `m87 logout` with revocation; an expired session.
@@ -8,9 +8,6 @@
 //! Needs Node.js 20+ and `scripts/setup-test-env` (it installs the provider); fails otherwise.
 
 mod common;
-#[allow(dead_code)]
-#[path = "../../control-plane/tests/common/oidc.rs"]
-mod oidc;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -18,6 +15,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::{M87, Proc, Server};
+use m87_test_support::oidc;
 use oidc::{OidcProvider, ProviderOptions};
 use serde_json::Value;
 

@@ -9,8 +9,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{M87, Server, enrolled_device};
-use m87_agent::frames::{FrameReader, write_control};
-use m87_agent::http::ApiClient;
+use m87_transport::frames::{FrameReader, write_control};
+use m87_transport::http::ApiClient;
 use m87_events::SessionId;
 use m87_events::api::{CreateSessionRequest, SessionGrant};
 use m87_events::token::{Operation, SessionClaims, SessionSigner, now_unix};
@@ -32,7 +32,7 @@ async fn grant(server: &Server, device_id: &str) -> SessionGrant {
 
 /// Presents `token` at the relay; returns the answer's code ("accepted" when accepted).
 async fn present(g: &SessionGrant, token: String) -> String {
-    let (_ep, conn) = m87_agent::quic::connect(
+    let (_ep, conn) = m87_transport::quic::connect(
         &g.relay.address,
         &g.relay.server_name,
         ALPN_SESSION,
@@ -155,7 +155,7 @@ async fn garbage_oversized_and_stalled_peers_lose_only_their_connection() {
     let device_id = admin.devices()[0]["id"].as_str().unwrap().to_owned();
     let g = grant(&server, &device_id).await;
     let connect = || {
-        m87_agent::quic::connect(
+        m87_transport::quic::connect(
             &g.relay.address,
             &g.relay.server_name,
             ALPN_SESSION,

@@ -51,7 +51,7 @@ pub async fn run(
     trust_any_cert: bool,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), TunnelError> {
-    let mut backoff = crate::runtime::Backoff::new();
+    let mut backoff = crate::backoff::Backoff::new();
     // The relay of the last attempt: after a failure the next attempt prefers another one.
     let mut last_relay: Option<String> = None;
     loop {
@@ -72,7 +72,7 @@ pub async fn run(
                 // A tunnel that stayed up a while starts its backoff afresh, so the first retry
                 // after losing a relay comes within a second.
                 if started.elapsed() > std::time::Duration::from_secs(10) {
-                    backoff = crate::runtime::Backoff::new();
+                    backoff = crate::backoff::Backoff::new();
                 }
                 let wait = backoff.next_wait();
                 eprintln!(

@@ -20,8 +20,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::ApiJson;
 
-/// Most pairs one access check may carry.
-pub const MAX_ACCESS_PAIRS: usize = 1000;
+pub use m87_events::api::MAX_ACCESS_PAIRS;
 
 /// The internal routes, without state.
 pub fn router() -> axum::Router<AppState> {

@@ -7,6 +7,7 @@
 //! # Layout
 //!
 //! - [`aggregate`]: the [`Aggregate`] trait: state folded from one stream's events.
+//! - [`access`]: which events may take someone's access to a device away.
 //! - [`registration`]: a device's request to join, from request to approval, rejection or expiry.
 //! - [`device`]: an enrolled device: credentials, access, removal.
 //! - [`enrollment`]: the decisions that read a registration and a device together (approval,
@@ -16,6 +17,7 @@
 //! - [`session`]: remote sessions: opening (token grant) and closing.
 //! - [`org`]: organizations, members and roles.
 
+pub mod access;
 pub mod aggregate;
 pub mod api_key;
 pub mod device;

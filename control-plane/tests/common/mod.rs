@@ -1,6 +1,4 @@
-//! Helpers shared by the control plane's integration tests.
+//! Helpers shared by the control plane's integration tests: the OIDC provider and the token
+//! helpers, from the shared test-support crate.
 
-#![allow(dead_code)]
-
-pub mod oidc;
-pub mod tokens;
+pub use m87_test_support::{oidc, tokens};

@@ -7,8 +7,7 @@
 //! store in a temporary directory; [`NatsServer::stop`] and [`NatsServer::start_again`] bring it
 //! down and up on the same port and store, to inject faults. A server is killed when dropped.
 //!
-//! Shared by the tests of several crates: `control-plane/tests/*.rs` use `mod support;`, others
-//! include this file with `#[path = "…/control-plane/tests/support/nats.rs"]`.
+//! Shared by the tests of several crates through `m87_test_support::nats`.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};

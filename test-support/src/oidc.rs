@@ -10,9 +10,7 @@
 //! installs `ops/oidc-provider/node_modules`). If either is missing, the test fails and says so;
 //! it never skips.
 //!
-//! Self-contained: copy this file into another crate's `tests/common/` to use it there; that
-//! crate needs the dev-dependencies reqwest (features `cookies`, `form`, `query`), serde,
-//! serde_json, tokio (`process`) and rustls (ring).
+//! Shared by the tests of several crates through `m87_test_support::oidc`.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,237 @@
+//! The command line: every command and its arguments (clap).
+
+use clap::{Parser, Subcommand};
+use m87_events::{DeviceName, Email, KeyId, OrgId, Role};
+
+use crate::output::Output;
+
+/// Secure, outbound-only access to fleets of Linux devices.
+///
+/// The server comes from M87_API_URL (or the one stored by `m87 login`); the key from
+/// M87_API_KEY (or `m87 login`). M87_TRUST_INVALID_CERT=true accepts a self-signed server
+/// certificate (development only).
+#[derive(Debug, Parser)]
+#[command(name = "m87", version, about, long_about)]
+pub struct Cli {
+    /// How to print results: aligned tables, or JSON for scripts.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
+    pub(crate) output: Output,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Log in: with the server's OpenID Connect provider, or with an API key.
+    ///
+    /// Without --api-key: the OAuth 2.0 device flow. m87 shows a URL and a code to approve in a
+    /// browser (on any machine), then stores the tokens in the credentials file and renews them
+    /// as they expire. The provider comes from the server (GET /v1/auth/config); M87_AUTH_DOMAIN
+    /// (issuer), M87_AUTH_CLIENT_ID and M87_AUTH_AUDIENCE override it. A browser is opened when
+    /// there is a display, unless M87_NO_BROWSER=1.
+    ///
+    /// Credentials are used in this order: M87_API_KEY, else the stored API key, else the stored
+    /// login session. Each login replaces the stored login of the other kind.
+    Login {
+        /// A user API key (m87u_…), from `m87 api-keys create` or the server's admin.key;
+        /// `-` reads it from standard input (keeps it out of the process list).
+        #[arg(long)]
+        api_key: Option<String>,
+        /// The server (default: M87_API_URL, else https://127.0.0.1:8085).
+        #[arg(long)]
+        api_url: Option<String>,
+    },
+    /// Remove the stored API key and login session (revoking the session at the provider).
+    Logout,
+    /// The server, who you are, your organizations, and how you are logged in.
+    Status,
+    /// List, inspect, approve and reject devices.
+    Devices {
+        #[command(subcommand)]
+        command: DevicesCommand,
+    },
+    /// Create, list and revoke user API keys.
+    #[command(name = "api-keys")]
+    ApiKeys {
+        #[command(subcommand)]
+        command: ApiKeysCommand,
+    },
+    /// Copy files and directories between this machine and a device.
+    ///
+    /// One side is `<device>:/path`. Permissions and modification times are kept; a broken
+    /// transfer never leaves a half-written file under the final name.
+    Cp {
+        /// Source: a local path or <device>:/path.
+        src: String,
+        /// Destination: a local path or <device>:/path.
+        dst: String,
+        /// Copy directories recursively.
+        #[arg(short = 'r', long)]
+        recursive: bool,
+    },
+    /// Make a device directory match a local one (or the reverse), sending only what changed.
+    ///
+    /// Compares size and modification time, then content digests; large changed files send only
+    /// their changed blocks.
+    Sync {
+        /// Source: a local directory or <device>:/path.
+        src: String,
+        /// Destination: a local directory or <device>:/path.
+        dst: String,
+        /// Delete files on the destination that the source does not have.
+        #[arg(long)]
+        delete: bool,
+        /// Leave paths matching this glob alone (repeatable).
+        #[arg(long = "exclude", value_name = "PATTERN")]
+        excludes: Vec<String>,
+        /// Show what would change, change nothing.
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+        /// Keep running and sync again within a second of every local change.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Organizations, their members and roles (admin, member, viewer).
+    Org {
+        #[command(subcommand)]
+        command: OrgCommand,
+    },
+    /// Run this machine as an m87 device.
+    Runtime {
+        #[command(subcommand)]
+        command: RuntimeCommand,
+    },
+    /// `m87 <device> exec|shell|forward …`: operate one device (see `m87 <device> --help`).
+    #[command(external_subcommand)]
+    Device(Vec<String>),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DevicesCommand {
+    /// Devices and registration requests you can see.
+    #[command(alias = "ls")]
+    List,
+    /// One device in detail (by name, id, request id, or a unique prefix).
+    Show {
+        /// Name, device id, request id or unique prefix.
+        device: String,
+    },
+    /// Approve a pending registration request.
+    Approve {
+        /// The request id (or the pending device's name, id or a unique prefix).
+        request: String,
+    },
+    /// Reject a pending request, or remove an approved device.
+    Reject {
+        /// Request id, device id, name or unique prefix.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ApiKeysCommand {
+    /// Create a user API key and print it (once).
+    Create {
+        /// Whose key (platform admins only; default: yourself).
+        #[arg(long)]
+        email: Option<Email>,
+        /// A label to recognise the key by.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Your API keys (all user keys for platform admins).
+    #[command(alias = "ls")]
+    List,
+    /// Revoke an API key by id.
+    Revoke {
+        /// The key's id (from `m87 api-keys list`).
+        id: KeyId,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum OrgCommand {
+    /// Create an organization; you become its admin.
+    Create {
+        /// Its id: lowercase letters, digits and '-'.
+        id: OrgId,
+        /// A display name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Your organizations.
+    #[command(alias = "ls")]
+    List,
+    /// Delete an organization (admins only).
+    Delete {
+        /// The organization.
+        id: OrgId,
+    },
+    /// Manage members.
+    Members {
+        #[command(subcommand)]
+        command: MembersCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum MembersCommand {
+    /// Add a member (admins only).
+    Add {
+        /// The organization.
+        org: OrgId,
+        /// The user's email.
+        email: Email,
+        /// admin (approves devices, manages members and access), member (operates devices) or
+        /// viewer (reads only).
+        #[arg(long, default_value = "member")]
+        role: Role,
+    },
+    /// Remove a member (admins; anyone may remove themselves).
+    Remove {
+        /// The organization.
+        org: OrgId,
+        /// The user's email.
+        email: Email,
+    },
+    /// List the members.
+    #[command(alias = "ls")]
+    List {
+        /// The organization.
+        org: OrgId,
+    },
+    /// Change a member's role (admins only).
+    Role {
+        /// The organization.
+        org: OrgId,
+        /// The user's email.
+        email: Email,
+        /// admin, member or viewer.
+        role: Role,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RuntimeCommand {
+    /// Register this device (once), wait for approval, then stay enrolled until stopped.
+    ///
+    /// Environment: M87_API_URL, OWNER_REFERENCE (instead of --email/--org),
+    /// M87_APPROVAL_POLL_SECS (poll interval), M87_CONFIG_DIR (state directory),
+    /// M87_WORKER_THREADS (async worker threads, default 1).
+    Run {
+        /// Register under this user's scope.
+        #[arg(long, conflicts_with = "org")]
+        email: Option<Email>,
+        /// Register under this organization's scope.
+        #[arg(long)]
+        org: Option<OrgId>,
+        /// The device's name (default: the host name).
+        #[arg(long)]
+        name: Option<DeviceName>,
+    },
+    /// Show this device's registration state.
+    Status,
+    /// Remove this device's credentials (the device id is kept).
+    Logout,
+}

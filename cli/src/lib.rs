@@ -1,0 +1,178 @@
+//! `m87` as a library: the command-line interface of m87 and the device runtime
+//! (`m87 runtime …`). The binary parses the arguments and calls [`run`].
+//!
+//! # Layout
+//!
+//! - [`Cli`] (`args`): every command and its arguments.
+//! - `commands`: one module per command group (login, devices, api-keys, files, orgs, runtime,
+//!   and the `m87 <device> …` operations).
+//! - `remote`: the operations on a device over a relay session (exec, shell, forward, cp, sync).
+//! - `session`: asking the control plane for a session and opening it on a relay.
+//! - `auth`: OpenID Connect sign-in and the stored login session.
+//! - `context`: the server, the credentials and the HTTP client a command works with.
+//! - `output`: tables or JSON.
+//! - [`run`]: start the async runtime and dispatch the command.
+
+mod args;
+mod auth;
+mod commands;
+mod context;
+mod output;
+mod remote;
+mod session;
+
+use std::process::ExitCode;
+
+pub use args::Cli;
+use args::{ApiKeysCommand, Command, DevicesCommand, MembersCommand, OrgCommand, RuntimeCommand};
+use output::Output;
+
+/// Logs go to stderr, filtered by RUST_LOG (default: warnings); M87_LOG_FORMAT=json gives JSON
+/// lines.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let json = std::env::var("M87_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let out = cli.output;
+    if let Command::Device(args) = cli.command {
+        return commands::remote::run(args, out).await;
+    }
+    dispatch_local(cli.command, out).await.map(|()| 0)
+}
+
+async fn dispatch_local(command: Command, out: Output) -> anyhow::Result<()> {
+    match command {
+        Command::Device(_) => Ok(()),
+        Command::Login { api_key, api_url } => commands::login::login(api_key, api_url).await,
+        Command::Logout => commands::login::logout().await,
+        Command::Status => commands::login::status(out).await,
+        Command::Devices { command } => match command {
+            DevicesCommand::List => commands::devices::list(out).await,
+            DevicesCommand::Show { device } => commands::devices::show(&device, out).await,
+            DevicesCommand::Approve { request } => commands::devices::approve(&request, out).await,
+            DevicesCommand::Reject { id } => commands::devices::reject(&id, out).await,
+        },
+        Command::ApiKeys { command } => match command {
+            ApiKeysCommand::Create { email, name } => {
+                commands::api_keys::create(email, name, out).await
+            }
+            ApiKeysCommand::List => commands::api_keys::list(out).await,
+            ApiKeysCommand::Revoke { id } => commands::api_keys::revoke(id).await,
+        },
+        Command::Cp {
+            src,
+            dst,
+            recursive,
+        } => commands::files::cp(&src, &dst, recursive, out).await,
+        Command::Sync {
+            src,
+            dst,
+            delete,
+            excludes,
+            dry_run,
+            watch,
+        } => {
+            commands::files::sync(
+                &src,
+                &dst,
+                commands::files::SyncArgs {
+                    delete,
+                    excludes,
+                    dry_run,
+                    watch,
+                },
+                out,
+            )
+            .await
+        }
+        Command::Org { command } => match command {
+            OrgCommand::Create { id, name } => commands::orgs::create(id, name, out).await,
+            OrgCommand::List => commands::orgs::list(out).await,
+            OrgCommand::Delete { id } => commands::orgs::delete(id).await,
+            OrgCommand::Members { command } => match command {
+                MembersCommand::Add { org, email, role } => {
+                    commands::orgs::add(org, email, role).await
+                }
+                MembersCommand::Remove { org, email } => commands::orgs::remove(org, email).await,
+                MembersCommand::List { org } => commands::orgs::members(org, out).await,
+                MembersCommand::Role { org, email, role } => {
+                    commands::orgs::role(org, email, role).await
+                }
+            },
+        },
+        Command::Runtime { command } => match command {
+            RuntimeCommand::Run { email, org, name } => {
+                commands::runtime::run(email, org, name).await
+            }
+            RuntimeCommand::Status => commands::runtime::status(out),
+            RuntimeCommand::Logout => commands::runtime::logout(),
+        },
+    }
+}
+
+fn hint(err: &anyhow::Error) -> Option<&'static str> {
+    match err.downcast_ref::<m87_transport::http::ApiError>()?.status()? {
+        401 => Some("check M87_API_KEY, or run `m87 login --api-key KEY`"),
+        _ => None,
+    }
+}
+
+/// Worker threads of the async runtime unless `M87_WORKER_THREADS` says otherwise. One: a CLI
+/// session and a device runtime each drive one QUIC connection, whose packets, streams and
+/// sockets then hand work to each other on one thread instead of waking another; blocking work
+/// has its own threads either way. Measured on 2 cores (`loadtest/reports/`): an 8-stream
+/// forward moved about 8% more with one worker than with two, for about 6% less CPU per byte.
+const DEFAULT_WORKER_THREADS: usize = 1;
+
+/// Runs the command `cli` names on an async runtime of its own and returns the exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    let workers = match std::env::var("M87_WORKER_THREADS") {
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                eprintln!("error: M87_WORKER_THREADS must be a positive number, not {v:?}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Err(_) => DEFAULT_WORKER_THREADS,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run_async(cli))
+}
+
+async fn run_async(cli: Cli) -> ExitCode {
+    init_tracing();
+    match dispatch(cli).await {
+        Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
+        Err(e) => {
+            let message = format!("{e:#}");
+            match hint(&e) {
+                Some(h) => eprintln!("error: {message} ({h})"),
+                None => eprintln!("error: {message}"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
