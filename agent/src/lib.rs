@@ -15,4 +15,3 @@ pub mod runtime;
 pub mod services;
 pub mod sysinfo;
 pub mod tunnel;
-

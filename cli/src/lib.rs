@@ -123,7 +123,10 @@ async fn dispatch_local(command: Command, out: Output) -> anyhow::Result<()> {
 }
 
 fn hint(err: &anyhow::Error) -> Option<&'static str> {
-    match err.downcast_ref::<m87_transport::http::ApiError>()?.status()? {
+    match err
+        .downcast_ref::<m87_transport::http::ApiError>()?
+        .status()?
+    {
         401 => Some("check M87_API_KEY, or run `m87 login --api-key KEY`"),
         _ => None,
     }

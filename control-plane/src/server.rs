@@ -13,14 +13,15 @@ use crate::api::{AppState, app};
 use crate::bus::nats::JetStreamBus;
 use crate::bus::{EventBus, InProcessBus, Publisher};
 use crate::config::{FleetConfig, ServerConfig, Settings};
-use crate::projections::mongo::MongoReadStore;
-use crate::projections::store::{ReadStore, SqliteReadStore};
 use crate::projections::{Projector, RebuildError, all_projections};
 use crate::service::ControlPlane;
 use crate::service::sessions::SessionsConfig;
 use crate::store::EventStore;
+use crate::store::ReadStore;
 use crate::store::deadline::Deadline;
+use crate::store::mongo::MongoReadStore;
 use crate::store::mongo::MongoStore;
+use crate::store::sqlite::SqliteReadStore;
 use crate::store::sqlite::SqliteStore;
 use crate::tls;
 use m87_events::token::SessionSigner;
@@ -213,7 +214,7 @@ pub fn load_signer_file(path: &Path) -> anyhow::Result<SessionSigner> {
                 std::fs::create_dir_all(parent)
                     .with_context(|| format!("creating {}", parent.display()))?;
             }
-            tls::write_private_file(&path, &pkcs8)
+            m87_transport::private_file::write_private_file(&path, &pkcs8)
                 .with_context(|| format!("writing {}", path.display()))?;
             tracing::info!(path = %path.display(), "created the session signing key");
             // Another replica may have written its own key at the same moment: use the one
@@ -336,8 +337,11 @@ impl Platform {
         {
             Some(key) => {
                 let path = config.data_dir.join(ADMIN_KEY_FILE);
-                tls::write_private_file(&path, format!("{key}\n").as_bytes())
-                    .with_context(|| format!("writing {}", path.display()))?;
+                m87_transport::private_file::write_private_file(
+                    &path,
+                    format!("{key}\n").as_bytes(),
+                )
+                .with_context(|| format!("writing {}", path.display()))?;
                 tracing::info!(
                     path = %path.display(),
                     email = %config.settings.admin_emails.first().map(|e| e.to_string()).unwrap_or_default(),
@@ -427,7 +431,7 @@ fn spawn_expiry_sweeper(cp: ControlPlane, mut shutdown: watch::Receiver<bool>) {
 /// models, no bus; every command brings the projections up to date before it answers.
 pub async fn open_in_memory(settings: Settings) -> anyhow::Result<ControlPlane> {
     let store: Arc<dyn EventStore> = Arc::new(crate::store::memory::MemoryStore::new());
-    let read: Arc<dyn ReadStore> = Arc::new(crate::projections::store::MemoryReadStore::new());
+    let read: Arc<dyn ReadStore> = Arc::new(crate::store::memory::MemoryReadStore::new());
     let projector =
         Projector::new(Arc::clone(&store), Arc::clone(&read), all_projections()).await?;
     Ok(ControlPlane::new(

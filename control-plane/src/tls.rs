@@ -34,8 +34,8 @@ pub struct TlsMaterial {
 }
 
 /// The certificate fingerprint and private file writes, shared with the rest of m87.
-pub use m87_transport::private_file::write_private_file;
-pub use m87_transport::tls::fingerprint;
+use m87_transport::private_file::write_private_file;
+use m87_transport::tls::fingerprint;
 
 /// Loads the operator's certificate and key, or the self-signed pair in `data_dir/tls`
 /// (creating it on first start).

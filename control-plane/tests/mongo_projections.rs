@@ -13,12 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use m87_control_plane::config::Settings;
-use m87_control_plane::projections::mongo::MongoReadStore;
-use m87_control_plane::projections::store::{MemoryReadStore, ReadStore};
 use m87_control_plane::projections::{Projector, all_projections};
 use m87_control_plane::service::ControlPlane;
 use m87_control_plane::service::sessions::SessionsConfig;
 use m87_control_plane::store::EventStore;
+use m87_control_plane::store::ReadStore;
+use m87_control_plane::store::memory::MemoryReadStore;
+use m87_control_plane::store::mongo::MongoReadStore;
 use m87_control_plane::store::mongo::{MongoStore, connect_database};
 use m87_events::api::{CreateApiKeyRequest, RegisterRequest};
 use m87_events::{Metadata, SystemInfo};

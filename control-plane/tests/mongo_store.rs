@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use m87_control_plane::api::error::ApiError;
-use m87_control_plane::projections::mongo::MongoReadStore;
-use m87_control_plane::projections::store::ReadStore;
 use m87_control_plane::service::ServiceError;
+use m87_control_plane::store::ReadStore;
+use m87_control_plane::store::mongo::MongoReadStore;
 use m87_control_plane::store::mongo::{MongoStore, connect_database};
 use m87_control_plane::store::{EventStore, StoreError, StreamAppend};
 use m87_events::domain::DeviceRemoved;

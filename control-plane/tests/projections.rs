@@ -10,10 +10,11 @@ use m87_control_plane::config::Settings;
 use m87_control_plane::projections::models::{
     API_KEYS, DEVICE_KEYS, DEVICES, KEY_HASHES, REGISTRATIONS,
 };
-use m87_control_plane::projections::store::{MemoryReadStore, ReadStore};
 use m87_control_plane::projections::{Projector, all_projections};
 use m87_control_plane::server::open_single_machine;
 use m87_control_plane::service::ControlPlane;
+use m87_control_plane::store::ReadStore;
+use m87_control_plane::store::memory::MemoryReadStore;
 use m87_events::api::{CreateApiKeyRequest, RegisterRequest};
 use m87_events::{Metadata, SystemInfo};
 use serde_json::Value;
@@ -139,19 +140,19 @@ async fn reapplying_an_event_changes_nothing() {
     reapply_on(&MemoryReadStore::new()).await;
     let dir = tempfile::tempdir().unwrap();
     let sqlite =
-        m87_control_plane::projections::store::SqliteReadStore::open(&dir.path().join("m87.db"))
+        m87_control_plane::store::sqlite::SqliteReadStore::open(&dir.path().join("m87.db"))
             .unwrap();
     reapply_on(&sqlite).await;
 }
 
 async fn reapply_on(read: &dyn ReadStore) {
-    let change = m87_control_plane::projections::store::Change::Put {
+    let change = m87_control_plane::store::Change::Put {
         collection: DEVICES,
         id: "a".into(),
         doc: serde_json::json!({"v": 1}),
     };
     assert!(read.commit("devices", 5, vec![change]).await.unwrap());
-    let again = m87_control_plane::projections::store::Change::Put {
+    let again = m87_control_plane::store::Change::Put {
         collection: DEVICES,
         id: "a".into(),
         doc: serde_json::json!({"v": 2}),

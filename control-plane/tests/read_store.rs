@@ -7,8 +7,10 @@ mod support;
 
 use std::sync::Arc;
 
-use m87_control_plane::projections::mongo::MongoReadStore;
-use m87_control_plane::projections::store::{Change, MemoryReadStore, ReadStore, SqliteReadStore};
+use m87_control_plane::store::memory::MemoryReadStore;
+use m87_control_plane::store::mongo::MongoReadStore;
+use m87_control_plane::store::sqlite::SqliteReadStore;
+use m87_control_plane::store::{Change, ReadStore};
 use serde_json::{Value, json};
 use support::mongo::MongoServer;
 

@@ -27,7 +27,9 @@ pub mod tree;
 pub mod wire;
 pub mod write;
 
-pub use sync::{SyncParams, SyncReport, sync_destination, sync_source};
+pub use sync::{SyncParams, SyncReport};
+pub use sync_dest::sync_destination;
+pub use sync_source::sync_source;
 pub use wire::{TransferError, Wire};
 
 /// Reports transfer progress (the CLI draws a bar; the agent ignores it).

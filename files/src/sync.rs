@@ -1,4 +1,6 @@
-//! Sync: the two roles both sides use (the device's side of a sync channel is in the agent).
+//! Sync: what the two roles (`sync_source`, `sync_destination`, in modules of their own) share:
+//! parameters, the report, and checks of the roots. The device's side of a sync channel is in
+//! the agent.
 //!
 //! The *source* sends its manifest; the *destination* compares it with its own tree, asks for
 //! what changed (with its digest when only the mtime differs, and with block signatures for a
@@ -10,9 +12,6 @@ use std::path::Path;
 use m87_events::tunnel::files::Change;
 
 use super::{TransferError, Wire};
-
-pub use super::sync_dest::sync_destination;
-pub use super::sync_source::sync_source;
 
 /// What a sync does besides copying changes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -69,9 +69,6 @@ impl RelayIdentity {
     }
 }
 
-/// Socket tuning of the relay's endpoint, shared with every other m87 QUIC endpoint.
-pub use m87_transport::quic::{SOCKET_BUFFER, tune_socket};
-
 /// The relay's QUIC server configuration for `alpns`.
 pub fn server_config(
     identity: &RelayIdentity,

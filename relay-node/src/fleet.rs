@@ -122,7 +122,7 @@ impl RelayState {
             .await
             .map_err(|_| anyhow::anyhow!("connecting to relay {relay_id} at {addr} timed out"))??;
         let (mut send, mut recv) = link.open_bi().await?;
-        io::write_control(
+        m87_transport::frames::write_control(
             &mut send,
             &Control::RelayHello {
                 relay_id: self.relay_id().to_owned(),
@@ -276,7 +276,7 @@ pub(crate) async fn accept_link(state: RelayState, conn: quinn::Connection) {
             return;
         }
     };
-    if io::write_control(
+    if m87_transport::frames::write_control(
         &mut send,
         &Control::RelayAccepted {
             relay_id: state.relay_id().to_owned(),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use m87_events::tunnel::{Control, HEADER_TIMEOUT_SECS};
 
-pub use m87_transport::frames::{HeaderError, write_control};
+use m87_transport::frames::HeaderError;
 
 /// How long a peer may take to finish its handshake or send a stream's first frame.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(HEADER_TIMEOUT_SECS);

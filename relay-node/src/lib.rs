@@ -153,11 +153,11 @@ impl Relay {
             endpoint::server_config(&config.identity, &[ALPN_TUNNEL, ALPN_SESSION, fleet::ALPN])?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| anyhow::anyhow!("no async runtime for the relay"))?;
-        let (recv_buffer, send_buffer) = endpoint::tune_socket(&socket);
-        if recv_buffer.is_some_and(|n| n < endpoint::SOCKET_BUFFER) {
+        let (recv_buffer, send_buffer) = m87_transport::quic::tune_socket(&socket);
+        if recv_buffer.is_some_and(|n| n < m87_transport::quic::SOCKET_BUFFER) {
             tracing::warn!(
                 recv_buffer,
-                wanted = endpoint::SOCKET_BUFFER,
+                wanted = m87_transport::quic::SOCKET_BUFFER,
                 "the kernel granted the relay's UDP socket a small receive buffer; under load \
                  packets will be dropped: raise net.core.rmem_max (and net.core.wmem_max)"
             );

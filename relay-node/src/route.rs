@@ -7,8 +7,6 @@ use m87_events::DeviceId;
 use m87_events::tunnel::Control;
 use m87_events::tunnel::datagram::datagram_flow;
 
-use crate::io;
-
 /// Where a session's streams go: the device's tunnel here, or a link to the relay holding it.
 #[derive(Clone)]
 pub(crate) enum Route {
@@ -39,7 +37,7 @@ impl Route {
             }
             Route::Remote { link, device, .. } => {
                 let (mut send, recv) = link.open_bi().await.ok()?;
-                io::write_control(
+                m87_transport::frames::write_control(
                     &mut send,
                     &Control::RelayRoute {
                         device_id: device.clone(),

@@ -21,7 +21,7 @@ pub(crate) async fn handle(state: RelayState, conn: quinn::Connection) {
         old.conn
             .close(CLOSE_REPLACED, b"replaced by a newer tunnel");
     }
-    if io::write_control(
+    if m87_transport::frames::write_control(
         &mut send,
         &Control::TunnelAccepted {
             device_id: device_id.clone(),

@@ -16,8 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use m87_transport::http::trust_invalid_cert_from_env;
-use m87_transport::quic::{client_config, pinned_tls};
 use m87_control_plane::bus::EventBus;
 use m87_control_plane::config::{FleetConfig, NatsSettings, ServerConfig, check_relay_secret};
 use m87_control_plane::domain::access::access_may_shrink;
@@ -26,6 +24,8 @@ use m87_control_plane::service::sessions::PresenceView;
 use m87_events::DeviceId;
 use m87_events::tunnel::ALPN_RELAY_LINK;
 use m87_relay_node::role::{FleetRelay, RelayRole, RelayStarted, RelaysView, relay_id_or_default};
+use m87_transport::http::trust_invalid_cert_from_env;
+use m87_transport::quic::{client_config, pinned_tls};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 

@@ -256,8 +256,8 @@ async fn revoking_access_ends_a_session_that_crosses_relays_within_a_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_link_without_the_secret_or_with_garbage_is_refused_and_the_relay_carries_on() {
-    use m87_transport::frames::{FrameReader, write_control};
     use m87_events::tunnel::{ALPN_RELAY_LINK, Control};
+    use m87_transport::frames::{FrameReader, write_control};
 
     let mut fleet = Fleet::new(1, MongoServer::shared()).await;
     fleet.start_control_plane();

@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 
 use fleet_support::Fleet;
 use futures_util::TryStreamExt;
-use m87_control_plane::projections::mongo::MongoReadStore;
-use m87_control_plane::projections::store::{MemoryReadStore, ReadStore};
 use m87_control_plane::projections::{Projector, all_projections};
 use m87_control_plane::store::EventStore;
+use m87_control_plane::store::ReadStore;
+use m87_control_plane::store::memory::MemoryReadStore;
+use m87_control_plane::store::mongo::MongoReadStore;
 use m87_control_plane::store::mongo::MongoStore;
 use mongo::MongoServer;
 use mongodb::bson::doc;

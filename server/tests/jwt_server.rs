@@ -7,9 +7,9 @@
 mod common;
 
 use common::{M87, Server};
-use m87_transport::http::{ApiClient, ApiError};
 use m87_events::api::WhoAmI;
 use m87_test_support::{oidc, tokens};
+use m87_transport::http::{ApiClient, ApiError};
 use oidc::{DEFAULT_AUDIENCE, OidcProvider};
 use serde_json::json;
 use tokens::{

@@ -9,12 +9,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{M87, Server, enrolled_device};
-use m87_transport::frames::{FrameReader, write_control};
-use m87_transport::http::ApiClient;
 use m87_events::SessionId;
 use m87_events::api::{CreateSessionRequest, SessionGrant};
 use m87_events::token::{Operation, SessionClaims, SessionSigner, now_unix};
 use m87_events::tunnel::{ALPN_SESSION, Control};
+use m87_transport::frames::{FrameReader, write_control};
+use m87_transport::http::ApiClient;
 
 async fn grant(server: &Server, device_id: &str) -> SessionGrant {
     let client = ApiClient::new(&server.url, Some(server.admin_key()), true).unwrap();

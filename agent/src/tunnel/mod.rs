@@ -138,6 +138,41 @@ async fn connect_once(
     };
     *last_relay = Some(relay.address.clone());
     let pin = (!trust_any_cert).then_some(relay.cert_sha256.as_str());
+    let (endpoint, conn, send) = dial(relay, pin, api_key).await?;
+    println!("tunnel connected to relay {}", relay.address);
+    let datagrams = Arc::new(QuicDatagrams {
+        conn: conn.clone(),
+        flows: Mutex::new(HashMap::new()),
+        next: AtomicU32::new(0),
+    });
+    let router = tokio::spawn(Arc::clone(&datagrams).route());
+    let state = Arc::new(TunnelState {
+        device_id: device_id.clone(),
+        verifier,
+        api: api.clone(),
+        sessions: Mutex::new(HashMap::new()),
+        admission: Mutex::new(Default::default()),
+        ctx: ServiceContext { datagrams },
+    });
+    let outcome = serve(&conn, state, shutdown).await;
+    router.abort();
+    drop(send);
+    if outcome.is_ok() {
+        // Shutting down: make sure the close reaches the relay before the process exits.
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_millis(500), endpoint.wait_idle()).await;
+    }
+    outcome
+}
+
+/// Dials `relay`, presents the device key on the first stream and waits for the relay's
+/// answer; returns the endpoint, the connection and the tunnel's control stream (kept open
+/// for the tunnel's life).
+async fn dial(
+    relay: &RelayEndpoint,
+    pin: Option<&str>,
+    api_key: &str,
+) -> Result<(quinn::Endpoint, quinn::Connection, quinn::SendStream), Failure> {
     let (endpoint, conn) =
         m87_transport::quic::connect(&relay.address, &relay.server_name, ALPN_TUNNEL, pin)
             .await
@@ -157,55 +192,39 @@ async fn connect_once(
     .map_err(|e| Failure::Retry(e.to_string()))?;
     let mut control = FrameReader::new(recv);
     match control.control().await {
-        Ok(Some(Control::TunnelAccepted { .. })) => {}
+        Ok(Some(Control::TunnelAccepted { .. })) => Ok((endpoint, conn, send)),
         Ok(Some(Control::Refused { code, message })) if code == "unauthenticated" => {
-            return Err(Failure::Fatal(message));
+            Err(Failure::Fatal(message))
         }
-        Ok(other) => {
-            return Err(Failure::Retry(format!(
-                "unexpected answer from the relay: {other:?}"
-            )));
-        }
-        Err(e) => return Err(Failure::Retry(e.to_string())),
+        Ok(other) => Err(Failure::Retry(format!(
+            "unexpected answer from the relay: {other:?}"
+        ))),
+        Err(e) => Err(Failure::Retry(e.to_string())),
     }
-    println!("tunnel connected to relay {}", relay.address);
-    let datagrams = Arc::new(QuicDatagrams {
-        conn: conn.clone(),
-        flows: Mutex::new(HashMap::new()),
-        next: AtomicU32::new(0),
-    });
-    let router = tokio::spawn(Arc::clone(&datagrams).route());
-    let state = Arc::new(TunnelState {
-        device_id: device_id.clone(),
-        verifier,
-        api: api.clone(),
-        sessions: Mutex::new(HashMap::new()),
-        admission: Mutex::new(Default::default()),
-        ctx: ServiceContext { datagrams },
-    });
-    let outcome = loop {
+}
+
+/// Serves the streams the relay opens on `conn` until the connection is lost (retry) or the
+/// runtime shuts down (closes the connection).
+async fn serve(
+    conn: &quinn::Connection,
+    state: Arc<TunnelState>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), Failure> {
+    loop {
         tokio::select! {
             accepted = conn.accept_bi() => match accepted {
                 Ok((s, r)) => {
                     let state = Arc::clone(&state);
                     tokio::spawn(async move { handle_stream(state, s, r).await });
                 }
-                Err(e) => break Err(Failure::Retry(e.to_string())),
+                Err(e) => return Err(Failure::Retry(e.to_string())),
             },
             _ = shutdown.changed() => {
                 conn.close(quinn::VarInt::from_u32(0), b"device shutting down");
-                break Ok(());
+                return Ok(());
             }
         }
-    };
-    router.abort();
-    drop(send);
-    if outcome.is_ok() {
-        // Shutting down: make sure the close reaches the relay before the process exits.
-        let _ =
-            tokio::time::timeout(std::time::Duration::from_millis(500), endpoint.wait_idle()).await;
     }
-    outcome
 }
 
 #[cfg(test)]

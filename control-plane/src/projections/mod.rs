@@ -12,22 +12,8 @@
 //!
 //! - here: the [`Projector`].
 //! - [`models`]: the documents and the pure projection logic.
-//! - [`store`], [`mongo`]: the read store's earlier paths, kept as re-exports.
 
 pub mod models;
-
-/// The read-store seam and its single-machine and in-memory backends, re-exported from
-/// [`crate::store`] where they live.
-pub mod store {
-    pub use crate::store::memory::MemoryReadStore;
-    pub use crate::store::read::{Change, ReadStore};
-    pub use crate::store::sqlite::SqliteReadStore;
-}
-
-/// The MongoDB read store, re-exported from [`crate::store::mongo`] where it lives.
-pub mod mongo {
-    pub use crate::store::mongo::MongoReadStore;
-}
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -203,8 +203,7 @@ async fn sqlite_store_conforms() {
 }
 
 /// The MongoDB test server harness, shared with the integration tests.
-#[path = "../../tests/support/mongo.rs"]
-mod mongo_harness;
+use m87_test_support::mongo as mongo_harness;
 
 #[tokio::test]
 async fn mongo_store_conforms() {

@@ -1,3 +1,4 @@
-//! Test support shared by the integration tests that need outside services.
+//! Test support shared by the integration tests that need outside services: the MongoDB
+//! harness lives in the `m87-test-support` crate.
 
-pub mod mongo;
+pub use m87_test_support::mongo;
