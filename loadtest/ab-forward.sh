@@ -11,12 +11,14 @@
 # per variant: Gbit/s (iperf3, receiver side), the CPU seconds the forwarding processes spent
 # per GB moved, the load average, and UDP receive-buffer drops during the test.
 #
-# Settings: AB_ROUNDS=3, AB_DURATION=8 (s, after 1 s omitted), AB_STREAMS=8, AB_DIR=up|down.
+# Settings: AB_ROUNDS=3, AB_DURATION=8 (s, after 1 s omitted), AB_STREAMS=8, AB_DIR=up|down,
+# AB_EXEC=0 (after the forward test of each round, the mean wall time of that many
+# `m87 <device> exec -- true` runs, or `ssh -J jump dev true` for the ssh variant, in ms).
 # Needs iperf3, jq, sshd and ssh (root: the temporary sshd); everything on 127.0.0.1:18900-18921.
 # This is the quick check used while tuning; `bench-tunnel.sh` is the benchmark of record.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-ROUNDS=${AB_ROUNDS:-3} DUR=${AB_DURATION:-8} STREAMS=${AB_STREAMS:-8} DIRN=${AB_DIR:-up}
+ROUNDS=${AB_ROUNDS:-3} DUR=${AB_DURATION:-8} STREAMS=${AB_STREAMS:-8} DIRN=${AB_DIR:-up} EXECS=${AB_EXEC:-0}
 VARIANTS=("$@")
 ((${#VARIANTS[@]})) || VARIANTS=(ssh "m87=$ROOT/target/release")
 IPERF_PORT=18900 API_PORT=18905 QUIC_PORT=18904 FWD_PORT=18911 SSHD_DEV=18920 SSHD_JUMP=18921
@@ -72,7 +74,7 @@ ssh_setup() {
 }
 
 run() { # variant round
-  local variant=$1 round=$2 d="$W/run-$2-${1%%=*}" pids=() port=$FWD_PORT
+  local variant=$1 round=$2 d="$W/run-$2-${1%%=*}" pids=() port=$FWD_PORT exec_cmd=()
   mkdir -p "$d"
   if [[ $variant == ssh ]]; then
     ssh_setup
@@ -81,6 +83,7 @@ run() { # variant round
     sleep 1.5
     # the client with its -J proxy child, and the sshd session processes of both hosts
     pids+=($(pgrep -P "${pids[0]}" || true) $(pgrep -f '^sshd: ' || true))
+    exec_cmd=(ssh -F "$W/ssh/ssh_config" -J jump dev true)
   else
     local spec=${variant#*=} bin envs=()
     bin=${spec%%,*}
@@ -105,6 +108,7 @@ run() { # variant round
     pids+=($!)
     wait_line "$d/forward.log" "press Ctrl-C"
     sleep 1
+    exec_cmd=("${E[@]}" M87_API_KEY="$key" M87_CONFIG_DIR="$d/ws" "$bin/m87" ab exec -- true)
   fi
   local args=(-c 127.0.0.1 -p "$port" -t "$DUR" -O 1 -P "$STREAMS" -J) c0 c1 e0 e1 gbit bytes
   [[ $DIRN == down ]] && args+=(-R)
@@ -113,9 +117,17 @@ run() { # variant round
   c1=$(ticks "${pids[@]}"); e1=$(udp_drops)
   gbit=$(jq '.end.sum_received.bits_per_second / 1e9' "$d/iperf.json" 2>/dev/null || echo 0)
   bytes=$(jq '[.intervals[]?.sum.bytes] | add // 0' "$d/iperf.json" 2>/dev/null || echo 0)
-  printf '%-12s round %d  %5.2f Gbit/s  %4.1f CPU s/GB  load %s  UDP drops %d\n' "${variant%%=*}" "$round" \
+  local exec_ms=0 t0 t1 i
+  if ((EXECS > 0)); then
+    "${exec_cmd[@]}" >/dev/null 2>&1 || echo "ab-forward: ${variant%%=*}: exec failed" >&2 # warm-up
+    t0=$(date +%s%N)
+    for ((i = 0; i < EXECS; i++)); do "${exec_cmd[@]}" >/dev/null 2>&1 || echo "ab-forward: ${variant%%=*}: exec failed" >&2; done
+    t1=$(date +%s%N)
+    exec_ms=$(awk -v a="$t0" -v b="$t1" -v n="$EXECS" 'BEGIN { printf "%.1f", (b - a) / 1e6 / n }')
+  fi
+  printf '%-12s round %d  %5.2f Gbit/s  %4.1f CPU s/GB  load %s  UDP drops %d  exec %s ms\n' "${variant%%=*}" "$round" \
     "$gbit" "$(awk -v t=$((c1 - c0)) -v b="$bytes" -v hz="$HZ" 'BEGIN { print (b > 0 ? t / hz / (b / 1e9) : 0) }')" \
-    "$(cut -d' ' -f1 /proc/loadavg)" $((e1 - e0)) | tee -a "$W/results"
+    "$(cut -d' ' -f1 /proc/loadavg)" $((e1 - e0)) "$exec_ms" | tee -a "$W/results"
   if [[ $variant == ssh ]]; then kill "${pids[0]}"; else kill "${pids[@]}"; fi
   if [[ $variant == ssh ]]; then wait "${pids[0]}" 2>/dev/null || true; else wait "${pids[@]}" 2>/dev/null || true; fi
   sleep 1
@@ -125,4 +137,4 @@ for r in $(seq "$ROUNDS"); do
   for v in "${VARIANTS[@]}"; do run "$v" "$r"; done
 done
 echo "mean of $ROUNDS rounds, $STREAMS stream(s) $DIRN:"
-awk '{ g[$1] += $4; c[$1] += $6; n[$1]++ } END { for (k in g) printf "  %-12s %5.2f Gbit/s  %4.1f CPU s/GB\n", k, g[k] / n[k], c[k] / n[k] }' "$W/results"
+awk '{ g[$1] += $4; c[$1] += $6; x[$1] += $(NF - 1); n[$1]++ } END { for (k in g) printf "  %-12s %5.2f Gbit/s  %4.1f CPU s/GB  exec %.1f ms\n", k, g[k] / n[k], c[k] / n[k], x[k] / n[k] }' "$W/results"
