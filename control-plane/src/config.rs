@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub oidc: Option<crate::auth::OidcConfig>,
     /// Fleet mode: MongoDB and NATS instead of SQLite and the in-process bus.
     pub fleet: Option<FleetConfig>,
+    /// Timeouts and caps of the HTTPS listener.
+    pub http_limits: crate::tls::HttpLimits,
 }
 
 /// The shared backends of a fleet control-plane replica.

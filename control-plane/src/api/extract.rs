@@ -30,6 +30,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 }
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
+    if body_timed_out(&rejection) {
+        return request_timeout();
+    }
     match rejection {
         JsonRejection::JsonDataError(e) => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -66,7 +69,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for MaybeJson<T> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                if body_timed_out(&rejection) {
+                    request_timeout()
+                } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     too_large()
                 } else {
                     ApiError::new(
@@ -117,6 +122,27 @@ fn has_json_content_type(headers: &axum::http::HeaderMap) -> bool {
         || essence
             .strip_prefix("application/")
             .is_some_and(|sub| sub.ends_with("+json"))
+}
+
+/// Whether reading the body failed because it did not arrive in time (the listener's
+/// request-read deadline, [`crate::tls::BodyTimedOut`]).
+fn body_timed_out(rejection: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(rejection);
+    while let Some(e) = cause {
+        if e.is::<crate::tls::BodyTimedOut>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+fn request_timeout() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        "the request body did not arrive in time",
+    )
 }
 
 fn unsupported_media_type() -> ApiError {
