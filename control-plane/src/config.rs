@@ -97,6 +97,30 @@ pub fn admin_emails_or_env(given: Vec<Email>) -> anyhow::Result<Vec<Email>> {
     }
 }
 
+/// The HTTPS listener's limits: the defaults, with the connection caps taken from
+/// `M87_MAX_CONNECTIONS` and `M87_MAX_CONNECTIONS_PER_ADDRESS` when set (raise the second to
+/// the first behind a load balancer that hides client addresses).
+pub fn http_limits_from_env() -> anyhow::Result<crate::tls::HttpLimits> {
+    let mut limits = crate::tls::HttpLimits::default();
+    for (name, value) in [
+        ("M87_MAX_CONNECTIONS", &mut limits.max_connections),
+        (
+            "M87_MAX_CONNECTIONS_PER_ADDRESS",
+            &mut limits.max_connections_per_address,
+        ),
+    ] {
+        if let Ok(given) = std::env::var(name) {
+            *value = given
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .with_context(|| format!("{name} must be a positive number, not {given:?}"))?;
+        }
+    }
+    Ok(limits)
+}
+
 /// Shortest relay secret accepted.
 pub const MIN_SECRET_LEN: usize = 32;
 

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use m87_control_plane::config::{NatsSettings, ServerConfig, Settings, admin_emails_or_env};
-use m87_control_plane::tls::HttpLimits;
 
 /// The m87 platform: control plane and REST API.
 #[derive(Debug, Parser)]
@@ -240,16 +239,6 @@ pub(crate) struct ApiArgs {
     /// Seconds between sweeps that record expired registration requests.
     #[arg(long, env = "M87_EXPIRY_SWEEP_SECS", default_value_t = 30)]
     pub(crate) expiry_sweep_secs: u64,
-
-    /// HTTPS connections open at once; more are closed at once.
-    #[arg(long, env = "M87_MAX_CONNECTIONS", default_value_t = HttpLimits::default().max_connections)]
-    pub(crate) max_connections: usize,
-
-    /// HTTPS connections open at once from one source address (IPv6: one /64); raise it to
-    /// --max-connections behind a load balancer that hides client addresses.
-    #[arg(long, env = "M87_MAX_CONNECTIONS_PER_ADDRESS",
-          default_value_t = HttpLimits::default().max_connections_per_address)]
-    pub(crate) max_connections_per_address: usize,
 }
 
 impl ApiArgs {
@@ -280,11 +269,7 @@ impl ApiArgs {
             settings,
             oidc,
             fleet: None,
-            http_limits: HttpLimits {
-                max_connections: self.max_connections,
-                max_connections_per_address: self.max_connections_per_address,
-                ..HttpLimits::default()
-            },
+            http_limits: m87_control_plane::config::http_limits_from_env()?,
         })
     }
 }
