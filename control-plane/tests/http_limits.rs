@@ -1,5 +1,6 @@
 //! The HTTPS listener's limits, over real sockets: idle HTTP/2 connections and connections
-//! that stop answering pings are closed, a trickling body is cut off with 408, HTTP/1
+//! that stop answering pings are closed, a trickling body is cut off with 408 (on the public
+//! and the internal relay API alike, which share the listener), HTTP/1
 //! keep-alive connections are closed when idle, connections over a cap are closed at once
 //! while others are served, and an oversized header is refused with 431.
 //!
@@ -22,6 +23,8 @@ use tokio_rustls::client::TlsStream;
 
 /// Far longer than any limit under test: what a test waits at most for a connection to end.
 const PATIENCE: Duration = Duration::from_secs(15);
+
+const RELAY_SECRET: &str = "a-relay-secret-of-at-least-32-characters";
 
 const ANOTHER_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
@@ -63,7 +66,7 @@ async fn start(limits: HttpLimits) -> Server {
     tokio::spawn(serve_https(
         listener,
         tls.config.clone(),
-        app(AppState::new(cp)),
+        app(AppState::new(cp).with_relay_secret(RELAY_SECRET)),
         limits,
         async move {
             let _ = stopped.await;
@@ -252,23 +255,17 @@ async fn http2_connections_that_do_not_answer_pings_are_closed() {
     assert!(seen.contains(&h2::PING), "the server pinged: {seen:?}");
 }
 
-#[tokio::test]
-async fn a_trickling_request_body_is_cut_off_with_408() {
-    let server = start(HttpLimits {
-        request_read_timeout: Duration::from_secs(2),
-        ..long_limits()
-    })
-    .await;
+/// Sends `POST path` announcing a 1,000-byte body and then trickles it, one byte every half
+/// second (over eight minutes in all); returns what the server answered, or sent before it
+/// closed the connection.
+async fn trickle(server: &Server, path: &str, headers: &str) -> String {
     let stream = server.connect(b"http/1.1").await;
     let (mut reader, mut writer) = tokio::io::split(stream);
-    writer
-        .write_all(
-            b"POST /v1/registrations HTTP/1.1\r\nHost: localhost\r\n\
-              Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
-        )
-        .await
-        .unwrap();
-    // One byte every half second: the body would take over eight minutes.
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\n{headers}\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{"
+    );
+    writer.write_all(head.as_bytes()).await.unwrap();
     let trickle = tokio::spawn(async move {
         for _ in 0..999 {
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -293,6 +290,32 @@ async fn a_trickling_request_body_is_cut_off_with_408() {
     .await
     .expect("the slow request is answered or closed within the deadline");
     trickle.abort();
+    answer
+}
+
+#[tokio::test]
+async fn a_trickling_request_body_is_cut_off_with_408() {
+    let server = start(HttpLimits {
+        request_read_timeout: Duration::from_secs(2),
+        ..long_limits()
+    })
+    .await;
+    let answer = trickle(&server, "/v1/registrations", "").await;
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "answered 408: {answer:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_internal_relay_api_has_the_same_deadline() {
+    let server = start(HttpLimits {
+        request_read_timeout: Duration::from_secs(2),
+        ..long_limits()
+    })
+    .await;
+    let bearer = format!("Authorization: Bearer {RELAY_SECRET}\r\n");
+    let answer = trickle(&server, "/v1/internal/relay/presence", &bearer).await;
     assert!(
         answer.starts_with("HTTP/1.1 408"),
         "answered 408: {answer:?}"
