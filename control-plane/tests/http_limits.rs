@@ -159,7 +159,11 @@ mod h2 {
 
     use super::*;
 
+    pub const DATA: u8 = 0;
+    pub const HEADERS: u8 = 1;
+    pub const RST_STREAM: u8 = 3;
     pub const SETTINGS: u8 = 4;
+    pub const END_HEADERS: u8 = 4;
     pub const PING: u8 = 6;
     pub const GOAWAY: u8 = 7;
     const ACK: u8 = 1;
@@ -181,21 +185,55 @@ mod h2 {
         stream.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
     }
 
-    /// The next frame's type and flags; `None` once the connection has ended.
-    async fn next(stream: &mut TlsStream<TcpStream>) -> Option<(u8, u8, Vec<u8>)> {
+    /// The next frame's type, flags and payload; `None` once the connection has ended.
+    async fn next(
+        stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    ) -> Option<(u8, u8, Vec<u8>, u32)> {
         let mut header = [0u8; 9];
         stream.read_exact(&mut header).await.ok()?;
         let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let stream_id = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
         let mut payload = vec![0u8; len];
         stream.read_exact(&mut payload).await.ok()?;
-        Some((header[3], header[4], payload))
+        Some((header[3], header[4], payload, stream_id))
+    }
+
+    /// The first frame the server sends about stream `id` that answers or ends it (HEADERS or
+    /// RST_STREAM); `None` when the connection ended first.
+    pub async fn answer_on(
+        stream: &mut (impl tokio::io::AsyncRead + Unpin),
+        id: u32,
+    ) -> Option<u8> {
+        while let Some((kind, _, _, on)) = next(stream).await {
+            if on == id && (kind == HEADERS || kind == RST_STREAM) {
+                return Some(kind);
+            }
+        }
+        None
+    }
+
+    /// The header block (HPACK, no Huffman, nothing indexed) of `POST path` with a JSON body
+    /// of 1,000 bytes.
+    pub fn post(path: &str) -> Vec<u8> {
+        let mut block = vec![0x83, 0x87]; // :method POST, :scheme https
+        for (name_index, value) in [
+            (&[0x04][..], path),                     // :path
+            (&[0x01][..], "localhost"),              // :authority
+            (&[0x0f, 0x10][..], "application/json"), // content-type (31)
+            (&[0x0f, 0x0d][..], "1000"),             // content-length (28)
+        ] {
+            block.extend_from_slice(name_index);
+            block.push(u8::try_from(value.len()).unwrap());
+            block.extend_from_slice(value.as_bytes());
+        }
+        block
     }
 
     /// Reads frames until the server closes the connection, acknowledging its settings and,
     /// when `answer_pings`, its pings; returns the types of the frames it sent.
     pub async fn until_closed(stream: &mut TlsStream<TcpStream>, answer_pings: bool) -> Vec<u8> {
         let mut seen = Vec::new();
-        while let Some((kind, flags, payload)) = next(stream).await {
+        while let Some((kind, flags, payload, _)) = next(stream).await {
             seen.push(kind);
             let reply = match kind {
                 SETTINGS if flags & ACK == 0 => Some(frame(SETTINGS, ACK, 0, &[])),
@@ -305,6 +343,41 @@ async fn a_trickling_request_body_is_cut_off_with_408() {
         answer.starts_with("HTTP/1.1 408"),
         "answered 408: {answer:?}"
     );
+}
+
+#[tokio::test]
+async fn a_trickling_http2_request_body_is_cut_off() {
+    let server = start(HttpLimits {
+        request_read_timeout: Duration::from_secs(2),
+        ..long_limits()
+    })
+    .await;
+    let mut stream = server.connect(b"h2").await;
+    h2::open(&mut stream).await;
+    let headers = h2::frame(
+        h2::HEADERS,
+        h2::END_HEADERS,
+        1,
+        &h2::post("/v1/registrations"),
+    );
+    stream.write_all(&headers).await.unwrap();
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let trickle = tokio::spawn(async move {
+        for _ in 0..1000 {
+            let byte = h2::frame(h2::DATA, 0, 1, b" ");
+            if writer.write_all(&byte).await.is_err() || writer.flush().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let answer = tokio::time::timeout(PATIENCE, h2::answer_on(&mut reader, 1))
+        .await
+        .expect("the slow stream is answered, reset or closed within the deadline");
+    trickle.abort();
+    // The 408 itself is HPACK-encoded (maybe Huffman): an answer before the body is complete
+    // is what shows the deadline.
+    assert_eq!(answer, Some(h2::HEADERS), "the stream is answered");
 }
 
 #[tokio::test]
