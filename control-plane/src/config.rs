@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub oidc: Option<crate::auth::OidcConfig>,
     /// Fleet mode: MongoDB and NATS instead of SQLite and the in-process bus.
     pub fleet: Option<FleetConfig>,
+    /// Timeouts and caps of the HTTPS listener.
+    pub http_limits: crate::tls::HttpLimits,
 }
 
 /// The shared backends of a fleet control-plane replica.
@@ -93,6 +95,30 @@ pub fn admin_emails_or_env(given: Vec<Email>) -> anyhow::Result<Vec<Email>> {
     } else {
         Ok(parsed)
     }
+}
+
+/// The HTTPS listener's limits: the defaults, with the connection caps taken from
+/// `M87_MAX_CONNECTIONS` and `M87_MAX_CONNECTIONS_PER_ADDRESS` when set (raise the second to
+/// the first behind a load balancer that hides client addresses).
+pub fn http_limits_from_env() -> anyhow::Result<crate::tls::HttpLimits> {
+    let mut limits = crate::tls::HttpLimits::default();
+    for (name, value) in [
+        ("M87_MAX_CONNECTIONS", &mut limits.max_connections),
+        (
+            "M87_MAX_CONNECTIONS_PER_ADDRESS",
+            &mut limits.max_connections_per_address,
+        ),
+    ] {
+        if let Ok(given) = std::env::var(name) {
+            *value = given
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .with_context(|| format!("{name} must be a positive number, not {given:?}"))?;
+        }
+    }
+    Ok(limits)
 }
 
 /// Shortest relay secret accepted.

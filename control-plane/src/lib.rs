@@ -10,7 +10,8 @@
 //!
 //! - [`server`]: wiring: opens the stores, bus, projector and service for one machine, a fleet
 //!   or tests (in memory); the session signing key; projection rebuilds.
-//! - [`tls`]: the self-signed certificate and the HTTPS accept loop.
+//! - [`tls`]: the self-signed certificate and the HTTPS listener with its limits
+//!   ([`tls::HttpLimits`]: timeouts, connection caps, header size).
 //! - [`api`]: the axum router, the error mapping, authentication extractors, OpenAPI.
 //! - [`auth`]: OpenID Connect sign-in: validating the provider's JWT access tokens.
 //! - [`service`]: [`service::ControlPlane`]: one file per aggregate or concern

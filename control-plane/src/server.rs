@@ -306,6 +306,7 @@ pub struct Platform {
     /// The OIDC token validator, when sign-in is configured.
     pub jwt: Option<Arc<crate::auth::JwtValidator>>,
     relay_secret: Option<String>,
+    http_limits: tls::HttpLimits,
     stop: watch::Sender<bool>,
 }
 
@@ -373,6 +374,7 @@ impl Platform {
             admin_key_path,
             jwt,
             relay_secret: config.fleet.as_ref().map(|f| f.relay_secret.clone()),
+            http_limits: config.http_limits.clone(),
             stop,
         })
     }
@@ -403,7 +405,15 @@ impl Platform {
         if let Some(secret) = &self.relay_secret {
             state = state.with_relay_secret(secret);
         }
-        tls::serve_https(listener, self.tls.config.clone(), app(state), shutdown).await;
+        // The internal relay API is part of this app: one listener, one set of limits.
+        tls::serve_https(
+            listener,
+            self.tls.config.clone(),
+            app(state),
+            self.http_limits.clone(),
+            shutdown,
+        )
+        .await;
         let _ = self.stop.send(true);
         tracing::info!("server stopped");
         Ok(())

@@ -1,24 +1,30 @@
 //! TLS for the REST API: the operator's certificate, or a self-signed one kept in the data
-//! directory across restarts; and the HTTPS accept loop.
+//! directory across restarts; and the HTTPS listener with its limits.
+//!
+//! # Layout
+//!
+//! - here: the certificate and key ([`load_or_create`]).
+//! - `serve.rs`: [`serve_https`], the accept loop every HTTPS listener of the control plane
+//!   uses: connection caps, TLS handshake, HTTP/1 and HTTP/2, idle connections closed.
+//! - `limits.rs`: [`HttpLimits`], every timeout and cap of the listener with its default; the
+//!   connection caps (global and per source address).
+//! - `body.rs`: the request body deadline ([`BodyTimedOut`], answered 408) and the count of
+//!   requests in progress that tells an idle connection.
 
-use std::net::SocketAddr;
+mod body;
+mod limits;
+mod serve;
+
+pub use body::BodyTimedOut;
+pub use limits::{Cap, HttpLimits};
+pub use serve::serve_https;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
-use axum::Router;
-use axum::extract::ConnectInfo;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
-
-/// How long a client may take to finish the TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The server's TLS configuration and what to tell people about it.
 #[derive(Debug, Clone)]
@@ -103,67 +109,4 @@ fn create_self_signed(dir: &Path, cert_path: &Path, key_path: &Path) -> anyhow::
     std::fs::write(cert_path, certified.cert.pem())
         .with_context(|| format!("writing {}", cert_path.display()))?;
     Ok(())
-}
-
-/// Serves `app` over HTTPS on `listener` until `shutdown` completes; then stops accepting and
-/// lets open requests finish (up to 10 s).
-pub async fn serve_https(
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    app: Router,
-    shutdown: impl Future<Output = ()> + Send,
-) {
-    let acceptor = TlsAcceptor::from(tls);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "tls handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "tls handshake timed out");
-                    return;
-                }
-            };
-            let service = app.map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                req
-            });
-            let service = TowerToHyperService::new(service);
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .header_read_timeout(Duration::from_secs(30))
-                .timer(hyper_util::rt::TokioTimer::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "connection closed with an error");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("open connections did not finish within 10 s");
-    }
 }

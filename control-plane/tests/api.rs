@@ -201,6 +201,53 @@ async fn malformed_oversized_and_unknown_input_is_refused() {
 }
 
 #[tokio::test]
+async fn creating_an_api_key_needs_a_json_content_type() {
+    let api = Api::new().await;
+    let before = api.head().await;
+    let body = json!({"name": "ci"}).to_string();
+    let a = api
+        .raw(
+            "POST",
+            "/v1/api-keys",
+            Some(&api.admin),
+            Body::from(body.clone()),
+            false,
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.code()),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+    );
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/api-keys")
+        .header("authorization", format!("Bearer {}", api.admin))
+        .header("content-type", "text/plain")
+        .body(Body::from(body.clone()))
+        .unwrap();
+    let resp = api.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(api.head().await, before, "no key was made");
+
+    // An empty body still needs no type; a JSON one with its type makes the key.
+    let a = api
+        .call("POST", "/v1/api-keys", Some(&api.admin), None)
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    let a = api
+        .raw(
+            "POST",
+            "/v1/api-keys",
+            Some(&api.admin),
+            Body::from(body),
+            true,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    assert_eq!(a.body["name"], "ci");
+}
+
+#[tokio::test]
 async fn decisions_on_unknown_decided_and_expired_requests() {
     let api = Api::new().await;
     let unknown = "01a20299-2909-75d0-b4ed-9ff6c41df9fd";

@@ -269,6 +269,7 @@ impl ApiArgs {
             settings,
             oidc,
             fleet: None,
+            http_limits: m87_control_plane::config::http_limits_from_env()?,
         })
     }
 }

@@ -30,6 +30,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 }
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
+    if body_timed_out(&rejection) {
+        return request_timeout();
+    }
     match rejection {
         JsonRejection::JsonDataError(e) => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -43,11 +46,7 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             ),
         ),
         JsonRejection::JsonSyntaxError(_) => malformed(),
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "request body must be JSON (Content-Type: application/json)",
-        ),
+        JsonRejection::MissingJsonContentType(_) => unsupported_media_type(),
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => too_large(),
         other => ApiError::new(
             other.status(),
@@ -57,7 +56,8 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
-/// An optional JSON body: an empty body is `None`; anything else must be valid JSON.
+/// An optional JSON body: an empty body is `None`; anything else must be valid JSON sent as
+/// `Content-Type: application/json` (else 415, as [`ApiJson`] answers).
 #[derive(Debug)]
 pub struct MaybeJson<T>(pub Option<T>);
 
@@ -65,10 +65,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for MaybeJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json_type = has_json_content_type(req.headers());
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                if body_timed_out(&rejection) {
+                    request_timeout()
+                } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     too_large()
                 } else {
                     ApiError::new(
@@ -80,6 +83,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for MaybeJson<T> {
             })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(None));
+        }
+        if !json_type {
+            return Err(unsupported_media_type());
         }
         serde_json::from_slice(&bytes)
             .map(|v| Self(Some(v)))
@@ -95,6 +101,56 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for MaybeJson<T> {
                 }
             })
     }
+}
+
+/// Whether `Content-Type` names JSON (`application/json` or `application/*+json`), as
+/// axum's `Json` requires.
+fn has_json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|sub| sub.ends_with("+json"))
+}
+
+/// Whether reading the body failed because it did not arrive in time (the listener's
+/// request-read deadline, [`crate::tls::BodyTimedOut`]).
+fn body_timed_out(rejection: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(rejection);
+    while let Some(e) = cause {
+        if e.is::<crate::tls::BodyTimedOut>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+fn request_timeout() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        "the request body did not arrive in time",
+    )
+}
+
+fn unsupported_media_type() -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "request body must be JSON (Content-Type: application/json)",
+    )
 }
 
 fn too_large() -> ApiError {

@@ -5,7 +5,8 @@
 //!
 //! - [`SqliteStore`] (`events.rs`): the event store.
 //! - [`SqliteReadStore`] (`read.rs`): the read store (projection documents and checkpoints).
-//! - here: opening the database, and running blocking work off the async runtime.
+//! - here: opening the database (its files 0600), and running blocking work off the async
+//!   runtime.
 
 mod events;
 mod read;
@@ -20,9 +21,15 @@ use rusqlite::Connection;
 
 use super::StoreError;
 
+/// Mode of the database file and of its `-wal` and `-shm` files: the owner's only.
+pub const DATABASE_MODE: u32 = 0o600;
+
 /// Opens (creating if needed) the database at `path` with m87's settings and brings its schema
-/// up to date.
+/// up to date. The file is created 0600 (SQLite gives its `-wal` and `-shm` files the mode of
+/// the database file); an existing file, and its `-wal` and `-shm`, are set to 0600.
 pub fn open_database(path: &Path) -> Result<Connection, StoreError> {
+    restrict_database_files(path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot protect {}: {e}", path.display())))?;
     let unavailable = |e: rusqlite::Error| {
         StoreError::Unavailable(format!("cannot open {}: {e}", path.display()))
     };
@@ -36,6 +43,31 @@ pub fn open_database(path: &Path) -> Result<Connection, StoreError> {
     m87_migrations::sqlite::migrate(&mut conn)
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
     Ok(conn)
+}
+
+/// Creates the database file 0600 when missing, and sets the database file and its `-wal` and
+/// `-shm` files to 0600 when their modes differ.
+fn restrict_database_files(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(DATABASE_MODE)
+        .open(path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let meta = match std::fs::metadata(&file) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if meta.permissions().mode() & 0o777 != DATABASE_MODE {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(DATABASE_MODE))?;
+        }
+    }
+    Ok(())
 }
 
 /// Runs blocking SQLite work off the async runtime.
