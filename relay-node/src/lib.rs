@@ -138,6 +138,12 @@ impl RelayHandle {
     pub fn registry(&self) -> Arc<Registry> {
         Arc::clone(self.state.registry())
     }
+
+    /// Client datagrams dropped so far because they named a UDP flow that the sending session
+    /// had not opened.
+    pub fn foreign_datagrams(&self) -> u64 {
+        self.state.flows().foreign_datagrams()
+    }
 }
 
 impl Relay {
