@@ -11,6 +11,7 @@ use m87_events::token::{SessionClaims, now_unix};
 use m87_events::tunnel::Control;
 use m87_events::tunnel::datagram::datagram_flow;
 
+use crate::gate::Unauthenticated;
 use crate::io::{self, CLOSE_PROTOCOL, CLOSE_SESSION_ENDED};
 use crate::route::{FlowOwner, Route};
 use crate::splice::splice;
@@ -46,7 +47,7 @@ async fn refuse(
 }
 
 /// Handles one client session connection until it ends.
-pub(crate) async fn handle(state: RelayState, conn: quinn::Connection) {
+pub(crate) async fn handle(state: RelayState, conn: quinn::Connection, gate: Unauthenticated) {
     let remote = conn.remote_address();
     let Some((mut csend, crecv, token, raw_open)) = read_session_open(&conn).await else {
         return;
@@ -55,7 +56,10 @@ pub(crate) async fn handle(state: RelayState, conn: quinn::Connection) {
     let decision = state.admit(&token, now_unix());
     // ...then act.
     let claims = match decision {
-        Ok(claims) => claims,
+        Ok(claims) => {
+            gate.authenticated(&conn);
+            claims
+        }
         Err(refusal) => {
             if refusal.session.is_none() {
                 tracing::info!(%remote, error = %refusal.reason, "session token refused");

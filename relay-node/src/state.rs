@@ -14,6 +14,7 @@ use m87_events::admission::{self, AdmissionState, Refusal};
 use m87_events::token::{SessionClaims, SessionVerifier};
 use m87_events::{DeviceId, SessionId};
 
+use crate::gate::Gate;
 use crate::links::Fleet;
 use crate::registry::Registry;
 use crate::route::FlowOwner;
@@ -44,6 +45,8 @@ struct Inner {
     endpoint: quinn::Endpoint,
     /// Fleet mode.
     fleet: Option<Fleet>,
+    /// Connections not yet authenticated.
+    gate: Gate,
 }
 
 impl RelayState {
@@ -66,6 +69,7 @@ impl RelayState {
                 sessions: SessionTable::default(),
                 endpoint,
                 fleet,
+                gate: Gate::default(),
             }),
         }
     }
@@ -98,6 +102,11 @@ impl RelayState {
     /// The open client sessions.
     pub(crate) fn sessions(&self) -> &SessionTable {
         &self.inner.sessions
+    }
+
+    /// The count of connections not yet authenticated.
+    pub(crate) fn gate(&self) -> &Gate {
+        &self.inner.gate
     }
 
     /// The owners of UDP flows.
