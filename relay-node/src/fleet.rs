@@ -243,7 +243,11 @@ impl PresenceHold {
 }
 
 /// Handles a link another relay dialled, until it closes.
-pub(crate) async fn accept_link(state: RelayState, conn: quinn::Connection) {
+pub(crate) async fn accept_link(
+    state: RelayState,
+    conn: quinn::Connection,
+    gate: crate::gate::Unauthenticated,
+) {
     let remote = conn.remote_address();
     let Some(fleet) = state.fleet() else {
         conn.close(CLOSE_PROTOCOL, b"this relay is not in a fleet");
@@ -276,6 +280,7 @@ pub(crate) async fn accept_link(state: RelayState, conn: quinn::Connection) {
             return;
         }
     };
+    gate.authenticated(&conn);
     if m87_transport::frames::write_control(
         &mut send,
         &Control::RelayAccepted {

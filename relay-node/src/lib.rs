@@ -15,6 +15,8 @@
 //!   the relay holding a device's tunnel.
 //! - `links`: the fleet settings and the pool of dialled links.
 //! - [`endpoint`]: QUIC and TLS configuration, certificates.
+//! - [`gate`]: what a connection gets before it authenticates (caps, address validation,
+//!   small limits, a deadline).
 //! - `state`: the relay's shared state, one owner behind a cloneable handle, with the tables
 //!   of live sessions and UDP flows.
 //! - [`tunnel`]: the device tunnel handler.
@@ -31,6 +33,7 @@ pub mod control_link;
 pub mod directory;
 pub mod endpoint;
 pub mod fleet;
+pub mod gate;
 pub mod io;
 mod links;
 pub mod presence;
@@ -138,6 +141,68 @@ impl RelayHandle {
     pub fn registry(&self) -> Arc<Registry> {
         Arc::clone(self.state.registry())
     }
+
+    /// Client datagrams dropped so far because they named a UDP flow that the sending session
+    /// had not opened.
+    pub fn foreign_datagrams(&self) -> u64 {
+        self.state.flows().foreign_datagrams()
+    }
+
+    /// Connection attempts refused so far because too many connections were unauthenticated.
+    pub fn refused_connections(&self) -> u64 {
+        self.state.gate().refused_total()
+    }
+
+    /// Connection attempts asked so far to validate their address (QUIC Retry).
+    pub fn retried_connections(&self) -> u64 {
+        self.state.gate().retried_total()
+    }
+
+    /// Connections unauthenticated now.
+    pub fn unauthenticated_connections(&self) -> usize {
+        self.state.gate().unauthenticated()
+    }
+}
+
+/// Completes the handshake of an accepted attempt and hands the connection to the handler
+/// of its protocol.
+async fn serve_connection(
+    state: state::RelayState,
+    incoming: quinn::Incoming,
+    mut gate: gate::Unauthenticated,
+) {
+    let started = Instant::now();
+    let remote = incoming.remote_address();
+    let connecting = match incoming.accept() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(%remote, error = %e, "refused an incoming connection");
+            return;
+        }
+    };
+    let conn = match tokio::time::timeout(io::HEADER_TIMEOUT, connecting).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "handshake timed out");
+            return;
+        }
+    };
+    gate.watch(&conn);
+    let alpn = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    tracing::debug!(%remote, elapsed_ms = started.elapsed().as_millis() as u64, "connection up");
+    match alpn.as_deref() {
+        Some(p) if p == ALPN_TUNNEL => tunnel::handle(state, conn, gate).await,
+        Some(p) if p == ALPN_SESSION => session::handle(state, conn, gate).await,
+        Some(p) if p == fleet::ALPN => fleet::accept_link(state, conn, gate).await,
+        _ => conn.close(io::CLOSE_PROTOCOL, b"unknown protocol"),
+    }
 }
 
 impl Relay {
@@ -197,7 +262,9 @@ impl Relay {
         }
     }
 
-    /// Accepts connections until `shutdown` turns true; then closes every connection.
+    /// Accepts connections until `shutdown` turns true; then closes every connection. Each
+    /// attempt passes the [`gate`] first: retried, refused, or accepted with a slot it holds
+    /// until it authenticates.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         loop {
             let incoming = tokio::select! {
@@ -207,40 +274,27 @@ impl Relay {
                 },
                 _ = shutdown.changed() => break,
             };
-            let state = self.state.clone();
-            tokio::spawn(async move {
-                let started = Instant::now();
-                let remote = incoming.remote_address();
-                let connecting = match incoming.accept() {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::debug!(%remote, error = %e, "refused an incoming connection");
-                        return;
+            let remote = incoming.remote_address();
+            let admission = self.state.gate().admit(
+                remote.ip(),
+                incoming.remote_address_validated(),
+                incoming.may_retry(),
+            );
+            let gate = match admission {
+                gate::Admission::Accept(gate) => gate,
+                gate::Admission::Retry => {
+                    if let Err(e) = incoming.retry() {
+                        tracing::debug!(%remote, "could not ask for address validation");
+                        e.into_incoming().ignore();
                     }
-                };
-                let conn = match tokio::time::timeout(io::HEADER_TIMEOUT, connecting).await {
-                    Ok(Ok(c)) => c,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%remote, error = %e, "handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%remote, "handshake timed out");
-                        return;
-                    }
-                };
-                let alpn = conn
-                    .handshake_data()
-                    .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
-                    .and_then(|d| d.protocol);
-                tracing::debug!(%remote, elapsed_ms = started.elapsed().as_millis() as u64, "connection up");
-                match alpn.as_deref() {
-                    Some(p) if p == ALPN_TUNNEL => tunnel::handle(state, conn).await,
-                    Some(p) if p == ALPN_SESSION => session::handle(state, conn).await,
-                    Some(p) if p == fleet::ALPN => fleet::accept_link(state, conn).await,
-                    _ => conn.close(io::CLOSE_PROTOCOL, b"unknown protocol"),
+                    continue;
                 }
-            });
+                gate::Admission::Refuse => {
+                    incoming.refuse();
+                    continue;
+                }
+            };
+            tokio::spawn(serve_connection(self.state.clone(), incoming, gate));
         }
         self.endpoint
             .close(io::CLOSE_SHUTDOWN, b"relay shutting down");

@@ -9,7 +9,9 @@ use m87_events::SessionId;
 use m87_events::admission::{DEVICE_UNREACHABLE_REASON, Refusal, RefusalCode};
 use m87_events::token::{SessionClaims, now_unix};
 use m87_events::tunnel::Control;
+use m87_events::tunnel::datagram::datagram_flow;
 
+use crate::gate::Unauthenticated;
 use crate::io::{self, CLOSE_PROTOCOL, CLOSE_SESSION_ENDED};
 use crate::route::{FlowOwner, Route};
 use crate::splice::splice;
@@ -45,7 +47,7 @@ async fn refuse(
 }
 
 /// Handles one client session connection until it ends.
-pub(crate) async fn handle(state: RelayState, conn: quinn::Connection) {
+pub(crate) async fn handle(state: RelayState, conn: quinn::Connection, gate: Unauthenticated) {
     let remote = conn.remote_address();
     let Some((mut csend, crecv, token, raw_open)) = read_session_open(&conn).await else {
         return;
@@ -54,7 +56,10 @@ pub(crate) async fn handle(state: RelayState, conn: quinn::Connection) {
     let decision = state.admit(&token, now_unix());
     // ...then act.
     let claims = match decision {
-        Ok(claims) => claims,
+        Ok(claims) => {
+            gate.authenticated(&conn);
+            claims
+        }
         Err(refusal) => {
             if refusal.session.is_none() {
                 tracing::info!(%remote, error = %refusal.reason, "session token refused");
@@ -156,15 +161,13 @@ async fn serve(
         drecv,
     } = control;
     let control = tokio::spawn(splice(crecv, dsend, drecv, csend));
-    let datagram_conn = conn.clone();
-    let datagram_route = route.clone();
-    let client_datagrams = tokio::spawn(async move {
-        // Client datagrams go to the device as they are (flow id first); the device checks
-        // that the flow belongs to a session it accepted.
-        while let Ok(d) = datagram_conn.read_datagram().await {
-            datagram_route.send_datagram(d);
-        }
-    });
+    let client_datagrams = tokio::spawn(forward_client_datagrams(
+        state.clone(),
+        conn.clone(),
+        route.clone(),
+        claims.dev.clone(),
+        session_id,
+    ));
     accept_channels(&state, &conn, &route, &claims.dev, session_id).await;
     state.sessions().remove(&session_id);
     control.abort();
@@ -178,6 +181,34 @@ async fn serve(
         lost_packets = stats.path.lost_packets,
         "session closed"
     );
+}
+
+/// Passes the client's datagrams to the device as they are (flow id first), but only those of
+/// flows this session opened: the device's tunnel carries every session's datagrams and routes
+/// them by flow id alone, so a datagram naming another session's flow (or none) is dropped
+/// here and counted; the count is logged at 1, 2, 4, 8… drops per session.
+async fn forward_client_datagrams(
+    state: RelayState,
+    conn: quinn::Connection,
+    route: Route,
+    device: DeviceId,
+    session_id: SessionId,
+) {
+    let mut dropped = 0u64;
+    while let Ok(d) = conn.read_datagram().await {
+        let Some(flow) = datagram_flow(&d) else {
+            continue;
+        };
+        match state.flows().check_client(&device, flow, &conn) {
+            Ok(()) => route.send_datagram(d),
+            Err(total) => {
+                dropped += 1;
+                if dropped.is_power_of_two() {
+                    tracing::info!(session = %session_id, %device, dropped, total, "dropped datagrams for UDP flows this session does not own");
+                }
+            }
+        }
+    }
 }
 
 /// Accepts the client's operation streams, each spliced onto the device, until the client's
@@ -248,7 +279,8 @@ async fn channel(
             return None;
         }
     };
-    csend.write_all(&raw_answer).await.ok()?;
+    // The flow is bound to this session before the client learns its id, so the client's
+    // first datagram already finds it.
     let flow = match answer {
         Control::ChannelAccepted { flow: Some(f) } => {
             let owner = FlowOwner::client(client.clone());
@@ -257,11 +289,14 @@ async fn channel(
         }
         Control::ChannelAccepted { flow: None } => None,
         _ => {
+            let _ = csend.write_all(&raw_answer).await;
             let _ = csend.finish();
             return None;
         }
     };
-    splice(crecv, dsend, drecv, csend).await;
+    if csend.write_all(&raw_answer).await.is_ok() {
+        splice(crecv, dsend, drecv, csend).await;
+    }
     if let Some(f) = flow {
         state.flows().remove(device, f);
     }

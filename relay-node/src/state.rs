@@ -7,12 +7,14 @@
 //! takes one lock and no channel, and the splice of a stream's bytes touches no shared state.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use m87_events::admission::{self, AdmissionState, Refusal};
 use m87_events::token::{SessionClaims, SessionVerifier};
 use m87_events::{DeviceId, SessionId};
 
+use crate::gate::Gate;
 use crate::links::Fleet;
 use crate::registry::Registry;
 use crate::route::FlowOwner;
@@ -43,6 +45,8 @@ struct Inner {
     endpoint: quinn::Endpoint,
     /// Fleet mode.
     fleet: Option<Fleet>,
+    /// Connections not yet authenticated.
+    gate: Gate,
 }
 
 impl RelayState {
@@ -65,6 +69,7 @@ impl RelayState {
                 sessions: SessionTable::default(),
                 endpoint,
                 fleet,
+                gate: Gate::default(),
             }),
         }
     }
@@ -97,6 +102,11 @@ impl RelayState {
     /// The open client sessions.
     pub(crate) fn sessions(&self) -> &SessionTable {
         &self.inner.sessions
+    }
+
+    /// The count of connections not yet authenticated.
+    pub(crate) fn gate(&self) -> &Gate {
+        &self.inner.gate
     }
 
     /// The owners of UDP flows.
@@ -142,13 +152,41 @@ impl SessionTable {
     }
 }
 
-/// Who receives the datagrams of each UDP flow, by device and flow id.
+/// Who receives the datagrams of each UDP flow, by device and flow id. A flow is bound to the
+/// client session (or link) whose stream the device's `ChannelAccepted { flow }` came back on;
+/// a client may send datagrams only on the flows bound to it ([`FlowTable::check_client`]).
 #[derive(Default)]
 pub(crate) struct FlowTable {
     owners: Mutex<HashMap<(DeviceId, u32), FlowOwner>>,
+    /// Client datagrams dropped because their flow was not the client's own.
+    foreign: AtomicU64,
 }
 
 impl FlowTable {
+    /// Whether the client connection `conn` owns `device`'s `flow`. When it does not (a flow of
+    /// another session, or no flow at all), the datagram is counted as foreign and the
+    /// relay-wide count returned as the error.
+    pub(crate) fn check_client(
+        &self,
+        device: &DeviceId,
+        flow: u32,
+        conn: &quinn::Connection,
+    ) -> Result<(), u64> {
+        let owned = lock(&self.owners)
+            .get(&(device.clone(), flow))
+            .is_some_and(|owner| owner.is_client(conn));
+        if owned {
+            Ok(())
+        } else {
+            Err(self.foreign.fetch_add(1, Ordering::Relaxed) + 1)
+        }
+    }
+
+    /// Client datagrams dropped so far because their flow was not the sender's.
+    pub(crate) fn foreign_datagrams(&self) -> u64 {
+        self.foreign.load(Ordering::Relaxed)
+    }
+
     /// Who owns a device's flow.
     pub(crate) fn owner(&self, device: &DeviceId, flow: u32) -> Option<FlowOwner> {
         lock(&self.owners).get(&(device.clone(), flow)).cloned()

@@ -6,15 +6,17 @@ use m87_events::admission::RefusalCode;
 use m87_events::tunnel::Control;
 use m87_events::tunnel::datagram::datagram_flow;
 
+use crate::gate::Unauthenticated;
 use crate::io::{self, CLOSE_PROTOCOL, CLOSE_REPLACED, CLOSE_UNAUTHENTICATED};
 use crate::state::RelayState;
 
 /// Handles one device tunnel connection until it ends.
-pub(crate) async fn handle(state: RelayState, conn: quinn::Connection) {
+pub(crate) async fn handle(state: RelayState, conn: quinn::Connection, gate: Unauthenticated) {
     let remote = conn.remote_address();
     let Some((mut send, recv, device_id)) = authenticate(&state, &conn).await else {
         return;
     };
+    gate.authenticated(&conn);
     let (epoch, old) = state.registry().insert(device_id.clone(), conn.clone());
     if let Some(old) = old {
         tracing::info!(device = %device_id, "a new tunnel replaces the old one");

@@ -87,9 +87,41 @@ pub fn client_transport_config() -> quinn::TransportConfig {
     transport_config(CLIENT_IDLE_TIMEOUT)
 }
 
-/// The transport settings of a relay's accepted connections ([`SERVER_IDLE_TIMEOUT`]).
+/// Bidirectional streams a peer may have open on a relay before its first message
+/// authenticated it: the hello stream, and one more for a client that opens its next stream
+/// early (it waits for credit beyond that).
+pub const PRE_AUTH_STREAMS: u32 = 2;
+
+/// The connection-wide receive window of a relay's connection before the peer authenticated:
+/// all a peer can make the relay buffer, over all its streams, until then. It holds the largest
+/// first message on each of [`PRE_AUTH_STREAMS`] streams.
+pub const PRE_AUTH_RECEIVE_WINDOW: u32 = 64 * 1024;
+
+const _: () = assert!(
+    PRE_AUTH_RECEIVE_WINDOW as usize
+        >= PRE_AUTH_STREAMS as usize * (m87_events::tunnel::frame::MAX_CONTROL + 16)
+);
+
+/// The transport settings of a relay's accepted connections ([`SERVER_IDLE_TIMEOUT`]), with the
+/// small limits that hold until the peer authenticates: [`PRE_AUTH_STREAMS`] streams and a
+/// connection-wide receive window of [`PRE_AUTH_RECEIVE_WINDOW`]. [`grant_full_limits`] raises
+/// them on the live connection once its first message is authenticated. (The per-stream
+/// window, 16 MiB, cannot change on a live connection; the connection-wide window bounds what
+/// a peer can send before then.)
 pub fn server_transport_config() -> quinn::TransportConfig {
-    transport_config(SERVER_IDLE_TIMEOUT)
+    let mut t = transport_config(SERVER_IDLE_TIMEOUT);
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(PRE_AUTH_STREAMS))
+        .receive_window(quinn::VarInt::from_u32(PRE_AUTH_RECEIVE_WINDOW));
+    t
+}
+
+/// Raises an accepted connection's limits to those of [`transport_config`] (streams and
+/// connection-wide receive window): its peer is authenticated.
+pub fn grant_full_limits(conn: &quinn::Connection) {
+    conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(
+        m87_events::tunnel::MAX_STREAMS_PER_CONNECTION,
+    ));
+    conn.set_receive_window(quinn::VarInt::MAX);
 }
 
 /// Asks for [`SOCKET_BUFFER`]-sized receive and send buffers on a QUIC socket; returns what the

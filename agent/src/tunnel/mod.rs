@@ -18,7 +18,6 @@ mod io;
 mod session;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -140,11 +139,7 @@ async fn connect_once(
     let pin = (!trust_any_cert).then_some(relay.cert_sha256.as_str());
     let (endpoint, conn, send) = dial(relay, pin, api_key).await?;
     println!("tunnel connected to relay {}", relay.address);
-    let datagrams = Arc::new(QuicDatagrams {
-        conn: conn.clone(),
-        flows: Mutex::new(HashMap::new()),
-        next: AtomicU32::new(0),
-    });
+    let datagrams = Arc::new(QuicDatagrams::new(conn.clone()));
     let router = tokio::spawn(Arc::clone(&datagrams).route());
     let state = Arc::new(TunnelState {
         device_id: device_id.clone(),
@@ -152,10 +147,19 @@ async fn connect_once(
         api: api.clone(),
         sessions: Mutex::new(HashMap::new()),
         admission: Mutex::new(Default::default()),
-        ctx: ServiceContext { datagrams },
+        ctx: ServiceContext {
+            datagrams: Arc::clone(&datagrams) as Arc<dyn crate::services::DatagramPort>,
+        },
     });
     let outcome = serve(&conn, state, shutdown).await;
     router.abort();
+    let dropped = datagrams.dropped();
+    if dropped > 0 {
+        tracing::info!(
+            dropped,
+            "datagrams for no open UDP flow were dropped on this tunnel"
+        );
+    }
     drop(send);
     if outcome.is_ok() {
         // Shutting down: make sure the close reaches the relay before the process exits.
