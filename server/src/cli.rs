@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use m87_control_plane::api::client_addr::{IpCidr, TrustedProxies};
 use m87_control_plane::config::{NatsSettings, ServerConfig, Settings, admin_emails_or_env};
 
 /// The m87 platform: control plane and REST API.
@@ -220,9 +221,36 @@ pub(crate) struct ApiArgs {
     #[arg(long, env = "M87_POLL_INTERVAL_SECS", default_value_t = 10)]
     pub(crate) poll_interval_secs: u64,
 
-    /// Registration requests accepted per source address per minute.
+    /// Registration requests accepted per client address per minute.
     #[arg(long, env = "M87_REGISTRATIONS_PER_MINUTE", default_value_t = 30)]
     pub(crate) registrations_per_minute: u32,
+
+    /// Registration requests accepted per client address prefix (IPv4 /24, IPv6 /64) per minute.
+    #[arg(
+        long,
+        env = "M87_REGISTRATIONS_PER_PREFIX_PER_MINUTE",
+        default_value_t = 120
+    )]
+    pub(crate) registrations_per_prefix_per_minute: u32,
+
+    /// Registration requests accepted per requested owner scope per minute.
+    #[arg(
+        long,
+        env = "M87_REGISTRATIONS_PER_SCOPE_PER_MINUTE",
+        default_value_t = 120
+    )]
+    pub(crate) registrations_per_scope_per_minute: u32,
+
+    /// Most registration requests one owner scope may have waiting for a decision; more are
+    /// refused (429 too_many_pending) until some are approved, rejected or expired.
+    #[arg(long, env = "M87_MAX_PENDING_PER_SCOPE", default_value_t = 100)]
+    pub(crate) max_pending_per_scope: usize,
+
+    /// Proxies (addresses or CIDR blocks, comma-separated) whose X-Forwarded-For names the
+    /// client: for requests from them, the right-most address in that header that is not itself
+    /// a trusted proxy is the client's. Empty (the default): the header is never read.
+    #[arg(long, env = "M87_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub(crate) trusted_proxies: Vec<IpCidr>,
 
     /// OIDC issuer for interactive sign-in (`m87 login`); access tokens from it are accepted.
     #[arg(long, env = "OAUTH_ISSUER")]
@@ -249,6 +277,10 @@ impl ApiArgs {
             registration_ttl: Duration::from_secs(self.registration_ttl_secs.max(1)),
             approval_poll_interval: Duration::from_secs(self.poll_interval_secs.max(1)),
             registrations_per_minute: self.registrations_per_minute,
+            registrations_per_prefix_per_minute: self.registrations_per_prefix_per_minute,
+            registrations_per_scope_per_minute: self.registrations_per_scope_per_minute,
+            max_pending_per_scope: self.max_pending_per_scope,
+            trusted_proxies: TrustedProxies::new(self.trusted_proxies),
             expiry_sweep_interval: Duration::from_secs(self.expiry_sweep_secs.max(1)),
         };
         let oidc = match (self.oauth_issuer, self.oauth_audience) {
