@@ -9,10 +9,10 @@ mod harness;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
+use harness::{Answer, Api, registration};
 use m87_control_plane::api::client_addr::TrustedProxies;
 use m87_control_plane::config::Settings;
 use serde_json::{Value, json};
-use harness::{Answer, Api, registration};
 
 /// The test's own loopback address, trusted as the proxy.
 const PROXY: &str = "127.0.0.1:40000";
