@@ -11,7 +11,9 @@ use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use harness::{Answer, Api, registration};
 use m87_control_plane::api::client_addr::TrustedProxies;
+use m87_control_plane::api::{AppState, app};
 use m87_control_plane::config::Settings;
+use m87_control_plane::server::open_single_machine;
 use serde_json::{Value, json};
 
 /// The test's own loopback address, trusted as the proxy.
@@ -266,16 +268,25 @@ async fn pending_cap_refuses_the_next_request_and_records_nothing() {
     api.register("device-cap11", OWNER).await;
 }
 
-#[tokio::test]
+/// On the SQLite store (appends on blocking threads, so concurrent commands really overlap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_registrations_do_not_pass_the_pending_cap_together() {
-    let api = std::sync::Arc::new(
-        Api::with(Settings {
+    let dir = tempfile::tempdir().unwrap();
+    let (_stop, stopping) = tokio::sync::watch::channel(false);
+    let cp = open_single_machine(
+        dir.path(),
+        Settings {
             max_pending_per_scope: 3,
             ..settings()
-        })
-        .await,
-    );
-    let tasks: Vec<_> = (0..10)
+        },
+        stopping,
+    )
+    .await
+    .unwrap();
+    let admin = cp.bootstrap_admin_key().await.unwrap().unwrap();
+    let router = app(AppState::new(cp.clone()));
+    let api = std::sync::Arc::new(Api { cp, router, admin });
+    let tasks: Vec<_> = (0..40)
         .map(|n| {
             let api = std::sync::Arc::clone(&api);
             tokio::spawn(async move {

@@ -64,7 +64,7 @@ async fn append_once(
     client: usize,
     n: usize,
 ) -> Option<Acked> {
-    let (path, body) = if client % 2 == 0 {
+    let (path, body) = if client.is_multiple_of(2) {
         (
             "/v1/api-keys",
             json!({ "name": format!("burst-{client}-{n}") }),
@@ -84,7 +84,7 @@ async fn append_once(
         return None;
     }
     let v: Value = resp.json().await.ok()?;
-    Some(if client % 2 == 0 {
+    Some(if client.is_multiple_of(2) {
         Acked {
             stream_id: format!("apikey-{}", v["id"].as_str()?),
             event_type: "ApiKeyCreated",
@@ -132,8 +132,11 @@ fn count(conn: &rusqlite::Connection, sql: &str, params: impl rusqlite::Params) 
     conn.query_row(sql, params, |r| r.get(0)).unwrap()
 }
 
+/// Read-model documents (collection, id, JSON) and projection checkpoints (name, position).
+type ReadModels = (Vec<(String, String, String)>, Vec<(String, i64)>);
+
 /// Every read-model document and every checkpoint, in order.
-fn read_models(data: &Path) -> (Vec<(String, String, String)>, Vec<(String, i64)>) {
+fn read_models(data: &Path) -> ReadModels {
     let conn = db(data);
     let mut stmt = conn
         .prepare("SELECT collection, id, doc FROM read_models ORDER BY collection, id")

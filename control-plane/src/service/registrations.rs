@@ -100,7 +100,7 @@ impl ControlPlane {
                 pending,
             })
             .collect();
-        scopes.sort_by(|a, b| b.pending.cmp(&a.pending));
+        scopes.sort_by_key(|s| std::cmp::Reverse(s.pending));
         Ok(PendingCounts {
             total: scopes.iter().map(|s| s.pending).sum(),
             max_per_scope: u64::try_from(self.settings.max_pending_per_scope).unwrap_or(u64::MAX),
