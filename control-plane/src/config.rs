@@ -108,6 +108,24 @@ pub fn admin_emails_or_env(given: Vec<Email>) -> anyhow::Result<Vec<Email>> {
     }
 }
 
+/// Interactive sign-in from `--oauth-issuer`, `--oauth-audience` and `--oauth-client-id`: none
+/// without an issuer; an issuer needs an audience.
+pub fn oidc_config(
+    issuer: Option<String>,
+    audience: Option<String>,
+    client_id: String,
+) -> anyhow::Result<Option<crate::auth::OidcConfig>> {
+    match (issuer, audience) {
+        (Some(issuer), Some(audience)) => Ok(Some(crate::auth::OidcConfig::new(
+            issuer, audience, client_id,
+        ))),
+        (Some(_), None) => {
+            anyhow::bail!("--oauth-issuer needs --oauth-audience (OAUTH_AUDIENCE)")
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Shortest relay secret accepted.
 pub const MIN_SECRET_LEN: usize = 32;
 
@@ -118,6 +136,14 @@ pub fn check_relay_secret(secret: &str) -> anyhow::Result<()> {
         "the relay secret (--relay-secret, M87_RELAY_SECRET) must be at least {MIN_SECRET_LEN} characters"
     );
     Ok(())
+}
+
+/// Server URLs as given (`--nats-url a, b`): trimmed, empty ones dropped.
+pub fn server_list(urls: &[String]) -> Vec<String> {
+    urls.iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// How to reach NATS.

@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 /// Generous limits, so the burst measures the store and not the registration limits.
 const ENV: &[(&str, &str)] = &[
     ("M87_REGISTRATIONS_PER_MINUTE", "1000000"),
-    ("M87_REGISTRATIONS_PER_PREFIX_PER_MINUTE", "1000000"),
-    ("M87_REGISTRATIONS_PER_SCOPE_PER_MINUTE", "1000000"),
+    ("M87_REGISTRATIONS_PER_PREFIX", "1000000"),
+    ("M87_REGISTRATIONS_PER_SCOPE", "1000000"),
     ("M87_MAX_PENDING_PER_SCOPE", "1000000"),
 ];
 const CLIENTS: usize = 8;

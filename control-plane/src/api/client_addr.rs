@@ -163,6 +163,20 @@ impl TrustedProxies {
     }
 }
 
+impl FromStr for TrustedProxies {
+    type Err = CidrError;
+
+    /// A comma-separated list of addresses and CIDR blocks; empty for none.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .map(str::parse)
+            .collect::<Result<Vec<IpCidr>, _>>()
+            .map(Self)
+    }
+}
+
 /// One `X-Forwarded-For` entry: `192.0.2.1`, `192.0.2.1:4711`, `2001:db8::1` or
 /// `[2001:db8::1]:4711`.
 fn parse_hop(hop: &str) -> Option<IpAddr> {
@@ -224,6 +238,14 @@ mod tests {
             "proxy".parse::<IpCidr>(),
             Err(CidrError::Address(_))
         ));
+    }
+
+    #[test]
+    fn trusted_proxies_parse_from_a_list() {
+        assert!("".parse::<TrustedProxies>().unwrap().is_empty());
+        let t: TrustedProxies = "10.0.0.0/8, ::1".parse().unwrap();
+        assert!(t.trusts(ip("10.1.1.1")) && t.trusts(ip("::1")) && !t.trusts(ip("11.0.0.1")));
+        assert!("10.0.0.0/8,nope".parse::<TrustedProxies>().is_err());
     }
 
     #[test]
