@@ -109,9 +109,17 @@ pub(crate) enum Command {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum DevicesCommand {
-    /// Devices and registration requests you can see.
+    /// Devices and registration requests you can see, newest request first, with how many
+    /// requests wait for a decision per owner scope.
     #[command(alias = "ls")]
-    List,
+    List {
+        /// Only rows whose name contains this (ignoring case).
+        #[arg(long)]
+        name: Option<String>,
+        /// Only rows with this status.
+        #[arg(long, value_enum)]
+        status: Option<StatusFilter>,
+    },
     /// One device in detail (by name, id, request id, or a unique prefix).
     Show {
         /// Name, device id, request id or unique prefix.
@@ -127,6 +135,33 @@ pub(crate) enum DevicesCommand {
         /// Request id, device id, name or unique prefix.
         id: String,
     },
+}
+
+/// A status to filter the device list by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum StatusFilter {
+    /// Waiting for an approver.
+    Pending,
+    /// Part of the fleet.
+    Approved,
+    /// Refused by an approver.
+    Rejected,
+    /// Not decided within its lifetime.
+    Expired,
+    /// Removed from the fleet.
+    Removed,
+}
+
+impl From<StatusFilter> for m87_events::api::DeviceStatus {
+    fn from(s: StatusFilter) -> Self {
+        match s {
+            StatusFilter::Pending => Self::Pending,
+            StatusFilter::Approved => Self::Approved,
+            StatusFilter::Rejected => Self::Rejected,
+            StatusFilter::Expired => Self::Expired,
+            StatusFilter::Removed => Self::Removed,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

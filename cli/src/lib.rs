@@ -25,6 +25,7 @@ use std::process::ExitCode;
 
 pub use args::Cli;
 use args::{ApiKeysCommand, Command, DevicesCommand, MembersCommand, OrgCommand, RuntimeCommand};
+use m87_events::api::DeviceListQuery;
 use output::Output;
 
 /// Logs go to stderr, filtered by RUST_LOG (default: warnings); M87_LOG_FORMAT=json gives JSON
@@ -59,7 +60,13 @@ async fn dispatch_local(command: Command, out: Output) -> anyhow::Result<()> {
         Command::Logout => commands::login::logout().await,
         Command::Status => commands::login::status(out).await,
         Command::Devices { command } => match command {
-            DevicesCommand::List => commands::devices::list(out).await,
+            DevicesCommand::List { name, status } => {
+                let query = DeviceListQuery {
+                    name,
+                    status: status.map(Into::into),
+                };
+                commands::devices::list(&query, out).await
+            }
             DevicesCommand::Show { device } => commands::devices::show(&device, out).await,
             DevicesCommand::Approve { request } => commands::devices::approve(&request, out).await,
             DevicesCommand::Reject { id } => commands::devices::reject(&id, out).await,

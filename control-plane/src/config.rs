@@ -16,8 +16,17 @@ pub struct Settings {
     pub registration_ttl: Duration,
     /// How often devices are told to poll for approval.
     pub approval_poll_interval: Duration,
-    /// Registration requests accepted per source address per minute.
+    /// Registration requests accepted per client address per minute.
     pub registrations_per_minute: u32,
+    /// Registration requests accepted per address prefix (IPv4 /24, IPv6 /64) per minute.
+    pub registrations_per_prefix_per_minute: u32,
+    /// Registration requests accepted per requested owner scope per minute.
+    pub registrations_per_scope_per_minute: u32,
+    /// Most undecided (pending, unexpired) registration requests per owner scope; a new
+    /// request beyond it is refused (429 `too_many_pending`) without being recorded.
+    pub max_pending_per_scope: usize,
+    /// Proxies whose `X-Forwarded-For` names the client (none: the header is never read).
+    pub trusted_proxies: crate::api::client_addr::TrustedProxies,
     /// How often pending requests past their lifetime are recorded as expired.
     pub expiry_sweep_interval: Duration,
 }
@@ -29,6 +38,10 @@ impl Default for Settings {
             registration_ttl: Duration::from_secs(60 * 60),
             approval_poll_interval: Duration::from_secs(10),
             registrations_per_minute: 30,
+            registrations_per_prefix_per_minute: 120,
+            registrations_per_scope_per_minute: 120,
+            max_pending_per_scope: 100,
+            trusted_proxies: crate::api::client_addr::TrustedProxies::default(),
             expiry_sweep_interval: Duration::from_secs(30),
         }
     }
@@ -121,6 +134,24 @@ pub fn http_limits_from_env() -> anyhow::Result<crate::tls::HttpLimits> {
     Ok(limits)
 }
 
+/// Interactive sign-in from `--oauth-issuer`, `--oauth-audience` and `--oauth-client-id`: none
+/// without an issuer; an issuer needs an audience.
+pub fn oidc_config(
+    issuer: Option<String>,
+    audience: Option<String>,
+    client_id: String,
+) -> anyhow::Result<Option<crate::auth::OidcConfig>> {
+    match (issuer, audience) {
+        (Some(issuer), Some(audience)) => Ok(Some(crate::auth::OidcConfig::new(
+            issuer, audience, client_id,
+        ))),
+        (Some(_), None) => {
+            anyhow::bail!("--oauth-issuer needs --oauth-audience (OAUTH_AUDIENCE)")
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Shortest relay secret accepted.
 pub const MIN_SECRET_LEN: usize = 32;
 
@@ -131,6 +162,14 @@ pub fn check_relay_secret(secret: &str) -> anyhow::Result<()> {
         "the relay secret (--relay-secret, M87_RELAY_SECRET) must be at least {MIN_SECRET_LEN} characters"
     );
     Ok(())
+}
+
+/// Server URLs as given (`--nats-url a, b`): trimmed, empty ones dropped.
+pub fn server_list(urls: &[String]) -> Vec<String> {
+    urls.iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// How to reach NATS.

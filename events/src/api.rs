@@ -143,6 +143,42 @@ pub struct DeviceSummary {
     pub last_seen: Option<DateTime<Utc>>,
 }
 
+/// The query of `GET /v1/devices`: filters; the rows come newest request first.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema, utoipa::IntoParams,
+)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeviceListQuery {
+    /// Only rows whose name contains this, ignoring case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Only rows with this status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<DeviceStatus>,
+}
+
+/// `GET /v1/registrations/pending`: how many requests wait for a decision, per owner scope
+/// the caller can see.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PendingCounts {
+    /// Pending requests in all of those scopes.
+    pub total: u64,
+    /// The most pending requests one scope may hold; new ones are refused beyond it.
+    pub max_per_scope: u64,
+    /// Per scope with at least one pending request, the fullest first.
+    pub scopes: Vec<ScopePending>,
+}
+
+/// Pending requests of one owner scope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ScopePending {
+    /// The owner scope the requests asked for.
+    pub owner_scope: Scope,
+    /// How many wait for a decision.
+    pub pending: u64,
+}
+
 /// `POST /v1/api-keys`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use m87_control_plane::config::{NatsSettings, ServerConfig, Settings, admin_emails_or_env};
+use m87_control_plane::api::client_addr::TrustedProxies;
+use m87_control_plane::config::{self, NatsSettings, ServerConfig, Settings, admin_emails_or_env};
 
 /// The m87 platform: control plane and REST API.
 #[derive(Debug, Parser)]
@@ -113,12 +114,7 @@ pub(crate) struct NatsArgs {
 impl NatsArgs {
     pub(crate) fn settings(&self) -> NatsSettings {
         NatsSettings {
-            servers: self
-                .nats_url
-                .iter()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect(),
+            servers: config::server_list(&self.nats_url),
             creds: self.nats_creds.clone(),
             token: self.nats_token.clone(),
             user: self.nats_user.clone().zip(self.nats_password.clone()),
@@ -220,10 +216,22 @@ pub(crate) struct ApiArgs {
     #[arg(long, env = "M87_POLL_INTERVAL_SECS", default_value_t = 10)]
     pub(crate) poll_interval_secs: u64,
 
-    /// Registration requests accepted per source address per minute.
+    /// Registration requests accepted per client address per minute.
     #[arg(long, env = "M87_REGISTRATIONS_PER_MINUTE", default_value_t = 30)]
     pub(crate) registrations_per_minute: u32,
 
+    /// Registration requests accepted per address prefix (IPv4 /24, IPv6 /64) per minute.
+    #[arg(long, env = "M87_REGISTRATIONS_PER_PREFIX", default_value_t = 120)]
+    pub(crate) registrations_per_prefix: u32,
+    /// Registration requests accepted per requested owner scope per minute.
+    #[arg(long, env = "M87_REGISTRATIONS_PER_SCOPE", default_value_t = 120)]
+    pub(crate) registrations_per_scope: u32,
+    /// Most registration requests one owner scope may have waiting for a decision.
+    #[arg(long, env = "M87_MAX_PENDING_PER_SCOPE", default_value_t = 100)]
+    pub(crate) max_pending_per_scope: usize,
+    /// Proxies (addresses, CIDR blocks; comma-separated) whose X-Forwarded-For names clients.
+    #[arg(long, env = "M87_TRUSTED_PROXIES", default_value = "")]
+    pub(crate) trusted_proxies: TrustedProxies,
     /// OIDC issuer for interactive sign-in (`m87 login`); access tokens from it are accepted.
     #[arg(long, env = "OAUTH_ISSUER")]
     pub(crate) oauth_issuer: Option<String>,
@@ -249,19 +257,14 @@ impl ApiArgs {
             registration_ttl: Duration::from_secs(self.registration_ttl_secs.max(1)),
             approval_poll_interval: Duration::from_secs(self.poll_interval_secs.max(1)),
             registrations_per_minute: self.registrations_per_minute,
+            registrations_per_prefix_per_minute: self.registrations_per_prefix,
+            registrations_per_scope_per_minute: self.registrations_per_scope,
+            max_pending_per_scope: self.max_pending_per_scope,
+            trusted_proxies: self.trusted_proxies,
             expiry_sweep_interval: Duration::from_secs(self.expiry_sweep_secs.max(1)),
         };
-        let oidc = match (self.oauth_issuer, self.oauth_audience) {
-            (Some(issuer), Some(audience)) => Some(m87_control_plane::auth::OidcConfig::new(
-                issuer,
-                audience,
-                self.oauth_client_id,
-            )),
-            (Some(_), None) => {
-                anyhow::bail!("--oauth-issuer needs --oauth-audience (OAUTH_AUDIENCE)")
-            }
-            _ => None,
-        };
+        let oidc =
+            config::oidc_config(self.oauth_issuer, self.oauth_audience, self.oauth_client_id)?;
         Ok(ServerConfig {
             data_dir,
             tls_cert: self.tls_cert,

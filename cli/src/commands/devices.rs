@@ -1,7 +1,9 @@
 //! `m87 devices list|show|approve|reject`.
 
 use anyhow::bail;
-use m87_events::api::{DecisionResponse, DeviceStatus, DeviceSummary};
+use m87_events::api::{
+    DecisionResponse, DeviceListQuery, DeviceStatus, DeviceSummary, PendingCounts,
+};
 use m87_events::{DeviceId, RequestId};
 use m87_transport::http::ApiClient;
 
@@ -12,45 +14,95 @@ async fn fetch(client: &ApiClient) -> anyhow::Result<Vec<DeviceSummary>> {
     Ok(client.get("/v1/devices").await?)
 }
 
-/// `m87 devices list`.
-pub async fn list(output: Output) -> anyhow::Result<()> {
-    let devices = fetch(&user_client()?).await?;
+/// `/v1/devices` with the query's filters.
+fn list_path(query: &DeviceListQuery) -> String {
+    let mut params = Vec::new();
+    if let Some(name) = &query.name {
+        params.push(format!("name={}", encode(name)));
+    }
+    if let Some(status) = query.status {
+        params.push(format!("status={}", status.as_str()));
+    }
+    if params.is_empty() {
+        "/v1/devices".into()
+    } else {
+        format!("/v1/devices?{}", params.join("&"))
+    }
+}
+
+/// Percent-encodes everything but unreserved characters.
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `m87 devices list [--name X] [--status S]`: the rows, newest request first, then how many
+/// requests wait per owner scope (table output; JSON prints the rows only).
+pub async fn list(query: &DeviceListQuery, output: Output) -> anyhow::Result<()> {
+    let client = user_client()?;
+    let devices: Vec<DeviceSummary> = client.get(&list_path(query)).await?;
     match output {
         Output::Json => print_json(&devices),
         Output::Table => {
             if devices.is_empty() {
                 println!("no devices or registration requests");
-                return Ok(());
+            } else {
+                print_table(
+                    &[
+                        "NAME",
+                        "ID",
+                        "STATUS",
+                        "CONNECTION",
+                        "OWNER",
+                        "REQUEST",
+                        "REQUESTED",
+                    ],
+                    &devices.iter().map(row).collect::<Vec<_>>(),
+                );
             }
-            let rows: Vec<Vec<String>> = devices
-                .iter()
-                .map(|d| {
-                    vec![
-                        d.name.to_string(),
-                        d.id.to_string(),
-                        d.status.as_str().to_owned(),
-                        connection(d),
-                        d.owner_scope.to_string(),
-                        d.request_id.to_string(),
-                        when(&d.requested_at),
-                    ]
-                })
-                .collect();
-            print_table(
-                &[
-                    "NAME",
-                    "ID",
-                    "STATUS",
-                    "CONNECTION",
-                    "OWNER",
-                    "REQUEST",
-                    "REQUESTED",
-                ],
-                &rows,
-            );
+            // An older server has no counts; the list stands without them.
+            if let Ok(counts) = client
+                .get::<PendingCounts>("/v1/registrations/pending")
+                .await
+            {
+                print_counts(&counts);
+            }
             Ok(())
         }
     }
+}
+
+fn row(d: &DeviceSummary) -> Vec<String> {
+    vec![
+        d.name.to_string(),
+        d.id.to_string(),
+        d.status.as_str().to_owned(),
+        connection(d),
+        d.owner_scope.to_string(),
+        d.request_id.to_string(),
+        when(&d.requested_at),
+    ]
+}
+
+/// `pending: 3 (user:a@example.com 2/100, org:acme 1/100)`.
+fn print_counts(counts: &PendingCounts) {
+    if counts.total == 0 {
+        return;
+    }
+    let scopes: Vec<String> = counts
+        .scopes
+        .iter()
+        .map(|s| format!("{} {}/{}", s.owner_scope, s.pending, counts.max_per_scope))
+        .collect();
+    println!();
+    println!("pending: {} ({})", counts.total, scopes.join(", "));
 }
 
 /// `online`, or `offline` with when the device was last seen (`offline, never seen` before
@@ -285,5 +337,23 @@ pub async fn reject(wanted: &str, output: Output) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_path_encodes_the_filters() {
+        assert_eq!(list_path(&DeviceListQuery::default()), "/v1/devices");
+        let q = DeviceListQuery {
+            name: Some("robot 7&x".into()),
+            status: Some(DeviceStatus::Pending),
+        };
+        assert_eq!(
+            list_path(&q),
+            "/v1/devices?name=robot%207%26x&status=pending"
+        );
     }
 }

@@ -48,6 +48,9 @@ impl ApiError {
     }
 }
 
+/// Seconds a device is told to wait when its owner scope holds too many pending requests.
+const PENDING_RETRY_SECS: u64 = 60;
+
 impl From<DomainError> for ApiError {
     fn from(e: DomainError) -> Self {
         let message = e.to_string();
@@ -68,6 +71,12 @@ impl From<DomainError> for ApiError {
             DomainError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
             DomainError::DeviceOffline(_) => (StatusCode::CONFLICT, "device_offline"),
             DomainError::AlreadyExists(_) => (StatusCode::CONFLICT, "already_exists"),
+            DomainError::TooManyPending { .. } => {
+                return Self {
+                    retry_after: Some(PENDING_RETRY_SECS),
+                    ..Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_pending", message)
+                };
+            }
         };
         Self::new(status, code, message)
     }

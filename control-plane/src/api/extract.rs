@@ -195,20 +195,21 @@ where
     }
 }
 
-/// The address the request came from, when known.
+/// The client's address, when known: the TCP peer, or the address a trusted proxy forwarded
+/// (see [`super::client_addr`]). Every source address the API records or limits is this one.
 #[derive(Debug, Clone, Copy)]
 pub struct SourceIp(pub Option<IpAddr>);
 
-impl<S: Send + Sync> FromRequestParts<S> for SourceIp {
+impl FromRequestParts<AppState> for SourceIp {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ci| ci.0.ip()),
-        ))
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(
+            |ci| state.trusted_proxies.client_ip(ci.0.ip(), &parts.headers),
+        )))
     }
 }
 

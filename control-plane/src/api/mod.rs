@@ -1,11 +1,14 @@
 //! The REST API under `/v1`, built by [`app`] so tests can drive it without a socket.
 //!
+//! - [`client_addr`]: the client's address, from a trusted proxy's `X-Forwarded-For`.
 //! - [`error`]: the one error type and body format.
 //! - [`extract`]: JSON, path and caller extractors with JSON rejections.
 //! - [`internal`]: the internal relay API of fleet mode.
-//! - [`ratelimit`]: per-address limits for unauthenticated registration.
+//! - [`ratelimit`]: per-address, per-prefix and per-scope limits for unauthenticated
+//!   registration.
 //! - [`routes`]: the handlers and the OpenAPI document.
 
+pub mod client_addr;
 pub mod error;
 pub mod extract;
 pub mod internal;
@@ -13,13 +16,13 @@ pub mod ratelimit;
 pub mod routes;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 
 use crate::service::ControlPlane;
-use ratelimit::RateLimiter;
+use client_addr::TrustedProxies;
+use ratelimit::RegistrationLimits;
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -29,8 +32,10 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct AppState {
     /// The application service.
     pub cp: ControlPlane,
-    /// Limits registration requests per source address.
-    pub registration_limiter: Arc<RateLimiter>,
+    /// Limits registration requests per client address, prefix and owner scope.
+    pub registration_limits: Arc<RegistrationLimits>,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Arc<TrustedProxies>,
     /// Validates OIDC access tokens, when sign-in is configured.
     pub jwt: Option<Arc<crate::auth::JwtValidator>>,
     /// The fleet's relay secret, which opens the internal relay API (none on one machine).
@@ -40,10 +45,28 @@ pub struct AppState {
 impl AppState {
     /// State over a control plane, with the limits from its settings.
     pub fn new(cp: ControlPlane) -> Self {
-        let per_minute = cp.settings().registrations_per_minute;
+        let s = cp.settings();
+        let registration_limits = Arc::new(RegistrationLimits::per_minute(
+            s.registrations_per_minute,
+            s.registrations_per_prefix_per_minute,
+            s.registrations_per_scope_per_minute,
+        ));
+        let trusted_proxies = Arc::new(s.trusted_proxies.clone());
+        if !trusted_proxies.is_empty() {
+            let blocks: Vec<String> = trusted_proxies
+                .blocks()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            tracing::info!(
+                proxies = %blocks.join(","),
+                "client addresses are read from X-Forwarded-For of these trusted proxies"
+            );
+        }
         Self {
             cp,
-            registration_limiter: Arc::new(RateLimiter::new(per_minute, Duration::from_secs(60))),
+            registration_limits,
+            trusted_proxies,
             jwt: None,
             relay_secret: None,
         }

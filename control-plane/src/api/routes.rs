@@ -1,16 +1,17 @@
 //! The handlers of `/v1` and the OpenAPI document that describes them.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use m87_events::api::{
     AccessRequest, ApiKeySummary, AuthConfig, CreateApiKeyRequest, CreateOrgRequest,
-    CreateSessionRequest, CreatedApiKey, DecisionResponse, DeviceStatus, DeviceSummary,
-    DeviceTunnelConfig, ErrorBody, Health, MemberRequest, MemberSummary, OrgSummary, PollRequest,
-    PollResponse, RegisterRequest, RegisterResponse, RoleRequest, SessionClosedReport,
-    SessionGrant, SessionRefusedReport, WhoAmI,
+    CreateSessionRequest, CreatedApiKey, DecisionResponse, DeviceListQuery, DeviceStatus,
+    DeviceSummary, DeviceTunnelConfig, ErrorBody, Health, MemberRequest, MemberSummary, OrgSummary,
+    PendingCounts, PollRequest, PollResponse, RegisterRequest, RegisterResponse, RoleRequest,
+    SessionClosedReport, SessionGrant, SessionRefusedReport, WhoAmI,
 };
 use m87_events::{
     CorrelationId, DeviceId, Email, KeyId, Metadata, OrgId, RequestId, Scope, SessionId,
@@ -23,6 +24,7 @@ use utoipa::{Modify, OpenApi};
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, Caller, MaybeJson, SourceIp};
+use super::ratelimit::Refused;
 
 type Router = axum::Router<AppState>;
 type ApiResult<T> = Result<T, ApiError>;
@@ -35,6 +37,7 @@ pub fn router() -> Router {
         .route("/v1/whoami", get(whoami))
         .route("/v1/auth/config", get(auth_config))
         .route("/v1/registrations", post(register))
+        .route("/v1/registrations/pending", get(pending_counts))
         .route("/v1/registrations/{id}/poll", post(poll))
         .route("/v1/registrations/{id}/approve", post(approve))
         .route("/v1/registrations/{id}/reject", post(reject))
@@ -106,7 +109,9 @@ async fn whoami(State(s): State<AppState>, caller: Caller) -> Json<WhoAmI> {
     Json(s.cp.whoami(&caller.identity))
 }
 
-/// A device asks to join. Unauthenticated, rate limited per source address.
+/// A device asks to join. Unauthenticated; limited per client address, per address prefix and
+/// per owner scope (429 `rate_limited`, `RateLimit-Policy` names the limit), and refused while
+/// the owner scope holds too many undecided requests (429 `too_many_pending`).
 #[utoipa::path(post, path = "/v1/registrations", tag = "registrations", request_body = RegisterRequest,
     responses((status = 201, body = RegisterResponse), (status = 400, body = ErrorBody),
               (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
@@ -114,18 +119,14 @@ async fn register(
     State(s): State<AppState>,
     SourceIp(ip): SourceIp,
     ApiJson(req): ApiJson<RegisterRequest>,
-) -> ApiResult<impl IntoResponse> {
+) -> Result<axum::response::Response, axum::response::Response> {
     if let Some(ip) = ip
-        && let Err(wait) = s.registration_limiter.check(ip, std::time::Instant::now())
+        && let Err(refused) =
+            s.registration_limits
+                .admit(ip, &req.owner_scope, std::time::Instant::now())
     {
-        return Err(ApiError {
-            retry_after: Some(wait),
-            ..ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!("too many registration requests from this address; retry in {wait} s"),
-            )
-        });
+        tracing::info!(client = %ip, limit = refused.limit.as_str(), "registration rate limited");
+        return Err(rate_limited(refused));
     }
     let metadata = Metadata {
         actor: m87_events::Actor::Device {
@@ -134,8 +135,40 @@ async fn register(
         source_ip: ip,
         correlation_id: CorrelationId::new(),
     };
-    let response = s.cp.request_registration(req, &metadata).await?;
-    Ok((StatusCode::CREATED, Json(response)))
+    let response =
+        s.cp.request_registration(req, &metadata)
+            .await
+            .map_err(|e| ApiError::from(e).into_response())?;
+    Ok((StatusCode::CREATED, Json(response)).into_response())
+}
+
+/// 429 `rate_limited` naming the limit in its message and in `RateLimit-Policy` /
+/// `RateLimit` (the IETF draft's fields: the policy's name, quota and window; what remains and
+/// when it resets), with `Retry-After`.
+fn rate_limited(r: Refused) -> axum::response::Response {
+    let name = r.limit.as_str();
+    let mut response = ApiError {
+        retry_after: Some(r.retry_after),
+        ..ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "too many registration requests for this {name} ({} per minute per {name}); \
+                 retry in {} s",
+                r.per_window, r.retry_after
+            ),
+        )
+    }
+    .into_response();
+    let headers = response.headers_mut();
+    let policy = format!("\"{name}\";q={};w=60", r.per_window);
+    let state = format!("\"{name}\";r=0;t={}", r.retry_after);
+    for (field, value) in [("ratelimit-policy", policy), ("ratelimit", state)] {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+            headers.insert(field, v);
+        }
+    }
+    response
 }
 
 /// A device asks how its request stands; the first poll after approval carries its key.
@@ -206,14 +239,32 @@ async fn reject(
     }))
 }
 
-/// Devices and undecided requests the caller can see.
+/// Devices and undecided requests the caller can see, newest request first; `name` (a
+/// substring, ignoring case) and `status` filter them.
 #[utoipa::path(get, path = "/v1/devices", tag = "devices", security(("api_key" = [])),
-    responses((status = 200, body = [DeviceSummary]), (status = 401, body = ErrorBody)))]
+    params(DeviceListQuery),
+    responses((status = 200, body = [DeviceSummary]), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody)))]
 async fn list_devices(
     State(s): State<AppState>,
     caller: Caller,
+    query: Result<Query<DeviceListQuery>, QueryRejection>,
 ) -> ApiResult<Json<Vec<DeviceSummary>>> {
-    Ok(Json(s.cp.list_devices(&caller.identity).await?))
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    Ok(Json(
+        s.cp.list_devices_matching(&caller.identity, &query).await?,
+    ))
+}
+
+/// How many registration requests wait for a decision, per owner scope the caller can see.
+#[utoipa::path(get, path = "/v1/registrations/pending", tag = "registrations", security(("api_key" = [])),
+    responses((status = 200, body = PendingCounts), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody)))]
+async fn pending_counts(
+    State(s): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<PendingCounts>> {
+    Ok(Json(s.cp.pending_counts(&caller.identity).await?))
 }
 
 /// One device.
@@ -529,7 +580,7 @@ impl Modify for SecurityAddon {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "m87 API", description = "Control plane of m87: registration, approval, devices, API keys."),
-    paths(health, openapi, auth_config, whoami, register, poll, approve, reject, list_devices, get_device,
+    paths(health, openapi, auth_config, whoami, register, pending_counts, poll, approve, reject, list_devices, get_device,
           remove_device, grant_access, revoke_access, create_api_key, list_api_keys, revoke_api_key,
           create_session, tunnel_config, session_closed, session_refused, create_org, list_orgs,
           delete_org, add_member, list_members, remove_member, change_role),

@@ -71,6 +71,17 @@ pub enum DomainError {
     /// The device's tunnel is not connected.
     #[error("device offline ({0})")]
     DeviceOffline(String),
+    /// The owner scope holds as many undecided registration requests as it may.
+    #[error(
+        "{scope} already has {max} registration requests waiting for a decision; \
+         retry after some are approved, rejected or expired"
+    )]
+    TooManyPending {
+        /// The requested owner scope.
+        scope: String,
+        /// The cap per scope.
+        max: usize,
+    },
 }
 
 /// SHA-256 of a secret, hex encoded: how keys and claim secrets are kept.

@@ -116,6 +116,18 @@ pub fn decide_request(
     }))
 }
 
+/// The cap on undecided requests per owner scope: a new request for `scope`, which holds
+/// `pending` undecided requests now, is refused when that is `max` or more.
+pub fn check_pending_cap(scope: &Scope, pending: usize, max: usize) -> Result<(), DomainError> {
+    if pending >= max {
+        return Err(DomainError::TooManyPending {
+            scope: scope.to_string(),
+            max,
+        });
+    }
+    Ok(())
+}
+
 /// `RejectRegistration`.
 pub fn decide_reject(
     registration: &Registration,
@@ -211,6 +223,20 @@ mod tests {
         assert_eq!(r.expires_at, t0() + Duration::minutes(60));
         assert_eq!(r.claim_secret_hash, secret_digest(SECRET));
         assert!(!serde_json::to_string(&events[0]).unwrap().contains(SECRET));
+    }
+
+    #[test]
+    fn pending_cap_refuses_at_the_cap() {
+        let scope: Scope = "org:acme".parse().unwrap();
+        assert!(check_pending_cap(&scope, 99, 100).is_ok());
+        assert_eq!(
+            check_pending_cap(&scope, 100, 100).unwrap_err(),
+            DomainError::TooManyPending {
+                scope: "org:acme".into(),
+                max: 100
+            }
+        );
+        assert!(check_pending_cap(&scope, 0, 0).is_err());
     }
 
     #[test]

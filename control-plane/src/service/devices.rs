@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-use m87_events::api::{DeviceStatus, DeviceSummary};
+use m87_events::api::{DeviceListQuery, DeviceStatus, DeviceSummary};
 use m87_events::{DeviceId, Metadata, Scope, StreamId};
 
 use super::{ControlPlane, ServiceError, one, parse_all};
@@ -106,7 +106,8 @@ impl ControlPlane {
     }
 
     /// Every device and undecided request the caller can see: per device, its current
-    /// enrollment (if any) and its newest request if that came later.
+    /// enrollment (if any) and its newest request if that came later; newest request first,
+    /// so a real request is on top of an older flood.
     pub async fn list_devices(
         &self,
         caller: &Identity,
@@ -172,8 +173,26 @@ impl ControlPlane {
                 d.last_seen = Some(now);
             }
         }
-        out.sort_by(|a, b| a.requested_at.cmp(&b.requested_at).then(a.id.cmp(&b.id)));
+        out.sort_by(|a, b| b.requested_at.cmp(&a.requested_at).then(a.id.cmp(&b.id)));
         Ok(out)
+    }
+
+    /// [`Self::list_devices`], only the rows `query` asks for (name substring ignoring case,
+    /// status), newest request first.
+    pub async fn list_devices_matching(
+        &self,
+        caller: &Identity,
+        query: &DeviceListQuery,
+    ) -> Result<Vec<DeviceSummary>, ServiceError> {
+        let name = query.name.as_deref().map(str::to_lowercase);
+        let mut rows = self.list_devices(caller).await?;
+        rows.retain(|d| {
+            query.status.is_none_or(|s| d.status == s)
+                && name
+                    .as_deref()
+                    .is_none_or(|n| d.name.as_str().to_lowercase().contains(n))
+        });
+        Ok(rows)
     }
 
     /// One enrolled device, if the caller can see it.

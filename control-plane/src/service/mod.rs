@@ -98,6 +98,9 @@ pub struct ControlPlane {
     pub(crate) publisher: Option<Publisher>,
     pub(crate) settings: Arc<Settings>,
     pub(crate) sessions: Arc<sessions::SessionsConfig>,
+    /// Held from counting a scope's pending requests to recording a new one, so concurrent
+    /// registrations cannot pass the cap together (within this process).
+    pub(crate) registration_gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -126,6 +129,7 @@ impl ControlPlane {
             publisher,
             settings: Arc::new(settings),
             sessions: Arc::new(sessions),
+            registration_gate: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 

@@ -1,14 +1,19 @@
 //! Registration requests: a device asks to join, an administrator approves or rejects, the
-//! device polls for its key, and overdue requests expire.
+//! device polls for its key, and overdue requests expire. A new request is refused when its
+//! owner scope already holds `max_pending_per_scope` undecided ones.
 
 use chrono::Utc;
-use m87_events::api::{DeviceStatus, PollResponse, RegisterRequest, RegisterResponse};
-use m87_events::{DeviceId, DomainEvent, KeyId, KeyKind, Metadata, RequestId, StreamId};
+use std::collections::BTreeMap;
+
+use m87_events::api::{
+    DeviceStatus, PendingCounts, PollResponse, RegisterRequest, RegisterResponse, ScopePending,
+};
+use m87_events::{DeviceId, DomainEvent, KeyId, KeyKind, Metadata, RequestId, Scope, StreamId};
 
 use super::auth::generate_key;
-use super::{ControlPlane, ServiceError, one};
+use super::{ControlPlane, ServiceError, one, parse_all};
 use crate::domain::registration::{self, Registration, RequestRegistration};
-use crate::domain::{Aggregate, DomainError, Identity, enrollment};
+use crate::domain::{Aggregate, DomainError, Identity, Principal, enrollment};
 use crate::projections::models::{REGISTRATIONS, RegistrationRow};
 
 fn chrono_ttl(d: std::time::Duration) -> chrono::Duration {
@@ -31,10 +36,14 @@ impl ControlPlane {
         };
         let request_id = RequestId::new();
         let ttl = chrono_ttl(self.settings.registration_ttl);
+        let max_pending = self.settings.max_pending_per_scope;
+        let _gate = self.registration_gate.lock().await;
         let ((), stored) = self
             .execute(metadata, || {
                 let cmd = &cmd;
                 async move {
+                    let pending = self.pending_in(&cmd.owner_scope).await?;
+                    registration::check_pending_cap(&cmd.owner_scope, pending, max_pending)?;
                     let event = registration::decide_request(cmd, request_id, Utc::now(), ttl)?;
                     Ok(((), one(StreamId::registration(&request_id), 0, event)))
                 }
@@ -49,6 +58,53 @@ impl ControlPlane {
             status: DeviceStatus::Pending,
             expires_at,
             poll_interval_secs: self.settings.approval_poll_interval.as_secs().max(1),
+        })
+    }
+
+    /// The undecided, unexpired requests, from the read model.
+    async fn pending_requests(&self) -> Result<Vec<RegistrationRow>, ServiceError> {
+        let now = Utc::now();
+        Ok(
+            parse_all::<RegistrationRow>(self.read.list(REGISTRATIONS).await?)
+                .into_iter()
+                .filter(|r| r.status == DeviceStatus::Pending && r.expires_at > now)
+                .collect(),
+        )
+    }
+
+    /// How many undecided requests `scope` holds.
+    async fn pending_in(&self, scope: &Scope) -> Result<usize, ServiceError> {
+        Ok(self
+            .pending_requests()
+            .await?
+            .iter()
+            .filter(|r| &r.owner_scope == scope)
+            .count())
+    }
+
+    /// `GET /v1/registrations/pending`: undecided requests per owner scope the caller can see.
+    pub async fn pending_counts(&self, caller: &Identity) -> Result<PendingCounts, ServiceError> {
+        if matches!(caller.principal, Principal::Device { .. }) {
+            return Err(DomainError::Forbidden("devices cannot list registrations".into()).into());
+        }
+        let mut per_scope: BTreeMap<Scope, u64> = BTreeMap::new();
+        for r in self.pending_requests().await? {
+            if caller.can_see(&r.owner_scope, &[]) {
+                *per_scope.entry(r.owner_scope).or_default() += 1;
+            }
+        }
+        let mut scopes: Vec<ScopePending> = per_scope
+            .into_iter()
+            .map(|(owner_scope, pending)| ScopePending {
+                owner_scope,
+                pending,
+            })
+            .collect();
+        scopes.sort_by_key(|s| std::cmp::Reverse(s.pending));
+        Ok(PendingCounts {
+            total: scopes.iter().map(|s| s.pending).sum(),
+            max_per_scope: u64::try_from(self.settings.max_pending_per_scope).unwrap_or(u64::MAX),
+            scopes,
         })
     }
 

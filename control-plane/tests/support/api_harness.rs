@@ -58,7 +58,27 @@ impl Api {
         body: Body,
         json_type: bool,
     ) -> Answer {
+        self.raw_from("192.0.2.10:5555", &[], method, path, key, body, json_type)
+            .await
+            .0
+    }
+
+    /// A request from TCP peer `peer` with extra `headers`; the answer and its headers.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn raw_from(
+        &self,
+        peer: &str,
+        headers: &[(&str, &str)],
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Body,
+        json_type: bool,
+    ) -> (Answer, axum::http::HeaderMap) {
         let mut req = Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
         if let Some(k) = key {
             req = req.header("authorization", format!("Bearer {k}"));
         }
@@ -66,18 +86,18 @@ impl Api {
             req = req.header("content-type", "application/json");
         }
         let mut req = req.body(body).unwrap();
-        req.extensions_mut().insert(ConnectInfo::<SocketAddr>(
-            "192.0.2.10:5555".parse().unwrap(),
-        ));
+        req.extensions_mut()
+            .insert(ConnectInfo::<SocketAddr>(peer.parse().unwrap()));
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
+        let response_headers = resp.headers().clone();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         let body = if bytes.is_empty() {
             Value::Null
         } else {
             serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("non-JSON body: {bytes:?}"))
         };
-        Answer { status, body }
+        (Answer { status, body }, response_headers)
     }
 
     pub async fn call(
