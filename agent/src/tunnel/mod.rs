@@ -6,6 +6,10 @@
 //! relay cannot invent sessions) or `OpenChannel` (an operation within an accepted session,
 //! checked against what the token allows).
 //!
+//! The session ids the device has admitted ([`SeenSessions`]) are kept for the runtime's life,
+//! across every tunnel connection: a relay that drops the tunnel and sees it come back cannot
+//! replay a token the device already admitted.
+//!
 //! # Layout
 //!
 //! - this file: the reconnect loop, the choice of relay, one connection's life;
@@ -23,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use m87_events::DeviceId;
+use m87_events::admission::AdmissionState;
 use m87_events::api::{DeviceTunnelConfig, RelayEndpoint};
 use m87_events::token::SessionVerifier;
 use m87_events::tunnel::{ALPN_TUNNEL, Control};
@@ -43,6 +48,10 @@ pub enum TunnelError {
     KeyRefused(String),
 }
 
+/// What the device remembers of the sessions it admitted (their ids, until their tokens
+/// expire), shared by every tunnel connection of the runtime.
+pub(crate) type SeenSessions = Arc<Mutex<AdmissionState>>;
+
 /// Keeps the tunnel up until `shutdown`; returns an error only when the key is refused.
 pub async fn run(
     api: ApiClient,
@@ -54,6 +63,8 @@ pub async fn run(
     let mut backoff = crate::backoff::Backoff::new();
     // The relay of the last attempt: after a failure the next attempt prefers another one.
     let mut last_relay: Option<String> = None;
+    // For the process's life, not per connection: see the module's overview.
+    let seen: SeenSessions = Arc::default();
     loop {
         let started = Instant::now();
         let result = connect_once(
@@ -62,6 +73,7 @@ pub async fn run(
             &device_id,
             trust_any_cert,
             &mut last_relay,
+            &seen,
             &mut shutdown,
         )
         .await;
@@ -120,6 +132,7 @@ async fn connect_once(
     device_id: &DeviceId,
     trust_any_cert: bool,
     last_relay: &mut Option<String>,
+    seen: &SeenSessions,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), Failure> {
     let config: DeviceTunnelConfig = match api.get("/v1/device/tunnel").await {
@@ -151,7 +164,7 @@ async fn connect_once(
         verifier,
         api: api.clone(),
         sessions: Mutex::new(HashMap::new()),
-        admission: Mutex::new(Default::default()),
+        admission: Arc::clone(seen),
         ctx: ServiceContext { datagrams },
     });
     let outcome = serve(&conn, state, shutdown).await;
