@@ -6,7 +6,7 @@
 //! relay cannot invent sessions) or `OpenChannel` (an operation within an accepted session,
 //! checked against what the token allows).
 //!
-//! The session ids the device has admitted ([`SeenSessions`]) are kept for the runtime's life,
+//! The session ids the device has admitted (`session::SeenSessions`) are kept for the runtime's life,
 //! across every tunnel connection: a relay that drops the tunnel and sees it come back cannot
 //! replay a token the device already admitted.
 //!
@@ -27,7 +27,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use m87_events::DeviceId;
-use m87_events::admission::AdmissionState;
 use m87_events::api::{DeviceTunnelConfig, RelayEndpoint};
 use m87_events::token::SessionVerifier;
 use m87_events::tunnel::{ALPN_TUNNEL, Control};
@@ -38,7 +37,7 @@ use m87_transport::frames::{FrameReader, write_control};
 use m87_transport::http::{ApiClient, ApiError};
 
 use datagrams::QuicDatagrams;
-use session::{TunnelState, handle_stream};
+use session::{SeenSessions, TunnelState, handle_stream};
 
 /// Why the tunnel gave up (anything else is retried).
 #[derive(Debug, thiserror::Error)]
@@ -47,10 +46,6 @@ pub enum TunnelError {
     #[error("{0}")]
     KeyRefused(String),
 }
-
-/// What the device remembers of the sessions it admitted (their ids, until their tokens
-/// expire), shared by every tunnel connection of the runtime.
-pub(crate) type SeenSessions = Arc<Mutex<AdmissionState>>;
 
 /// Keeps the tunnel up until `shutdown`; returns an error only when the key is refused.
 pub async fn run(

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use m87_events::admission::{RefusalCode, admit};
+use m87_events::admission::{AdmissionState, RefusalCode, admit};
 use m87_events::api::{SessionClosedReport, SessionRefusedReport};
 use m87_events::token::{SessionClaims, SessionVerifier, now_unix};
 use m87_events::tunnel::{Channel, Control, ExitStatus};
@@ -30,6 +30,10 @@ pub(super) struct ActiveSession {
     last_error: Mutex<Option<String>>,
 }
 
+/// What the device remembers of the sessions it admitted (their ids, until their tokens
+/// expire), shared by every tunnel connection of the runtime.
+pub(super) type SeenSessions = Arc<Mutex<AdmissionState>>;
+
 /// State of one tunnel connection (what it admitted is shared by the runtime's connections).
 pub(super) struct TunnelState {
     pub(super) device_id: DeviceId,
@@ -38,7 +42,7 @@ pub(super) struct TunnelState {
     pub(super) sessions: Mutex<HashMap<SessionId, Arc<ActiveSession>>>,
     /// Session ids already used (replay protection), shared by every connection of the
     /// runtime.
-    pub(super) admission: super::SeenSessions,
+    pub(super) admission: SeenSessions,
     pub(super) ctx: ServiceContext,
 }
 
@@ -354,7 +358,7 @@ mod tests {
     }
 
     /// The state of one tunnel connection of a runtime that has seen `seen`.
-    fn connection(verifier: SessionVerifier, seen: super::super::SeenSessions) -> Arc<TunnelState> {
+    fn connection(verifier: SessionVerifier, seen: SeenSessions) -> Arc<TunnelState> {
         Arc::new(TunnelState {
             device_id: "device-0001".parse().unwrap(),
             verifier,
@@ -507,7 +511,7 @@ mod tests {
         c.exp = now + 60;
         let token = signer.sign(&c);
         // The runtime's seen-set, as `tunnel::run` keeps it across connections.
-        let seen: super::super::SeenSessions = Arc::default();
+        let seen: SeenSessions = Arc::default();
         let first = connection(signer.verifier(), Arc::clone(&seen));
         assert!(matches!(
             answer(&first, token.clone()).await,
