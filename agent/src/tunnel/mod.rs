@@ -6,9 +6,9 @@
 //! relay cannot invent sessions) or `OpenChannel` (an operation within an accepted session,
 //! checked against what the token allows).
 //!
-//! The session ids the device has admitted (`session::SeenSessions`) are kept for the runtime's life,
-//! across every tunnel connection: a relay that drops the tunnel and sees it come back cannot
-//! replay a token the device already admitted.
+//! The session ids the device has admitted (`session::SeenSessions`) are kept for the
+//! runtime's life, across every tunnel connection: a relay that drops the tunnel and sees it
+//! come back cannot replay a token the device already admitted.
 //!
 //! # Layout
 //!
