@@ -7,8 +7,12 @@
 //! 1. the token verifies (signature, lifetime and, at the agent, the device) —
 //!    [`SessionVerifier::verify`];
 //! 2. at the relay, access of the token's subject to the device was not revoked after the token
-//!    was issued — [`RevocationList`];
-//! 3. the session id was not used before — [`ReplayGuard`] (a set of seen ids that forgets each
+//!    was issued, and the credential the token was granted through (an API key) was not
+//!    revoked — [`RevocationList`];
+//! 3. at the relay, the token was issued after the relay started
+//!    ([`AdmissionState::not_before`]): the relay's seen-set is lost when it restarts, so a
+//!    token from before then may have been used already;
+//! 4. the session id was not used before — [`ReplayGuard`] (a set of seen ids that forgets each
 //!    one when its token expires, since an expired token is refused anyway).
 //!
 //! Nothing here does I/O or reads the clock: the caller passes the time in, as Unix seconds.
@@ -18,7 +22,9 @@
 use std::collections::HashMap;
 
 use crate::ids::{DeviceId, SessionId};
-use crate::token::{MAX_LIFETIME_SECS, SessionClaims, SessionVerifier, TokenError};
+use crate::token::{
+    CLOCK_LEEWAY_SECS, Credential, MAX_LIFETIME_SECS, SessionClaims, SessionVerifier, TokenError,
+};
 
 /// Why a session, a channel or a link was refused: the stable codes of `Control::Refused`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,6 +43,10 @@ pub enum RefusalCode {
     TokenReplayed,
     /// Access of the token's subject to the device was revoked after the token was issued.
     AccessRevoked,
+    /// The credential (API key) the token was granted through was revoked.
+    CredentialRevoked,
+    /// The token was issued before the relay started (it may have been used already).
+    TokenPredatesRelay,
     /// The device's tunnel is not connected to any relay.
     DeviceOffline,
     /// The device's tunnel is known but the device did not answer.
@@ -53,7 +63,7 @@ pub enum RefusalCode {
 
 impl RefusalCode {
     /// Every code, for tables and tests.
-    pub const ALL: [RefusalCode; 13] = [
+    pub const ALL: [RefusalCode; 15] = [
         RefusalCode::TokenMalformed,
         RefusalCode::TokenInvalid,
         RefusalCode::TokenExpired,
@@ -61,6 +71,8 @@ impl RefusalCode {
         RefusalCode::TokenWrongDevice,
         RefusalCode::TokenReplayed,
         RefusalCode::AccessRevoked,
+        RefusalCode::CredentialRevoked,
+        RefusalCode::TokenPredatesRelay,
         RefusalCode::DeviceOffline,
         RefusalCode::DeviceUnreachable,
         RefusalCode::Protocol,
@@ -79,6 +91,8 @@ impl RefusalCode {
             RefusalCode::TokenWrongDevice => "token_wrong_device",
             RefusalCode::TokenReplayed => "token_replayed",
             RefusalCode::AccessRevoked => "access_revoked",
+            RefusalCode::CredentialRevoked => "credential_revoked",
+            RefusalCode::TokenPredatesRelay => "token_predates_relay",
             RefusalCode::DeviceOffline => "device_offline",
             RefusalCode::DeviceUnreachable => "device_unreachable",
             RefusalCode::Protocol => "protocol",
@@ -165,6 +179,14 @@ impl From<TokenError> for Refusal {
 /// The reason given with [`RefusalCode::DeviceUnreachable`].
 pub const DEVICE_UNREACHABLE_REASON: &str = "the device did not answer";
 
+/// The reason given with [`RefusalCode::CredentialRevoked`], and when a live session ends
+/// because its credential was revoked.
+pub const CREDENTIAL_REVOKED_REASON: &str =
+    "the API key this session was granted through was revoked";
+
+/// The reason given with [`RefusalCode::TokenPredatesRelay`].
+pub const TOKEN_PREDATES_RELAY_REASON: &str = "the relay restarted after this session was granted; ask for a new session (run the command again)";
+
 /// Session ids already used, each kept until its token expires (replay protection).
 #[derive(Debug, Clone, Default)]
 pub struct ReplayGuard {
@@ -191,10 +213,11 @@ impl ReplayGuard {
 }
 
 /// (device, subject) pairs whose access was revoked, with when: tokens issued up to then are
-/// refused.
+/// refused; and revoked credentials: every token granted through one is refused.
 #[derive(Debug, Clone, Default)]
 pub struct RevocationList {
     entries: Vec<(DeviceId, String, i64)>,
+    credentials: Vec<(Credential, i64)>,
 }
 
 impl RevocationList {
@@ -213,6 +236,22 @@ impl RevocationList {
             .iter()
             .any(|(d, sub, at)| *d == claims.dev && *sub == claims.sub && claims.iat <= *at)
     }
+
+    /// Refuses every token granted through `credential` (revoked at `now`). A revoked
+    /// credential is never granted another token, so the entry is kept only as long as a token
+    /// granted before `now` can live, with the clock leeway: then it protects nothing.
+    pub fn revoke_credential(&mut self, credential: Credential, now: i64) {
+        let horizon = MAX_LIFETIME_SECS + CLOCK_LEEWAY_SECS;
+        self.credentials.retain(|(_, at)| *at > now - horizon);
+        if !self.is_credential_revoked(&credential) {
+            self.credentials.push((credential, now));
+        }
+    }
+
+    /// Whether `credential` was revoked (recently enough to matter).
+    pub fn is_credential_revoked(&self, credential: &Credential) -> bool {
+        self.credentials.iter().any(|(c, _)| c == credential)
+    }
 }
 
 /// What an admitting side remembers between sessions.
@@ -222,6 +261,20 @@ pub struct AdmissionState {
     pub replay: ReplayGuard,
     /// Revoked accesses (empty at the agent, which learns of revocations from its relay).
     pub revoked: RevocationList,
+    /// Tokens issued before this (Unix seconds) are refused: the relay's start, since what it
+    /// had seen before is gone (0 at the agent, whose seen-set lives as long as its process).
+    pub not_before: i64,
+}
+
+impl AdmissionState {
+    /// The state of a relay that started at `start` (Unix seconds): nothing seen or revoked,
+    /// and tokens issued before `start` refused.
+    pub fn since(start: i64) -> Self {
+        Self {
+            not_before: start,
+            ..Self::default()
+        }
+    }
 }
 
 /// Decides whether the session `token` asks for is admitted at `now` (Unix seconds).
@@ -244,6 +297,22 @@ pub fn admit(
             "access to this device was revoked",
         ));
     }
+    if let Some(credential) = &claims.cred
+        && state.revoked.is_credential_revoked(credential)
+    {
+        return Err(Refusal::of_session(
+            &claims,
+            RefusalCode::CredentialRevoked,
+            CREDENTIAL_REVOKED_REASON,
+        ));
+    }
+    if claims.iat < state.not_before {
+        return Err(Refusal::of_session(
+            &claims,
+            RefusalCode::TokenPredatesRelay,
+            TOKEN_PREDATES_RELAY_REASON,
+        ));
+    }
     if !state.replay.first_use(&claims, now) {
         return Err(Refusal::of_session(
             &claims,
@@ -258,6 +327,7 @@ pub fn admit(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::ids::KeyId;
     use crate::token::{Operation, SessionSigner};
 
     const NOW: i64 = 10_000;
@@ -275,6 +345,9 @@ mod tests {
             args: serde_json::Value::Null,
             iat,
             exp: iat + 60,
+            cred: Some(Credential::ApiKey(KeyId::from_uuid(uuid::Uuid::from_u128(
+                7,
+            )))),
         }
     }
 
@@ -290,6 +363,12 @@ mod tests {
         OtherSubjectRevoked,
         /// The subject's access to another device was revoked.
         OtherDeviceRevoked,
+        /// The token's credential was revoked at this time.
+        CredentialRevokedAt(i64),
+        /// Another credential of the same subject was revoked.
+        OtherCredentialRevoked,
+        /// The admitting relay started at this time.
+        StartedAt(i64),
     }
 
     /// How the token is made.
@@ -301,6 +380,8 @@ mod tests {
         Garbage,
         IssuedAt(i64),
         LivingLong,
+        /// Granted without a credential (an OIDC sign-in).
+        NoCredential,
     }
 
     #[test]
@@ -390,6 +471,46 @@ mod tests {
             (Token::Good, Given::RevokedAt(NOW - 1), None, NOW, None),
             (Token::Good, Given::OtherSubjectRevoked, None, NOW, None),
             (Token::Good, Given::OtherDeviceRevoked, None, NOW, None),
+            // A revoked credential refuses its tokens whenever they were issued, before or
+            // after the revocation (the clocks of control plane and relay may differ).
+            (
+                Token::Good,
+                Given::CredentialRevokedAt(NOW - 5),
+                None,
+                NOW,
+                Some(CredentialRevoked),
+            ),
+            (
+                Token::Good,
+                Given::CredentialRevokedAt(NOW + 5),
+                None,
+                NOW + 10,
+                Some(CredentialRevoked),
+            ),
+            (Token::Good, Given::OtherCredentialRevoked, None, NOW, None),
+            (
+                Token::NoCredential,
+                Given::OtherCredentialRevoked,
+                None,
+                NOW,
+                None,
+            ),
+            // A relay refuses tokens issued before it started, admits those issued since.
+            (
+                Token::Good,
+                Given::StartedAt(NOW + 1),
+                None,
+                NOW + 2,
+                Some(TokenPredatesRelay),
+            ),
+            (Token::Good, Given::StartedAt(NOW), None, NOW + 2, None),
+            (
+                Token::IssuedAt(NOW - 1),
+                Given::StartedAt(NOW),
+                None,
+                NOW,
+                Some(TokenPredatesRelay),
+            ),
             // A bad token is refused for what it is, whatever was revoked or used.
             (
                 Token::OtherKey,
@@ -417,6 +538,10 @@ mod tests {
                     c.exp = NOW + 3600;
                     signer.sign(&c)
                 }
+                Token::NoCredential => {
+                    c.cred = None;
+                    signer.sign(&c)
+                }
             };
             let mut state = AdmissionState::default();
             match given {
@@ -427,6 +552,13 @@ mod tests {
                     state.revoked.revoke(&c.dev, "user:b@example.com", NOW)
                 }
                 Given::OtherDeviceRevoked => state.revoked.revoke(&device(3), &c.sub, NOW),
+                Given::CredentialRevokedAt(t) => {
+                    state.revoked.revoke_credential(c.cred.unwrap(), t)
+                }
+                Given::OtherCredentialRevoked => state
+                    .revoked
+                    .revoke_credential(Credential::ApiKey(KeyId::new()), NOW),
+                Given::StartedAt(t) => state.not_before = t,
             }
             let before = state.replay.len();
             let got = admit(&verifier, &mut state, &token, at, now);
@@ -520,6 +652,8 @@ mod tests {
                 "token_wrong_device",
                 "token_replayed",
                 "access_revoked",
+                "credential_revoked",
+                "token_predates_relay",
                 "device_offline",
                 "device_unreachable",
                 "protocol",
@@ -537,5 +671,40 @@ mod tests {
         ] {
             assert_eq!(RefusalCode::from(&e).as_str(), e.code());
         }
+    }
+
+    #[test]
+    fn revoked_credentials_are_kept_as_long_as_their_tokens_live() {
+        let mut list = RevocationList::default();
+        let c = claims(NOW);
+        let key = c.cred.unwrap();
+        list.revoke_credential(key, NOW);
+        list.revoke_credential(key, NOW + 1);
+        assert!(list.is_credential_revoked(&key));
+        list.revoke_credential(Credential::ApiKey(KeyId::new()), NOW + 89);
+        assert!(
+            list.is_credential_revoked(&key),
+            "still within a token's life and leeway"
+        );
+        list.revoke_credential(Credential::ApiKey(KeyId::new()), NOW + 90);
+        assert!(
+            !list.is_credential_revoked(&key),
+            "no token of it can live now"
+        );
+    }
+
+    #[test]
+    fn a_relay_refuses_tokens_from_before_its_start_and_says_why() {
+        let (signer, _) = SessionSigner::generate().unwrap();
+        let c = claims(NOW);
+        let token = signer.sign(&c);
+        let mut before = AdmissionState::since(NOW);
+        admit(&signer.verifier(), &mut before, &token, None, NOW).unwrap();
+        // The relay restarts: a new state, started after the token was issued.
+        let mut after = AdmissionState::since(NOW + 3);
+        let refusal = admit(&signer.verifier(), &mut after, &token, None, NOW + 4).unwrap_err();
+        assert_eq!(refusal.code, RefusalCode::TokenPredatesRelay);
+        assert_eq!(refusal.reason, TOKEN_PREDATES_RELAY_REASON);
+        assert_eq!(refusal.session, Some(c.sid));
     }
 }

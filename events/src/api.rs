@@ -490,7 +490,7 @@ pub struct RelayRefusalReport {
     pub reason: String,
 }
 
-/// One (subject, device) pair of an open session.
+/// One (subject, device, credential) triple of an open session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessPair {
@@ -498,6 +498,9 @@ pub struct AccessPair {
     pub subject: String,
     /// The device.
     pub device_id: DeviceId,
+    /// The credential the session was granted through: a revoked one means no.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<crate::token::Credential>,
 }
 
 /// Most pairs one [`RelayAccessCheck`] may carry.

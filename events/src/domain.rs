@@ -221,6 +221,10 @@ pub struct SessionOpened {
     pub args: serde_json::Value,
     /// The session must start before this.
     pub expires_at: DateTime<Utc>,
+    /// The credential the grant came through (absent for OIDC sign-ins and in sessions
+    /// recorded before it was kept): revoking it ends the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<crate::token::Credential>,
 }
 
 /// Payload of [`DomainEvent::SessionClosed`]; the actor is the device.

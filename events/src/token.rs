@@ -9,10 +9,25 @@ use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::ids::{DeviceId, SessionId};
+use crate::ids::{DeviceId, KeyId, SessionId};
 
-/// Longest token accepted.
-pub const MAX_TOKEN_LEN: usize = 4096;
+/// Longest token accepted: room for the largest arguments a grant allows
+/// ([`MAX_ARGS_BYTES`], base64 adds a third) with the rest of the claims and the signature,
+/// while the session open that carries it stays within one control frame
+/// ([`crate::tunnel::frame::MAX_CONTROL`]).
+pub const MAX_TOKEN_LEN: usize = 15 * 1024;
+/// Largest session arguments (their JSON, in bytes) a grant accepts: a token carrying them
+/// always fits in [`MAX_TOKEN_LEN`] (see [`MAX_CLAIMS_OVERHEAD`]).
+pub const MAX_ARGS_BYTES: usize = 8 * 1024;
+/// The most the claims other than the arguments may take (JSON bytes): the subject's email is
+/// at most 254 bytes and every other claim is short.
+pub const MAX_CLAIMS_OVERHEAD: usize = 1024;
+
+// Base64 of the largest claims, a dot and the signature (86 characters) fit in a token; the
+// token and the session open's JSON around it (under 64 bytes) fit in a control frame.
+const _: () =
+    assert!((MAX_ARGS_BYTES + MAX_CLAIMS_OVERHEAD).div_ceil(3) * 4 + 1 + 86 <= MAX_TOKEN_LEN);
+const _: () = assert!(MAX_TOKEN_LEN + 64 <= crate::tunnel::frame::MAX_CONTROL);
 /// Clock skew tolerated on `iat` (seconds).
 pub const CLOCK_LEEWAY_SECS: i64 = 30;
 /// Longest lifetime a token may have to start a session (seconds).
@@ -47,6 +62,27 @@ impl Operation {
     }
 }
 
+/// The credential a session was granted through: revoking it ends the session and refuses its
+/// unused tokens.
+///
+/// Only API keys are revocable in m87. An OIDC sign-in carries no credential: the provider's
+/// access tokens are short-lived and m87 has no event that ends a provider session; the access
+/// check by subject applies to them as to every session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Credential {
+    /// A user API key, by id.
+    ApiKey(KeyId),
+}
+
+impl std::fmt::Display for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::ApiKey(k) => write!(f, "api key {k}"),
+        }
+    }
+}
+
 /// What a token grants.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,6 +101,9 @@ pub struct SessionClaims {
     pub iat: i64,
     /// The session must start before this (Unix seconds).
     pub exp: i64,
+    /// The credential the grant came through (absent for OIDC sign-ins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cred: Option<Credential>,
 }
 
 /// Why a token was refused.
@@ -229,6 +268,7 @@ mod tests {
             args: serde_json::json!({"argv": ["true"]}),
             iat: now,
             exp: now + 60,
+            cred: Some(Credential::ApiKey(KeyId::new())),
         }
     }
 
@@ -294,5 +334,37 @@ mod tests {
             v.verify(&signer.sign(&future), 1000, None).unwrap_err(),
             TokenError::NotYetValid
         );
+    }
+
+    #[test]
+    fn the_largest_grant_fits_in_a_token() {
+        let (signer, _) = SessionSigner::generate().unwrap();
+        let mut c = claims(1000);
+        // The longest email, of characters JSON escapes.
+        c.sub = format!("user:{}@{}.example", "\"".repeat(64), "b".repeat(181));
+        c.dev = "d".repeat(64).parse().unwrap_or(c.dev);
+        // Arguments of exactly the largest size a grant accepts, made of characters JSON
+        // escapes in the claims no differently than in the grant's check.
+        let filler = MAX_ARGS_BYTES - r#"{"argv":["echo",""]}"#.len();
+        c.args = serde_json::json!({"argv": ["echo", "x".repeat(filler)]});
+        assert_eq!(serde_json::to_vec(&c.args).unwrap().len(), MAX_ARGS_BYTES);
+        let token = signer.sign(&c);
+        assert!(token.len() <= MAX_TOKEN_LEN, "{} bytes", token.len());
+        assert_eq!(signer.verifier().verify(&token, 1001, None).unwrap(), c);
+    }
+
+    #[test]
+    fn the_credential_is_optional_on_the_wire() {
+        let (signer, _) = SessionSigner::generate().unwrap();
+        let mut c = claims(1000);
+        c.cred = None;
+        let token = signer.sign(&c);
+        let (body, _) = token.split_once('.').unwrap();
+        let json = String::from_utf8(URL_SAFE_NO_PAD.decode(body).unwrap()).unwrap();
+        assert!(!json.contains("cred"), "{json}");
+        assert_eq!(signer.verifier().verify(&token, 1001, None).unwrap(), c);
+        let with_key = claims(1000);
+        let json = serde_json::to_value(&with_key).unwrap();
+        assert!(json["cred"]["api_key"].is_string(), "{json}");
     }
 }

@@ -231,6 +231,7 @@ impl AccessOracle for HttpLink {
                     .map(|s| AccessPair {
                         subject: s.subject.clone(),
                         device_id: s.device.clone(),
+                        credential: s.credential,
                     })
                     .collect(),
             };

@@ -107,6 +107,8 @@ pub struct LiveSession {
     pub device: DeviceId,
     /// Who opened it (`user:<email>`).
     pub subject: String,
+    /// The credential its grant came through (absent for OIDC sign-ins).
+    pub credential: Option<m87_events::token::Credential>,
     pub(crate) conn: quinn::Connection,
 }
 
@@ -126,9 +128,25 @@ impl RelayHandle {
     /// subject (they may still be unused).
     pub fn end_session(&self, session: &LiveSession, reason: &str) {
         self.revoke(&session.device, &session.subject);
+        self.close_session(session, reason);
+    }
+
+    /// Ends a session at once, telling the client `reason`; refuses nothing more.
+    pub fn close_session(&self, session: &LiveSession, reason: &str) {
         session
             .conn
             .close(io::CLOSE_SESSION_ENDED, reason.as_bytes());
+    }
+
+    /// Refuses every token granted through `credential` (it was revoked).
+    pub fn revoke_credential(&self, credential: m87_events::token::Credential) {
+        self.state
+            .revoke_credential(credential, m87_events::token::now_unix());
+    }
+
+    /// Whether this relay learned that `credential` was revoked.
+    pub fn is_credential_revoked(&self, credential: &m87_events::token::Credential) -> bool {
+        self.state.is_credential_revoked(credential)
     }
 
     /// Refuses tokens issued up to now for `subject` on `device`.

@@ -1,18 +1,22 @@
 //! Cutting off what was revoked: the relay follows the event feed; a removed device loses its
-//! tunnel here at once, a revoked user's tokens are refused, and after every event that may
-//! take access away each open session is checked again ([`AccessOracle`]) and ended when its
-//! user may no longer operate its device.
+//! tunnel here at once, a revoked user's tokens and a revoked API key's tokens are refused, and
+//! after every event that may take access away each open session is checked again
+//! ([`AccessOracle`]) and ended when its user may no longer operate its device or the API key
+//! its grant came through was revoked.
 
 use std::sync::Arc;
 
 use m87_events::DomainEvent;
+use m87_events::admission::CREDENTIAL_REVOKED_REASON;
+use m87_events::token::Credential;
 
 use crate::{LiveSession, RelayHandle};
 
 /// Decides whether open sessions may go on.
 #[async_trait::async_trait]
 pub trait AccessOracle: Send + Sync + 'static {
-    /// For each session, whether its user may still operate its device.
+    /// For each session, whether it may go on: its user may still operate its device and the
+    /// credential its grant came through was not revoked.
     async fn still_allowed(&self, sessions: &[LiveSession]) -> Vec<bool>;
 }
 
@@ -24,7 +28,17 @@ async fn end_sessions_without_access(oracle: &dyn AccessOracle, relay: &RelayHan
     }
     let allowed = oracle.still_allowed(&sessions).await;
     for (session, ok) in sessions.iter().zip(allowed) {
-        if !ok {
+        if ok {
+            continue;
+        }
+        let revoked_key = session
+            .credential
+            .filter(|c| relay.is_credential_revoked(c));
+        if let Some(key) = revoked_key {
+            // Only the key went: the user's other keys and sign-ins keep their tokens.
+            tracing::info!(session = %session.session_id, subject = %session.subject, credential = %key, "credential revoked: ending the session");
+            relay.close_session(session, CREDENTIAL_REVOKED_REASON);
+        } else {
             tracing::info!(session = %session.session_id, subject = %session.subject, device = %session.device, "access revoked: ending the session");
             relay.end_session(session, "access to this device was revoked");
         }
@@ -58,6 +72,10 @@ pub fn watch_revocations(
                             if scope.starts_with("user:") {
                                 relay.revoke(&r.device_id, &scope);
                             }
+                        }
+                        // So are the tokens granted through a revoked API key.
+                        if let DomainEvent::ApiKeyRevoked(r) = &e.event {
+                            relay.revoke_credential(Credential::ApiKey(r.key_id));
                         }
                         if access_may_shrink(&e.event) {
                             end_sessions_without_access(oracle.as_ref(), &relay).await;

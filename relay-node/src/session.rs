@@ -151,6 +151,7 @@ async fn serve(
         session_id,
         device: claims.dev.clone(),
         subject: claims.sub.clone(),
+        credential: claims.cred,
         conn: conn.clone(),
     });
     // The session's control stream: spliced for the session's life.

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use m87_events::admission::{self, AdmissionState, Refusal};
-use m87_events::token::{SessionClaims, SessionVerifier};
+use m87_events::token::{Credential, SessionClaims, SessionVerifier, now_unix};
 use m87_events::{DeviceId, SessionId};
 
 use crate::gate::Gate;
@@ -35,7 +35,8 @@ struct Inner {
     verifier: SessionVerifier,
     link: Arc<dyn ControlPlaneLink>,
     registry: Arc<Registry>,
-    /// Session ids already used and revoked accesses.
+    /// Session ids already used, revoked accesses and credentials, and the relay's start
+    /// (tokens issued before it are refused: the ids seen before then are gone).
     admission: Mutex<AdmissionState>,
     /// Client connections (or links) owning UDP flows.
     flows: FlowTable,
@@ -64,7 +65,7 @@ impl RelayState {
                 verifier,
                 link,
                 registry: Arc::new(Registry::default()),
-                admission: Mutex::new(AdmissionState::default()),
+                admission: Mutex::new(AdmissionState::since(now_unix())),
                 flows: FlowTable::default(),
                 sessions: SessionTable::default(),
                 endpoint,
@@ -126,6 +127,20 @@ impl RelayState {
         lock(&self.inner.admission)
             .revoked
             .revoke(device, subject, now);
+    }
+
+    /// Refuses every token granted through `credential`, revoked at `now`.
+    pub(crate) fn revoke_credential(&self, credential: Credential, now: i64) {
+        lock(&self.inner.admission)
+            .revoked
+            .revoke_credential(credential, now);
+    }
+
+    /// Whether `credential` was revoked.
+    pub(crate) fn is_credential_revoked(&self, credential: &Credential) -> bool {
+        lock(&self.inner.admission)
+            .revoked
+            .is_credential_revoked(credential)
     }
 }
 

@@ -95,7 +95,8 @@ impl AccessOracle for ServiceOracle {
     async fn still_allowed(&self, sessions: &[LiveSession]) -> Vec<bool> {
         let mut out = Vec::with_capacity(sessions.len());
         for s in sessions {
-            out.push(self.0.may_operate(&s.subject, &s.device).await);
+            let credential = s.credential.as_ref();
+            out.push(self.0.may_operate(&s.subject, &s.device, credential).await);
         }
         out
     }

@@ -255,6 +255,52 @@ async fn revoking_access_ends_a_session_that_crosses_relays_within_a_second() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_an_api_key_ends_its_session_across_relays_within_a_second() {
+    let mut fleet = Fleet::new(1, MongoServer::shared()).await;
+    fleet.start_control_plane();
+    fleet.start_relay();
+    fleet.wait_for_relays(1);
+    let admin = fleet.admin(0);
+    let cp = fleet.control_planes[0].url.clone();
+    let (_runtime, _device) = enroll(&admin, &cp, &fleet.path("device"), "keyed");
+    fleet.start_relay();
+    fleet.wait_for_relays(2);
+    let created: serde_json::Value =
+        serde_json::from_str(&admin.ok(&["api-keys", "create", "--name", "ci", "-o", "json"]))
+            .unwrap();
+    let through_key = M87::new(&cp, &fleet.path("ci"), created["key"].as_str());
+    // The session goes through relay 2; the device is on relay 1.
+    let mut cmd =
+        through_key.command(&["keyed", "exec", "--", "sh", "-c", "echo started; sleep 60"]);
+    cmd.env("M87_RELAY", &fleet.relays[1].address);
+    let mut long = Proc::spawn(cmd);
+    long.out.wait_for("started", Duration::from_secs(20));
+
+    // The key is revoked; its user (the admin) keeps access, the session ends all the same.
+    admin.ok(&["api-keys", "revoke", created["id"].as_str().unwrap()]);
+    let revoked = Instant::now();
+    let code = long.wait_exit(Duration::from_secs(5));
+    assert_ne!(code, 0);
+    let took = revoked.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "the session ended after {took:?}"
+    );
+    let said = long.out.all();
+    assert!(
+        said.contains("API key") && said.contains("revoked"),
+        "{said}"
+    );
+    fleet.relays[1].proc.out.wait_for(
+        "credential revoked: ending the session",
+        Duration::from_secs(1),
+    );
+    // The user's own sessions go on working.
+    let out = via(&admin, None, &["keyed", "exec", "--", "echo", "still mine"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "still mine\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_link_without_the_secret_or_with_garbage_is_refused_and_the_relay_carries_on() {
     use m87_events::tunnel::{ALPN_RELAY_LINK, Control};
     use m87_transport::frames::{FrameReader, write_control};

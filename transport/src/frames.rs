@@ -12,8 +12,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// Why frames could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameIoError {
-    /// The stream failed.
-    #[error("stream error: {0}")]
+    /// The stream failed (with its causes: a closed connection says why the peer closed it).
+    #[error("stream error: {}", with_causes(.0))]
     Io(#[from] std::io::Error),
     /// The peer sent bytes that are not a frame.
     #[error("peer sent an invalid frame: {0}")]
@@ -24,6 +24,19 @@ pub enum FrameIoError {
     /// A control frame was expected.
     #[error("expected a control message, got another frame")]
     UnexpectedFrame,
+}
+
+/// `e` and its causes, for people: a lost QUIC connection reads "connection lost: closed by
+/// peer: <the peer's reason>".
+fn with_causes(e: &std::io::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.get_ref().and_then(|inner| inner.source());
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Reads frames from a byte stream, buffering partial ones.

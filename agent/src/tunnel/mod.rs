@@ -6,6 +6,10 @@
 //! relay cannot invent sessions) or `OpenChannel` (an operation within an accepted session,
 //! checked against what the token allows).
 //!
+//! The session ids the device has admitted (`session::SeenSessions`) are kept for the
+//! runtime's life, across every tunnel connection: a relay that drops the tunnel and sees it
+//! come back cannot replay a token the device already admitted.
+//!
 //! # Layout
 //!
 //! - this file: the reconnect loop, the choice of relay, one connection's life;
@@ -32,7 +36,7 @@ use m87_transport::frames::{FrameReader, write_control};
 use m87_transport::http::{ApiClient, ApiError};
 
 use datagrams::QuicDatagrams;
-use session::{TunnelState, handle_stream};
+use session::{SeenSessions, TunnelState, handle_stream};
 
 /// Why the tunnel gave up (anything else is retried).
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +57,8 @@ pub async fn run(
     let mut backoff = crate::backoff::Backoff::new();
     // The relay of the last attempt: after a failure the next attempt prefers another one.
     let mut last_relay: Option<String> = None;
+    // For the process's life, not per connection: see the module's overview.
+    let seen: SeenSessions = Arc::default();
     loop {
         let started = Instant::now();
         let result = connect_once(
@@ -61,6 +67,7 @@ pub async fn run(
             &device_id,
             trust_any_cert,
             &mut last_relay,
+            &seen,
             &mut shutdown,
         )
         .await;
@@ -119,6 +126,7 @@ async fn connect_once(
     device_id: &DeviceId,
     trust_any_cert: bool,
     last_relay: &mut Option<String>,
+    seen: &SeenSessions,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), Failure> {
     let config: DeviceTunnelConfig = match api.get("/v1/device/tunnel").await {
@@ -146,7 +154,7 @@ async fn connect_once(
         verifier,
         api: api.clone(),
         sessions: Mutex::new(HashMap::new()),
-        admission: Mutex::new(Default::default()),
+        admission: Arc::clone(seen),
         ctx: ServiceContext {
             datagrams: Arc::clone(&datagrams) as Arc<dyn crate::services::DatagramPort>,
         },

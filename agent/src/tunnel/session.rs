@@ -30,14 +30,19 @@ pub(super) struct ActiveSession {
     last_error: Mutex<Option<String>>,
 }
 
-/// State of one tunnel connection.
+/// What the device remembers of the sessions it admitted (their ids, until their tokens
+/// expire), shared by every tunnel connection of the runtime.
+pub(super) type SeenSessions = Arc<Mutex<AdmissionState>>;
+
+/// State of one tunnel connection (what it admitted is shared by the runtime's connections).
 pub(super) struct TunnelState {
     pub(super) device_id: DeviceId,
     pub(super) verifier: SessionVerifier,
     pub(super) api: ApiClient,
     pub(super) sessions: Mutex<HashMap<SessionId, Arc<ActiveSession>>>,
-    /// Session ids already used (replay protection).
-    pub(super) admission: Mutex<AdmissionState>,
+    /// Session ids already used (replay protection), shared by every connection of the
+    /// runtime.
+    pub(super) admission: SeenSessions,
     pub(super) ctx: ServiceContext,
 }
 
@@ -330,6 +335,10 @@ mod tests {
             args,
             iat: 0,
             exp: 60,
+            // A grant through an API key names it; the agent accepts the claim.
+            cred: Some(m87_events::token::Credential::ApiKey(
+                m87_events::KeyId::new(),
+            )),
         }
     }
 
@@ -345,13 +354,18 @@ mod tests {
     }
 
     fn state(verifier: SessionVerifier) -> Arc<TunnelState> {
+        connection(verifier, Arc::default())
+    }
+
+    /// The state of one tunnel connection of a runtime that has seen `seen`.
+    fn connection(verifier: SessionVerifier, seen: SeenSessions) -> Arc<TunnelState> {
         Arc::new(TunnelState {
             device_id: "device-0001".parse().unwrap(),
             verifier,
             // Reports go nowhere in this test.
             api: ApiClient::new("https://127.0.0.1:9", None, true).unwrap(),
             sessions: Mutex::new(HashMap::new()),
-            admission: Mutex::new(AdmissionState::default()),
+            admission: seen,
             ctx: ServiceContext {
                 datagrams: Arc::new(NoDatagrams),
             },
@@ -486,5 +500,26 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn a_token_admitted_before_a_reconnect_is_refused_after_it() {
+        let (signer, _) = m87_events::token::SessionSigner::generate().unwrap();
+        let now = now_unix();
+        let mut c = claims(Operation::Shell, serde_json::Value::Null);
+        c.iat = now;
+        c.exp = now + 60;
+        let token = signer.sign(&c);
+        // The runtime's seen-set, as `tunnel::run` keeps it across connections.
+        let seen: SeenSessions = Arc::default();
+        let first = connection(signer.verifier(), Arc::clone(&seen));
+        assert!(matches!(
+            answer(&first, token.clone()).await,
+            Control::SessionAccepted { .. }
+        ));
+        // The tunnel drops and comes back (a relay restart): a new connection's state.
+        drop(first);
+        let second = connection(signer.verifier(), seen);
+        assert_eq!(code(answer(&second, token).await), "token_replayed");
     }
 }

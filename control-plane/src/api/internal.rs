@@ -127,7 +127,11 @@ async fn access(
     }
     let mut allowed = Vec::with_capacity(check.pairs.len());
     for pair in &check.pairs {
-        allowed.push(s.cp.may_operate(&pair.subject, &pair.device_id).await);
+        let credential = pair.credential.as_ref();
+        allowed.push(
+            s.cp.may_operate(&pair.subject, &pair.device_id, credential)
+                .await,
+        );
     }
     Ok(Json(RelayAccessAnswer { allowed }))
 }

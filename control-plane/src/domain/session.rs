@@ -2,17 +2,18 @@
 
 use chrono::{DateTime, Utc};
 use m87_events::domain::{SessionClosed, SessionOpened};
-use m87_events::token::Operation;
+use m87_events::token::{Credential, Operation};
 use m87_events::{DeviceId, DomainEvent, SessionId};
 use serde_json::Value;
 
 use super::device::Device;
-use super::{Aggregate, DomainError, Identity};
+use super::{Aggregate, DomainError, Identity, Principal};
 
 /// Longest lifetime of a session token to start a session.
 pub const TOKEN_LIFETIME_SECS: i64 = 60;
-/// Largest recorded arguments (JSON bytes).
-pub const MAX_ARGS_BYTES: usize = 8 * 1024;
+/// Largest recorded arguments (JSON bytes): the signed token that carries them always fits
+/// the relay's and the device's token limit.
+pub use m87_events::token::MAX_ARGS_BYTES;
 
 /// The session aggregate.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -36,12 +37,14 @@ impl Aggregate for Session {
 
 fn validate_args(op: Operation, args: &Value) -> Result<(), DomainError> {
     let bad = |m: &str| Err(DomainError::Validation(m.to_owned()));
-    if serde_json::to_vec(args)
+    let size = serde_json::to_vec(args)
         .map(|v| v.len())
-        .unwrap_or(usize::MAX)
-        > MAX_ARGS_BYTES
-    {
-        return bad("session arguments are too large (8 KiB at most)");
+        .unwrap_or(usize::MAX);
+    if size > MAX_ARGS_BYTES {
+        return Err(DomainError::Validation(format!(
+            "session arguments are too large: {size} bytes of JSON, the limit is \
+             {MAX_ARGS_BYTES} bytes"
+        )));
     }
     match op {
         Operation::Exec => match args.get("argv").and_then(Value::as_array) {
@@ -93,7 +96,18 @@ pub fn decide_open(
         operation,
         args,
         expires_at: now + chrono::Duration::seconds(TOKEN_LIFETIME_SECS),
+        credential: credential_of(caller),
     }))
+}
+
+/// The revocable credential a caller proved themselves with: the API key they used, if any.
+pub fn credential_of(caller: &Identity) -> Option<Credential> {
+    match &caller.principal {
+        Principal::User {
+            key_id: Some(key), ..
+        } => Some(Credential::ApiKey(*key)),
+        _ => None,
+    }
 }
 
 /// `CloseSession`: only the session's own device reports its end, once.
@@ -201,5 +215,54 @@ mod tests {
         );
         s.apply(&decide_close(&s, &dev, Default::default()).unwrap());
         assert!(decide_close(&s, &dev, Default::default()).is_err());
+    }
+
+    #[test]
+    fn the_session_records_the_key_it_was_granted_through() {
+        let d = device("user:a@example.com");
+        let mut caller = user("a@example.com");
+        let key = m87_events::KeyId::new();
+        if let Principal::User { key_id, .. } = &mut caller.principal {
+            *key_id = Some(key);
+        }
+        let open = |caller: &Identity| match decide_open(
+            &d,
+            caller,
+            SessionId::new(),
+            Operation::Shell,
+            Value::Null,
+            Utc::now(),
+        ) {
+            Ok(DomainEvent::SessionOpened(o)) => o.credential,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(open(&caller), Some(Credential::ApiKey(key)));
+        assert_eq!(
+            open(&user("a@example.com")),
+            None,
+            "an OIDC sign-in has no key"
+        );
+    }
+
+    #[test]
+    fn arguments_over_the_limit_are_refused_naming_it() {
+        let d = device("user:a@example.com");
+        let args = |n: usize| serde_json::json!({"argv": ["echo", "x".repeat(n)]});
+        let overhead = serde_json::to_vec(&args(0)).unwrap().len();
+        let open = |a| {
+            decide_open(
+                &d,
+                &user("a@example.com"),
+                SessionId::new(),
+                Operation::Exec,
+                a,
+                Utc::now(),
+            )
+        };
+        assert!(open(args(MAX_ARGS_BYTES - overhead)).is_ok());
+        match open(args(MAX_ARGS_BYTES - overhead + 1)) {
+            Err(DomainError::Validation(m)) => assert!(m.contains("8192 bytes"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

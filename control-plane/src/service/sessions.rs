@@ -8,10 +8,11 @@ use m87_events::api::{
     CreateSessionRequest, DeviceTunnelConfig, RelayEndpoint, SessionClosedReport, SessionGrant,
 };
 use m87_events::domain::{DeviceConnected, DeviceDisconnected, SessionRefused};
-use m87_events::token::{SessionClaims, SessionSigner, SessionVerifier};
+use m87_events::token::{Credential, SessionClaims, SessionSigner, SessionVerifier};
 use m87_events::{DeviceId, DomainEvent, Metadata, SessionId, StreamId};
 
 use super::{ControlPlane, ServiceError, one};
+use crate::domain::api_key::ApiKey;
 use crate::domain::device::Device;
 use crate::domain::session::{self, Session};
 use crate::domain::{Aggregate, DomainError, Identity, Principal};
@@ -178,6 +179,7 @@ impl ControlPlane {
             args: opened.args.clone(),
             iat: now.timestamp(),
             exp: opened.expires_at.timestamp(),
+            cred: opened.credential,
         };
         Ok(SessionGrant {
             session_id,
@@ -296,8 +298,20 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Whether `subject` (as in a session token: `user:<email>`) may still operate `device`.
-    pub async fn may_operate(&self, subject: &str, device: &DeviceId) -> bool {
+    /// Whether a session of `subject` (as in a session token: `user:<email>`) on `device`,
+    /// granted through `credential`, may go on: the credential was not revoked and the subject
+    /// may still operate the device.
+    pub async fn may_operate(
+        &self,
+        subject: &str,
+        device: &DeviceId,
+        credential: Option<&Credential>,
+    ) -> bool {
+        if let Some(credential) = credential
+            && self.is_revoked(credential).await
+        {
+            return false;
+        }
         let Some(email) = subject
             .strip_prefix("user:")
             .and_then(|e| e.parse::<m87_events::Email>().ok())
@@ -316,6 +330,21 @@ impl ControlPlane {
                 identity.can_operate(&e.owner_scope, &device.allowed_scopes)
             }
             _ => false,
+        }
+    }
+
+    /// Whether `credential` was revoked, read from its stream (the source of truth: the read
+    /// model may not have caught up with the event that made a relay ask). Unknown means
+    /// revoked.
+    async fn is_revoked(&self, credential: &Credential) -> bool {
+        match credential {
+            Credential::ApiKey(key) => match self.load(&StreamId::api_key(key)).await {
+                Ok((events, _)) => {
+                    let key = ApiKey::from_events(&events);
+                    key.revoked || key.created.is_none()
+                }
+                Err(_) => true,
+            },
         }
     }
 }
