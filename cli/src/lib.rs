@@ -26,23 +26,19 @@ use std::process::ExitCode;
 pub use args::Cli;
 use args::{ApiKeysCommand, Command, DevicesCommand, MembersCommand, OrgCommand, RuntimeCommand};
 use m87_events::api::DeviceListQuery;
+use m87_observability::LogFormat;
 use output::Output;
 
 /// Logs go to stderr, filtered by RUST_LOG (default: warnings); M87_LOG_FORMAT=json gives JSON
 /// lines.
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let json = std::env::var("M87_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    let _ = if json {
-        builder.json().try_init()
+    let format = if json {
+        LogFormat::Json
     } else {
-        builder.try_init()
+        LogFormat::Human
     };
+    m87_observability::init_logging("warn", format);
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {

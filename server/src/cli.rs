@@ -281,15 +281,12 @@ impl Cli {
     /// Sends log lines to stderr, as text or JSON (`--log-format`), filtered by `RUST_LOG`
     /// (default: info).
     pub fn init_tracing(&self) {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-        match self.log_format {
-            LogFormat::Human => builder.init(),
-            LogFormat::Json => builder.json().init(),
-        }
+        use m87_observability::LogFormat::{Human, Json};
+        let format = if matches!(self.log_format, LogFormat::Json) {
+            Json
+        } else {
+            Human
+        };
+        m87_observability::init_logging("info", format);
     }
 }

@@ -1,0 +1,31 @@
+//! How every m87 binary (`m87-server`, and `m87` with its device runtime) sets up its logs, in
+//! one place, so the binaries stay thin and agree on format and filtering. Traces and metrics
+//! exporters join here when they come.
+//!
+//! # Layout
+//!
+//! - [`init_logging`]: log lines to stderr, as text or JSON, filtered by `RUST_LOG`.
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable text (coloured when stderr is a terminal).
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Sends log lines to stderr in `format`, filtered by `RUST_LOG`, or by `default_filter` (for
+/// example `info` or `warn`) when `RUST_LOG` is unset or invalid. A second call does nothing.
+pub fn init_logging(default_filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
