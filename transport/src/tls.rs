@@ -127,7 +127,8 @@ pub struct PinnedVerifier {
 }
 
 impl PinnedVerifier {
-    /// A verifier for `pin` (a [`fingerprint`], compared without regard to case).
+    /// A verifier for `pin` (a [`fingerprint`] or a [`Fingerprint`] in its `SHA256:` form,
+    /// compared without regard to case or colons).
     pub fn new(pin: Option<&str>, provider: Arc<CryptoProvider>) -> Self {
         Self {
             pin: pin.map(str::to_owned),
@@ -147,15 +148,20 @@ impl ServerCertVerifier for PinnedVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         match &self.pin {
             None => Ok(ServerCertVerified::assertion()),
-            Some(pin) if pin.eq_ignore_ascii_case(&fingerprint(end_entity)) => {
-                Ok(ServerCertVerified::assertion())
+            Some(pin) => {
+                let presented = Fingerprint::of(end_entity);
+                match pin.parse::<Fingerprint>() {
+                    Ok(pinned) if pinned == presented => Ok(ServerCertVerified::assertion()),
+                    Ok(pinned) => Err(rustls::Error::General(format!(
+                        "the server's certificate does not match the pinned fingerprint: \
+                         pinned {pinned}, the server presented {presented}"
+                    ))),
+                    Err(_) => Err(rustls::Error::General(format!(
+                        "the pinned fingerprint {pin:?} is not a SHA-256 fingerprint; the \
+                         server presented {presented}"
+                    ))),
+                }
             }
-            Some(pin) => Err(rustls::Error::General(format!(
-                "the server's certificate does not match the pinned fingerprint: pinned \
-                 SHA256:{}, the server presented {}",
-                pin.to_ascii_uppercase(),
-                Fingerprint::of(end_entity)
-            ))),
         }
     }
 
