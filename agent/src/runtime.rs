@@ -381,9 +381,17 @@ async fn poll_until_decided(
                             api_url: client.base_url().to_owned(),
                             issued_at: Utc::now(),
                         };
-                        state
-                            .credentials
-                            .update(|c| c.device = Some(creds.clone()))?;
+                        // The key is kept with the pin of the server that handed it out.
+                        let pin = match opts.server_trust {
+                            ServerTrust::Pinned(pin) => Some(pin),
+                            _ => None,
+                        };
+                        state.credentials.update(|c| {
+                            c.device = Some(creds.clone());
+                            if let Some(pin) = pin {
+                                c.set_pin(&creds.api_url, pin);
+                            }
+                        })?;
                         state.clear_pending()?;
                         println!(
                             "approved: device {} is enrolled; credentials saved to {}",

@@ -11,6 +11,7 @@ use tokio::io::AsyncReadExt;
 
 use super::tree::LocalEntry;
 use super::wire::Incoming;
+use super::beneath::open_regular_beneath;
 use super::write::{PartialFile, TreeWriter, create_dir, place_symlink};
 use super::{Progress, TransferError, Wire};
 
@@ -97,9 +98,17 @@ pub async fn send_tree(
     progress: &dyn Progress,
 ) -> Result<u64, TransferError> {
     let mut files = 0;
+    // Below the root (path ""), files are opened without passing through a symlink.
+    let root = entries.iter().find(|e| e.entry.path.is_empty());
     for e in entries {
         if e.entry.kind == EntryKind::File {
-            let Some((file, _)) = open_regular(&e.abs, e.entry.path.is_empty()).await? else {
+            let opened = match root {
+                Some(root) if !e.entry.path.is_empty() => {
+                    open_regular_beneath(&root.abs, &e.entry.path).await?
+                }
+                _ => open_regular(&e.abs, e.entry.path.is_empty()).await?,
+            };
+            let Some((file, _)) = opened else {
                 return Err(TransferError::Local(format!(
                     "'{}' vanished during the copy",
                     e.abs.display()

@@ -122,3 +122,62 @@ async fn the_destination_never_descends_into_its_own_symlinked_directories() {
     assert_eq!(report.deleted, ["loop"], "the loop is an extraneous link");
     assert!(std::fs::symlink_metadata(dst.join("loop")).is_err());
 }
+
+#[tokio::test]
+async fn a_directory_swapped_for_a_symlink_after_the_walk_is_not_followed_by_the_source() {
+    use m87_events::tunnel::files::FileMsg;
+    use m87_files::wire::Incoming;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = outside(tmp.path(), "outside", b"OUTSIDE SECRET");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("dir")).unwrap();
+    std::fs::write(src.join("dir/secret.txt"), b"inside, same size").unwrap();
+
+    // The source role on one end; the destination played by hand on the other.
+    let (mut s, mut d) = pipe();
+    let source = tokio::spawn(async move {
+        sync_source(&mut s, &src, &SyncParams::default(), &NoProgress).await
+    });
+    let mut manifest = Vec::new();
+    loop {
+        match d.recv_msg().await.unwrap() {
+            FileMsg::Entry(e) => manifest.push(e.path),
+            FileMsg::End => break,
+            m => panic!("unexpected {m:?}"),
+        }
+    }
+    assert_eq!(manifest, ["dir", "dir/secret.txt"]);
+
+    // After the walk, the directory becomes a symlink to the outside.
+    let src = tmp.path().join("src");
+    std::fs::rename(src.join("dir"), tmp.path().join("moved")).unwrap();
+    symlink(&secret, src.join("dir")).unwrap();
+
+    d.send(&FileMsg::Want {
+        path: "dir/secret.txt".into(),
+        digest: None,
+        signature: None,
+    })
+    .await
+    .unwrap();
+    d.send(&FileMsg::End).await.unwrap();
+    let mut answers = Vec::new();
+    loop {
+        match tokio::time::timeout(LIMIT, d.recv()).await.unwrap().unwrap() {
+            Incoming::Msg(FileMsg::End) => break,
+            Incoming::Data(bytes) => {
+                assert!(
+                    !bytes.windows(7).any(|w| w == b"OUTSIDE"),
+                    "the outside file was sent"
+                );
+                answers.push("data".to_owned());
+            }
+            other => answers.push(format!("{other:?}")),
+        }
+    }
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert!(answers[0].contains("Vanished"), "{answers:?}");
+    d.send(&FileMsg::Done { files: 0, bytes: 0 }).await.unwrap();
+    source.await.unwrap().unwrap();
+}

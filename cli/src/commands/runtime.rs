@@ -64,7 +64,8 @@ fn shutdown_on_signal() -> watch::Receiver<bool> {
 }
 
 /// `m87 runtime run`. A `fingerprint` (or `M87_API_FINGERPRINT`) pins the server's
-/// certificate and is stored for it, so later runs check it without being told again.
+/// certificate; it is stored for the server with the device's key (at approval, or now when
+/// the device is enrolled), so later runs check it without being told again.
 pub async fn run(
     email: Option<Email>,
     org: Option<OrgId>,
@@ -82,7 +83,10 @@ pub async fn run(
         None => api_fingerprint_from_env()?,
     };
     let server_trust = server_trust(&api_url, &creds, new_pin)?;
+    // An enrolled device keeps a new pin for its server now; a device still registering
+    // keeps it with its key, once approved.
     if let Some(pin) = new_pin
+        && creds.device.is_some()
         && creds.pin_for(&api_url) != Some(pin)
     {
         file.update(|c| c.set_pin(&api_url, pin))?;
