@@ -451,8 +451,11 @@ async fn stay_enrolled(
     creds: DeviceCredentials,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), RuntimeError> {
-    let client =
-        ApiClient::with_trust(&opts.api_url, Some(creds.api_key.clone()), opts.server_trust)?;
+    let client = ApiClient::with_trust(
+        &opts.api_url,
+        Some(creds.api_key.clone()),
+        opts.server_trust,
+    )?;
     let tunnel = crate::tunnel::run(
         client.clone(),
         creds.api_key.clone(),

@@ -19,8 +19,7 @@
 use anyhow::{Context, bail};
 use m87_transport::credentials::{Credentials, CredentialsFile, OAuthCredentials};
 use m87_transport::http::{
-    ApiClient, ServerTrust, api_fingerprint_from_env, api_url_from_env,
-    trust_invalid_cert_from_env,
+    ApiClient, ServerTrust, api_fingerprint_from_env, api_url_from_env, trust_invalid_cert_from_env,
 };
 use m87_transport::tls::Fingerprint;
 

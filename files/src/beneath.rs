@@ -23,7 +23,10 @@ pub fn open_file_beneath(
     rel: &str,
 ) -> std::io::Result<Option<(std::fs::File, std::fs::Metadata)>> {
     let names: Vec<&str> = rel.split('/').collect();
-    if names.iter().any(|n| n.is_empty() || *n == "." || *n == "..") {
+    if names
+        .iter()
+        .any(|n| n.is_empty() || *n == "." || *n == "..")
+    {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("{rel:?} is not a plain relative path"),
@@ -102,7 +105,11 @@ mod tests {
         std::os::unix::fs::symlink(".", root.join("a/loop")).unwrap();
 
         assert_eq!(read(&root, "a/b/f").as_deref(), Some("inside"));
-        assert_eq!(read(&root, "a/link/f"), None, "through a symlinked directory");
+        assert_eq!(
+            read(&root, "a/link/f"),
+            None,
+            "through a symlinked directory"
+        );
         assert_eq!(read(&root, "a/b/flink"), None, "a symlink itself");
         assert_eq!(read(&root, "a/loop/loop/b/f"), None, "through a loop");
         assert_eq!(read(&root, "a/b"), None, "a directory is not a file");

@@ -9,9 +9,9 @@ use m87_events::tunnel::files::{Entry, EntryKind, FileMsg, MAX_CHUNK};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
+use super::beneath::open_regular_beneath;
 use super::tree::LocalEntry;
 use super::wire::Incoming;
-use super::beneath::open_regular_beneath;
 use super::write::{PartialFile, TreeWriter, create_dir, place_symlink};
 use super::{Progress, TransferError, Wire};
 

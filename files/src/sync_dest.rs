@@ -8,8 +8,8 @@ use m87_events::tunnel::files::{
 };
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::delta::{DELTA_THRESHOLD, Signature, block_size_for, copy_range};
 use super::beneath::open_regular_beneath;
+use super::delta::{DELTA_THRESHOLD, Signature, block_size_for, copy_range};
 use super::stream::{digest_file, receive_file};
 use super::sync::{SyncParams, SyncReport};
 use super::tree::{Excludes, LocalEntry, walk_async};
@@ -470,7 +470,10 @@ mod tests {
         assert_eq!(theirs.path, "dir/f.txt");
         theirs.mtime.secs += 1;
         let mut p = plan(vec![local[0].entry.clone(), theirs], &local);
-        assert!(p.wants[0].check, "same size, other mtime: our digest is asked for");
+        assert!(
+            p.wants[0].check,
+            "same size, other mtime: our digest is asked for"
+        );
 
         // Between the walk and the hashing, the directory becomes a symlink to the outside.
         std::fs::rename(root.join("dir"), tmp.path().join("moved")).unwrap();

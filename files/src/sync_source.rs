@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use m87_events::tunnel::files::{EntryKind, FileMsg, SignatureHeader};
 
-use super::delta::{Op, Signature, check_header, copy_range, diff};
 use super::beneath::open_regular_beneath;
+use super::delta::{Op, Signature, check_header, copy_range, diff};
 use super::stream::{digest_file, send_contents};
 use super::sync::{SyncParams, SyncReport};
 use super::tree::{Excludes, entry_from_metadata, walk_async};

@@ -112,8 +112,14 @@ async fn the_destination_never_descends_into_its_own_symlinked_directories() {
 
     // The link is replaced by a real directory; the outside is untouched.
     assert!(std::fs::symlink_metadata(dst.join("dir")).unwrap().is_dir());
-    assert_eq!(std::fs::read(dst.join("dir/secret.txt")).unwrap(), b"inside!!");
-    assert_eq!(std::fs::read(theirs.join("secret.txt")).unwrap(), b"OUTSIDE!");
+    assert_eq!(
+        std::fs::read(dst.join("dir/secret.txt")).unwrap(),
+        b"inside!!"
+    );
+    assert_eq!(
+        std::fs::read(theirs.join("secret.txt")).unwrap(),
+        b"OUTSIDE!"
+    );
     assert_eq!(
         std::fs::read(theirs.join("deeper/more.txt")).unwrap(),
         b"OUTSIDE!"
@@ -164,7 +170,11 @@ async fn a_directory_swapped_for_a_symlink_after_the_walk_is_not_followed_by_the
     d.send(&FileMsg::End).await.unwrap();
     let mut answers = Vec::new();
     loop {
-        match tokio::time::timeout(LIMIT, d.recv()).await.unwrap().unwrap() {
+        match tokio::time::timeout(LIMIT, d.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             Incoming::Msg(FileMsg::End) => break,
             Incoming::Data(bytes) => {
                 assert!(

@@ -49,7 +49,10 @@ fn plain_http_is_refused_wherever_the_url_comes_from() {
         );
         assert!(!out.status.success(), "{url} accepted");
         let err = stderr(&out);
-        assert!(err.contains("clear text") && err.contains("https://"), "{err}");
+        assert!(
+            err.contains("clear text") && err.contains("https://"),
+            "{err}"
+        );
     }
     // `m87 login --api-url`.
     let out = m87(
@@ -124,7 +127,15 @@ fn login_pins_the_server_by_its_fingerprint() {
     let wrong = format!("SHA256:{}", ["00"; 32].join(":"));
     let out = m87(
         &fresh,
-        &["login", "--api-key", &key, "--api-url", url, "--fingerprint", &wrong],
+        &[
+            "login",
+            "--api-key",
+            &key,
+            "--api-url",
+            url,
+            "--fingerprint",
+            &wrong,
+        ],
         &[],
     );
     assert!(!out.status.success());
@@ -136,7 +147,15 @@ fn login_pins_the_server_by_its_fingerprint() {
     let workstation = tmp.path().join("workstation");
     let out = m87(
         &workstation,
-        &["login", "--api-key", &key, "--api-url", url, "--fingerprint", fingerprint],
+        &[
+            "login",
+            "--api-key",
+            &key,
+            "--api-url",
+            url,
+            "--fingerprint",
+            fingerprint,
+        ],
         &[],
     );
     assert!(out.status.success(), "{}", stderr(&out));

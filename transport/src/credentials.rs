@@ -153,10 +153,7 @@ pub struct Credentials {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oauth: Option<OAuthCredentials>,
     /// Pinned certificates by server URL (without a trailing `/`).
-    #[serde(
-        default,
-        skip_serializing_if = "std::collections::BTreeMap::is_empty"
-    )]
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub servers: std::collections::BTreeMap<String, ServerPin>,
     /// Sections this build does not know, kept as they are.
     #[serde(flatten)]
@@ -338,7 +335,10 @@ mod tests {
         })
         .unwrap();
         let text = std::fs::read_to_string(file.path()).unwrap();
-        assert!(text.contains(&a.to_string()) && text.contains("future"), "{text}");
+        assert!(
+            text.contains(&a.to_string()) && text.contains("future"),
+            "{text}"
+        );
         let loaded = file.load().unwrap();
         assert_eq!(loaded.pin_for("https://one:8085"), Some(a));
         assert_eq!(loaded.pin_for("https://two:8085/"), Some(b));

@@ -182,7 +182,9 @@ fn describe(err: &reqwest::Error) -> String {
     }
     let joined = parts.join(": ");
     if joined.contains("pinned fingerprint") {
-        format!("{joined} (if the server's certificate was replaced, pin the new one with --fingerprint)")
+        format!(
+            "{joined} (if the server's certificate was replaced, pin the new one with --fingerprint)"
+        )
     } else if joined.contains("certificate") || joined.contains("UnknownIssuer") {
         format!(
             "{joined} (the server's TLS certificate is not trusted; for a self-signed server pin it: \
@@ -344,7 +346,11 @@ mod tests {
 
     #[test]
     fn plain_http_is_refused_unless_loopback_and_allowed() {
-        for url in ["http://m87.example", "http://10.0.0.1:8085", "http://[::2]:1"] {
+        for url in [
+            "http://m87.example",
+            "http://10.0.0.1:8085",
+            "http://[::2]:1",
+        ] {
             for allow in [false, true] {
                 assert!(
                     matches!(check_api_url(url, allow), Err(ApiError::Url(_))),
@@ -352,9 +358,16 @@ mod tests {
                 );
             }
         }
-        for url in ["http://127.0.0.1:8085", "http://localhost:1", "http://[::1]:2"] {
+        for url in [
+            "http://127.0.0.1:8085",
+            "http://localhost:1",
+            "http://[::1]:2",
+        ] {
             let err = check_api_url(url, false).unwrap_err().to_string();
-            assert!(err.contains("clear text") && err.contains("https://"), "{err}");
+            assert!(
+                err.contains("clear text") && err.contains("https://"),
+                "{err}"
+            );
             assert!(check_api_url(url, true).is_ok(), "{url}");
         }
         assert!(check_api_url("https://m87.example", false).is_ok());
@@ -375,13 +388,18 @@ mod tests {
         assert!(matches!(err, ApiError::Url(_)), "{err}");
         assert!(err.to_string().contains("clear text"), "{err}");
         let pin = Fingerprint::of(b"cert");
-        assert!(ApiClient::with_trust("https://m87.example", None, ServerTrust::Pinned(pin)).is_ok());
+        assert!(
+            ApiClient::with_trust("https://m87.example", None, ServerTrust::Pinned(pin)).is_ok()
+        );
     }
 
     #[test]
     fn a_pin_wins_over_trusting_any_certificate() {
         let pin = Fingerprint::of(b"cert");
-        assert_eq!(ServerTrust::choose(Some(pin), true), ServerTrust::Pinned(pin));
+        assert_eq!(
+            ServerTrust::choose(Some(pin), true),
+            ServerTrust::Pinned(pin)
+        );
         assert_eq!(ServerTrust::choose(None, true), ServerTrust::AnyCertificate);
         assert_eq!(ServerTrust::choose(None, false), ServerTrust::Roots);
     }

@@ -249,7 +249,13 @@ mod tests {
         assert_eq!(fp.hex().parse::<Fingerprint>(), Ok(fp));
         let bare = fp.hex().replace(':', "").to_ascii_lowercase();
         assert_eq!(format!("sha256:{bare}").parse::<Fingerprint>(), Ok(fp));
-        for bad in ["", "SHA256:", "SHA256:AB:CD", "MD5:00", &format!("{printed}00")] {
+        for bad in [
+            "",
+            "SHA256:",
+            "SHA256:AB:CD",
+            "MD5:00",
+            &format!("{printed}00"),
+        ] {
             assert!(bad.parse::<Fingerprint>().is_err(), "{bad:?}");
         }
         let json = serde_json::to_string(&fp).unwrap();

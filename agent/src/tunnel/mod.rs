@@ -57,14 +57,7 @@ pub async fn run(
     let mut last_relay: Option<String> = None;
     loop {
         let started = Instant::now();
-        let result = connect_once(
-            &api,
-            &api_key,
-            &device_id,
-            &mut last_relay,
-            &mut shutdown,
-        )
-        .await;
+        let result = connect_once(&api, &api_key, &device_id, &mut last_relay, &mut shutdown).await;
         match result {
             Ok(()) => return Ok(()),
             Err(Failure::Fatal(reason)) => return Err(TunnelError::KeyRefused(reason)),

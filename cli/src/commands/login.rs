@@ -7,8 +7,7 @@ use chrono::{DateTime, Utc};
 use m87_events::api::{AuthConfig, WhoAmI};
 use m87_transport::credentials::{CredentialsFile, OAuthCredentials, UserCredentials};
 use m87_transport::http::{
-    ApiClient, ServerTrust, api_fingerprint_from_env, api_url_from_env,
-    trust_invalid_cert_from_env,
+    ApiClient, ServerTrust, api_fingerprint_from_env, api_url_from_env, trust_invalid_cert_from_env,
 };
 use m87_transport::tls::Fingerprint;
 use serde::Serialize;
@@ -276,8 +275,11 @@ async fn login_with_oidc(server: Server) -> anyhow::Result<()> {
     let http = OidcHttp::new(trust)?;
     let session = oidc::device_sign_in(&http, &target, api.base_url(), poll, show_prompt).await?;
 
-    let client =
-        ApiClient::with_trust(api.base_url(), Some(session.access_token.clone()), server.trust)?;
+    let client = ApiClient::with_trust(
+        api.base_url(),
+        Some(session.access_token.clone()),
+        server.trust,
+    )?;
     let me: WhoAmI = match client.get("/v1/whoami").await {
         Ok(me) => me,
         Err(e) => {
