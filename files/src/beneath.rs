@@ -15,6 +15,35 @@ use rustix::io::Errno;
 
 use super::TransferError;
 
+/// Opens the directory `rel` below `root` (`""`: the root itself), passing through no
+/// symlink below the root; `None` when it is gone or is not a directory there. Blocking.
+pub fn open_dir_beneath(root: &Path, rel: &str) -> std::io::Result<Option<OwnedFd>> {
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let root_fd = rustix::fs::open(root, dir_flags, Mode::empty()).map_err(std::io::Error::from)?;
+    if rel.is_empty() {
+        return Ok(Some(root_fd));
+    }
+    let names: Vec<&str> = rel.split('/').collect();
+    if names
+        .iter()
+        .any(|n| n.is_empty() || *n == "." || *n == "..")
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{rel:?} is not a plain relative path"),
+        ));
+    }
+    let mut dir = root_fd;
+    for name in names {
+        let next = rustix::fs::openat(&dir, name, dir_flags | OFlags::NOFOLLOW, Mode::empty());
+        dir = match gone(next)? {
+            Some(fd) => fd,
+            None => return Ok(None),
+        };
+    }
+    Ok(Some(dir))
+}
+
 /// Opens `rel` (names separated by `/`, as in a manifest) below `root` for reading. `None`
 /// when it is gone, is not a regular file, or could be reached only through a symlink.
 /// Blocking.
