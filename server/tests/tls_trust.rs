@@ -201,3 +201,73 @@ fn login_pins_the_server_by_its_fingerprint() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_device_pins_the_server_with_runtime_run_fingerprint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"), "127.0.0.1:0");
+    let admin = M87::new(
+        &server.url,
+        &tmp.path().join("admin"),
+        Some(&server.admin_key()),
+    );
+    let device_dir = tmp.path().join("device");
+    let run = |extra: &[&str]| {
+        let mut cmd = Command::new(common::bin("m87"));
+        cmd.args(["runtime", "run"])
+            .args(extra)
+            .env("M87_CONFIG_DIR", &device_dir)
+            .env("M87_API_URL", &server.url)
+            .env("M87_APPROVAL_POLL_SECS", "1")
+            .env("M87_CHECK_INTERVAL_SECS", "1")
+            .env_remove("M87_API_FINGERPRINT")
+            .env_remove("M87_TRUST_INVALID_CERT")
+            .env_remove("OWNER_REFERENCE")
+            .env_remove("RUST_LOG");
+        common::Proc::spawn(cmd)
+    };
+
+    // A wrong pin: the runtime never registers, and says why.
+    let wrong = format!("SHA256:{}", ["AB"; 32].join(":"));
+    let mut refused = run(&["--email", "admin@localhost", "--fingerprint", &wrong]);
+    refused
+        .out
+        .wait_for(&server.fingerprint, std::time::Duration::from_secs(30));
+    refused.kill();
+    assert!(
+        !refused.out.contains("registration request"),
+        "{}",
+        refused.out.all()
+    );
+
+    // The right one: registered, approved, enrolled; the pin is kept with the key.
+    let runtime = run(&[
+        "--email",
+        "admin@localhost",
+        "--name",
+        "pinned-1",
+        "--fingerprint",
+        &server.fingerprint,
+    ]);
+    let request_id = common::request_id_of(&runtime);
+    admin.ok(&["devices", "approve", &request_id]);
+    runtime.out.wait_for(
+        "tunnel connected to relay",
+        std::time::Duration::from_secs(30),
+    );
+    drop(runtime);
+    let creds: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(device_dir.join("credentials.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        creds["servers"][server.url.as_str()]["fingerprint"],
+        server.fingerprint.as_str()
+    );
+    // Started again with nothing said about trust: it checks the stored pin and checks in.
+    let again = run(&[]);
+    again
+        .out
+        .wait_for("checked in with", std::time::Duration::from_secs(30));
+    assert!(!again.out.contains("warning"), "{}", again.out.all());
+}
