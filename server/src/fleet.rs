@@ -85,8 +85,8 @@ impl PresenceView for FleetPresenceView {
 pub struct ControlPlaneStarted {
     /// The REST API's address.
     pub api_addr: SocketAddr,
-    /// The API certificate's SHA-256 fingerprint, as clients pin it (also written to
-    /// [`crate::FINGERPRINT_FILE`] in the data directory).
+    /// The API certificate's SHA-256 fingerprint, as clients pin it (also in
+    /// `<data-dir>/tls/fingerprint`).
     pub fingerprint: Fingerprint,
     /// Where the bootstrap admin key was written, when this replica made it.
     pub admin_key_path: Option<PathBuf>,
@@ -115,7 +115,7 @@ pub async fn run_control_plane(
     });
     on_started(&ControlPlaneStarted {
         api_addr: api_listener.local_addr()?,
-        fingerprint: crate::write_fingerprint(&config.data_dir, &platform.tls.fingerprint)?,
+        fingerprint: platform.tls.fingerprint.parse()?,
         admin_key_path: platform.admin_key_path.clone(),
     });
     platform.serve_api(api_listener, shutdown).await

@@ -132,7 +132,7 @@ pub struct Started {
     /// The REST API's address.
     pub api_addr: SocketAddr,
     /// The API certificate's SHA-256 fingerprint, as clients pin it (`SHA256:AB:CD:…`; also
-    /// written to [`FINGERPRINT_FILE`] in the data directory).
+    /// in `<data-dir>/tls/fingerprint`).
     pub fingerprint: Fingerprint,
     /// Where the bootstrap admin key was written, when it was made now.
     pub admin_key_path: Option<std::path::PathBuf>,
@@ -142,25 +142,6 @@ pub struct Started {
     pub relay_public: String,
     /// The relay certificate's fingerprint.
     pub relay_fingerprint: String,
-}
-
-/// Where, in the data directory, the API certificate's fingerprint is written at every start
-/// (`SHA256:AB:CD:…` and a newline), for `m87 login --fingerprint "$(cat …)"`.
-pub const FINGERPRINT_FILE: &str = "tls/fingerprint";
-
-/// Writes the API certificate's fingerprint (`hex`, as the control plane computed it) to
-/// [`FINGERPRINT_FILE`] in `data_dir`; answers it in the form clients pin.
-pub fn write_fingerprint(data_dir: &std::path::Path, hex: &str) -> anyhow::Result<Fingerprint> {
-    let fingerprint: Fingerprint = hex
-        .parse()
-        .with_context(|| format!("the certificate fingerprint {hex:?}"))?;
-    let path = data_dir.join(FINGERPRINT_FILE);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(&path, format!("{fingerprint}\n"))
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(fingerprint)
 }
 
 /// Runs the control plane and a relay until `shutdown` completes.
@@ -204,7 +185,7 @@ pub async fn run_single_machine(
 
     on_started(&Started {
         api_addr: api_listener.local_addr()?,
-        fingerprint: write_fingerprint(&config.data_dir, &platform.tls.fingerprint)?,
+        fingerprint: platform.tls.fingerprint.parse()?,
         admin_key_path: platform.admin_key_path.clone(),
         relay_addr,
         relay_public,
