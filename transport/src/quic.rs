@@ -1,7 +1,9 @@
 //! QUIC set-up for every m87 endpoint: the transport settings (one function, with the idle
 //! timeout each side asks for), UDP socket tuning, and the client side — TLS 1.3, ALPN, and a
 //! server certificate check by SHA-256 pin (the control plane tells which certificate each
-//! relay has), or no check at all with `M87_TRUST_INVALID_CERT` (development only).
+//! relay has, over its checked HTTPS). Devices and the CLI always pin relays, whatever
+//! `M87_TRUST_INVALID_CERT` says; `pin = None` (any certificate) is left to callers that dial
+//! something other than a relay.
 //!
 //! Two idle timeouts, on purpose: clients (devices, the CLI, a relay dialling another relay)
 //! ask for [`CLIENT_IDLE_TIMEOUT`] (6 s), so a relay that vanished without closing is noticed
