@@ -23,7 +23,7 @@ use crate::backoff::Backoff;
 use m87_transport::credentials::{
     CredentialsError, CredentialsFile, DeviceCredentials, write_private,
 };
-use m87_transport::http::{ApiClient, ApiError};
+use m87_transport::http::{ApiClient, ApiError, ServerTrust};
 
 /// How the runtime is told to run.
 #[derive(Debug, Clone)]
@@ -36,8 +36,9 @@ pub struct RunOptions {
     pub name: Option<DeviceName>,
     /// Seconds between approval polls; the server's suggestion when absent.
     pub poll_interval: Option<Duration>,
-    /// Accept any TLS certificate (development only).
-    pub trust_invalid_cert: bool,
+    /// How the control plane's certificate is checked (relays are always pinned, by the
+    /// fingerprints the control plane tells over this checked connection).
+    pub server_trust: ServerTrust,
     /// How often an enrolled runtime checks in with the server.
     pub check_interval: Duration,
 }
@@ -256,7 +257,7 @@ async fn register_and_wait(
     state: &RuntimeState,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<DeviceCredentials>, RuntimeError> {
-    let client = ApiClient::new(&opts.api_url, None, opts.trust_invalid_cert)?;
+    let client = ApiClient::with_trust(&opts.api_url, None, opts.server_trust)?;
     let device_id = state.device_id()?;
     let pending = match state.pending()? {
         Some(p) if p.api_url == client.base_url() && p.expires_at > Utc::now() => {
@@ -380,9 +381,17 @@ async fn poll_until_decided(
                             api_url: client.base_url().to_owned(),
                             issued_at: Utc::now(),
                         };
-                        state
-                            .credentials
-                            .update(|c| c.device = Some(creds.clone()))?;
+                        // The key is kept with the pin of the server that handed it out.
+                        let pin = match opts.server_trust {
+                            ServerTrust::Pinned(pin) => Some(pin),
+                            _ => None,
+                        };
+                        state.credentials.update(|c| {
+                            c.device = Some(creds.clone());
+                            if let Some(pin) = pin {
+                                c.set_pin(&creds.api_url, pin);
+                            }
+                        })?;
                         state.clear_pending()?;
                         println!(
                             "approved: device {} is enrolled; credentials saved to {}",
@@ -442,16 +451,15 @@ async fn stay_enrolled(
     creds: DeviceCredentials,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), RuntimeError> {
-    let client = ApiClient::new(
+    let client = ApiClient::with_trust(
         &opts.api_url,
         Some(creds.api_key.clone()),
-        opts.trust_invalid_cert,
+        opts.server_trust,
     )?;
     let tunnel = crate::tunnel::run(
         client.clone(),
         creds.api_key.clone(),
         creds.device_id.clone(),
-        opts.trust_invalid_cert,
         shutdown.clone(),
     );
     tokio::pin!(tunnel);

@@ -2,14 +2,17 @@
 
 use clap::{Parser, Subcommand};
 use m87_events::{DeviceName, Email, KeyId, OrgId, Role};
+use m87_transport::tls::Fingerprint;
 
 use crate::output::Output;
 
 /// Secure, outbound-only access to fleets of Linux devices.
 ///
 /// The server comes from M87_API_URL (or the one stored by `m87 login`); the key from
-/// M87_API_KEY (or `m87 login`). M87_TRUST_INVALID_CERT=true accepts a self-signed server
-/// certificate (development only).
+/// M87_API_KEY (or `m87 login`). A self-signed server is trusted by its certificate's
+/// fingerprint: `m87 login --fingerprint SHA256:…` (or M87_API_FINGERPRINT).
+/// M87_TRUST_INVALID_CERT=true accepts any server certificate (emergencies only; relays stay
+/// pinned).
 #[derive(Debug, Parser)]
 #[command(name = "m87", version, about, long_about)]
 pub struct Cli {
@@ -41,6 +44,11 @@ pub(crate) enum Command {
         /// The server (default: M87_API_URL, else https://127.0.0.1:8085).
         #[arg(long)]
         api_url: Option<String>,
+        /// Trust the server by its certificate's SHA-256, as it printed it at start and wrote
+        /// it to <data-dir>/tls/fingerprint (SHA256:AB:CD:…; also M87_API_FINGERPRINT). Stored
+        /// for this server: later commands accept only that certificate from it.
+        #[arg(long, value_name = "SHA256:…")]
+        fingerprint: Option<Fingerprint>,
     },
     /// Remove the stored API key and login session (revoking the session at the provider).
     Logout,
@@ -264,6 +272,10 @@ pub(crate) enum RuntimeCommand {
         /// The device's name (default: the host name).
         #[arg(long)]
         name: Option<DeviceName>,
+        /// Trust the server by its certificate's SHA-256 (SHA256:AB:CD:…; also
+        /// M87_API_FINGERPRINT), stored for it in the credentials file for later runs.
+        #[arg(long, value_name = "SHA256:…")]
+        fingerprint: Option<Fingerprint>,
     },
     /// Show this device's registration state.
     Status,

@@ -10,10 +10,18 @@
 //! Each `m87 login` replaces the other kind of stored login, so 2 and 3 only meet in a file
 //! edited by hand. The server is `M87_API_URL`, else the one stored with the login, else
 //! [`DEFAULT_API_URL`]; an OIDC session is only sent to the server it was made for.
+//!
+//! The server's certificate is checked ([`server_trust`]) by `M87_API_FINGERPRINT`, else by the
+//! fingerprint pinned for that server in the credentials file (`m87 login --fingerprint`), else
+//! against the system's roots; `M87_TRUST_INVALID_CERT` skips the check (with a warning) only
+//! where no pin is known, and never for relays.
 
 use anyhow::{Context, bail};
-use m87_transport::credentials::{CredentialsFile, OAuthCredentials};
-use m87_transport::http::{ApiClient, api_url_from_env, trust_invalid_cert_from_env};
+use m87_transport::credentials::{Credentials, CredentialsFile, OAuthCredentials};
+use m87_transport::http::{
+    ApiClient, ServerTrust, api_fingerprint_from_env, api_url_from_env, trust_invalid_cert_from_env,
+};
+use m87_transport::tls::Fingerprint;
 
 use crate::auth::http::OidcHttp;
 use crate::auth::session::{self, Freshness};
@@ -37,6 +45,48 @@ pub fn user_api_url() -> anyhow::Result<String> {
         .map(|u| u.api_url)
         .or(creds.oauth.map(|o| o.api_url))
         .unwrap_or_else(|| DEFAULT_API_URL.to_owned()))
+}
+
+/// How to check the certificate of the server at `api_url`: `explicit` (a `--fingerprint`),
+/// else `M87_API_FINGERPRINT`, else the pin stored for it in `creds`, else any certificate
+/// when `M87_TRUST_INVALID_CERT` is set (warned about on standard error), else the system's
+/// roots.
+pub fn server_trust(
+    api_url: &str,
+    creds: &Credentials,
+    explicit: Option<Fingerprint>,
+) -> anyhow::Result<ServerTrust> {
+    let pin = match explicit {
+        Some(pin) => Some(pin),
+        None => api_fingerprint_from_env()?.or_else(|| creds.pin_for(api_url)),
+    };
+    let trust = ServerTrust::choose(pin, trust_invalid_cert_from_env());
+    if trust == ServerTrust::AnyCertificate {
+        warn_trust_any();
+    }
+    Ok(trust)
+}
+
+/// Says once per process that the API server's certificate is not checked.
+fn warn_trust_any() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        eprintln!(
+            "warning: M87_TRUST_INVALID_CERT is set: the server's certificate is not checked \
+             (relays stay pinned); pin it instead with --fingerprint SHA256:…"
+        );
+    });
+}
+
+/// A client for the server at `api_url` with `key`, checking its certificate as
+/// [`server_trust`] says.
+pub fn api_client(
+    api_url: &str,
+    key: Option<String>,
+    creds: &Credentials,
+) -> anyhow::Result<ApiClient> {
+    let trust = server_trust(api_url, creds, None)?;
+    Ok(ApiClient::with_trust(api_url, key, trust)?)
 }
 
 /// How the user is signed in (see the module documentation for the precedence).
@@ -69,21 +119,21 @@ fn env_api_key() -> Option<String> {
 /// in again).
 pub fn user_session() -> anyhow::Result<UserSession> {
     let trust = trust_invalid_cert_from_env();
+    let file = credentials_file()?;
+    let creds = file.load()?;
     if let Some(key) = env_api_key() {
         return Ok(UserSession {
-            client: ApiClient::new(&user_api_url()?, Some(key), trust)?,
+            client: api_client(&user_api_url()?, Some(key), &creds)?,
             auth: UserAuth::EnvKey,
         });
     }
-    let file = credentials_file()?;
-    let creds = file.load()?;
-    if let Some(user) = creds.user {
+    if let Some(user) = creds.user.clone() {
         return Ok(UserSession {
-            client: ApiClient::new(&user_api_url()?, Some(user.api_key), trust)?,
+            client: api_client(&user_api_url()?, Some(user.api_key), &creds)?,
             auth: UserAuth::StoredKey,
         });
     }
-    let Some(oauth) = creds.oauth else {
+    let Some(oauth) = creds.oauth.clone() else {
         bail!("not logged in: run `m87 login --api-key KEY` or set M87_API_KEY");
     };
     if let Some(url) = api_url_from_env()
@@ -105,7 +155,7 @@ pub fn user_session() -> anyhow::Result<UserSession> {
         })??
     };
     Ok(UserSession {
-        client: ApiClient::new(&oauth.api_url, Some(oauth.access_token.clone()), trust)?,
+        client: api_client(&oauth.api_url, Some(oauth.access_token.clone()), &creds)?,
         auth: UserAuth::Oidc(Box::new(oauth)),
     })
 }

@@ -52,7 +52,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
 async fn dispatch_local(command: Command, out: Output) -> anyhow::Result<()> {
     match command {
         Command::Device(_) => Ok(()),
-        Command::Login { api_key, api_url } => commands::login::login(api_key, api_url).await,
+        Command::Login {
+            api_key,
+            api_url,
+            fingerprint,
+        } => commands::login::login(api_key, api_url, fingerprint).await,
         Command::Logout => commands::login::logout().await,
         Command::Status => commands::login::status(out).await,
         Command::Devices { command } => match command {
@@ -116,9 +120,12 @@ async fn dispatch_local(command: Command, out: Output) -> anyhow::Result<()> {
             },
         },
         Command::Runtime { command } => match command {
-            RuntimeCommand::Run { email, org, name } => {
-                commands::runtime::run(email, org, name).await
-            }
+            RuntimeCommand::Run {
+                email,
+                org,
+                name,
+                fingerprint,
+            } => commands::runtime::run(email, org, name, fingerprint).await,
             RuntimeCommand::Status => commands::runtime::status(out),
             RuntimeCommand::Logout => commands::runtime::logout(),
         },

@@ -13,7 +13,7 @@ use m87_events::token::Operation;
 use m87_events::tunnel::datagram::{flow_datagram, split_flow_datagram};
 use m87_events::tunnel::{ALPN_SESSION, Channel, Control};
 use m87_transport::frames::{FrameReader, write_control};
-use m87_transport::http::{ApiClient, trust_invalid_cert_from_env};
+use m87_transport::http::ApiClient;
 use m87_transport::stream::BoxRead;
 use tokio::sync::mpsc;
 
@@ -56,8 +56,7 @@ impl QuicSession {
                 &CreateSessionRequest { operation, args },
             )
             .await?;
-        let trust_any = trust_invalid_cert_from_env();
-        let (endpoint, conn) = connect_any(&candidates(&grant)?, trust_any).await?;
+        let (endpoint, conn) = connect_any(&candidates(&grant)?).await?;
         let (mut send, recv) = conn.open_bi().await.context("opening the session")?;
         write_control(&mut send, &Control::SessionOpen { token: grant.token }).await?;
         let mut reader = FrameReader::new(recv);
@@ -189,14 +188,14 @@ fn candidates(grant: &SessionGrant) -> anyhow::Result<Vec<RelayEndpoint>> {
 }
 
 /// Connects to the first of `relays` that answers (the token is presented only after the
-/// handshake, so a relay that did not answer never saw it).
+/// handshake, so a relay that did not answer never saw it). Each relay must present the
+/// certificate the control plane pinned for it: always, `M87_TRUST_INVALID_CERT` or not.
 async fn connect_any(
     relays: &[RelayEndpoint],
-    trust_any: bool,
 ) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
     let mut failures = Vec::new();
     for relay in relays {
-        let pin = (!trust_any).then_some(relay.cert_sha256.as_str());
+        let pin = Some(relay.cert_sha256.as_str());
         match m87_transport::quic::connect(&relay.address, &relay.server_name, ALPN_SESSION, pin)
             .await
         {

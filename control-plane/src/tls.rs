@@ -1,5 +1,6 @@
 //! TLS for the REST API: the operator's certificate, or a self-signed one kept in the data
-//! directory across restarts; and the HTTPS listener with its limits.
+//! directory across restarts, its fingerprint written to [`FINGERPRINT_FILE`] at every start;
+//! and the HTTPS listener with its limits.
 //!
 //! # Layout
 //!
@@ -43,8 +44,23 @@ pub struct TlsMaterial {
 use m87_transport::private_file::write_private_file;
 use m87_transport::tls::fingerprint;
 
+/// Where, in the data directory, the API certificate's fingerprint is written at every start,
+/// as clients pin it (`SHA256:AB:CD:…` and a newline): `m87 login --fingerprint "$(cat …)"`.
+pub const FINGERPRINT_FILE: &str = "tls/fingerprint";
+
+fn write_fingerprint_file(data_dir: &Path, leaf: &[u8]) -> anyhow::Result<()> {
+    let path = data_dir.join(FINGERPRINT_FILE);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let printable = m87_transport::tls::Fingerprint::of(leaf);
+    std::fs::write(&path, format!("{printable}\n"))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 /// Loads the operator's certificate and key, or the self-signed pair in `data_dir/tls`
-/// (creating it on first start).
+/// (creating it on first start); writes the certificate's fingerprint to
+/// [`FINGERPRINT_FILE`].
 pub fn load_or_create(
     data_dir: &Path,
     cert: Option<&Path>,
@@ -71,6 +87,7 @@ pub fn load_or_create(
         bail!("no certificate found in {}", cert_path.display());
     };
     let fingerprint = fingerprint(leaf);
+    write_fingerprint_file(data_dir, leaf)?;
     let key = PrivateKeyDer::from_pem_file(&key_path)
         .with_context(|| format!("reading private key {}", key_path.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -8,6 +8,8 @@
 //!
 //! # Layout
 //!
+//! - [`beneath`]: opening a file inside a tree without following a symlink below its root
+//!   (what the sync roles read, hash and send).
 //! - [`wire`]: frames of a files stream, counted (content bytes each way); [`TransferError`].
 //! - [`tree`]: walking local trees into manifest entries; exclude patterns ([`tree::Excludes`]).
 //! - [`write`](mod@write): writing safely: temporary file, fsync, metadata, rename; never through a
@@ -18,6 +20,7 @@
 //!   themselves are in `sync_source` and `sync_dest`.
 //! - [`Progress`]: how a transfer reports progress.
 
+pub mod beneath;
 pub mod delta;
 pub mod stream;
 pub mod sync;

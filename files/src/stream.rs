@@ -9,6 +9,7 @@ use m87_events::tunnel::files::{Entry, EntryKind, FileMsg, MAX_CHUNK};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
+use super::beneath::open_regular_beneath;
 use super::tree::LocalEntry;
 use super::wire::Incoming;
 use super::write::{PartialFile, TreeWriter, create_dir, place_symlink};
@@ -97,9 +98,17 @@ pub async fn send_tree(
     progress: &dyn Progress,
 ) -> Result<u64, TransferError> {
     let mut files = 0;
+    // Below the root (path ""), files are opened without passing through a symlink.
+    let root = entries.iter().find(|e| e.entry.path.is_empty());
     for e in entries {
         if e.entry.kind == EntryKind::File {
-            let Some((file, _)) = open_regular(&e.abs, e.entry.path.is_empty()).await? else {
+            let opened = match root {
+                Some(root) if !e.entry.path.is_empty() => {
+                    open_regular_beneath(&root.abs, &e.entry.path).await?
+                }
+                _ => open_regular(&e.abs, e.entry.path.is_empty()).await?,
+            };
+            let Some((file, _)) = opened else {
                 return Err(TransferError::Local(format!(
                     "'{}' vanished during the copy",
                     e.abs.display()

@@ -8,8 +8,9 @@ use m87_events::tunnel::files::{
 };
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use super::beneath::open_regular_beneath;
 use super::delta::{DELTA_THRESHOLD, Signature, block_size_for, copy_range};
-use super::stream::{digest_file, open_regular, receive_file};
+use super::stream::{digest_file, receive_file};
 use super::sync::{SyncParams, SyncReport};
 use super::tree::{Excludes, LocalEntry, walk_async};
 use super::wire::Incoming;
@@ -174,7 +175,9 @@ async fn receive_manifest(
     }
 }
 
-/// Fills in our digest and signature of each want that needs them (from the local file).
+/// Fills in our digest and signature of each want that needs them (from the local file,
+/// opened below `root` without passing through a symlink: a directory replaced by one since
+/// the walk leaves the want without them, so nothing outside the tree is hashed).
 async fn inspect(root: &Path, wants: &mut [Want], dry_run: bool) -> Result<(), TransferError> {
     for w in wants {
         let delta = w.delta && !dry_run;
@@ -182,7 +185,7 @@ async fn inspect(root: &Path, wants: &mut [Want], dry_run: bool) -> Result<(), T
             continue;
         }
         let abs = root.join(&w.entry.path);
-        let Some((file, meta)) = open_regular(&abs, false).await? else {
+        let Some((file, meta)) = open_regular_beneath(root, &w.entry.path).await? else {
             continue;
         };
         if !delta {
@@ -304,7 +307,8 @@ pub async fn sync_destination(
                     )));
                 };
                 let abs = tree.path_for(path).await?;
-                receive_delta(wire, &abs, &e, sig, progress).await?;
+                let basis = (root, path.as_str());
+                receive_delta(wire, &abs, basis, &e, sig, progress).await?;
                 files += 1;
                 changes.push((path.clone(), w.change));
             }
@@ -379,15 +383,17 @@ async fn delete_one(abs: &Path, kind: EntryKind) -> Result<bool, TransferError> 
 }
 
 /// Receives a delta (`Copy`, `Data`, `Eof`) for `abs`, rebuilding it from the current file
-/// into a temporary file renamed into place.
+/// (`basis`: the root and the path below it, opened without passing through a symlink) into a
+/// temporary file renamed into place.
 async fn receive_delta(
     wire: &mut Wire,
     abs: &Path,
+    basis: (&Path, &str),
     entry: &Entry,
     sig: &Signature,
     progress: &dyn Progress,
 ) -> Result<(), TransferError> {
-    let Some((mut basis, meta)) = open_regular(abs, false).await? else {
+    let Some((mut basis, meta)) = open_regular_beneath(basis.0, basis.1).await? else {
         return Err(TransferError::Local(format!(
             "'{}' vanished during the sync",
             abs.display()
@@ -444,5 +450,41 @@ async fn receive_delta(
             partial.abort().await;
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn inspect_never_hashes_through_a_directory_swapped_for_a_symlink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (root, outside) = (tmp.path().join("dst"), tmp.path().join("outside"));
+        std::fs::create_dir_all(root.join("dir")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(root.join("dir/f.txt"), b"inside").unwrap();
+        std::fs::write(outside.join("f.txt"), b"OUTSIDE").unwrap();
+        let local = walk_async(root.clone(), Excludes::none()).await.unwrap();
+        let mut theirs = local[1].entry.clone();
+        assert_eq!(theirs.path, "dir/f.txt");
+        theirs.mtime.secs += 1;
+        let mut p = plan(vec![local[0].entry.clone(), theirs], &local);
+        assert!(
+            p.wants[0].check,
+            "same size, other mtime: our digest is asked for"
+        );
+
+        // Between the walk and the hashing, the directory becomes a symlink to the outside.
+        std::fs::rename(root.join("dir"), tmp.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("dir")).unwrap();
+        inspect(&root, &mut p.wants, false).await.unwrap();
+        assert_eq!(p.wants[0].digest, None, "the outside file was hashed");
+
+        // Where the directory is real, the digest is there.
+        std::fs::remove_file(root.join("dir")).unwrap();
+        std::fs::rename(tmp.path().join("moved"), root.join("dir")).unwrap();
+        inspect(&root, &mut p.wants, false).await.unwrap();
+        assert!(p.wants[0].digest.is_some());
     }
 }

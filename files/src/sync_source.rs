@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use m87_events::tunnel::files::{EntryKind, FileMsg, SignatureHeader};
 
+use super::beneath::open_regular_beneath;
 use super::delta::{Op, Signature, check_header, copy_range, diff};
-use super::stream::{digest_file, open_regular, send_contents};
+use super::stream::{digest_file, send_contents};
 use super::sync::{SyncParams, SyncReport};
 use super::tree::{Excludes, entry_from_metadata, walk_async};
 use super::{Progress, TransferError, Wire};
@@ -77,7 +78,7 @@ pub async fn sync_source(
 
     progress.begin(wants.iter().map(|w| w.size).sum());
     for w in wants {
-        answer(wire, w, params.dry_run, progress).await?;
+        answer(wire, root, w, params.dry_run, progress).await?;
     }
     wire.send(&FileMsg::End).await?;
 
@@ -115,14 +116,17 @@ async fn receive_signature(
     Signature::from_wire(header, &blocks).map_err(TransferError::protocol)
 }
 
-/// Answers one want: `Vanished`, `Same`, `Differs` (dry run), the whole file or a delta.
+/// Answers one want: `Vanished`, `Same`, `Differs` (dry run), the whole file or a delta. The
+/// file is opened below `root` without passing through a symlink (a directory replaced by one
+/// since the walk makes the file `Vanished`), so nothing outside the tree is hashed or sent.
 async fn answer(
     wire: &mut Wire,
+    root: &Path,
     w: Wanted,
     dry_run: bool,
     progress: &dyn Progress,
 ) -> Result<(), TransferError> {
-    let Some((mut file, meta)) = open_regular(&w.abs, false).await? else {
+    let Some((mut file, meta)) = open_regular_beneath(root, &w.path).await? else {
         return wire.send(&FileMsg::Vanished { path: w.path }).await;
     };
     if let Some(theirs) = &w.digest {

@@ -1,7 +1,10 @@
 //! Local trees as manifest entries: walking (symlinks are never followed inside a tree),
 //! exclude patterns, and the source of a copy.
 
+use std::ffi::OsString;
 use std::fs::Metadata;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -9,6 +12,7 @@ use globset::{GlobBuilder, GlobMatcher};
 use m87_events::tunnel::files::{Entry, EntryKind, Mtime, validate_name};
 
 use super::TransferError;
+use super::beneath::open_dir_beneath;
 
 /// A manifest entry with where it lives here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,38 +31,105 @@ pub fn entry_from_metadata(
     meta: &Metadata,
 ) -> Result<Option<Entry>, TransferError> {
     let ft = meta.file_type();
-    let (kind, target) = if ft.is_file() {
-        (EntryKind::File, None)
+    let kind = if ft.is_file() {
+        EntryKind::File
     } else if ft.is_dir() {
-        (EntryKind::Dir, None)
+        EntryKind::Dir
     } else if ft.is_symlink() {
-        let target = std::fs::read_link(abs).map_err(|e| TransferError::io(abs, &e))?;
-        let target = target.to_str().ok_or_else(|| {
-            TransferError::Local(format!(
-                "{}: symlink target is not valid UTF-8",
-                abs.display()
-            ))
-        })?;
-        (EntryKind::Symlink, Some(target.to_owned()))
+        EntryKind::Symlink
     } else {
         return Ok(None);
     };
-    Ok(Some(Entry {
-        path: rel,
+    let target = match kind {
+        EntryKind::Symlink => Some(link_target(
+            abs,
+            std::fs::read_link(abs).map_err(|e| TransferError::io(abs, &e))?,
+        )?),
+        _ => None,
+    };
+    let mtime = Mtime {
+        secs: meta.mtime(),
+        nanos: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
+    };
+    Ok(Some(entry(
+        rel,
         kind,
-        mode: meta.mode() & 0o7777,
-        mtime: Mtime {
-            secs: meta.mtime(),
-            nanos: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
+        meta.mode(),
+        mtime,
+        meta.len(),
+        target,
+    )))
+}
+
+/// The entry for `name` in the directory `dir` (at `abs`), from `fstatat` without following
+/// it; `None` for what a copy skips, what `excludes` leaves out, and what vanished.
+fn entry_in_dir(
+    rel: String,
+    dir: &OwnedFd,
+    name: &str,
+    abs: &Path,
+    excludes: &Excludes,
+) -> Result<Option<Entry>, TransferError> {
+    use rustix::fs::{AtFlags, FileType};
+    let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(TransferError::io(abs, &e.into())),
+    };
+    let kind = match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile => EntryKind::File,
+        FileType::Directory => EntryKind::Dir,
+        FileType::Symlink => EntryKind::Symlink,
+        _ => return Ok(None),
+    };
+    if excludes.matches(&rel, kind == EntryKind::Dir) {
+        return Ok(None);
+    }
+    let target = match kind {
+        EntryKind::Symlink => match rustix::fs::readlinkat(dir, name, Vec::new()) {
+            Ok(t) => Some(link_target(
+                abs,
+                PathBuf::from(OsString::from_vec(t.into_bytes())),
+            )?),
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(TransferError::io(abs, &e.into())),
         },
-        size: if kind == EntryKind::File {
-            meta.len()
-        } else {
-            0
-        },
+        _ => None,
+    };
+    let mtime = Mtime {
+        secs: st.st_mtime,
+        nanos: u32::try_from(st.st_mtime_nsec).unwrap_or(0),
+    };
+    let size = u64::try_from(st.st_size).unwrap_or(0);
+    Ok(Some(entry(rel, kind, st.st_mode, mtime, size, target)))
+}
+
+fn link_target(abs: &Path, target: PathBuf) -> Result<String, TransferError> {
+    target.into_os_string().into_string().map_err(|_| {
+        TransferError::Local(format!(
+            "{}: symlink target is not valid UTF-8",
+            abs.display()
+        ))
+    })
+}
+
+fn entry(
+    path: String,
+    kind: EntryKind,
+    mode: u32,
+    mtime: Mtime,
+    size: u64,
+    target: Option<String>,
+) -> Entry {
+    Entry {
+        path,
+        kind,
+        mode: mode & 0o7777,
+        mtime,
+        size: if kind == EntryKind::File { size } else { 0 },
         digest: None,
         target,
-    }))
+    }
 }
 
 /// Exclude patterns (`--exclude`), as globs:
@@ -149,47 +220,30 @@ impl Excludes {
 
 /// Walks the tree under `root` (not including the root): parents before children, names in
 /// byte order, symlinks not followed, excluded entries and everything below them left out,
-/// sockets/FIFOs/devices skipped, entries that vanish during the walk skipped. Blocking.
+/// sockets/FIFOs/devices skipped, entries that vanish during the walk skipped. Each directory
+/// is listed through a descriptor opened below the root without passing through a symlink
+/// ([`open_dir_beneath`]), so a directory replaced by a symlink during the walk is never
+/// listed (it is left out, as if it had vanished). Blocking.
 pub fn walk(root: &Path, excludes: &Excludes) -> Result<Vec<LocalEntry>, TransferError> {
     let mut out = Vec::new();
     // Directories still to list: (absolute, relative prefix).
     let mut stack: Vec<(PathBuf, String)> = vec![(root.to_path_buf(), String::new())];
     while let Some((dir, prefix)) = stack.pop() {
-        let mut names = Vec::new();
-        let rd = match std::fs::read_dir(&dir) {
-            Ok(rd) => rd,
+        let fd = match open_dir_beneath(root, &prefix) {
+            Ok(Some(fd)) => fd,
+            Ok(None) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !prefix.is_empty() => continue,
             Err(e) => return Err(TransferError::io(&dir, &e)),
         };
-        for item in rd {
-            let item = item.map_err(|e| TransferError::io(&dir, &e))?;
-            let name = item.file_name();
-            let name = name.to_str().ok_or_else(|| {
-                TransferError::Local(format!(
-                    "{}: file name is not valid UTF-8",
-                    item.path().display()
-                ))
-            })?;
-            names.push(name.to_owned());
-        }
-        names.sort_unstable();
         let mut subdirs = Vec::new();
-        for name in names {
+        for name in list_names(&fd, &dir)? {
             let abs = dir.join(&name);
             let rel = if prefix.is_empty() {
-                name
+                name.clone()
             } else {
                 format!("{prefix}/{name}")
             };
-            let meta = match std::fs::symlink_metadata(&abs) {
-                Ok(m) => m,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(TransferError::io(&abs, &e)),
-            };
-            if excludes.matches(&rel, meta.is_dir()) {
-                continue;
-            }
-            let Some(entry) = entry_from_metadata(rel.clone(), &abs, &meta)? else {
+            let Some(entry) = entry_in_dir(rel.clone(), &fd, &name, &abs, excludes)? else {
                 continue;
             };
             if entry.kind == EntryKind::Dir {
@@ -203,6 +257,28 @@ pub fn walk(root: &Path, excludes: &Excludes) -> Result<Vec<LocalEntry>, Transfe
         stack.extend(subdirs.into_iter().rev());
     }
     Ok(out)
+}
+
+/// The names in the directory open as `fd` (at `dir`), in byte order; each must be UTF-8.
+fn list_names(fd: &OwnedFd, dir: &Path) -> Result<Vec<String>, TransferError> {
+    let listing = rustix::fs::Dir::read_from(fd).map_err(|e| TransferError::io(dir, &e.into()))?;
+    let mut names = Vec::new();
+    for item in listing {
+        let item = item.map_err(|e| TransferError::io(dir, &e.into()))?;
+        let bytes = item.file_name().to_bytes();
+        if bytes == b"." || bytes == b".." {
+            continue;
+        }
+        let name = std::str::from_utf8(bytes).map_err(|_| {
+            TransferError::Local(format!(
+                "{}: file name is not valid UTF-8",
+                dir.join(std::ffi::OsStr::from_bytes(bytes)).display()
+            ))
+        })?;
+        names.push(name.to_owned());
+    }
+    names.sort_unstable();
+    Ok(names)
 }
 
 /// The source of a copy: the root (a file, or a directory with everything below it).
@@ -336,6 +412,24 @@ mod tests {
         assert!(ex(&["**/gen/*.rs"]).excludes("a/b/gen/x.rs", false));
         assert!(Excludes::new(&["[".to_string()]).is_err());
         assert!(Excludes::new(&["/".to_string()]).is_err());
+    }
+
+    #[test]
+    fn a_directory_reached_through_a_symlink_is_never_opened_or_listed() {
+        let d = tempfile::tempdir().unwrap();
+        let (r, outside) = (d.path().join("root"), d.path().join("outside"));
+        std::fs::create_dir_all(r.join("a/b")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret"), b"x").unwrap();
+        // "a/b" is a symlink to a directory outside: never opened as a directory below the root.
+        std::fs::remove_dir(r.join("a/b")).unwrap();
+        std::os::unix::fs::symlink(&outside, r.join("a/b")).unwrap();
+        assert!(open_dir_beneath(&r, "a/b").unwrap().is_none());
+        assert!(open_dir_beneath(&r, "a").unwrap().is_some());
+        let got = walk(&r, &Excludes::none()).unwrap();
+        let paths: Vec<_> = got.iter().map(|e| e.entry.path.as_str()).collect();
+        assert_eq!(paths, ["a", "a/b"]);
+        assert_eq!(got[1].entry.kind, EntryKind::Symlink);
     }
 
     #[test]

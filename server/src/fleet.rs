@@ -26,6 +26,7 @@ use m87_events::tunnel::ALPN_RELAY_LINK;
 use m87_relay_node::role::{FleetRelay, RelayRole, RelayStarted, RelaysView, relay_id_or_default};
 use m87_transport::http::trust_invalid_cert_from_env;
 use m87_transport::quic::{client_config, pinned_tls};
+use m87_transport::tls::Fingerprint;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -57,10 +58,7 @@ pub(crate) async fn control_plane(data_dir: PathBuf, args: ControlPlaneArgs) -> 
             "m87-server control plane listening on https://{}",
             started.api_addr
         );
-        println!(
-            "TLS certificate SHA-256 fingerprint: {}",
-            started.fingerprint
-        );
+        println!("TLS certificate fingerprint: {}", started.fingerprint);
         if let Some(path) = &started.admin_key_path {
             println!("platform admin API key written to {}", path.display());
         }
@@ -87,8 +85,9 @@ impl PresenceView for FleetPresenceView {
 pub struct ControlPlaneStarted {
     /// The REST API's address.
     pub api_addr: SocketAddr,
-    /// The API certificate's SHA-256 fingerprint.
-    pub fingerprint: String,
+    /// The API certificate's SHA-256 fingerprint, as clients pin it (also in
+    /// `<data-dir>/tls/fingerprint`).
+    pub fingerprint: Fingerprint,
     /// Where the bootstrap admin key was written, when this replica made it.
     pub admin_key_path: Option<PathBuf>,
 }
@@ -116,7 +115,7 @@ pub async fn run_control_plane(
     });
     on_started(&ControlPlaneStarted {
         api_addr: api_listener.local_addr()?,
-        fingerprint: platform.tls.fingerprint.clone(),
+        fingerprint: platform.tls.fingerprint.parse()?,
         admin_key_path: platform.admin_key_path.clone(),
     });
     platform.serve_api(api_listener, shutdown).await

@@ -24,6 +24,7 @@ use m87_control_plane::domain::access::access_may_shrink;
 use m87_control_plane::server::{self, Platform};
 use m87_relay_node::revocation::{AccessOracle, watch_revocations};
 use m87_relay_node::role::bind_single_relay;
+use m87_transport::tls::Fingerprint;
 use tokio::net::TcpListener;
 
 use cli::{Cli, Command, ProjectionsCommand, ServeArgs};
@@ -104,10 +105,7 @@ async fn serve(data_dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
     };
     run_single_machine(config, relay, listener, shutdown_signal(), |started| {
         println!("m87-server listening on https://{}", started.api_addr);
-        println!(
-            "TLS certificate SHA-256 fingerprint: {}",
-            started.fingerprint
-        );
+        println!("TLS certificate fingerprint: {}", started.fingerprint);
         println!(
             "relay listening on {}/udp (devices and clients dial {})",
             started.relay_addr, started.relay_public
@@ -133,8 +131,9 @@ pub struct RelaySettings {
 pub struct Started {
     /// The REST API's address.
     pub api_addr: SocketAddr,
-    /// The API certificate's SHA-256 fingerprint.
-    pub fingerprint: String,
+    /// The API certificate's SHA-256 fingerprint, as clients pin it (`SHA256:AB:CD:…`; also
+    /// in `<data-dir>/tls/fingerprint`).
+    pub fingerprint: Fingerprint,
     /// Where the bootstrap admin key was written, when it was made now.
     pub admin_key_path: Option<std::path::PathBuf>,
     /// The relay's bound address.
@@ -186,7 +185,7 @@ pub async fn run_single_machine(
 
     on_started(&Started {
         api_addr: api_listener.local_addr()?,
-        fingerprint: platform.tls.fingerprint.clone(),
+        fingerprint: platform.tls.fingerprint.parse()?,
         admin_key_path: platform.admin_key_path.clone(),
         relay_addr,
         relay_public,

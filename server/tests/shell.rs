@@ -54,7 +54,7 @@ fn shell_in_a_real_terminal_runs_resizes_and_exits_with_status() {
     cmd.args(["term-dev", "shell"]);
     cmd.env("M87_CONFIG_DIR", tmp.path().join("admin"));
     cmd.env("M87_API_URL", &server.url);
-    cmd.env("M87_TRUST_INVALID_CERT", "true");
+    cmd.env("M87_API_FINGERPRINT", &server.fingerprint);
     cmd.env("M87_API_KEY", server.admin_key());
     cmd.env("TERM", "xterm");
     let mut child = pty.slave.spawn_command(cmd).unwrap();

@@ -1,6 +1,8 @@
 //! The credentials file, `$M87_CONFIG_DIR/credentials.json` (default `~/.config/m87`), shared by
 //! the device runtime (its device key) and the CLI (the user's API key, or the user's OpenID
-//! Connect tokens), each in its own section: `device`, `user`, `oauth`.
+//! Connect tokens), each in its own section: `device`, `user`, `oauth`; and `servers`, the
+//! certificate pinned for each server URL (`m87 login --fingerprint`, `m87 runtime run
+//! --fingerprint`), kept across logouts as SSH keeps `known_hosts`.
 //!
 //! The directory is made 0700 and the file 0600; every write replaces the file atomically
 //! (temporary file, fsync, rename), so a crash never leaves a torn file. Sections this build does
@@ -14,6 +16,7 @@ use m87_events::DeviceId;
 use serde::{Deserialize, Serialize};
 
 use crate::private_file::write_private_file;
+use crate::tls::Fingerprint;
 
 /// Why the credentials file could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +133,13 @@ impl std::fmt::Debug for OAuthCredentials {
     }
 }
 
+/// What is known about one server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerPin {
+    /// Its certificate's fingerprint: only that certificate is accepted from it.
+    pub fingerprint: Fingerprint,
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Credentials {
@@ -142,9 +152,29 @@ pub struct Credentials {
     /// The user's OpenID Connect session (tokens from `m87 login`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oauth: Option<OAuthCredentials>,
+    /// Pinned certificates by server URL (without a trailing `/`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub servers: std::collections::BTreeMap<String, ServerPin>,
     /// Sections this build does not know, kept as they are.
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Credentials {
+    /// The fingerprint pinned for `api_url`, if any.
+    pub fn pin_for(&self, api_url: &str) -> Option<Fingerprint> {
+        self.servers
+            .get(api_url.trim().trim_end_matches('/'))
+            .map(|s| s.fingerprint)
+    }
+
+    /// Pins `fingerprint` for `api_url` (replacing an earlier pin).
+    pub fn set_pin(&mut self, api_url: &str, fingerprint: Fingerprint) {
+        self.servers.insert(
+            api_url.trim().trim_end_matches('/').to_owned(),
+            ServerPin { fingerprint },
+        );
+    }
 }
 
 /// Where the credentials live.
@@ -291,6 +321,31 @@ mod tests {
         assert!(text.contains("refresh"));
         std::fs::write(file.path(), "not json").unwrap();
         assert!(matches!(file.load(), Err(CredentialsError::Invalid { .. })));
+    }
+
+    #[test]
+    fn pins_are_kept_per_server_next_to_unknown_sections() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = CredentialsFile::in_dir(dir.path());
+        std::fs::write(file.path(), r#"{"future": {"x": 1}}"#).unwrap();
+        let (a, b) = (Fingerprint::of(b"a"), Fingerprint::of(b"b"));
+        file.update(|c| {
+            c.set_pin("https://one:8085/", a);
+            c.set_pin("https://two:8085", b);
+        })
+        .unwrap();
+        let text = std::fs::read_to_string(file.path()).unwrap();
+        assert!(
+            text.contains(&a.to_string()) && text.contains("future"),
+            "{text}"
+        );
+        let loaded = file.load().unwrap();
+        assert_eq!(loaded.pin_for("https://one:8085"), Some(a));
+        assert_eq!(loaded.pin_for("https://two:8085/"), Some(b));
+        assert_eq!(loaded.pin_for("https://three:8085"), None);
+        assert_eq!(loaded.other["future"]["x"], 1);
+        file.update(|c| c.set_pin("https://one:8085", b)).unwrap();
+        assert_eq!(file.load().unwrap().pin_for("https://one:8085"), Some(b));
     }
 
     fn oauth_section() -> OAuthCredentials {

@@ -1,11 +1,19 @@
 //! A small client for the m87 REST API, used by the device runtime and the CLI.
 //!
-//! TLS uses rustls with the ring provider and the system's roots; `M87_TRUST_INVALID_CERT=true`
-//! accepts any certificate (development only: a self-signed single-machine server).
+//! Only `https://` servers are spoken to (the API key or token travels in every request); plain
+//! `http://` is refused, except to a loopback address when `M87_ALLOW_HTTP_LOOPBACK=1` (tests
+//! and local debugging only).
+//!
+//! TLS uses rustls with the ring provider and checks the server's certificate one of three ways
+//! ([`ServerTrust`]): against the system's roots; by its SHA-256 fingerprint, pinned (a
+//! self-signed server, `m87 login --fingerprint`); or not at all (`M87_TRUST_INVALID_CERT`,
+//! emergencies only).
 
 use std::time::Duration;
 
 use m87_events::api::ErrorBody;
+
+use crate::tls::Fingerprint;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -36,6 +44,9 @@ pub enum ApiError {
     /// The client could not be set up.
     #[error("cannot set up the HTTP client: {0}")]
     Setup(String),
+    /// The URL would send credentials in clear text (or is not a URL at all).
+    #[error("{0}")]
+    Url(String),
 }
 
 impl ApiError {
@@ -69,6 +80,80 @@ pub fn trust_invalid_cert_from_env() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether `M87_ALLOW_HTTP_LOOPBACK` allows plain `http://` to a loopback address.
+pub fn allow_http_loopback_from_env() -> bool {
+    std::env::var("M87_ALLOW_HTTP_LOOPBACK").is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    })
+}
+
+/// The pin from `M87_API_FINGERPRINT`, if set; a value that is not a fingerprint is an error.
+pub fn api_fingerprint_from_env() -> Result<Option<Fingerprint>, ApiError> {
+    match std::env::var("M87_API_FINGERPRINT") {
+        Ok(v) if !v.trim().is_empty() => v
+            .parse()
+            .map(Some)
+            .map_err(|e| ApiError::Setup(format!("M87_API_FINGERPRINT: {e}"))),
+        _ => Ok(None),
+    }
+}
+
+/// How the client checks the server's certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerTrust {
+    /// Against the system's roots (a certificate from a public or the operator's CA).
+    Roots,
+    /// Exactly the certificate with this fingerprint (a self-signed server).
+    Pinned(Fingerprint),
+    /// Any certificate (`M87_TRUST_INVALID_CERT`: emergencies only; never relays).
+    AnyCertificate,
+}
+
+impl ServerTrust {
+    /// The pin when there is one, else any certificate when `trust_invalid_cert`, else the
+    /// system's roots.
+    pub fn choose(pin: Option<Fingerprint>, trust_invalid_cert: bool) -> Self {
+        match (pin, trust_invalid_cert) {
+            (Some(pin), _) => ServerTrust::Pinned(pin),
+            (None, true) => ServerTrust::AnyCertificate,
+            (None, false) => ServerTrust::Roots,
+        }
+    }
+}
+
+/// Refuses a base URL that is not `https://`: plain `http://` only to a loopback host (an IP
+/// address in 127.0.0.0/8 or ::1, or `localhost`) and only when `allow_http_loopback`.
+pub fn check_api_url(base: &str, allow_http_loopback: bool) -> Result<(), ApiError> {
+    let url = reqwest::Url::parse(base)
+        .map_err(|e| ApiError::Url(format!("api url {base:?} is not a URL: {e}")))?;
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if allow_http_loopback && is_loopback(&url) => Ok(()),
+        "http" => Err(ApiError::Url(format!(
+            "refusing api url {base:?}: credentials would travel in clear text; use https:// \
+             (plain http:// is allowed only to a loopback address with M87_ALLOW_HTTP_LOOPBACK=1, \
+             for tests)"
+        ))),
+        _ => Err(ApiError::Url(format!(
+            "api url {base:?} must start with https://"
+        ))),
+    }
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => bare.eq_ignore_ascii_case("localhost"),
+    }
+}
+
 /// The API URL from `M87_API_URL`, if set.
 pub fn api_url_from_env() -> Option<String> {
     std::env::var("M87_API_URL")
@@ -96,9 +181,15 @@ fn describe(err: &reqwest::Error) -> String {
         source = e.source();
     }
     let joined = parts.join(": ");
-    if joined.contains("certificate") || joined.contains("UnknownIssuer") {
+    if joined.contains("pinned fingerprint") {
         format!(
-            "{joined} (the server's TLS certificate is not trusted; for a self-signed development server set M87_TRUST_INVALID_CERT=true)"
+            "{joined} (if the server's certificate was replaced, pin the new one with --fingerprint)"
+        )
+    } else if joined.contains("certificate") || joined.contains("UnknownIssuer") {
+        format!(
+            "{joined} (the server's TLS certificate is not trusted; for a self-signed server pin it: \
+             m87 login --fingerprint SHA256:…, as the server printed it and wrote it to \
+             <data-dir>/tls/fingerprint)"
         )
     } else {
         joined
@@ -106,21 +197,39 @@ fn describe(err: &reqwest::Error) -> String {
 }
 
 impl ApiClient {
-    /// A client for `base_url` (for example `https://127.0.0.1:8085`).
+    /// A client for `base_url` (for example `https://127.0.0.1:8085`) that checks the server's
+    /// certificate against the system's roots, or not at all with `trust_invalid_cert`.
     pub fn new(
         base_url: &str,
         key: Option<String>,
         trust_invalid_cert: bool,
     ) -> Result<Self, ApiError> {
+        Self::with_trust(base_url, key, ServerTrust::choose(None, trust_invalid_cert))
+    }
+
+    /// A client for `base_url` that checks the server's certificate as `trust` says. A URL
+    /// that is not `https://` is refused (see [`check_api_url`]; `M87_ALLOW_HTTP_LOOPBACK`).
+    pub fn with_trust(
+        base_url: &str,
+        key: Option<String>,
+        trust: ServerTrust,
+    ) -> Result<Self, ApiError> {
         crate::tls::install_ring_provider();
         let base = base_url.trim().trim_end_matches('/').to_owned();
-        if !(base.starts_with("https://") || base.starts_with("http://")) {
-            return Err(ApiError::Setup(format!(
-                "api url {base:?} must start with https://"
-            )));
-        }
-        let http = reqwest::Client::builder()
-            .tls_danger_accept_invalid_certs(trust_invalid_cert)
+        check_api_url(&base, allow_http_loopback_from_env())?;
+        let builder = match trust {
+            ServerTrust::Roots => reqwest::Client::builder(),
+            ServerTrust::AnyCertificate => {
+                reqwest::Client::builder().tls_danger_accept_invalid_certs(true)
+            }
+            ServerTrust::Pinned(pin) => {
+                let mut tls = crate::quic::pinned_tls(Some(&pin.hex()))
+                    .map_err(|e| ApiError::Setup(e.to_string()))?;
+                tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+                reqwest::Client::builder().tls_backend_preconfigured(tls)
+            }
+        };
+        let http = builder
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
             .user_agent(concat!("m87/", env!("CARGO_PKG_VERSION")))
@@ -228,5 +337,70 @@ impl ApiClient {
         self.send::<serde_json::Value>(self.http.delete(&url), &url)
             .await
             .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_refused_unless_loopback_and_allowed() {
+        for url in [
+            "http://m87.example",
+            "http://10.0.0.1:8085",
+            "http://[::2]:1",
+        ] {
+            for allow in [false, true] {
+                assert!(
+                    matches!(check_api_url(url, allow), Err(ApiError::Url(_))),
+                    "{url} allow={allow}"
+                );
+            }
+        }
+        for url in [
+            "http://127.0.0.1:8085",
+            "http://localhost:1",
+            "http://[::1]:2",
+        ] {
+            let err = check_api_url(url, false).unwrap_err().to_string();
+            assert!(
+                err.contains("clear text") && err.contains("https://"),
+                "{err}"
+            );
+            assert!(check_api_url(url, true).is_ok(), "{url}");
+        }
+        assert!(check_api_url("https://m87.example", false).is_ok());
+        assert!(matches!(
+            check_api_url("ftp://m87.example", true),
+            Err(ApiError::Url(_))
+        ));
+        assert!(matches!(
+            check_api_url("no url", true),
+            Err(ApiError::Url(_))
+        ));
+    }
+
+    #[test]
+    fn the_client_refuses_plain_http() {
+        let err = ApiClient::with_trust("http://m87.example:8085/", None, ServerTrust::Roots)
+            .unwrap_err();
+        assert!(matches!(err, ApiError::Url(_)), "{err}");
+        assert!(err.to_string().contains("clear text"), "{err}");
+        let pin = Fingerprint::of(b"cert");
+        assert!(
+            ApiClient::with_trust("https://m87.example", None, ServerTrust::Pinned(pin)).is_ok()
+        );
+    }
+
+    #[test]
+    fn a_pin_wins_over_trusting_any_certificate() {
+        let pin = Fingerprint::of(b"cert");
+        assert_eq!(
+            ServerTrust::choose(Some(pin), true),
+            ServerTrust::Pinned(pin)
+        );
+        assert_eq!(ServerTrust::choose(None, true), ServerTrust::AnyCertificate);
+        assert_eq!(ServerTrust::choose(None, false), ServerTrust::Roots);
     }
 }

@@ -1,7 +1,9 @@
 //! QUIC set-up for every m87 endpoint: the transport settings (one function, with the idle
 //! timeout each side asks for), UDP socket tuning, and the client side — TLS 1.3, ALPN, and a
 //! server certificate check by SHA-256 pin (the control plane tells which certificate each
-//! relay has), or no check at all with `M87_TRUST_INVALID_CERT` (development only).
+//! relay has, over its checked HTTPS). Devices and the CLI always pin relays, whatever
+//! `M87_TRUST_INVALID_CERT` says; `pin = None` (any certificate) is left to callers that dial
+//! something other than a relay.
 //!
 //! Two idle timeouts, on purpose: clients (devices, the CLI, a relay dialling another relay)
 //! ask for [`CLIENT_IDLE_TIMEOUT`] (6 s), so a relay that vanished without closing is noticed
@@ -244,6 +246,59 @@ mod tests {
         assert!(client_config(b"m87", Some("AB:CD")).is_ok());
         let tls = pinned_tls(None).unwrap();
         assert!(tls.alpn_protocols.is_empty());
+    }
+
+    /// A QUIC server on loopback with a fresh self-signed certificate; answers its address and
+    /// the certificate's fingerprint.
+    fn relay_like_server(alpn: &[u8]) -> (quinn::Endpoint, SocketAddr, crate::tls::Fingerprint) {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let der = certified.cert.der().clone();
+        let fingerprint = crate::tls::Fingerprint::of(&der);
+        let key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(crypto_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der], key)
+            .unwrap();
+        tls.alpn_protocols = vec![alpn.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+        let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        (endpoint, addr, fingerprint)
+    }
+
+    #[tokio::test]
+    async fn a_relay_is_reached_only_with_the_certificate_it_was_granted_with() {
+        let (server, addr, fingerprint) = relay_like_server(b"m87-test");
+        let accept = tokio::spawn(async move {
+            while let Some(incoming) = server.accept().await {
+                let _ = incoming.await;
+            }
+        });
+        let address = addr.to_string();
+        // The grant's pin altered: refused, naming the pinned and the presented fingerprints.
+        let altered = crate::tls::Fingerprint::of(b"another relay");
+        let Err(QuicError::Connect { reason, .. }) =
+            connect(&address, "localhost", b"m87-test", Some(&altered.hex())).await
+        else {
+            panic!("a relay with another certificate was accepted");
+        };
+        assert!(
+            reason.contains(&altered.to_string()) && reason.contains(&fingerprint.to_string()),
+            "{reason}"
+        );
+        // The right pin, in either form: connected.
+        for pin in [fingerprint.hex(), fingerprint.to_string()] {
+            let (endpoint, conn) = connect(&address, "localhost", b"m87-test", Some(&pin))
+                .await
+                .unwrap();
+            conn.close(quinn::VarInt::from_u32(0), b"");
+            endpoint.wait_idle().await;
+        }
+        accept.abort();
     }
 
     #[test]

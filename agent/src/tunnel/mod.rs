@@ -47,11 +47,12 @@ pub enum TunnelError {
 }
 
 /// Keeps the tunnel up until `shutdown`; returns an error only when the key is refused.
+/// Relays are always pinned by the fingerprint the control plane gives (over `api`, whose
+/// certificate is checked), whatever `M87_TRUST_INVALID_CERT` says.
 pub async fn run(
     api: ApiClient,
     api_key: String,
     device_id: DeviceId,
-    trust_any_cert: bool,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), TunnelError> {
     let mut backoff = crate::backoff::Backoff::new();
@@ -65,7 +66,6 @@ pub async fn run(
             &api,
             &api_key,
             &device_id,
-            trust_any_cert,
             &mut last_relay,
             &seen,
             &mut shutdown,
@@ -124,7 +124,6 @@ async fn connect_once(
     api: &ApiClient,
     api_key: &str,
     device_id: &DeviceId,
-    trust_any_cert: bool,
     last_relay: &mut Option<String>,
     seen: &SeenSessions,
     shutdown: &mut watch::Receiver<bool>,
@@ -144,8 +143,7 @@ async fn connect_once(
         return Err(Failure::Retry("the control plane knows no relay".into()));
     };
     *last_relay = Some(relay.address.clone());
-    let pin = (!trust_any_cert).then_some(relay.cert_sha256.as_str());
-    let (endpoint, conn, send) = dial(relay, pin, api_key).await?;
+    let (endpoint, conn, send) = dial(relay, api_key).await?;
     println!("tunnel connected to relay {}", relay.address);
     let datagrams = Arc::new(QuicDatagrams::new(conn.clone()));
     let router = tokio::spawn(Arc::clone(&datagrams).route());
@@ -179,12 +177,13 @@ async fn connect_once(
 
 /// Dials `relay`, presents the device key on the first stream and waits for the relay's
 /// answer; returns the endpoint, the connection and the tunnel's control stream (kept open
-/// for the tunnel's life).
+/// for the tunnel's life). The relay must present the certificate the control plane named
+/// for it.
 async fn dial(
     relay: &RelayEndpoint,
-    pin: Option<&str>,
     api_key: &str,
 ) -> Result<(quinn::Endpoint, quinn::Connection, quinn::SendStream), Failure> {
+    let pin = Some(relay.cert_sha256.as_str());
     let (endpoint, conn) =
         m87_transport::quic::connect(&relay.address, &relay.server_name, ALPN_TUNNEL, pin)
             .await

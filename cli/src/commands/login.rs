@@ -6,31 +6,58 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use m87_events::api::{AuthConfig, WhoAmI};
 use m87_transport::credentials::{CredentialsFile, OAuthCredentials, UserCredentials};
-use m87_transport::http::{ApiClient, api_url_from_env, trust_invalid_cert_from_env};
+use m87_transport::http::{
+    ApiClient, ServerTrust, api_fingerprint_from_env, api_url_from_env, trust_invalid_cert_from_env,
+};
+use m87_transport::tls::Fingerprint;
 use serde::Serialize;
 
 use crate::auth::http::OidcHttp;
 use crate::auth::oidc::{self, Prompt, Target};
 use crate::auth::session;
-use crate::context::{DEFAULT_API_URL, UserAuth, credentials_file, user_session};
+use crate::context::{DEFAULT_API_URL, UserAuth, credentials_file, server_trust, user_session};
 use crate::output::Output;
 
+/// The server to log in to and how to check its certificate.
+struct Server {
+    url: String,
+    trust: ServerTrust,
+    /// The pin given now (`--fingerprint` or `M87_API_FINGERPRINT`), stored for the server
+    /// once the login succeeds.
+    new_pin: Option<Fingerprint>,
+}
+
 /// `m87 login`: with an API key when one is given, else with the server's OpenID Connect
-/// provider (device authorization grant).
-pub async fn login(api_key: Option<String>, api_url: Option<String>) -> anyhow::Result<()> {
-    let api_url = api_url
+/// provider (device authorization grant). With `fingerprint` (or `M87_API_FINGERPRINT`) the
+/// server must present exactly that certificate, and the pin is stored for it.
+pub async fn login(
+    api_key: Option<String>,
+    api_url: Option<String>,
+    fingerprint: Option<Fingerprint>,
+) -> anyhow::Result<()> {
+    let url = api_url
         .map(|u| u.trim().trim_end_matches('/').to_owned())
         .filter(|u| !u.is_empty())
         .or_else(api_url_from_env)
         .unwrap_or_else(|| DEFAULT_API_URL.to_owned());
+    let new_pin = match fingerprint {
+        Some(pin) => Some(pin),
+        None => api_fingerprint_from_env()?,
+    };
+    let trust = server_trust(&url, &credentials_file()?.load()?, new_pin)?;
+    let server = Server {
+        url,
+        trust,
+        new_pin,
+    };
     match api_key {
-        Some(key) => login_with_key(key, api_url).await,
-        None => login_with_oidc(api_url).await,
+        Some(key) => login_with_key(key, server).await,
+        None => login_with_oidc(server).await,
     }
 }
 
 /// Checks `key` against the server and stores it (replacing a stored OIDC session).
-async fn login_with_key(api_key: String, api_url: String) -> anyhow::Result<()> {
+async fn login_with_key(api_key: String, server: Server) -> anyhow::Result<()> {
     let api_key = if api_key == "-" {
         let mut line = String::new();
         std::io::stdin().read_line(&mut line)?;
@@ -41,7 +68,7 @@ async fn login_with_key(api_key: String, api_url: String) -> anyhow::Result<()> 
     let api_key = api_key.trim().to_owned();
     anyhow::ensure!(!api_key.is_empty(), "no api key given");
     let trust = trust_invalid_cert_from_env();
-    let client = ApiClient::new(&api_url, Some(api_key.clone()), trust)?;
+    let client = ApiClient::with_trust(&server.url, Some(api_key.clone()), server.trust)?;
     let me: WhoAmI = client.get("/v1/whoami").await?;
     let Some(email) = me.email else {
         anyhow::bail!("that is a device key; log in with a user api key (m87u_…)");
@@ -49,11 +76,14 @@ async fn login_with_key(api_key: String, api_url: String) -> anyhow::Result<()> 
     let file = credentials_file()?;
     let replaced = store_login(
         &file,
-        Some(UserCredentials {
-            api_key,
-            api_url: client.base_url().to_owned(),
-        }),
-        None,
+        Login {
+            user: Some(UserCredentials {
+                api_key,
+                api_url: client.base_url().to_owned(),
+            }),
+            oauth: None,
+            pin: server.new_pin.map(|p| (client.base_url().to_owned(), p)),
+        },
     )
     .await?;
     if let Some(old) = replaced {
@@ -76,18 +106,29 @@ fn admin_suffix(platform_admin: bool) -> &'static str {
     }
 }
 
-/// Stores one kind of login and removes the other (so the new login is the one used), under
-/// the credentials lock. Answers the OIDC session it replaced, if any.
-async fn store_login(
-    file: &CredentialsFile,
+/// What a successful login stores.
+struct Login {
     user: Option<UserCredentials>,
     oauth: Option<OAuthCredentials>,
+    /// A certificate pin for a server URL.
+    pin: Option<(String, Fingerprint)>,
+}
+
+/// Stores one kind of login and removes the other (so the new login is the one used), and
+/// the server's pin if one was given, under the credentials lock. Answers the OIDC session it
+/// replaced, if any.
+async fn store_login(
+    file: &CredentialsFile,
+    login: Login,
 ) -> anyhow::Result<Option<OAuthCredentials>> {
     let _lock = session::lock(file).await?;
     let previous = file.load()?.oauth;
     file.update(|c| {
-        c.user = user;
-        c.oauth = oauth;
+        c.user = login.user;
+        c.oauth = login.oauth;
+        if let Some((url, pin)) = login.pin {
+            c.set_pin(&url, pin);
+        }
     })?;
     Ok(previous)
 }
@@ -226,15 +267,19 @@ fn show_prompt(prompt: &Prompt) {
 
 /// The device authorization grant with the server's provider; stores the session (replacing a
 /// stored API key) once the server accepts its access token.
-async fn login_with_oidc(api_url: String) -> anyhow::Result<()> {
+async fn login_with_oidc(server: Server) -> anyhow::Result<()> {
     let trust = trust_invalid_cert_from_env();
-    let api = ApiClient::new(&api_url, None, trust)?;
+    let api = ApiClient::with_trust(&server.url, None, server.trust)?;
     let target = sign_in_target(&api).await?;
     let poll = poll_override()?;
     let http = OidcHttp::new(trust)?;
     let session = oidc::device_sign_in(&http, &target, api.base_url(), poll, show_prompt).await?;
 
-    let client = ApiClient::new(api.base_url(), Some(session.access_token.clone()), trust)?;
+    let client = ApiClient::with_trust(
+        api.base_url(),
+        Some(session.access_token.clone()),
+        server.trust,
+    )?;
     let me: WhoAmI = match client.get("/v1/whoami").await {
         Ok(me) => me,
         Err(e) => {
@@ -254,7 +299,12 @@ async fn login_with_oidc(api_url: String) -> anyhow::Result<()> {
         );
     };
     let file = credentials_file()?;
-    if let Some(old) = store_login(&file, None, Some(session)).await? {
+    let login = Login {
+        user: None,
+        oauth: Some(session),
+        pin: server.new_pin.map(|p| (api.base_url().to_owned(), p)),
+    };
+    if let Some(old) = store_login(&file, login).await? {
         revoke_quietly(&old, trust).await;
     }
     println!(

@@ -5,10 +5,11 @@ use std::time::Duration;
 use anyhow::Context;
 use m87_agent::runtime::{RunOptions, RuntimeState};
 use m87_events::{DeviceName, Email, OrgId, Scope};
-use m87_transport::http::{api_url_from_env, trust_invalid_cert_from_env};
+use m87_transport::http::{api_fingerprint_from_env, api_url_from_env};
+use m87_transport::tls::Fingerprint;
 use tokio::sync::watch;
 
-use crate::context::{DEFAULT_API_URL, credentials_file};
+use crate::context::{DEFAULT_API_URL, credentials_file, server_trust};
 use crate::output::{Output, print_json, when};
 
 fn seconds_from_env(name: &str) -> anyhow::Result<Option<Duration>> {
@@ -62,23 +63,40 @@ fn shutdown_on_signal() -> watch::Receiver<bool> {
     rx
 }
 
-/// `m87 runtime run`.
+/// `m87 runtime run`. A `fingerprint` (or `M87_API_FINGERPRINT`) pins the server's
+/// certificate; it is stored for the server with the device's key (at approval, or now when
+/// the device is enrolled), so later runs check it without being told again.
 pub async fn run(
     email: Option<Email>,
     org: Option<OrgId>,
     name: Option<DeviceName>,
+    fingerprint: Option<Fingerprint>,
 ) -> anyhow::Result<()> {
     let file = credentials_file()?;
-    let stored_url = file.load()?.device.map(|d| d.api_url);
+    let creds = file.load()?;
+    let stored_url = creds.device.as_ref().map(|d| d.api_url.clone());
     let api_url = api_url_from_env()
         .or(stored_url)
         .unwrap_or_else(|| DEFAULT_API_URL.to_owned());
+    let new_pin = match fingerprint {
+        Some(pin) => Some(pin),
+        None => api_fingerprint_from_env()?,
+    };
+    let server_trust = server_trust(&api_url, &creds, new_pin)?;
+    // An enrolled device keeps a new pin for its server now; a device still registering
+    // keeps it with its key, once approved.
+    if let Some(pin) = new_pin
+        && creds.device.is_some()
+        && creds.pin_for(&api_url) != Some(pin)
+    {
+        file.update(|c| c.set_pin(&api_url, pin))?;
+    }
     let opts = RunOptions {
         api_url,
         owner: owner(email, org)?,
         name,
         poll_interval: seconds_from_env("M87_APPROVAL_POLL_SECS")?,
-        trust_invalid_cert: trust_invalid_cert_from_env(),
+        server_trust,
         check_interval: seconds_from_env("M87_CHECK_INTERVAL_SECS")?
             .unwrap_or(Duration::from_secs(60)),
     };

@@ -3,10 +3,11 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// A built binary of this workspace.
@@ -111,12 +112,40 @@ impl Drop for Proc {
     }
 }
 
+/// The certificate fingerprints of the servers this test process started, by URL: the `m87`
+/// commands against them pin it (`M87_API_FINGERPRINT`), as a user following the README does.
+fn pins() -> &'static Mutex<HashMap<String, String>> {
+    static PINS: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+    PINS.get_or_init(Mutex::default)
+}
+
+/// Remembers that the server at `url` has the certificate fingerprint in `data_dir`.
+pub fn remember_pin(url: &str, data_dir: &Path) -> String {
+    let fingerprint = std::fs::read_to_string(data_dir.join("tls/fingerprint"))
+        .expect("the server wrote its fingerprint")
+        .trim()
+        .to_owned();
+    assert!(fingerprint.starts_with("SHA256:"), "{fingerprint}");
+    pins()
+        .lock()
+        .unwrap()
+        .insert(url.to_owned(), fingerprint.clone());
+    fingerprint
+}
+
+/// The fingerprint remembered for `url`.
+pub fn pin_of(url: &str) -> Option<String> {
+    pins().lock().unwrap().get(url).cloned()
+}
+
 /// A running `m87-server`.
 pub struct Server {
     pub proc: Proc,
     pub url: String,
     pub addr: String,
     pub data_dir: PathBuf,
+    /// Its certificate's fingerprint, from `<data-dir>/tls/fingerprint`.
+    pub fingerprint: String,
 }
 
 impl Server {
@@ -142,11 +171,13 @@ impl Server {
             .wait_for("m87-server listening on https://", Duration::from_secs(30));
         let url = line.split_whitespace().last().unwrap().to_owned();
         let addr = url.trim_start_matches("https://").to_owned();
+        let fingerprint = remember_pin(&url, data_dir);
         Self {
             proc,
             url,
             addr,
             data_dir: data_dir.to_path_buf(),
+            fingerprint,
         }
     }
 
@@ -190,12 +221,21 @@ impl M87 {
         }
     }
 
+    /// `m87 ARGS` against this server: its certificate pinned when this process started it,
+    /// else (servers started elsewhere, such as fleet control planes) not checked.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin("m87"));
+        match pin_of(&self.url) {
+            Some(pin) => cmd
+                .env("M87_API_FINGERPRINT", pin)
+                .env_remove("M87_TRUST_INVALID_CERT"),
+            None => cmd
+                .env("M87_TRUST_INVALID_CERT", "true")
+                .env_remove("M87_API_FINGERPRINT"),
+        };
         cmd.args(args)
             .env("M87_CONFIG_DIR", &self.config_dir)
             .env("M87_API_URL", &self.url)
-            .env("M87_TRUST_INVALID_CERT", "true")
             .env("M87_APPROVAL_POLL_SECS", "1")
             .env("M87_CHECK_INTERVAL_SECS", "1")
             .env_remove("M87_API_KEY")
@@ -234,6 +274,12 @@ impl M87 {
             String::from_utf8_lossy(&out.stdout)
         );
         let stderr = String::from_utf8(out.stderr).unwrap();
+        // The warning that M87_TRUST_INVALID_CERT is set (servers this process did not start).
+        let stderr: String = stderr
+            .lines()
+            .filter(|l| !l.starts_with("warning: M87_TRUST_INVALID_CERT"))
+            .map(|l| format!("{l}\n"))
+            .collect();
         assert_eq!(
             stderr.trim().lines().count(),
             1,
