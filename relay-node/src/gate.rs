@@ -30,8 +30,11 @@ pub const MAX_UNAUTHENTICATED: usize = 1024;
 pub const MAX_UNAUTHENTICATED_PER_ADDRESS: usize = 128;
 /// Unauthenticated connections from which on a new attempt must prove its address (QUIC Retry).
 pub const RETRY_THRESHOLD: usize = 64;
-/// How long after its handshake a connection has to authenticate.
-pub const AUTH_DEADLINE: Duration = HEADER_TIMEOUT;
+/// How long after its handshake a connection has to authenticate. Two seconds longer than
+/// each stage's own limit ([`HEADER_TIMEOUT`]: open the first stream, send the first frame), so
+/// a silent peer is closed by that stage with its specific reason ("no relay hello", …), and
+/// this deadline bounds a peer that dawdles through several stages.
+pub const AUTH_DEADLINE: Duration = HEADER_TIMEOUT.saturating_add(Duration::from_secs(2));
 /// The shortest time between two warnings about refused connections.
 pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
