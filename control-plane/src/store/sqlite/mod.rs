@@ -49,12 +49,20 @@ pub fn open_database(path: &Path) -> Result<Connection, StoreError> {
 /// `-shm` files to 0600 when their modes differ.
 fn restrict_database_files(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    std::fs::OpenOptions::new()
+    // Never open (and so close) a descriptor of an existing database: closing any descriptor
+    // of a file drops every POSIX lock this process holds on it, including those of SQLite
+    // connections already open on it (a second store on the same file), which breaks WAL
+    // coordination. Only a missing file is created here; modes are set by path.
+    match std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(false)
+        .create_new(true)
         .mode(DATABASE_MODE)
-        .open(path)?;
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
     for suffix in ["", "-wal", "-shm"] {
         let mut file = path.as_os_str().to_owned();
         file.push(suffix);
