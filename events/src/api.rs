@@ -349,6 +349,10 @@ pub struct SessionClosedReport {
     /// What went wrong.
     #[serde(default)]
     pub error: Option<String>,
+    /// Why it ended: `client_closed`, `exit`, `access_revoked`, `credential_revoked`,
+    /// `device_removed`, `relay_lost`, `timeout` or `error`.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// `POST /v1/device/sessions/refused`: a device reports a refused session.

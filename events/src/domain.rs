@@ -249,6 +249,13 @@ pub struct SessionClosed {
     /// What went wrong, if anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The session's operation (absent in sessions recorded before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Operation>,
+    /// Why it ended: `client_closed`, `exit`, `access_revoked`, `credential_revoked`,
+    /// `device_removed`, `relay_lost`, `timeout`, `error` (absent in older sessions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Payload of [`DomainEvent::SessionRefused`].
@@ -266,6 +273,9 @@ pub struct SessionRefused {
     pub code: String,
     /// Why, for people.
     pub reason: String,
+    /// The operation asked for, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Operation>,
 }
 
 /// Payload of [`DomainEvent::DeviceConnected`].

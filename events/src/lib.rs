@@ -11,10 +11,12 @@
 //! - [`token`]: Ed25519-signed session tokens (signing and offline verification).
 //! - [`admission`]: session admission as a pure decision (token, replay guard, revocations)
 //!   and the refusal codes.
+//! - [`audit`]: the audit trail's hash chain and the action and outcome names of events.
 //! - [`secret`]: constant-time comparison of shared secrets.
 
 pub mod admission;
 pub mod api;
+pub mod audit;
 pub mod domain;
 pub mod envelope;
 pub mod ids;

@@ -67,6 +67,7 @@ impl ControlPlaneLink for InProcessLink {
             refused_by: "relay".into(),
             code: code.to_owned(),
             reason: reason.to_owned(),
+            operation: None,
         };
         if let Err(e) = self
             .cp

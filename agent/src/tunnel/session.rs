@@ -190,6 +190,7 @@ impl ActiveSession {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            reason: None,
         }
     }
 }

@@ -109,6 +109,7 @@ async fn refusal(
         ),
         code: report.code.chars().take(64).collect(),
         reason: report.reason.chars().take(512).collect(),
+        operation: None,
     };
     s.cp.record_refusal(refusal, &Metadata::system("relay"))
         .await?;

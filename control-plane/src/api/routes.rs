@@ -432,6 +432,7 @@ async fn session_refused(
         refused_by: "agent".into(),
         code: report.code.chars().take(64).collect(),
         reason: report.reason.chars().take(512).collect(),
+        operation: None,
     };
     s.cp.record_refusal(refusal, &caller.metadata).await?;
     Ok(StatusCode::NO_CONTENT)

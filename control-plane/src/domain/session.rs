@@ -110,6 +110,26 @@ pub fn credential_of(caller: &Identity) -> Option<Credential> {
     }
 }
 
+/// The reasons a session can end with; anything else a device reports is recorded as `error`.
+pub const CLOSE_REASONS: &[&str] = &[
+    "client_closed",
+    "exit",
+    "access_revoked",
+    "credential_revoked",
+    "device_removed",
+    "relay_lost",
+    "timeout",
+    "error",
+];
+
+fn close_reason(reported: &str) -> &'static str {
+    CLOSE_REASONS
+        .iter()
+        .find(|r| **r == reported)
+        .copied()
+        .unwrap_or("error")
+}
+
 /// `CloseSession`: only the session's own device reports its end, once.
 pub fn decide_close(
     session: &Session,
@@ -132,6 +152,8 @@ pub fn decide_close(
         exit_code: report.exit_code,
         signal: report.signal,
         error: report.error.map(|e| e.chars().take(512).collect()),
+        operation: Some(opened.operation),
+        reason: report.reason.map(|r| close_reason(&r).to_owned()),
     }))
 }
 
