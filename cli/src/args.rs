@@ -105,6 +105,24 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: OrgCommand,
     },
+    /// Who did what on which device, when, and how it ended: sessions and control changes.
+    ///
+    /// Newest first. Platform admins see everything; organization admins their organization's
+    /// devices and members; owners their devices; everyone their own sessions.
+    ///
+    /// Examples:
+    ///   m87 audit --since 2h
+    ///   m87 audit --device robot-1 --action exec,shell --outcome failed
+    ///   m87 audit --user alice@example.com --details -o json
+    ///   m87 audit --follow
+    #[command(verbatim_doc_comment)]
+    Audit {
+        /// Only this device (name, id or unique prefix).
+        #[arg(long)]
+        device: Option<String>,
+        #[command(flatten)]
+        filters: crate::commands::audit::AuditFilters,
+    },
     /// Run this machine as an m87 device.
     Runtime {
         #[command(subcommand)]

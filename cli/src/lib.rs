@@ -119,6 +119,7 @@ async fn dispatch_local(command: Command, out: Output) -> anyhow::Result<()> {
                 }
             },
         },
+        Command::Audit { device, filters } => commands::audit::fleet(filters, device, out).await,
         Command::Runtime { command } => match command {
             RuntimeCommand::Run {
                 email,

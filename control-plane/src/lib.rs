@@ -17,6 +17,8 @@
 //! - [`service`]: [`service::ControlPlane`]: one file per aggregate or concern
 //!   (registrations, devices, API keys, organizations, sessions, authentication), each with its
 //!   commands and queries.
+//! - [`audit`]: the audit trail: every event chained by SHA-256 into the entries `m87 audit`
+//!   lists and the exporter sends; verifying the chain.
 //! - [`projections`]: the projector and the read models' documents (pure projection logic).
 //! - [`bus`]: the event bus seam (in-process; NATS JetStream in a fleet) and the publisher that
 //!   feeds it from the store.
@@ -26,6 +28,7 @@
 //! - [`config`]: settings and defaults.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod bus;
 pub mod config;

@@ -18,11 +18,12 @@ use crate::service::ControlPlane;
 use crate::service::sessions::SessionsConfig;
 use crate::store::EventStore;
 use crate::store::ReadStore;
+use crate::store::audit::AuditStore;
 use crate::store::deadline::Deadline;
 use crate::store::mongo::MongoReadStore;
 use crate::store::mongo::MongoStore;
-use crate::store::sqlite::SqliteReadStore;
 use crate::store::sqlite::SqliteStore;
+use crate::store::sqlite::{SqliteAuditStore, SqliteReadStore};
 use crate::tls;
 use m87_events::token::SessionSigner;
 
@@ -60,16 +61,32 @@ pub async fn open_single_machine(
         .context("bringing read models up to date")?;
     projector.clone().spawn(bus.as_ref(), shutdown.clone());
     let head = store.head().await?;
-    let publisher = Publisher::spawn(Arc::clone(&store), bus as Arc<dyn EventBus>, head, shutdown);
+    let audit_shutdown = shutdown.clone();
+    let publisher = Publisher::spawn(
+        Arc::clone(&store),
+        Arc::clone(&bus) as Arc<dyn EventBus>,
+        head,
+        shutdown,
+    );
     let sessions = SessionsConfig::new(load_or_create_signer(data_dir)?);
-    Ok(ControlPlane::new(
+    let audit: Arc<dyn AuditStore> = Arc::new(SqliteAuditStore::open(&db)?);
+    let cp = ControlPlane::new(
         store,
         read,
         projector,
         Some(publisher),
         settings,
         sessions,
-    ))
+        audit,
+    );
+    cp.audit_trail()
+        .catch_up()
+        .await
+        .context("bringing the audit trail up to date")?;
+    cp.audit_trail()
+        .clone()
+        .spawn(bus.subscribe(), audit_shutdown);
+    Ok(cp)
 }
 
 /// How long a MongoDB read may take before the API answers 503.
@@ -167,6 +184,7 @@ pub async fn open_fleet(
         }
     }
     projector.clone().spawn(&bus, shutdown.clone());
+    let (audit_feed, audit_shutdown) = (bus.subscribe(), shutdown.clone());
     // Everything stored after the stream's last event is published (again, if another replica
     // got there first: JetStream drops the duplicate by event id).
     let from = bus
@@ -181,14 +199,22 @@ pub async fn open_fleet(
         shutdown,
     );
     let sessions = SessionsConfig::new(load_signer_file(&fleet.signing_key)?);
-    Ok(ControlPlane::new(
+    let audit: Arc<dyn AuditStore> = Arc::new(
+        crate::store::mongo::MongoAuditStore::open(&fleet.database)
+            .await
+            .context("opening the MongoDB audit trail")?,
+    );
+    let cp = ControlPlane::new(
         store,
         read,
         projector,
         Some(publisher),
         settings,
         sessions,
-    ))
+        audit,
+    );
+    cp.audit_trail().clone().spawn(audit_feed, audit_shutdown);
+    Ok(cp)
 }
 
 /// The session signing key file inside the data directory.
@@ -267,6 +293,54 @@ pub async fn rebuild_projections_in(
         }
         None => rebuild_projections(data_dir, name).await,
     }
+}
+
+/// `m87-server audit verify`: walks the audit trail's hash chain and the event log — MongoDB's
+/// when `mongo` is given, else the data directory's SQLite — without changing either. Returns
+/// the report and a line for people; the caller exits non-zero when it names a finding.
+pub async fn verify_audit_in(
+    data_dir: &Path,
+    mongo: Option<(&str, &str)>,
+) -> anyhow::Result<(crate::audit::verify::VerifyReport, String)> {
+    let (log, trail): (Arc<dyn EventStore>, Arc<dyn AuditStore>) = match mongo {
+        Some((uri, database)) => {
+            let db = crate::store::mongo::connect_database(uri, database).await?;
+            (
+                Arc::new(MongoStore::open(&db).await?),
+                Arc::new(crate::store::mongo::MongoAuditStore::open(&db).await?),
+            )
+        }
+        None => {
+            let db = data_dir.join(DATABASE_FILE);
+            anyhow::ensure!(db.exists(), "no database at {}", db.display());
+            (
+                Arc::new(SqliteStore::open(&db)?),
+                Arc::new(SqliteAuditStore::open(&db)?),
+            )
+        }
+    };
+    let report = crate::audit::verify::verify(trail.as_ref(), log.as_ref()).await?;
+    let line = match &report.finding {
+        None => format!(
+            "audit trail intact: {} entries chained, up to event {}",
+            report.checked, report.head
+        ),
+        Some(f) => format!(
+            "audit trail broken after {} intact entries: {}",
+            report.checked, f.message
+        ),
+    };
+    Ok((report, line))
+}
+
+/// `m87-server migrate`: applies pending MongoDB migrations and says what it did.
+pub async fn migrate_mongo_report(uri: &str, database: &str) -> anyhow::Result<String> {
+    let (applied, current) = migrate_mongo(uri, database).await?;
+    Ok(if applied.is_empty() {
+        format!("MongoDB schema is up to date (version {current})")
+    } else {
+        format!("applied MongoDB migrations {applied:?}; schema is now at version {current}")
+    })
 }
 
 /// Applies pending MongoDB migrations; returns the versions applied now and the schema's
@@ -451,5 +525,6 @@ pub async fn open_in_memory(settings: Settings) -> anyhow::Result<ControlPlane> 
         None,
         settings,
         SessionsConfig::ephemeral()?,
+        Arc::new(crate::store::memory::MemoryAuditStore::default()),
     ))
 }

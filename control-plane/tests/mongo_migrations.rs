@@ -34,9 +34,9 @@ async fn applies_once_records_and_creates_the_indexes() {
     let server = MongoServer::shared();
     let db = server.database("migrate_once").await;
     assert_eq!(current_version(&db).await.unwrap(), 0);
-    assert_eq!(migrate(&db).await.unwrap(), vec![1, 2]);
+    assert_eq!(migrate(&db).await.unwrap(), vec![1, 2, 3]);
     assert_eq!(migrate(&db).await.unwrap(), Vec::<u32>::new());
-    assert_eq!(current_version(&db).await.unwrap(), 2);
+    assert_eq!(current_version(&db).await.unwrap(), 3);
 
     let records: Vec<Document> = {
         let mut cursor = db
@@ -51,8 +51,9 @@ async fn applies_once_records_and_creates_the_indexes() {
         }
         out
     };
-    assert_eq!(records.len(), 2);
+    assert_eq!(records.len(), 3);
     assert_eq!(records[0].get_str("name").unwrap(), "event log");
+    assert_eq!(records[2].get_str("name").unwrap(), "audit trail");
     assert!(records[1].get_datetime("applied_at").is_ok());
 
     let events = index_names(&db, "events").await;
@@ -144,7 +145,11 @@ async fn control_planes_starting_together_apply_each_step_once() {
         applied.extend(done.unwrap());
     }
     applied.sort();
-    assert_eq!(applied, vec![1, 2], "each step is applied by exactly one");
+    assert_eq!(
+        applied,
+        vec![1, 2, 3],
+        "each step is applied by exactly one"
+    );
 
     // And the stores they open work together on the result.
     let store = MongoStore::connect(server.uri(), &name).await.unwrap();
@@ -176,7 +181,7 @@ async fn an_expired_lock_is_taken_over_and_a_live_one_waited_for() {
         .insert_one(doc! { "_id": LOCK_ID, "owner": "dead", "expires_at": past })
         .await
         .unwrap();
-    assert_eq!(migrate(&db).await.unwrap(), vec![1, 2]);
+    assert_eq!(migrate(&db).await.unwrap(), vec![1, 2, 3]);
     assert_eq!(locks.count_documents(doc! {}).await.unwrap(), 0);
 
     // A live holder: the migration waits, then gives up naming it.

@@ -353,7 +353,15 @@ pub struct SessionClosedReport {
     /// `device_removed`, `relay_lost`, `timeout` or `error`.
     #[serde(default)]
     pub reason: Option<String>,
+    /// One summary per channel, at most [`MAX_CHANNEL_SUMMARIES`] (the first ones).
+    #[serde(default)]
+    pub channels: Vec<ChannelSummary>,
+    /// Channels beyond [`MAX_CHANNEL_SUMMARIES`], counted but not described.
+    #[serde(default)]
+    pub channels_dropped: u64,
 }
+
+pub use crate::domain::{ChannelSummary, MAX_CHANNEL_SUMMARIES};
 
 /// `POST /v1/device/sessions/refused`: a device reports a refused session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

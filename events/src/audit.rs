@@ -198,3 +198,161 @@ pub fn device_of(event: &DomainEvent) -> Option<&crate::ids::DeviceId> {
         | DomainEvent::MemberRoleChanged(_) => None,
     }
 }
+
+/// One line of `m87 audit`: an action on the record, with what is known of how it ended.
+///
+/// A session is one record from its grant to its end: its closing (or a refusal by the relay or
+/// the device) fills in the outcome, duration, bytes and reason of the record of its opening.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditRecord {
+    /// The position of the event in the log: the record's id and the paging cursor.
+    pub position: u64,
+    /// The event's id (exports carry it too).
+    #[schema(value_type = String)]
+    pub event_id: crate::ids::EventId,
+    /// When it happened.
+    pub time: chrono::DateTime<chrono::Utc>,
+    /// The event's type name.
+    pub event_type: String,
+    /// What was done: `exec`, `shell`, `cp`, `sync`, `forward`, `approve`, `access`, ….
+    pub action: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The device concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub device_id: Option<crate::ids::DeviceId>,
+    /// The device's name when the record was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_name: Option<String>,
+    /// The user who did it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The API key they came through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// Who did it, as `user:…`, `device:…` or `system:…`.
+    pub actor: String,
+    /// The address the request came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<String>,
+    /// The operation's arguments (command line, paths, targets), or the change's facts.
+    #[serde(default)]
+    pub args: serde_json::Value,
+    /// The session, for session records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub session_id: Option<crate::ids::SessionId>,
+    /// The relay the session was sent to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
+    /// Exit code of the last process the session ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Signal that ended it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Why it ended (`client_closed`, `exit`, `access_revoked`, …) or was refused (the code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Who refused it (`grant`, `relay …`, `agent`), for refusals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_by: Option<String>,
+    /// What went wrong, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// How long the session lasted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Bytes from the client to the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_to_device: Option<u64>,
+    /// Bytes from the device to the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_from_device: Option<u64>,
+    /// One line per channel of the session (each file copied, each forwarded connection).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<crate::api::ChannelSummary>,
+    /// The SHA-256 chain hash of the event's audit entry.
+    pub hash: String,
+    /// The position of the last event that changed this record (a session's closing):
+    /// `--follow` asks for records changed after the highest it has seen.
+    #[serde(default)]
+    pub seq: u64,
+}
+
+/// A page of audit records, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditPage {
+    /// The records.
+    pub records: Vec<AuditRecord>,
+    /// Pass as `before` to get the next (older) page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_before: Option<u64>,
+    /// The last position of the trail when this page was read: following starts after it.
+    #[serde(default)]
+    pub head: u64,
+}
+
+/// Largest page `GET /v1/audit` answers.
+pub const MAX_PAGE: usize = 1000;
+
+/// `GET /v1/audit`: which records, newest first (or, with `changed_after`, the records that
+/// changed since, oldest change first: what `--follow` polls).
+#[derive(
+    Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, utoipa::IntoParams,
+)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQueryParams {
+    /// Only this device (its id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Only this user (email).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Only these actions, comma-separated (see [`ACTIONS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Only this outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    /// At or after this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Before this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Older than this position (the previous page's `next_before`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<u64>,
+    /// Records changed after this position, oldest change first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_after: Option<u64>,
+    /// At most this many (default 100, at most [`MAX_PAGE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<usize>,
+}
+
+impl AuditQueryParams {
+    /// The actions asked for, each checked against [`ACTIONS`].
+    pub fn actions(&self) -> Result<Vec<String>, String> {
+        let Some(list) = &self.action else {
+            return Ok(vec![]);
+        };
+        list.split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(|a| {
+                if ACTIONS.contains(&a) {
+                    Ok(a.to_owned())
+                } else {
+                    Err(format!(
+                        "unknown action {a:?}; known actions: {}",
+                        ACTIONS.join(", ")
+                    ))
+                }
+            })
+            .collect()
+    }
+}

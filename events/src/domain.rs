@@ -225,6 +225,9 @@ pub struct SessionOpened {
     /// recorded before it was kept): revoking it ends the session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<crate::token::Credential>,
+    /// The relay the grant sent the client to (absent in older sessions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
 }
 
 /// Payload of [`DomainEvent::SessionClosed`]; the actor is the device.
@@ -256,6 +259,38 @@ pub struct SessionClosed {
     /// `device_removed`, `relay_lost`, `timeout`, `error` (absent in older sessions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What each channel did (at most [`MAX_CHANNEL_SUMMARIES`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<ChannelSummary>,
+    /// Channels not described because there were too many.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub channels_dropped: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Most channel summaries one session's closing report carries.
+pub const MAX_CHANNEL_SUMMARIES: usize = 200;
+
+/// What one channel of a session did: a command run, a connection forwarded, a file copied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSummary {
+    /// `exec`, `shell`, `forward`, `udp_forward`, `upload`, `download`, `sync`.
+    pub kind: String,
+    /// The command line, the forward target (`host:port`) or the device path.
+    pub target: String,
+    /// Bytes from the client to the device.
+    pub bytes_to_device: u64,
+    /// Bytes from the device to the client.
+    pub bytes_from_device: u64,
+    /// How long the channel was open.
+    pub duration_ms: u64,
+    /// What went wrong, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Payload of [`DomainEvent::SessionRefused`].

@@ -37,6 +37,14 @@ pub const READ_MODELS_COLLECTION: &str = "read_models";
 /// Projection checkpoints: `{_id: projection, position}`.
 pub const CHECKPOINTS_COLLECTION: &str = "projection_checkpoints";
 
+/// The audit trail: `{_id: position, seq, time_ms, listing, device_id, scope, user, action,
+/// outcome, session_id, entry, prev_hash, hash, record}`.
+pub const AUDIT_COLLECTION: &str = "audit";
+/// Devices as the audit trail knows them: `{_id: device id, doc}`.
+pub const AUDIT_DEVICES_COLLECTION: &str = "audit_devices";
+/// Export cursors: `{_id: sink, cursor}`.
+pub const AUDIT_CURSORS_COLLECTION: &str = "audit_cursors";
+
 /// MongoDB's "duplicate key" error code.
 pub const DUPLICATE_KEY: i32 = 11000;
 /// MongoDB's "namespace exists" error code (the collection is already there).
@@ -121,6 +129,45 @@ pub const STEPS: &[Step] = &[
                 unique: true,
             },
             Op::CreateCollection(CHECKPOINTS_COLLECTION),
+        ],
+    },
+    Step {
+        version: 3,
+        name: "audit trail",
+        ops: &[
+            Op::CreateCollection(AUDIT_COLLECTION),
+            Op::CreateIndex {
+                collection: AUDIT_COLLECTION,
+                name: "audit_device",
+                keys: &[("device_id", 1), ("_id", -1)],
+                unique: false,
+            },
+            Op::CreateIndex {
+                collection: AUDIT_COLLECTION,
+                name: "audit_user",
+                keys: &[("user", 1), ("_id", -1)],
+                unique: false,
+            },
+            Op::CreateIndex {
+                collection: AUDIT_COLLECTION,
+                name: "audit_scope",
+                keys: &[("scope", 1), ("_id", -1)],
+                unique: false,
+            },
+            Op::CreateIndex {
+                collection: AUDIT_COLLECTION,
+                name: "audit_session",
+                keys: &[("session_id", 1)],
+                unique: false,
+            },
+            Op::CreateIndex {
+                collection: AUDIT_COLLECTION,
+                name: "audit_seq",
+                keys: &[("seq", 1)],
+                unique: false,
+            },
+            Op::CreateCollection(AUDIT_DEVICES_COLLECTION),
+            Op::CreateCollection(AUDIT_CURSORS_COLLECTION),
         ],
     },
 ];

@@ -54,6 +54,41 @@ pub const STEPS: &[Step] = &[
             );
         ",
     },
+    Step {
+        version: 3,
+        name: "audit trail",
+        sql: "
+            CREATE TABLE IF NOT EXISTS audit (
+                position   INTEGER PRIMARY KEY,
+                seq        INTEGER NOT NULL,
+                time_ms    INTEGER NOT NULL,
+                listing    INTEGER NOT NULL,
+                device_id  TEXT,
+                scope      TEXT,
+                user       TEXT,
+                action     TEXT NOT NULL,
+                outcome    TEXT NOT NULL,
+                session_id TEXT,
+                entry      TEXT NOT NULL,
+                prev_hash  TEXT NOT NULL,
+                hash       TEXT NOT NULL,
+                record     TEXT NOT NULL
+            );
+            CREATE INDEX IF NOT EXISTS audit_device ON audit (device_id, position);
+            CREATE INDEX IF NOT EXISTS audit_user ON audit (user, position);
+            CREATE INDEX IF NOT EXISTS audit_scope ON audit (scope, position);
+            CREATE INDEX IF NOT EXISTS audit_session ON audit (session_id);
+            CREATE INDEX IF NOT EXISTS audit_seq ON audit (seq);
+            CREATE TABLE IF NOT EXISTS audit_devices (
+                device_id TEXT PRIMARY KEY,
+                doc       TEXT NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS audit_cursors (
+                sink   TEXT PRIMARY KEY,
+                cursor TEXT NOT NULL
+            );
+        ",
+    },
 ];
 
 /// Why the schema could not be brought up to date.
@@ -141,11 +176,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m87.db");
         let mut conn = Connection::open(&path).unwrap();
-        assert_eq!(migrate(&mut conn).unwrap(), vec![1, 2]);
+        assert_eq!(migrate(&mut conn).unwrap(), vec![1, 2, 3]);
         assert_eq!(migrate(&mut conn).unwrap(), Vec::<u32>::new());
         drop(conn);
         let mut conn = Connection::open(&path).unwrap();
-        assert_eq!(current_version(&conn).unwrap(), 2);
+        assert_eq!(current_version(&conn).unwrap(), 3);
         assert!(migrate(&mut conn).unwrap().is_empty());
     }
 
@@ -159,7 +194,7 @@ mod tests {
             [],
         )
         .unwrap();
-        assert_eq!(migrate(&mut conn).unwrap(), vec![2]);
+        assert_eq!(migrate(&mut conn).unwrap(), vec![2, 3]);
         let n: i64 = conn
             .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
             .unwrap();

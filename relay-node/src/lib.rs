@@ -110,6 +110,8 @@ pub struct LiveSession {
     /// The credential its grant came through (absent for OIDC sign-ins).
     pub credential: Option<m87_events::token::Credential>,
     pub(crate) conn: quinn::Connection,
+    /// Set when the relay ends the session itself: the code the device records as why.
+    pub(crate) ended: std::sync::Arc<tokio::sync::watch::Sender<Option<(String, String)>>>,
 }
 
 /// A handle to a running relay's sessions, for the control plane's decisions.
@@ -126,13 +128,17 @@ impl RelayHandle {
 
     /// Ends a session at once, and refuses tokens issued before now for the same device and
     /// subject (they may still be unused).
-    pub fn end_session(&self, session: &LiveSession, reason: &str) {
+    pub fn end_session(&self, session: &LiveSession, code: &str, reason: &str) {
         self.revoke(&session.device, &session.subject);
-        self.close_session(session, reason);
+        self.close_session(session, code, reason);
     }
 
-    /// Ends a session at once, telling the client `reason`; refuses nothing more.
-    pub fn close_session(&self, session: &LiveSession, reason: &str) {
+    /// Ends a session at once, telling the client `reason` and the device `code` (for its
+    /// record of why the session ended); refuses nothing more.
+    pub fn close_session(&self, session: &LiveSession, code: &str, reason: &str) {
+        session
+            .ended
+            .send_replace(Some((code.to_owned(), reason.to_owned())));
         session
             .conn
             .close(io::CLOSE_SESSION_ENDED, reason.as_bytes());

@@ -37,10 +37,14 @@ async fn end_sessions_without_access(oracle: &dyn AccessOracle, relay: &RelayHan
         if let Some(key) = revoked_key {
             // Only the key went: the user's other keys and sign-ins keep their tokens.
             tracing::info!(session = %session.session_id, subject = %session.subject, credential = %key, "credential revoked: ending the session");
-            relay.close_session(session, CREDENTIAL_REVOKED_REASON);
+            relay.close_session(session, "credential_revoked", CREDENTIAL_REVOKED_REASON);
         } else {
             tracing::info!(session = %session.session_id, subject = %session.subject, device = %session.device, "access revoked: ending the session");
-            relay.end_session(session, "access to this device was revoked");
+            relay.end_session(
+                session,
+                "access_revoked",
+                "access to this device was revoked",
+            );
         }
     }
 }

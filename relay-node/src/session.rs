@@ -14,11 +14,14 @@ use m87_events::tunnel::datagram::datagram_flow;
 use crate::gate::Unauthenticated;
 use crate::io::{self, CLOSE_PROTOCOL, CLOSE_SESSION_ENDED};
 use crate::route::{FlowOwner, Route};
-use crate::splice::splice;
+use crate::splice::{splice, splice_control};
 use crate::state::RelayState;
 
 /// How long a refusal may take to reach the client before its connection is closed.
 const REFUSAL_GRACE: Duration = Duration::from_secs(1);
+/// How long a session's control splice may take, after the session ended, to tell the device
+/// why.
+const CONTROL_GRACE: Duration = Duration::from_secs(1);
 
 /// The two streams of a session's control stream (client side and device side), spliced for
 /// the session's life once the device accepted it.
@@ -147,12 +150,14 @@ async fn serve(
     session_id: SessionId,
     control: ControlStreams,
 ) {
+    let (ended, ended_rx) = tokio::sync::watch::channel(None);
     state.sessions().insert(crate::LiveSession {
         session_id,
         device: claims.dev.clone(),
         subject: claims.sub.clone(),
         credential: claims.cred,
         conn: conn.clone(),
+        ended: std::sync::Arc::new(ended),
     });
     // The session's control stream: spliced for the session's life.
     let ControlStreams {
@@ -161,7 +166,7 @@ async fn serve(
         dsend,
         drecv,
     } = control;
-    let control = tokio::spawn(splice(crecv, dsend, drecv, csend));
+    let control = tokio::spawn(splice_control(crecv, dsend, drecv, csend, ended_rx));
     let client_datagrams = tokio::spawn(forward_client_datagrams(
         state.clone(),
         conn.clone(),
@@ -171,7 +176,11 @@ async fn serve(
     ));
     accept_channels(&state, &conn, &route, &claims.dev, session_id).await;
     state.sessions().remove(&session_id);
-    control.abort();
+    // Let the control splice tell the device why, when the relay ended the session.
+    let abort = control.abort_handle();
+    if tokio::time::timeout(CONTROL_GRACE, control).await.is_err() {
+        abort.abort();
+    }
     client_datagrams.abort();
     state.flows().remove_client(&conn);
     let stats = conn.stats();

@@ -58,6 +58,44 @@ pub(crate) async fn copy_then_finish(
     moved
 }
 
+/// Splices a session's control stream. The client sends nothing on it after the session open,
+/// so when the relay ends the session itself (`ended` holds a code and a reason), the device's
+/// side gets a `Refused` frame with them before it is finished: the device records why the
+/// session ended. Otherwise the device's side is finished when the client's side ends.
+pub(crate) async fn splice_control(
+    mut crecv: quinn::RecvStream,
+    mut dsend: quinn::SendStream,
+    drecv: quinn::RecvStream,
+    csend: quinn::SendStream,
+    mut ended: tokio::sync::watch::Receiver<Option<(String, String)>>,
+) {
+    let down = tokio::spawn(copy_then_finish(drecv, csend));
+    let mut chunks: Vec<bytes::Bytes> = vec![bytes::Bytes::new(); SPLICE_CHUNKS];
+    loop {
+        tokio::select! {
+            biased;
+            _ = ended.changed() => break,
+            read = crecv.read_chunks(&mut chunks) => match read {
+                Ok(Some(n)) => {
+                    for chunk in &chunks[..n] {
+                        if dsend.write_chunk(chunk.clone()).await.is_err() {
+                            down.abort();
+                            return;
+                        }
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            },
+        }
+    }
+    let why = ended.borrow().clone();
+    if let Some((code, reason)) = why {
+        let _ = m87_transport::frames::write_refusal(&mut dsend, &code, &reason).await;
+    }
+    let _ = dsend.finish();
+    let _ = down.await;
+}
+
 /// Copies both ways until both directions end.
 pub(crate) async fn splice(
     crecv: quinn::RecvStream,

@@ -55,6 +55,41 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+    /// The audit trail: `verify` walks its hash chain and the event log and names the first
+    /// entry changed, removed or inserted (exit status 1 when it finds one).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check the chain: MongoDB's with --mongodb-uri (M87_MONGODB_URI), else the data
+    /// directory's SQLite.
+    Verify {
+        #[command(flatten)]
+        mongo: MaybeMongo,
+    },
+}
+
+/// MongoDB, for maintenance commands that work on a fleet's database or the data directory.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct MaybeMongo {
+    /// MongoDB connection string (fleet mode).
+    #[arg(long, env = "M87_MONGODB_URI")]
+    pub(crate) mongodb_uri: Option<String>,
+    /// MongoDB database.
+    #[arg(long, env = "M87_MONGODB_DATABASE", default_value = "m87")]
+    pub(crate) mongodb_database: String,
+}
+
+impl MaybeMongo {
+    /// The URI and database, when a URI was given.
+    pub(crate) fn pair(&self) -> Option<(&str, &str)> {
+        let db = self.mongodb_database.as_str();
+        self.mongodb_uri.as_deref().map(|uri| (uri, db))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,12 +100,8 @@ pub(crate) enum ProjectionsCommand {
     Rebuild {
         /// registrations, devices, api_keys or orgs; all when omitted.
         name: Option<String>,
-        /// MongoDB connection string (fleet mode).
-        #[arg(long, env = "M87_MONGODB_URI")]
-        mongodb_uri: Option<String>,
-        /// MongoDB database.
-        #[arg(long, env = "M87_MONGODB_DATABASE", default_value = "m87")]
-        mongodb_database: String,
+        #[command(flatten)]
+        mongo: MaybeMongo,
     },
 }
 

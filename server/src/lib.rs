@@ -27,41 +27,31 @@ use m87_relay_node::role::bind_single_relay;
 use m87_transport::tls::Fingerprint;
 use tokio::net::TcpListener;
 
-use cli::{Cli, Command, ProjectionsCommand, ServeArgs};
+use cli::{AuditCommand, Cli, Command, ProjectionsCommand, ServeArgs};
 
 /// Runs what `cli` asks for until it is done or a shutdown signal arrives.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let data_dir = cli.data_dir;
     match cli.command {
         Some(Command::Projections {
-            command:
-                ProjectionsCommand::Rebuild {
-                    name,
-                    mongodb_uri,
-                    mongodb_database,
-                },
+            command: ProjectionsCommand::Rebuild { name, mongo },
         }) => {
-            let mongo = mongodb_uri
-                .as_deref()
-                .map(|uri| (uri, mongodb_database.as_str()));
-            let position =
-                server::rebuild_projections_in(&data_dir, mongo, name.as_deref()).await?;
-            println!(
-                "rebuilt {} up to event {position}",
-                name.as_deref().unwrap_or("all projections")
-            );
+            let position = server::rebuild_projections_in(&data_dir, mongo.pair(), name.as_deref());
+            let what = name.as_deref().unwrap_or("all projections");
+            println!("rebuilt {what} up to event {}", position.await?);
+            Ok(())
+        }
+        Some(Command::Audit {
+            command: AuditCommand::Verify { mongo },
+        }) => {
+            let (report, line) = server::verify_audit_in(&data_dir, mongo.pair()).await?;
+            anyhow::ensure!(report.finding.is_none(), "{line}");
+            println!("{line}");
             Ok(())
         }
         Some(Command::Migrate(mongo)) => {
-            let (applied, current) =
-                server::migrate_mongo(&mongo.mongodb_uri, &mongo.mongodb_database).await?;
-            if applied.is_empty() {
-                println!("MongoDB schema is up to date (version {current})");
-            } else {
-                println!(
-                    "applied MongoDB migrations {applied:?}; schema is now at version {current}"
-                );
-            }
+            let (uri, db) = (&mongo.mongodb_uri, &mongo.mongodb_database);
+            println!("{}", server::migrate_mongo_report(uri, db).await?);
             Ok(())
         }
         Some(Command::ControlPlane(args)) => fleet::control_plane(data_dir, *args).await,
@@ -70,28 +60,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down");
-}
+pub use m87_observability::shutdown_signal;
 
 async fn serve(data_dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
     let api_listen = args.api.api_listen;

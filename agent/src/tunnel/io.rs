@@ -11,7 +11,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Counts bytes read through it.
 pub(super) struct Counting<S> {
     pub(super) inner: S,
+    /// This channel's bytes.
     pub(super) count: Arc<AtomicU64>,
+    /// The session's bytes, counted as they pass: a session that ends while a channel runs
+    /// still reports them.
+    pub(super) total: Arc<AtomicU64>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
@@ -24,6 +28,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         self.count.fetch_add(n as u64, Ordering::Relaxed);
+        self.total.fetch_add(n as u64, Ordering::Relaxed);
         r
     }
 }
@@ -37,6 +42,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &r {
             self.count.fetch_add(*n as u64, Ordering::Relaxed);
+            self.total.fetch_add(*n as u64, Ordering::Relaxed);
         }
         r
     }

@@ -8,9 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use m87_events::admission::{AdmissionState, RefusalCode, admit};
-use m87_events::api::{SessionClosedReport, SessionRefusedReport};
+use m87_events::api::{
+    ChannelSummary, MAX_CHANNEL_SUMMARIES, SessionClosedReport, SessionRefusedReport,
+};
 use m87_events::token::{SessionClaims, SessionVerifier, now_unix};
-use m87_events::tunnel::{Channel, Control, ExitStatus};
+use m87_events::tunnel::{Channel, Control, ExitStatus, Frame};
 use m87_events::{DeviceId, SessionId};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -24,10 +26,59 @@ use super::io::{Counting, LeftoverThen};
 pub(super) struct ActiveSession {
     claims: SessionClaims,
     started: Instant,
-    bytes_in: AtomicU64,
-    bytes_out: AtomicU64,
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: Arc<AtomicU64>,
     last_exit: Mutex<Option<ExitStatus>>,
     last_error: Mutex<Option<String>>,
+    /// The first [`MAX_CHANNEL_SUMMARIES`] channels, as they go.
+    channels: Mutex<Vec<ChannelRecord>>,
+    /// Channels past the first [`MAX_CHANNEL_SUMMARIES`].
+    channels_dropped: AtomicU64,
+}
+
+/// One channel of a session, for its summary in the closing report.
+struct ChannelRecord {
+    kind: &'static str,
+    target: String,
+    started: Instant,
+    to_device: Arc<AtomicU64>,
+    from_device: Arc<AtomicU64>,
+    ended: Option<(u64, Option<String>)>,
+}
+
+impl ChannelRecord {
+    fn summary(&self) -> ChannelSummary {
+        let (duration_ms, error) = match &self.ended {
+            Some((d, e)) => (*d, e.clone()),
+            None => (self.started.elapsed().as_millis() as u64, None),
+        };
+        ChannelSummary {
+            kind: self.kind.to_owned(),
+            target: self.target.clone(),
+            bytes_to_device: self.to_device.load(Ordering::Relaxed),
+            bytes_from_device: self.from_device.load(Ordering::Relaxed),
+            duration_ms,
+            error,
+        }
+    }
+}
+
+/// What a channel is, for its summary: a kind and a target.
+fn describe(channel: &Channel) -> (&'static str, String) {
+    match channel {
+        Channel::Exec { argv, .. } => ("exec", argv.join(" ")),
+        Channel::Shell { .. } => ("shell", String::new()),
+        Channel::Forward { host, port } => ("forward", format!("{host}:{port}")),
+        Channel::UdpForward { host, port } => ("udp_forward", format!("{host}:{port}")),
+        Channel::Files(f) => {
+            let kind = match f {
+                m87_events::tunnel::files::FileChannel::Push { .. } => "upload",
+                m87_events::tunnel::files::FileChannel::Pull { .. } => "download",
+                m87_events::tunnel::files::FileChannel::Sync { .. } => "sync",
+            };
+            (kind, f.path().to_owned())
+        }
+    }
 }
 
 /// What the device remembers of the sessions it admitted (their ids, until their tokens
@@ -134,10 +185,12 @@ async fn open_session<W: AsyncWrite + Unpin + Send + 'static>(
     let session = Arc::new(ActiveSession {
         claims,
         started: Instant::now(),
-        bytes_in: AtomicU64::new(0),
-        bytes_out: AtomicU64::new(0),
+        bytes_in: Arc::default(),
+        bytes_out: Arc::default(),
         last_exit: Mutex::new(None),
         last_error: Mutex::new(None),
+        channels: Mutex::new(Vec::new()),
+        channels_dropped: AtomicU64::new(0),
     });
     state
         .sessions
@@ -145,12 +198,12 @@ async fn open_session<W: AsyncWrite + Unpin + Send + 'static>(
         .unwrap_or_else(|p| p.into_inner())
         .insert(sid, Arc::clone(&session));
     tracing::info!(session = %sid, op = session.claims.op.as_str(), by = %session.claims.sub, "session accepted");
+    let mut ended_by = "relay_lost".to_owned();
     if write_control(&mut send, &Control::SessionAccepted { session_id: sid })
         .await
         .is_ok()
     {
-        // The session lasts until the client's side of this stream ends.
-        while let Ok(Some(_)) = reader.next().await {}
+        ended_by = session_end(&mut reader).await;
     }
     let _ = send.shutdown().await;
     state
@@ -158,7 +211,7 @@ async fn open_session<W: AsyncWrite + Unpin + Send + 'static>(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&sid);
-    let report = session.closed_report();
+    let report = session.closed_report(ended_by);
     tracing::info!(session = %sid, bytes_in = report.bytes_to_device, bytes_out = report.bytes_from_device, "session closed");
     if let Err(e) = state
         .api
@@ -169,10 +222,74 @@ async fn open_session<W: AsyncWrite + Unpin + Send + 'static>(
     }
 }
 
+/// Waits for the end of a session's control stream and says why it ended: the relay's code
+/// when the relay ended it (a `Refused` frame: `access_revoked`, `credential_revoked`, …),
+/// `client_closed` when the client's side finished, `relay_lost` when the stream broke.
+async fn session_end(reader: &mut FrameReader<BoxRead>) -> String {
+    loop {
+        match reader.next().await {
+            Ok(Some(Frame::Control(payload))) => {
+                if let Ok(Control::Refused { code, .. }) = Frame::parse_control(&payload) {
+                    return code.chars().take(64).collect();
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return "client_closed".into(),
+            Err(_) => return "relay_lost".into(),
+        }
+    }
+}
+
 impl ActiveSession {
-    /// What is reported to the control plane when the session closes.
-    fn closed_report(&self) -> SessionClosedReport {
+    /// Starts the record of a channel; returns its counters (to the device, from the device)
+    /// and its index among the recorded channels (none past the first
+    /// [`MAX_CHANNEL_SUMMARIES`]).
+    fn channel_started(
+        &self,
+        channel: &Channel,
+    ) -> (Arc<AtomicU64>, Arc<AtomicU64>, Option<usize>) {
+        let (kind, target) = describe(channel);
+        let to_device = Arc::new(AtomicU64::new(0));
+        let from_device = Arc::new(AtomicU64::new(0));
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if channels.len() >= MAX_CHANNEL_SUMMARIES {
+            self.channels_dropped.fetch_add(1, Ordering::Relaxed);
+            return (to_device, from_device, None);
+        }
+        channels.push(ChannelRecord {
+            kind,
+            target,
+            started: Instant::now(),
+            to_device: Arc::clone(&to_device),
+            from_device: Arc::clone(&from_device),
+            ended: None,
+        });
+        (to_device, from_device, Some(channels.len() - 1))
+    }
+
+    /// Ends the record of a channel.
+    fn channel_ended(&self, index: Option<usize>, error: Option<String>) {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(record) = index.and_then(|i| channels.get_mut(i)) {
+            record.ended = Some((record.started.elapsed().as_millis() as u64, error));
+        }
+    }
+
+    /// What is reported to the control plane when the session closes; `ended_by` says why
+    /// (`client_closed` becomes `exit` when the session ran a process that exited).
+    fn closed_report(&self, ended_by: String) -> SessionClosedReport {
         let exit = *self.last_exit.lock().unwrap_or_else(|p| p.into_inner());
+        let reason = match (ended_by.as_str(), exit) {
+            ("client_closed", Some(_)) => "exit".to_owned(),
+            _ => ended_by,
+        };
+        let channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(ChannelRecord::summary)
+            .collect();
         SessionClosedReport {
             duration_ms: self.started.elapsed().as_millis() as u64,
             bytes_to_device: self.bytes_in.load(Ordering::Relaxed),
@@ -190,7 +307,9 @@ impl ActiveSession {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
-            reason: None,
+            reason: Some(reason),
+            channels,
+            channels_dropped: self.channels_dropped.load(Ordering::Relaxed),
         }
     }
 }
@@ -288,28 +407,27 @@ async fn open_channel<W: AsyncWrite + Unpin + Send + 'static>(
     {
         return;
     }
-    let in_count = Arc::new(AtomicU64::new(0));
-    let out_count = Arc::new(AtomicU64::new(0));
+    let (in_count, out_count, record) = session.channel_started(&channel);
     let (inner, leftover) = reader.into_parts();
     in_count.fetch_add(leftover.len() as u64, Ordering::Relaxed);
+    session
+        .bytes_in
+        .fetch_add(leftover.len() as u64, Ordering::Relaxed);
     let reader = FrameReader::new(Box::new(LeftoverThen {
         leftover: Some(leftover.freeze()),
         inner: Counting {
             inner,
-            count: Arc::clone(&in_count),
+            count: in_count,
+            total: Arc::clone(&session.bytes_in),
         },
     }) as BoxRead);
     let writer: BoxWrite = Box::new(Counting {
         inner: send,
-        count: Arc::clone(&out_count),
+        count: out_count,
+        total: Arc::clone(&session.bytes_out),
     });
     let outcome = services::serve(channel, reader, writer, &state.ctx).await;
-    session
-        .bytes_in
-        .fetch_add(in_count.load(Ordering::Relaxed), Ordering::Relaxed);
-    session
-        .bytes_out
-        .fetch_add(out_count.load(Ordering::Relaxed), Ordering::Relaxed);
+    session.channel_ended(record, outcome.error.clone());
     if outcome.exit.is_some() {
         *session.last_exit.lock().unwrap_or_else(|p| p.into_inner()) = outcome.exit;
     }

@@ -31,7 +31,7 @@ fn list_path(query: &DeviceListQuery) -> String {
 }
 
 /// Percent-encodes everything but unreserved characters.
-fn encode(value: &str) -> String {
+pub(crate) fn encode(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {

@@ -77,9 +77,26 @@ fn human(bytes: u64) -> String {
     }
 }
 
+/// A source to copy must exist, and be a file unless `recursive`.
+fn check_local_source(local: &std::path::Path, recursive: bool) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(local)
+        .map_err(|e| anyhow::anyhow!("cannot read '{}': {e}", local.display()))?;
+    if meta.is_dir() && !recursive {
+        anyhow::bail!(
+            "'{}' is a directory (use -r to copy directories)",
+            local.display()
+        );
+    }
+    Ok(())
+}
+
 /// `m87 cp`.
 pub async fn cp(src: &str, dst: &str, recursive: bool, output: Output) -> anyhow::Result<()> {
     let t = transfer(src, dst)?;
+    if t.to_device {
+        // Refuse here what the copy would refuse, before a session is granted and recorded.
+        check_local_source(&t.local, recursive)?;
+    }
     let client = user_client()?;
     let args = serde_json::json!({
         "path": t.remote,

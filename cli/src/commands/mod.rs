@@ -1,6 +1,7 @@
 //! The CLI's commands, one module per noun.
 
 pub mod api_keys;
+pub mod audit;
 pub mod devices;
 pub mod files;
 pub mod login;

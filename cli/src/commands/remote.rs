@@ -37,6 +37,14 @@ enum DeviceOp {
     /// it runs (Ctrl-C goes to the remote side) and is restored on every exit; the remote exit
     /// status becomes this command's.
     Shell,
+    /// Who did what on this device, newest first (see `m87 audit --help`).
+    ///
+    /// Examples: `m87 robot-1 audit --since 2h`, `m87 robot-1 audit --action exec --details`,
+    /// `m87 robot-1 audit --follow`.
+    Audit {
+        #[command(flatten)]
+        filters: crate::commands::audit::AuditFilters,
+    },
     /// Who besides the owner may reach the device: `access list|add|remove SCOPE`.
     Access {
         #[command(subcommand)]
@@ -143,6 +151,10 @@ pub async fn run(args: Vec<String>, output: crate::output::Output) -> anyhow::Re
     let client = user_client()?;
     match cli.op {
         DeviceOp::Access { command } => access(&client, device, command, output).await,
+        DeviceOp::Audit { filters } => {
+            crate::commands::audit::device(device, filters, output).await?;
+            Ok(0)
+        }
         DeviceOp::Exec {
             stdin,
             tty,

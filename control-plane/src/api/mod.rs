@@ -1,5 +1,6 @@
 //! The REST API under `/v1`, built by [`app`] so tests can drive it without a socket.
 //!
+//! - [`audit`]: `GET /v1/audit`, the audit trail.
 //! - [`client_addr`]: the client's address, from a trusted proxy's `X-Forwarded-For`.
 //! - [`error`]: the one error type and body format.
 //! - [`extract`]: JSON, path and caller extractors with JSON rejections.
@@ -8,6 +9,7 @@
 //!   registration.
 //! - [`routes`]: the handlers and the OpenAPI document.
 
+pub mod audit;
 pub mod client_addr;
 pub mod error;
 pub mod extract;
@@ -88,6 +90,7 @@ impl AppState {
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
     routes::router()
+        .merge(audit::router())
         .merge(internal::router())
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -97,6 +97,7 @@ pub fn decide_open(
         args,
         expires_at: now + chrono::Duration::seconds(TOKEN_LIFETIME_SECS),
         credential: credential_of(caller),
+        relay: None,
     }))
 }
 
@@ -130,6 +131,14 @@ fn close_reason(reported: &str) -> &'static str {
         .unwrap_or("error")
 }
 
+/// A channel summary with its words cut to sane lengths.
+fn bounded_summary(mut c: m87_events::api::ChannelSummary) -> m87_events::api::ChannelSummary {
+    c.kind = c.kind.chars().take(32).collect();
+    c.target = c.target.chars().take(512).collect();
+    c.error = c.error.map(|e| e.chars().take(512).collect());
+    c
+}
+
 /// `CloseSession`: only the session's own device reports its end, once.
 pub fn decide_close(
     session: &Session,
@@ -154,6 +163,13 @@ pub fn decide_close(
         error: report.error.map(|e| e.chars().take(512).collect()),
         operation: Some(opened.operation),
         reason: report.reason.map(|r| close_reason(&r).to_owned()),
+        channels: report
+            .channels
+            .into_iter()
+            .take(m87_events::api::MAX_CHANNEL_SUMMARIES)
+            .map(bounded_summary)
+            .collect(),
+        channels_dropped: report.channels_dropped,
     }))
 }
 

@@ -14,9 +14,11 @@
 //! - [`api_keys`]: user API keys: create, revoke, the bootstrap admin key, list.
 //! - [`orgs`]: organizations and memberships.
 //! - [`sessions`]: session grants, session ends and refusals, device presence.
+//! - [`audit`]: the audit trail's queries and who may read what.
 //! - [`auth`]: key generation, and who is calling: authentication, identities, `whoami`.
 
 pub mod api_keys;
+pub mod audit;
 pub mod auth;
 pub mod devices;
 pub mod orgs;
@@ -101,6 +103,8 @@ pub struct ControlPlane {
     /// Held from counting a scope's pending requests to recording a new one, so concurrent
     /// registrations cannot pass the cap together (within this process).
     pub(crate) registration_gate: Arc<tokio::sync::Mutex<()>>,
+    /// The audit trail over the same event log.
+    pub(crate) audit: crate::audit::AuditTrail,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -112,7 +116,7 @@ impl std::fmt::Debug for ControlPlane {
 }
 
 impl ControlPlane {
-    /// Wires a service over its store, read store and projector. `publisher`, when given, is
+    /// Wires a service over its store, read store, projector and audit store. `publisher`, when given, is
     /// woken after every append.
     pub fn new(
         store: Arc<dyn EventStore>,
@@ -121,8 +125,10 @@ impl ControlPlane {
         publisher: Option<Publisher>,
         settings: Settings,
         sessions: sessions::SessionsConfig,
+        audit: Arc<dyn crate::store::audit::AuditStore>,
     ) -> Self {
         Self {
+            audit: crate::audit::AuditTrail::new(Arc::clone(&store), audit),
             store,
             read,
             projector,
@@ -164,11 +170,25 @@ impl ControlPlane {
     pub(crate) async fn execute<T, F, Fut>(
         &self,
         metadata: &Metadata,
-        mut decide: F,
+        decide: F,
     ) -> Result<(T, Vec<EventEnvelope>), ServiceError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<(T, Vec<StreamAppend>), ServiceError>>,
+    {
+        self.execute_with(metadata, decide).await
+    }
+
+    /// [`Self::execute`] for a command whose decisions fail with its own error type.
+    pub(crate) async fn execute_with<T, E, F, Fut>(
+        &self,
+        metadata: &Metadata,
+        mut decide: F,
+    ) -> Result<(T, Vec<EventEnvelope>), E>
+    where
+        E: From<ServiceError>,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(T, Vec<StreamAppend>), E>>,
     {
         for _ in 0..MAX_ATTEMPTS {
             let (value, batch) = decide().await?;
@@ -183,10 +203,10 @@ impl ControlPlane {
                 Err(StoreError::Conflict { stream_id, .. }) => {
                     tracing::debug!(%stream_id, "append conflicted; retrying the command");
                 }
-                Err(other) => return Err(ServiceError::Store(other)),
+                Err(other) => return Err(ServiceError::Store(other).into()),
             }
         }
-        Err(ServiceError::Contention)
+        Err(ServiceError::Contention.into())
     }
 
     async fn after_append(&self, stored: &[EventEnvelope]) {

@@ -18,6 +18,25 @@ use crate::domain::session::{self, Session};
 use crate::domain::{Aggregate, DomainError, Identity, Principal};
 use crate::projections::models::{DEVICES, DeviceRow};
 
+/// Why a grant was not given: refused by a rule (recorded; with whether the device is known),
+/// or failed otherwise (offline, no relay, the store).
+enum GrantError {
+    Refused(DomainError, bool),
+    Failed(ServiceError),
+}
+
+impl From<(DomainError, bool)> for GrantError {
+    fn from((e, known): (DomainError, bool)) -> Self {
+        GrantError::Refused(e, known)
+    }
+}
+
+impl From<ServiceError> for GrantError {
+    fn from(e: ServiceError) -> Self {
+        GrantError::Failed(e)
+    }
+}
+
 /// Which device tunnels are connected now.
 pub trait PresenceView: Send + Sync {
     /// Whether the device's tunnel is connected to a relay.
@@ -120,7 +139,8 @@ impl ControlPlane {
             .clone()
     }
 
-    /// `POST /v1/devices/{id}/sessions`.
+    /// `POST /v1/devices/{id}/sessions`. A refusal (the caller may not operate the device, or
+    /// no longer sees it) is recorded as a `SessionRefused` by `grant` before it is answered.
     pub async fn create_session(
         &self,
         caller: &Identity,
@@ -130,36 +150,6 @@ impl ControlPlane {
     ) -> Result<SessionGrant, ServiceError> {
         let session_id = SessionId::new();
         let now = Utc::now();
-        let (opened, _) = self
-            .execute(metadata, || {
-                let args = req.args.clone();
-                async move {
-                    let (events, _) = self.load(&StreamId::device(device_id)).await?;
-                    let device = Device::from_events(&events);
-                    let event = session::decide_open(
-                        &device,
-                        caller,
-                        session_id,
-                        req.operation,
-                        args,
-                        now,
-                    )?;
-                    if !self.is_online(device_id) {
-                        return Err(DomainError::DeviceOffline(
-                            self.last_seen_text(device_id).await,
-                        )
-                        .into());
-                    }
-                    if self.relays().is_empty() {
-                        return Err(ServiceError::NoRelay);
-                    }
-                    Ok((event.clone(), one(StreamId::session(&session_id), 0, event)))
-                }
-            })
-            .await?;
-        let DomainEvent::SessionOpened(opened) = opened else {
-            return Err(ServiceError::Contention);
-        };
         let relays = self.relays();
         let preferred = self
             .sessions
@@ -169,8 +159,48 @@ impl ControlPlane {
             .relay_address(device_id);
         let relay = preferred
             .and_then(|a| relays.iter().find(|r| r.address == a).cloned())
-            .or_else(|| pick_any(&relays))
-            .ok_or(ServiceError::NoRelay)?;
+            .or_else(|| pick_any(&relays));
+        let result = self
+            .execute_with(metadata, || {
+                let args = req.args.clone();
+                let relay = relay.clone();
+                async move {
+                    let (events, _) = self
+                        .load(&StreamId::device(device_id))
+                        .await
+                        .map_err(GrantError::Failed)?;
+                    let device = Device::from_events(&events);
+                    let mut event =
+                        session::decide_open(&device, caller, session_id, req.operation, args, now)
+                            .map_err(|e| (e, device.enrollment.is_some()))?;
+                    if !self.is_online(device_id) {
+                        return Err(GrantError::Failed(
+                            DomainError::DeviceOffline(self.last_seen_text(device_id).await).into(),
+                        ));
+                    }
+                    let Some(relay) = relay else {
+                        return Err(GrantError::Failed(ServiceError::NoRelay));
+                    };
+                    if let DomainEvent::SessionOpened(o) = &mut event {
+                        o.relay = Some(relay.address);
+                    }
+                    Ok((event.clone(), one(StreamId::session(&session_id), 0, event)))
+                }
+            })
+            .await;
+        let opened = match result {
+            Ok((DomainEvent::SessionOpened(opened), _)) => opened,
+            Ok(_) => return Err(ServiceError::Contention),
+            Err(GrantError::Refused(e, known)) => {
+                if known {
+                    self.record_grant_refusal(device_id, session_id, req.operation, &e, metadata)
+                        .await;
+                }
+                return Err(e.into());
+            }
+            Err(GrantError::Failed(e)) => return Err(e),
+        };
+        let relay = relay.ok_or(ServiceError::NoRelay)?;
         let claims = SessionClaims {
             sid: session_id,
             sub: caller.actor().to_string(),
@@ -188,6 +218,37 @@ impl ControlPlane {
             relay,
             relays,
         })
+    }
+
+    /// Records that the grant refused a session on a device that exists (a stranger's guess
+    /// at an id that never existed is answered, not recorded).
+    async fn record_grant_refusal(
+        &self,
+        device_id: &DeviceId,
+        session_id: SessionId,
+        operation: m87_events::token::Operation,
+        error: &DomainError,
+        metadata: &Metadata,
+    ) {
+        let (code, reason) = match error {
+            DomainError::Forbidden(why) => ("forbidden", why.clone()),
+            DomainError::NotFound(_) => (
+                "no_access",
+                "the caller cannot see this device (no access, or access revoked)".to_owned(),
+            ),
+            other => ("invalid", other.to_string()),
+        };
+        let refusal = SessionRefused {
+            session_id: Some(session_id),
+            device_id: Some(device_id.clone()),
+            refused_by: "grant".into(),
+            code: code.into(),
+            reason,
+            operation: Some(operation),
+        };
+        if let Err(e) = self.record_refusal(refusal, metadata).await {
+            tracing::warn!(error = %e, "cannot record a refused grant");
+        }
     }
 
     async fn last_seen_text(&self, device_id: &DeviceId) -> String {

@@ -12,6 +12,7 @@
 //! # Layout
 //!
 //! - here: the event store seam, [`EventStore`], and the envelope helpers every backend uses.
+//! - [`audit`]: the audit-store seam, [`audit::AuditStore`] (the audit trail's entries).
 //! - [`read`]: the read-store seam, [`ReadStore`], and the [`Change`]s projections write.
 //! - [`sqlite`]: the single-machine backend (bundled SQLite, WAL).
 //! - [`mongo`]: the fleet backend (MongoDB replica set), shared by several control planes.
@@ -19,6 +20,7 @@
 //! - [`deadline`]: a time limit on every call to a store of either kind.
 //! - `conformance` (tests only): the suite every event store passes.
 
+pub mod audit;
 pub mod deadline;
 pub mod memory;
 pub mod mongo;

@@ -4,14 +4,17 @@
 //!
 //! - [`MongoStore`] (`events.rs`): the event store, and how it keeps the global order gap-free.
 //! - [`MongoReadStore`] (`read.rs`): the read store (projection documents and checkpoints).
+//! - [`MongoAuditStore`] (`audit.rs`): the audit trail.
 //! - `transaction.rs`: one multi-document transaction with retries on write conflicts, shared by
 //!   both stores.
 //! - here: connecting, the schema migration, and collection handles and errors shared by both.
 
+mod audit;
 mod events;
 mod read;
 mod transaction;
 
+pub use audit::MongoAuditStore;
 pub use events::MongoStore;
 pub use read::MongoReadStore;
 

@@ -5,12 +5,15 @@
 //!
 //! - [`SqliteStore`] (`events.rs`): the event store.
 //! - [`SqliteReadStore`] (`read.rs`): the read store (projection documents and checkpoints).
+//! - [`SqliteAuditStore`] (`audit.rs`): the audit trail (chained entries, listing records).
 //! - here: opening the database (its files 0600), and running blocking work off the async
 //!   runtime.
 
+mod audit;
 mod events;
 mod read;
 
+pub use audit::SqliteAuditStore;
 pub use events::SqliteStore;
 pub use read::SqliteReadStore;
 

@@ -1,0 +1,293 @@
+//! The MongoDB audit store (fleet mode): `audit` holds one document per event with `_id` the
+//! global position; `audit_devices` and `audit_cursors` the devices' owners and the export
+//! cursors.
+//!
+//! Every control plane folds the same log in the same order, and the fold is deterministic, so
+//! two replicas folding at once write the same documents: entries are inserted by position
+//! (a duplicate is the same entry), and completed session records and devices are replaced
+//! with equal values. A batch writes the session records and devices first and the entries
+//! last, in order, so the head (the highest entry) moves only once what comes before it is
+//! written: a replica that dies in the middle leaves a trail that the next catch-up finishes.
+
+use async_trait::async_trait;
+use futures_util::TryStreamExt;
+use m87_events::audit::{AuditRecord, GENESIS};
+use m87_migrations::mongo::{
+    AUDIT_COLLECTION, AUDIT_CURSORS_COLLECTION, AUDIT_DEVICES_COLLECTION, DUPLICATE_KEY,
+};
+use mongodb::bson::{Bson, Document, doc};
+use mongodb::{Collection, Database};
+
+use super::{collection, migrate, unavailable};
+use crate::store::StoreError;
+use crate::store::audit::{
+    AuditBatch, AuditQuery, AuditRow, AuditStore, DeviceInfo, StoredEntry, Visibility,
+};
+
+/// The MongoDB audit store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct MongoAuditStore {
+    audit: Collection<Document>,
+    devices: Collection<Document>,
+    cursors: Collection<Document>,
+}
+
+impl MongoAuditStore {
+    /// Opens the audit store in `db` after bringing its schema up to date.
+    pub async fn open(db: &Database) -> Result<Self, StoreError> {
+        migrate(db).await?;
+        Ok(Self {
+            audit: collection(db, AUDIT_COLLECTION),
+            devices: collection(db, AUDIT_DEVICES_COLLECTION),
+            cursors: collection(db, AUDIT_CURSORS_COLLECTION),
+        })
+    }
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt {
+        position: 0,
+        reason: format!("audit document: {what}"),
+    }
+}
+
+fn opt(v: &Option<String>) -> Bson {
+    v.as_ref().map_or(Bson::Null, |s| Bson::String(s.clone()))
+}
+
+fn row_doc(row: &AuditRow) -> Result<Document, StoreError> {
+    Ok(doc! {
+        "_id": row.position as i64,
+        "seq": row.seq as i64,
+        "time_ms": row.record.time.timestamp_millis(),
+        "listing": row.listing.code(),
+        "device_id": opt(&row.device_id),
+        "scope": opt(&row.scope),
+        "user": opt(&row.user),
+        "action": &row.record.action,
+        "outcome": row.record.outcome.as_str(),
+        "session_id": opt(&row.session_id),
+        "entry": &row.entry,
+        "prev_hash": &row.prev_hash,
+        "hash": &row.hash,
+        "record": serde_json::to_string(&row.record).map_err(|e| corrupt(&e.to_string()))?,
+    })
+}
+
+fn record_of(d: &Document) -> Result<AuditRecord, StoreError> {
+    let text = d.get_str("record").map_err(|e| corrupt(&e.to_string()))?;
+    serde_json::from_str(text).map_err(|e| corrupt(&e.to_string()))
+}
+
+fn is_duplicate(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
+        ErrorKind::InsertMany(m) => m
+            .write_errors
+            .as_ref()
+            .is_some_and(|errs| errs.iter().all(|w| w.code == DUPLICATE_KEY)),
+        _ => false,
+    }
+}
+
+/// The filter document of a query.
+fn filter(q: &AuditQuery) -> Document {
+    let mut f = Document::new();
+    if q.wants_presence() {
+        f.insert("listing", doc! { "$in": [1_i64, 2_i64] });
+    } else {
+        f.insert("listing", 1_i64);
+    }
+    if let Visibility::Scoped { scopes, user } = &q.visibility {
+        f.insert(
+            "$or",
+            vec![
+                doc! { "user": user },
+                doc! { "scope": { "$in": scopes.clone() } },
+            ],
+        );
+    }
+    if let Some(d) = &q.device {
+        f.insert("device_id", d);
+    }
+    if let Some(u) = &q.user {
+        f.insert("user", u);
+    }
+    if !q.actions.is_empty() {
+        f.insert("action", doc! { "$in": q.actions.clone() });
+    }
+    if let Some(o) = q.outcome {
+        f.insert("outcome", o.as_str());
+    }
+    let mut time = Document::new();
+    if let Some(t) = q.since {
+        time.insert("$gte", t.timestamp_millis());
+    }
+    if let Some(t) = q.until {
+        time.insert("$lt", t.timestamp_millis());
+    }
+    if !time.is_empty() {
+        f.insert("time_ms", time);
+    }
+    if let Some(b) = q.before {
+        f.insert("_id", doc! { "$lt": b as i64 });
+    }
+    if let Some(c) = q.changed_after {
+        f.insert("seq", doc! { "$gt": c as i64 });
+    }
+    f
+}
+
+#[async_trait]
+impl AuditStore for MongoAuditStore {
+    async fn head(&self) -> Result<(u64, String), StoreError> {
+        let last = self
+            .audit
+            .find_one(doc! {})
+            .sort(doc! { "_id": -1 })
+            .projection(doc! { "hash": 1 })
+            .await
+            .map_err(|e| unavailable("reading the audit head", &e))?;
+        Ok(match last {
+            Some(d) => (
+                d.get_i64("_id").map_err(|e| corrupt(&e.to_string()))? as u64,
+                d.get_str("hash")
+                    .map_err(|e| corrupt(&e.to_string()))?
+                    .to_owned(),
+            ),
+            None => (0, GENESIS.to_owned()),
+        })
+    }
+
+    async fn device(&self, device_id: &str) -> Result<Option<DeviceInfo>, StoreError> {
+        let found = self
+            .devices
+            .find_one(doc! { "_id": device_id })
+            .await
+            .map_err(|e| unavailable("reading an audited device", &e))?;
+        found
+            .map(|d| {
+                let text = d.get_str("doc").map_err(|e| corrupt(&e.to_string()))?;
+                serde_json::from_str(text).map_err(|e| corrupt(&e.to_string()))
+            })
+            .transpose()
+    }
+
+    async fn session(&self, session_id: &str) -> Result<Option<AuditRecord>, StoreError> {
+        let found = self
+            .audit
+            .find_one(doc! { "session_id": session_id, "listing": 1_i64 })
+            .sort(doc! { "_id": 1 })
+            .await
+            .map_err(|e| unavailable("reading a session's audit record", &e))?;
+        found.as_ref().map(record_of).transpose()
+    }
+
+    async fn commit(&self, batch: AuditBatch) -> Result<(), StoreError> {
+        for (sid, record, seq) in &batch.sessions {
+            let text = serde_json::to_string(record).map_err(|e| corrupt(&e.to_string()))?;
+            self.audit
+                .update_one(
+                    doc! { "session_id": sid, "listing": 1_i64, "_id": { "$lt": *seq as i64 } },
+                    doc! {
+                        "$set": { "record": text, "outcome": record.outcome.as_str() },
+                        "$max": { "seq": *seq as i64 },
+                    },
+                )
+                .await
+                .map_err(|e| unavailable("completing a session's audit record", &e))?;
+        }
+        for (id, info) in &batch.devices {
+            let text = serde_json::to_string(info).map_err(|e| corrupt(&e.to_string()))?;
+            self.devices
+                .replace_one(doc! { "_id": id }, doc! { "_id": id, "doc": text })
+                .upsert(true)
+                .await
+                .map_err(|e| unavailable("recording an audited device", &e))?;
+        }
+        let (head, _) = self.head().await?;
+        let docs = batch
+            .rows
+            .iter()
+            .filter(|r| r.position > head)
+            .map(row_doc)
+            .collect::<Result<Vec<_>, _>>()?;
+        if docs.is_empty() {
+            return Ok(());
+        }
+        match self.audit.insert_many(docs).ordered(true).await {
+            Ok(_) => Ok(()),
+            // Another replica wrote the same entries first.
+            Err(e) if is_duplicate(&e) => Ok(()),
+            Err(e) => Err(unavailable("appending to the audit trail", &e)),
+        }
+    }
+
+    async fn query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        let sort = if q.changed_after.is_some() {
+            doc! { "seq": 1 }
+        } else {
+            doc! { "_id": -1 }
+        };
+        let docs: Vec<Document> = self
+            .audit
+            .find(filter(q))
+            .sort(sort)
+            .limit(q.limit as i64)
+            .projection(doc! { "record": 1 })
+            .await
+            .map_err(|e| unavailable("querying the audit trail", &e))?
+            .try_collect()
+            .await
+            .map_err(|e| unavailable("querying the audit trail", &e))?;
+        docs.iter().map(record_of).collect()
+    }
+
+    async fn entries(&self, after: u64, limit: usize) -> Result<Vec<StoredEntry>, StoreError> {
+        let docs: Vec<Document> = self
+            .audit
+            .find(doc! { "_id": { "$gt": after as i64 } })
+            .sort(doc! { "_id": 1 })
+            .limit(limit as i64)
+            .projection(doc! { "entry": 1, "prev_hash": 1, "hash": 1 })
+            .await
+            .map_err(|e| unavailable("reading audit entries", &e))?
+            .try_collect()
+            .await
+            .map_err(|e| unavailable("reading audit entries", &e))?;
+        docs.iter()
+            .map(|d| {
+                let s = |k: &str| {
+                    d.get_str(k)
+                        .map(str::to_owned)
+                        .map_err(|e| corrupt(&e.to_string()))
+                };
+                Ok(StoredEntry {
+                    position: d.get_i64("_id").map_err(|e| corrupt(&e.to_string()))? as u64,
+                    entry: s("entry")?,
+                    prev_hash: s("prev_hash")?,
+                    hash: s("hash")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn cursor(&self, sink: &str) -> Result<Option<String>, StoreError> {
+        let found = self
+            .cursors
+            .find_one(doc! { "_id": sink })
+            .await
+            .map_err(|e| unavailable("reading an export cursor", &e))?;
+        Ok(found.and_then(|d| d.get_str("cursor").ok().map(str::to_owned)))
+    }
+
+    async fn save_cursor(&self, sink: &str, cursor: &str) -> Result<(), StoreError> {
+        self.cursors
+            .replace_one(doc! { "_id": sink }, doc! { "_id": sink, "cursor": cursor })
+            .upsert(true)
+            .await
+            .map_err(|e| unavailable("saving an export cursor", &e))?;
+        Ok(())
+    }
+}

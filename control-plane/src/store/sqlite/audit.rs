@@ -1,0 +1,316 @@
+//! The SQLite audit store: the `audit` table (one row per event, indexed by device, user,
+//! scope and session), each device's owner, and the export cursors, in the database file of
+//! the event log (its own connection).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use m87_events::audit::{AuditRecord, GENESIS};
+use rusqlite::types::Value as Sql;
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+
+use super::{blocking, open_database, unavailable};
+use crate::store::StoreError;
+use crate::store::audit::{
+    AuditBatch, AuditQuery, AuditRow, AuditStore, DeviceInfo, StoredEntry, Visibility,
+};
+
+/// The SQLite audit store.
+#[derive(Debug, Clone)]
+pub struct SqliteAuditStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteAuditStore {
+    /// Opens the audit store in the database file at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self {
+            conn: Arc::new(Mutex::new(open_database(path)?)),
+        })
+    }
+}
+
+fn corrupt(e: serde_json::Error) -> StoreError {
+    StoreError::Corrupt {
+        position: 0,
+        reason: format!("audit record: {e}"),
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(corrupt)
+}
+
+fn insert_row(tx: &rusqlite::Transaction<'_>, row: &AuditRow) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO audit (position, seq, time_ms, listing, device_id, scope, user,
+             action, outcome, session_id, entry, prev_hash, hash, record)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )
+    .map_err(unavailable)?
+    .execute(params![
+        row.position as i64,
+        row.seq as i64,
+        row.record.time.timestamp_millis(),
+        row.listing.code(),
+        row.device_id,
+        row.scope,
+        row.user,
+        row.record.action,
+        row.record.outcome.as_str(),
+        row.session_id,
+        row.entry,
+        row.prev_hash,
+        row.hash,
+        to_json(&row.record)?,
+    ])
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+/// The WHERE clause and its parameters for a query.
+fn filter(q: &AuditQuery) -> (String, Vec<Sql>) {
+    let mut clauses = vec![if q.wants_presence() {
+        "listing IN (1, 2)".to_owned()
+    } else {
+        "listing = 1".to_owned()
+    }];
+    let mut args: Vec<Sql> = Vec::new();
+    fn push(clause: &str, v: Sql, args: &mut Vec<Sql>, clauses: &mut Vec<String>) {
+        args.push(v);
+        clauses.push(clause.replace('?', &format!("?{}", args.len())));
+    }
+    if let Visibility::Scoped { scopes, user } = &q.visibility {
+        let mut ors = Vec::new();
+        args.push(Sql::Text(user.clone()));
+        ors.push(format!("user = ?{}", args.len()));
+        for s in scopes {
+            args.push(Sql::Text(s.clone()));
+            ors.push(format!("scope = ?{}", args.len()));
+        }
+        clauses.push(format!("({})", ors.join(" OR ")));
+    }
+    if let Some(d) = &q.device {
+        push(
+            "device_id = ?",
+            Sql::Text(d.clone()),
+            &mut args,
+            &mut clauses,
+        );
+    }
+    if let Some(u) = &q.user {
+        push("user = ?", Sql::Text(u.clone()), &mut args, &mut clauses);
+    }
+    if !q.actions.is_empty() {
+        let mut marks = Vec::new();
+        for a in &q.actions {
+            args.push(Sql::Text(a.clone()));
+            marks.push(format!("?{}", args.len()));
+        }
+        clauses.push(format!("action IN ({})", marks.join(", ")));
+    }
+    if let Some(o) = q.outcome {
+        push(
+            "outcome = ?",
+            Sql::Text(o.as_str().to_owned()),
+            &mut args,
+            &mut clauses,
+        );
+    }
+    if let Some(t) = q.since {
+        push(
+            "time_ms >= ?",
+            Sql::Integer(t.timestamp_millis()),
+            &mut args,
+            &mut clauses,
+        );
+    }
+    if let Some(t) = q.until {
+        push(
+            "time_ms < ?",
+            Sql::Integer(t.timestamp_millis()),
+            &mut args,
+            &mut clauses,
+        );
+    }
+    if let Some(b) = q.before {
+        push(
+            "position < ?",
+            Sql::Integer(b as i64),
+            &mut args,
+            &mut clauses,
+        );
+    }
+    if let Some(c) = q.changed_after {
+        push("seq > ?", Sql::Integer(c as i64), &mut args, &mut clauses);
+    }
+    (clauses.join(" AND "), args)
+}
+
+#[async_trait]
+impl AuditStore for SqliteAuditStore {
+    async fn head(&self) -> Result<(u64, String), StoreError> {
+        blocking(&self.conn, |conn| {
+            let head: Option<(i64, String)> = conn
+                .query_row(
+                    "SELECT position, hash FROM audit ORDER BY position DESC LIMIT 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            Ok(head.map_or((0, GENESIS.to_owned()), |(p, h)| (p as u64, h)))
+        })
+        .await
+    }
+
+    async fn device(&self, device_id: &str) -> Result<Option<DeviceInfo>, StoreError> {
+        let id = device_id.to_owned();
+        blocking(&self.conn, move |conn| {
+            let doc: Option<String> = conn
+                .query_row(
+                    "SELECT doc FROM audit_devices WHERE device_id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            doc.map(|d| serde_json::from_str(&d).map_err(corrupt))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn session(&self, session_id: &str) -> Result<Option<AuditRecord>, StoreError> {
+        let id = session_id.to_owned();
+        blocking(&self.conn, move |conn| {
+            let doc: Option<String> = conn
+                .query_row(
+                    "SELECT record FROM audit WHERE session_id = ?1 AND listing = 1
+                     ORDER BY position LIMIT 1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            doc.map(|d| serde_json::from_str(&d).map_err(corrupt))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn commit(&self, batch: AuditBatch) -> Result<(), StoreError> {
+        blocking(&self.conn, move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            let head: i64 = tx
+                .query_row("SELECT COALESCE(MAX(position), 0) FROM audit", [], |r| {
+                    r.get(0)
+                })
+                .map_err(unavailable)?;
+            for row in batch.rows.iter().filter(|r| r.position as i64 > head) {
+                insert_row(&tx, row)?;
+            }
+            for (sid, record, seq) in &batch.sessions {
+                tx.prepare_cached(
+                    "UPDATE audit SET record = ?1, outcome = ?2, seq = MAX(seq, ?3)
+                     WHERE session_id = ?4 AND listing = 1 AND position < ?3",
+                )
+                .map_err(unavailable)?
+                .execute(params![
+                    to_json(record)?,
+                    record.outcome.as_str(),
+                    *seq as i64,
+                    sid
+                ])
+                .map_err(unavailable)?;
+            }
+            for (id, info) in &batch.devices {
+                tx.execute(
+                    "INSERT INTO audit_devices (device_id, doc) VALUES (?1, ?2)
+                     ON CONFLICT (device_id) DO UPDATE SET doc = excluded.doc",
+                    params![id, to_json(info)?],
+                )
+                .map_err(unavailable)?;
+            }
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        let (clause, args) = filter(q);
+        let order = if q.changed_after.is_some() {
+            "seq ASC"
+        } else {
+            "position DESC"
+        };
+        let sql = format!(
+            "SELECT record FROM audit WHERE {clause} ORDER BY {order} LIMIT {}",
+            q.limit
+        );
+        blocking(&self.conn, move |conn| {
+            let mut stmt = conn.prepare(&sql).map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params_from_iter(args), |r| r.get::<_, String>(0))
+                .map_err(unavailable)?;
+            rows.map(|r| {
+                r.map_err(unavailable)
+                    .and_then(|t| serde_json::from_str(&t).map_err(corrupt))
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn entries(&self, after: u64, limit: usize) -> Result<Vec<StoredEntry>, StoreError> {
+        blocking(&self.conn, move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT position, entry, prev_hash, hash FROM audit WHERE position > ?1
+                     ORDER BY position LIMIT ?2",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![after as i64, limit as i64], |r| {
+                    Ok(StoredEntry {
+                        position: r.get::<_, i64>(0)? as u64,
+                        entry: r.get(1)?,
+                        prev_hash: r.get(2)?,
+                        hash: r.get(3)?,
+                    })
+                })
+                .map_err(unavailable)?;
+            rows.map(|r| r.map_err(unavailable)).collect()
+        })
+        .await
+    }
+
+    async fn cursor(&self, sink: &str) -> Result<Option<String>, StoreError> {
+        let sink = sink.to_owned();
+        blocking(&self.conn, move |conn| {
+            conn.query_row(
+                "SELECT cursor FROM audit_cursors WHERE sink = ?1",
+                [sink],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn save_cursor(&self, sink: &str, cursor: &str) -> Result<(), StoreError> {
+        let (sink, cursor) = (sink.to_owned(), cursor.to_owned());
+        blocking(&self.conn, move |conn| {
+            conn.execute(
+                "INSERT INTO audit_cursors (sink, cursor) VALUES (?1, ?2)
+                 ON CONFLICT (sink) DO UPDATE SET cursor = excluded.cursor",
+                params![sink, cursor],
+            )
+            .map(|_| ())
+            .map_err(unavailable)
+        })
+        .await
+    }
+}
