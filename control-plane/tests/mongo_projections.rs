@@ -44,6 +44,11 @@ async fn control_plane(uri: &str, database: &str) -> ControlPlane {
         None,
         Settings::default(),
         SessionsConfig::ephemeral().unwrap(),
+        Arc::new(
+            m87_control_plane::store::mongo::MongoAuditStore::open(&db)
+                .await
+                .unwrap(),
+        ),
     )
 }
 

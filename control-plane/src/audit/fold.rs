@@ -191,6 +191,19 @@ fn completed(mut grant: AuditRecord, by: &AuditRecord) -> AuditRecord {
     grant
 }
 
+/// Whether an event ends its session's grant: a closing does; a refusal does while the
+/// session is still open, unless it refused a replay of the token (another attempt, listed on
+/// its own).
+fn completes(event: &DomainEvent, grant: &AuditRecord) -> bool {
+    match event {
+        DomainEvent::SessionClosed(_) => true,
+        DomainEvent::SessionRefused(r) => {
+            grant.outcome == Outcome::Open && r.code != "token_replayed"
+        }
+        _ => false,
+    }
+}
+
 /// Folds one event, chained after `prev_hash`, into the trail.
 pub fn fold(env: &EventEnvelope, prev_hash: &str, ctx: &dyn FoldContext) -> Folded {
     let text = canonical(env);
@@ -207,22 +220,23 @@ pub fn fold(env: &EventEnvelope, prev_hash: &str, ctx: &dyn FoldContext) -> Fold
     if record.device_name.is_none() {
         record.device_name = known_device.as_ref().map(|d| d.name.clone());
     }
-    let completes = matches!(
-        env.event,
-        DomainEvent::SessionClosed(_) | DomainEvent::SessionRefused(_)
-    );
-    let grant = record
-        .session_id
-        .filter(|_| completes)
-        .and_then(|s| ctx.session(&s.to_string()));
+    let grant = match &env.event {
+        DomainEvent::SessionClosed(_) | DomainEvent::SessionRefused(_) => {
+            record.session_id.and_then(|s| ctx.session(&s.to_string()))
+        }
+        _ => None,
+    };
     if let Some(grant) = &grant {
-        // A closing is done by the device; the record names the session's user.
+        // A closing is done by the device, a refusal reported by a relay: the record names
+        // the session's user.
         if record.user.is_none() {
             record.user = grant.user.clone();
             record.key_id = grant.key_id.clone();
         }
     }
-    let session = grant.map(|g| (g.session_id, completed(g, &record)));
+    let session = grant
+        .filter(|g| completes(&env.event, g))
+        .map(|g| (g.session_id, completed(g, &record)));
     let row = AuditRow {
         position: env.global_position,
         seq: env.global_position,

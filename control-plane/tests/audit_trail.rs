@@ -1,0 +1,376 @@
+//! The audit trail over a real SQLite file: sessions are one record from grant to end,
+//! refusals and control changes are records, filters and visibility hold, and `verify` names
+//! the entry after a row is changed, removed or inserted with SQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use m87_control_plane::audit::AuditTrail;
+use m87_control_plane::audit::verify::{Tamper, verify};
+use m87_control_plane::store::audit::{AuditQuery, AuditStore, Visibility};
+use m87_control_plane::store::sqlite::{SqliteAuditStore, SqliteStore};
+use m87_control_plane::store::{EventStore, StreamAppend};
+use m87_events::audit::Outcome;
+use m87_events::domain::{
+    DeviceEnrolled, MemberAdded, RegistrationApproved, RegistrationRequested, SessionClosed,
+    SessionOpened, SessionRefused,
+};
+use m87_events::token::Operation;
+use m87_events::{
+    Actor, CorrelationId, DeviceId, DomainEvent, Metadata, RequestId, Role, Scope, SessionId,
+    StreamId, SystemInfo,
+};
+
+fn by(email: &str) -> Metadata {
+    Metadata {
+        actor: Actor::User {
+            email: email.parse().unwrap(),
+            key_id: None,
+        },
+        source_ip: Some("192.0.2.7".parse().unwrap()),
+        correlation_id: CorrelationId::new(),
+    }
+}
+
+async fn append(store: &dyn EventStore, stream: StreamId, event: DomainEvent, meta: Metadata) {
+    let version = store
+        .read_stream(&stream)
+        .await
+        .unwrap()
+        .last()
+        .map_or(0, |e| e.stream_version);
+    store
+        .append(
+            vec![StreamAppend {
+                stream_id: stream,
+                expected_version: version,
+                events: vec![event],
+            }],
+            meta,
+        )
+        .await
+        .unwrap();
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    db: std::path::PathBuf,
+    log: Arc<dyn EventStore>,
+    trail: AuditTrail,
+    device: DeviceId,
+}
+
+fn all(limit: usize) -> AuditQuery {
+    AuditQuery {
+        visibility: Visibility::All,
+        device: None,
+        user: None,
+        actions: vec![],
+        outcome: None,
+        since: None,
+        until: None,
+        before: None,
+        changed_after: None,
+        limit,
+    }
+}
+
+/// An org-owned device with one approved registration, an exec that failed, a shell cut by a
+/// revocation, a refusal at the grant and a member change.
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m87.db");
+    let log: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&db).unwrap());
+    let store: Arc<dyn AuditStore> = Arc::new(SqliteAuditStore::open(&db).unwrap());
+    let trail = AuditTrail::new(Arc::clone(&log), store);
+    let device: DeviceId = "robot-1-id".parse().unwrap();
+    let request = RequestId::new();
+    let scope: Scope = "org:acme".parse().unwrap();
+    append(
+        log.as_ref(),
+        StreamId::registration(&request),
+        DomainEvent::RegistrationRequested(RegistrationRequested {
+            request_id: request,
+            device_id: device.clone(),
+            name: "robot-1".parse().unwrap(),
+            owner_scope: scope.clone(),
+            system_info: SystemInfo::default(),
+            claim_secret_hash: "ab".into(),
+            expires_at: chrono::Utc::now(),
+        }),
+        Metadata::system("api"),
+    )
+    .await;
+    append(
+        log.as_ref(),
+        StreamId::registration(&request),
+        DomainEvent::RegistrationApproved(RegistrationApproved {
+            request_id: request,
+            device_id: device.clone(),
+        }),
+        by("alice@example.com"),
+    )
+    .await;
+    append(
+        log.as_ref(),
+        StreamId::device(&device),
+        DomainEvent::DeviceEnrolled(DeviceEnrolled {
+            device_id: device.clone(),
+            request_id: request,
+            name: "robot-1".parse().unwrap(),
+            owner_scope: scope,
+            system_info: SystemInfo::default(),
+        }),
+        by("alice@example.com"),
+    )
+    .await;
+    // Bob's exec exits 3; his shell is cut when his access goes.
+    for (op, args, exit, reason, bytes) in [
+        (
+            Operation::Exec,
+            serde_json::json!({"argv": ["sh", "-c", "exit 3"]}),
+            Some(3),
+            "exit",
+            10,
+        ),
+        (
+            Operation::Shell,
+            serde_json::Value::Null,
+            None,
+            "access_revoked",
+            4242,
+        ),
+    ] {
+        let sid = SessionId::new();
+        append(
+            log.as_ref(),
+            StreamId::session(&sid),
+            DomainEvent::SessionOpened(SessionOpened {
+                session_id: sid,
+                device_id: device.clone(),
+                operation: op,
+                args,
+                expires_at: chrono::Utc::now(),
+                credential: None,
+                relay: Some("127.0.0.1:8084".into()),
+            }),
+            by("bob@example.com"),
+        )
+        .await;
+        append(
+            log.as_ref(),
+            StreamId::session(&sid),
+            DomainEvent::SessionClosed(SessionClosed {
+                session_id: sid,
+                device_id: device.clone(),
+                duration_ms: 1500,
+                bytes_to_device: 7,
+                bytes_from_device: bytes,
+                exit_code: exit,
+                signal: None,
+                error: None,
+                operation: Some(op),
+                reason: Some(reason.into()),
+                channels: vec![],
+                channels_dropped: 0,
+            }),
+            Metadata::system("device"),
+        )
+        .await;
+    }
+    append(
+        log.as_ref(),
+        StreamId::from_raw("refusal-1".into()),
+        DomainEvent::SessionRefused(SessionRefused {
+            session_id: Some(SessionId::new()),
+            device_id: Some(device.clone()),
+            refused_by: "grant".into(),
+            code: "forbidden".into(),
+            reason: "viewers may read a device's status but not operate it".into(),
+            operation: Some(Operation::Exec),
+        }),
+        by("carol@example.com"),
+    )
+    .await;
+    append(
+        log.as_ref(),
+        StreamId::org(&"acme".parse().unwrap()),
+        DomainEvent::MemberAdded(MemberAdded {
+            org_id: "acme".parse().unwrap(),
+            email: "dave@example.com".parse().unwrap(),
+            role: Role::Member,
+        }),
+        by("alice@example.com"),
+    )
+    .await;
+    trail.catch_up().await.unwrap();
+    Fixture {
+        _dir: dir,
+        db,
+        log,
+        trail,
+        device,
+    }
+}
+
+#[tokio::test]
+async fn sessions_are_one_record_from_grant_to_end_and_refusals_are_records() {
+    let f = fixture().await;
+    let records = f.trail.store().query(&all(100)).await.unwrap();
+    let actions: Vec<&str> = records.iter().map(|r| r.action.as_str()).collect();
+    // Newest first; the closings and the enrollment are folded into their records.
+    assert_eq!(
+        actions,
+        ["org", "exec", "shell", "exec", "approve", "register"]
+    );
+    let exec = &records[3];
+    assert_eq!(exec.outcome, Outcome::Failed);
+    assert_eq!(exec.exit_code, Some(3));
+    assert_eq!(exec.user.as_deref(), Some("bob@example.com"));
+    assert_eq!(exec.source_ip.as_deref(), Some("192.0.2.7"));
+    assert_eq!(exec.args["argv"][2], "exit 3");
+    assert_eq!(exec.relay.as_deref(), Some("127.0.0.1:8084"));
+    assert_eq!(exec.duration_ms, Some(1500));
+    assert_eq!(exec.device_name.as_deref(), Some("robot-1"));
+    let shell = &records[2];
+    assert_eq!(shell.reason.as_deref(), Some("access_revoked"));
+    assert_eq!(shell.outcome, Outcome::Failed, "a cut session failed");
+    assert_eq!(shell.bytes_from_device, Some(4242));
+    let refused = &records[1];
+    assert_eq!(refused.outcome, Outcome::Refused);
+    assert_eq!(refused.refused_by.as_deref(), Some("grant"));
+    assert_eq!(refused.reason.as_deref(), Some("forbidden"));
+}
+
+#[tokio::test]
+async fn filters_and_visibility() {
+    let f = fixture().await;
+    let store = f.trail.store();
+    let q = |edit: &dyn Fn(&mut AuditQuery)| {
+        let mut q = all(100);
+        edit(&mut q);
+        q
+    };
+    let count = |q: AuditQuery| async move { store.query(&q).await.unwrap().len() };
+    assert_eq!(count(q(&|q| q.actions = vec!["exec".into()])).await, 2);
+    assert_eq!(count(q(&|q| q.outcome = Some(Outcome::Refused))).await, 1);
+    assert_eq!(
+        count(q(&|q| q.user = Some("bob@example.com".into()))).await,
+        2
+    );
+    assert_eq!(
+        count(q(&|q| q.device = Some(f.device.to_string()))).await,
+        5
+    );
+    assert_eq!(count(q(&|q| q.limit = 2)).await, 2);
+    let newest = store.query(&all(1)).await.unwrap()[0].position;
+    assert_eq!(count(q(&|q| q.before = Some(newest))).await, 5, "paging");
+    // The org's admin sees the org's device and members; bob only his own sessions; a
+    // stranger nothing.
+    let scoped = |scopes: &[&str], user: &str| Visibility::Scoped {
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        user: user.into(),
+    };
+    let admin = scoped(&["user:alice@example.com", "org:acme"], "alice@example.com");
+    assert_eq!(count(q(&|q| q.visibility = admin.clone())).await, 6);
+    let bob = scoped(&["user:bob@example.com"], "bob@example.com");
+    let seen = store
+        .query(&q(&|q| q.visibility = bob.clone()))
+        .await
+        .unwrap();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen.iter()
+            .all(|r| r.user.as_deref() == Some("bob@example.com"))
+    );
+    let eve = scoped(&["user:eve@example.com"], "eve@example.com");
+    assert_eq!(count(q(&|q| q.visibility = eve.clone())).await, 0);
+}
+
+fn sql(db: &Path, statement: &str) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute_batch(statement).unwrap();
+}
+
+async fn check(db: &Path) -> Option<(Tamper, u64)> {
+    let log = SqliteStore::open(db).unwrap();
+    let trail = SqliteAuditStore::open(db).unwrap();
+    verify(&trail, &log)
+        .await
+        .unwrap()
+        .finding
+        .map(|f| (f.kind, f.position))
+}
+
+#[tokio::test]
+async fn verify_names_the_entry_changed_removed_or_inserted() {
+    let f = fixture().await;
+    let report = verify(f.trail.store().as_ref(), f.log.as_ref())
+        .await
+        .unwrap();
+    assert_eq!(report.finding, None, "untouched");
+    assert_eq!(report.checked, 9);
+    let Fixture {
+        _dir,
+        db,
+        log,
+        trail,
+        ..
+    } = f;
+    drop((log, trail));
+    sql(&db, "PRAGMA wal_checkpoint(TRUNCATE);");
+    let pristine = std::fs::read(&db).unwrap();
+    let restore = || {
+        let _ = std::fs::remove_file(db.with_extension("db-wal"));
+        let _ = std::fs::remove_file(db.with_extension("db-shm"));
+        std::fs::write(&db, &pristine).unwrap();
+    };
+    // An entry's text edited (bob's exec now `true`).
+    sql(
+        &db,
+        "UPDATE audit SET entry = replace(entry, 'exit 3', 'true') WHERE position = 4",
+    );
+    assert_eq!(check(&db).await, Some((Tamper::Changed, 4)));
+    restore();
+    // The event edited in the log, the chain left alone.
+    sql(
+        &db,
+        "UPDATE events SET data = replace(data, 'exit 3', 'true') WHERE global_position = 4",
+    );
+    assert_eq!(check(&db).await, Some((Tamper::LogChanged, 4)));
+    restore();
+    // An entry deleted (and its event).
+    sql(
+        &db,
+        "DELETE FROM audit WHERE position = 6; DELETE FROM events WHERE global_position = 6",
+    );
+    assert_eq!(check(&db).await, Some((Tamper::Removed, 6)));
+    restore();
+    // An entry inserted after the last, with a made-up hash.
+    sql(
+        &db,
+        "INSERT INTO audit (position, seq, time_ms, listing, action, outcome, entry, prev_hash, hash, record)
+         SELECT 10, 10, time_ms, 1, 'exec', 'ok', entry, hash, 'f00d', record FROM audit WHERE position = 9",
+    );
+    assert_eq!(check(&db).await, Some((Tamper::Changed, 10)));
+    restore();
+    // The last entry removed and an earlier one copied in after it, hashes and all.
+    sql(
+        &db,
+        "DELETE FROM audit WHERE position = 9;
+         INSERT INTO audit (position, seq, time_ms, listing, action, outcome, entry, prev_hash, hash, record)
+         SELECT 11, 11, time_ms, 1, 'org', 'ok', entry, prev_hash, hash, record FROM audit WHERE position = 8",
+    );
+    assert_eq!(check(&db).await, Some((Tamper::Removed, 9)));
+    restore();
+    // An event added to the log's middle is not in the chain.
+    sql(
+        &db,
+        "DELETE FROM events WHERE global_position = 5;
+         INSERT INTO events (global_position, event_id, stream_id, stream_version, event_type, schema_version, data, metadata, recorded_at)
+         SELECT 5, '0190' || substr(event_id, 5), stream_id || 'x', stream_version, event_type, schema_version, data, metadata, recorded_at FROM events WHERE global_position = 4",
+    );
+    assert_eq!(check(&db).await, Some((Tamper::LogChanged, 5)));
+}
