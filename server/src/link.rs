@@ -94,11 +94,10 @@ pub struct ServiceOracle(pub ControlPlane);
 #[async_trait]
 impl AccessOracle for ServiceOracle {
     async fn still_allowed(&self, sessions: &[LiveSession]) -> Vec<bool> {
-        let mut out = Vec::with_capacity(sessions.len());
-        for s in sessions {
-            let credential = s.credential.as_ref();
-            out.push(self.0.may_operate(&s.subject, &s.device, credential).await);
-        }
-        out
+        let checks: Vec<_> = sessions
+            .iter()
+            .map(|s| (s.subject.as_str(), &s.device, s.credential.as_ref()))
+            .collect();
+        self.0.may_operate_all(&checks).await
     }
 }

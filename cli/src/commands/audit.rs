@@ -402,11 +402,24 @@ pub async fn fleet(
     list(&client, &filters, device.as_deref(), output).await
 }
 
-/// `m87 <device> audit …`: one device.
+/// `m87 <device> audit …`: one device. A device the caller no longer sees is named by its id:
+/// their own records on it stay readable; with none, it answers as if it did not exist.
 pub async fn device(device: &str, filters: AuditFilters, output: Output) -> anyhow::Result<()> {
     let client = user_client()?;
     let id = device_id(&client, device).await?;
+    if !visible(&client, &id).await? && !filters.follow {
+        let q = query(&filters, Some(&id), Utc::now())?;
+        let page: AuditPage = client.get(&path(&q, &["max=1".to_owned()])).await?;
+        if page.records.is_empty() {
+            bail!("device {device:?} not found");
+        }
+    }
     list(&client, &filters, Some(&id), output).await
+}
+
+async fn visible(client: &ApiClient, id: &str) -> anyhow::Result<bool> {
+    let devices: Vec<m87_events::api::DeviceSummary> = client.get("/v1/devices").await?;
+    Ok(devices.iter().any(|d| d.id.as_str() == id))
 }
 
 /// The id of a device named by name, id or prefix among those the caller sees; a device id

@@ -14,6 +14,9 @@ use crate::session::QuicSession;
     about = "Operate one device (by name, id or unique prefix)"
 )]
 pub struct DeviceCli {
+    /// How to print results (also accepted before the device name).
+    #[arg(long, short = 'o', global = true, value_enum)]
+    output: Option<crate::output::Output>,
     #[command(subcommand)]
     op: DeviceOp,
 }
@@ -148,6 +151,7 @@ pub async fn run(args: Vec<String>, output: crate::output::Output) -> anyhow::Re
             return Ok(e.exit_code());
         }
     };
+    let output = cli.output.unwrap_or(output);
     let client = user_client()?;
     match cli.op {
         DeviceOp::Access { command } => access(&client, device, command, output).await,

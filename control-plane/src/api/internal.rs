@@ -126,13 +126,11 @@ async fn access(
             "at most {MAX_ACCESS_PAIRS} pairs per check"
         )));
     }
-    let mut allowed = Vec::with_capacity(check.pairs.len());
-    for pair in &check.pairs {
-        let credential = pair.credential.as_ref();
-        allowed.push(
-            s.cp.may_operate(&pair.subject, &pair.device_id, credential)
-                .await,
-        );
-    }
+    let checks: Vec<_> = check
+        .pairs
+        .iter()
+        .map(|p| (p.subject.as_str(), &p.device_id, p.credential.as_ref()))
+        .collect();
+    let allowed = s.cp.may_operate_all(&checks).await;
     Ok(Json(RelayAccessAnswer { allowed }))
 }

@@ -359,6 +359,24 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// For each (subject, device, credential), whether the session may go on (see
+    /// [`Self::may_operate`]), judged on read models brought up to date first: the relay asks
+    /// right after an event that may take access away, which the projections may not have
+    /// applied yet (a membership removal read from a stale model would let the session run).
+    pub async fn may_operate_all(
+        &self,
+        checks: &[(&str, &DeviceId, Option<&Credential>)],
+    ) -> Vec<bool> {
+        if let Err(e) = self.projector.catch_up().await {
+            tracing::warn!(error = %e, "read models could not catch up before an access check");
+        }
+        let mut out = Vec::with_capacity(checks.len());
+        for (subject, device, credential) in checks {
+            out.push(self.may_operate(subject, device, *credential).await);
+        }
+        out
+    }
+
     /// Whether a session of `subject` (as in a session token: `user:<email>`) on `device`,
     /// granted through `credential`, may go on: the credential was not revoked and the subject
     /// may still operate the device.

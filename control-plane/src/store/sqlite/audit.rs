@@ -202,7 +202,9 @@ impl AuditStore for SqliteAuditStore {
 
     async fn commit(&self, batch: AuditBatch) -> Result<(), StoreError> {
         blocking(&self.conn, move |conn| {
-            let tx = conn.transaction().map_err(unavailable)?;
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
             let head: i64 = tx
                 .query_row("SELECT COALESCE(MAX(position), 0) FROM audit", [], |r| {
                     r.get(0)
