@@ -28,6 +28,7 @@ fn by(email: &str) -> Metadata {
         actor: Actor::User {
             email: email.parse().unwrap(),
             key_id: None,
+            subject: None,
         },
         source_ip: Some("192.0.2.7".parse().unwrap()),
         correlation_id: CorrelationId::new(),

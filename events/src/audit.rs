@@ -116,6 +116,8 @@ pub const ACTIONS: &[&str] = &[
     "org",
     "connect",
     "disconnect",
+    "sign_in",
+    "auth",
     "session",
 ];
 
@@ -152,6 +154,8 @@ pub fn action_of(event: &DomainEvent) -> &'static str {
         | DomainEvent::MemberAdded(_)
         | DomainEvent::MemberRemoved(_)
         | DomainEvent::MemberRoleChanged(_) => "org",
+        DomainEvent::UserSignedIn(_) => "sign_in",
+        DomainEvent::AuthenticationRefused(_) => "auth",
     }
 }
 
@@ -159,7 +163,7 @@ pub fn action_of(event: &DomainEvent) -> &'static str {
 /// non-zero exit failed, an opening is open, everything else ok.
 pub fn outcome_of(event: &DomainEvent) -> Outcome {
     match event {
-        DomainEvent::SessionRefused(_) => Outcome::Refused,
+        DomainEvent::SessionRefused(_) | DomainEvent::AuthenticationRefused(_) => Outcome::Refused,
         DomainEvent::SessionOpened(_) => Outcome::Open,
         DomainEvent::SessionClosed(c) => {
             if c.error.is_some() || c.signal.is_some() || c.exit_code.is_some_and(|x| x != 0) {
@@ -195,7 +199,9 @@ pub fn device_of(event: &DomainEvent) -> Option<&crate::ids::DeviceId> {
         | DomainEvent::OrgDeleted(_)
         | DomainEvent::MemberAdded(_)
         | DomainEvent::MemberRemoved(_)
-        | DomainEvent::MemberRoleChanged(_) => None,
+        | DomainEvent::MemberRoleChanged(_)
+        | DomainEvent::UserSignedIn(_)
+        | DomainEvent::AuthenticationRefused(_) => None,
     }
 }
 
@@ -231,6 +237,9 @@ pub struct AuditRecord {
     /// The API key they came through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    /// The identity provider's subject they came as (OpenID Connect sign-ins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     /// Who did it, as `user:…`, `device:…` or `system:…`.
     pub actor: String,
     /// The address the request came from.

@@ -121,6 +121,34 @@ pub enum DomainEvent {
     MemberRemoved(MemberRemoved),
     /// A member's role changed.
     MemberRoleChanged(MemberRoleChanged),
+    /// A user signed in with `m87 login` (an API key or the identity provider).
+    UserSignedIn(UserSignedIn),
+    /// Requests with bad credentials from one address in one minute (aggregated, so a flood
+    /// of bad tokens is one event a minute per address).
+    AuthenticationRefused(AuthenticationRefused),
+}
+
+/// Payload of [`DomainEvent::UserSignedIn`]; the actor is the user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserSignedIn {
+    /// The user.
+    pub email: Email,
+    /// `api_key` or `oidc`.
+    pub method: String,
+}
+
+/// Payload of [`DomainEvent::AuthenticationRefused`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuthenticationRefused {
+    /// The address the requests came from (`unknown` when it could not be told; `other`
+    /// for addresses past the aggregation's limit).
+    pub source: String,
+    /// The start of the minute.
+    pub window_start: DateTime<Utc>,
+    /// How many requests were refused.
+    pub count: u64,
+    /// Why, in words (the first few distinct reasons).
+    pub reasons: Vec<String>,
 }
 
 /// A member's role in an organization.
@@ -503,6 +531,8 @@ impl DomainEvent {
         "MemberAdded",
         "MemberRemoved",
         "MemberRoleChanged",
+        "UserSignedIn",
+        "AuthenticationRefused",
     ];
 
     /// The type name stored beside the data.
@@ -529,6 +559,8 @@ impl DomainEvent {
             DomainEvent::MemberAdded(_) => "MemberAdded",
             DomainEvent::MemberRemoved(_) => "MemberRemoved",
             DomainEvent::MemberRoleChanged(_) => "MemberRoleChanged",
+            DomainEvent::UserSignedIn(_) => "UserSignedIn",
+            DomainEvent::AuthenticationRefused(_) => "AuthenticationRefused",
         }
     }
 

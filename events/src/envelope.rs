@@ -21,6 +21,10 @@ pub enum Actor {
         /// The API key they used, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         key_id: Option<KeyId>,
+        /// The OpenID Connect subject (`sub`) they signed in as, when they came with an
+        /// access token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject: Option<String>,
     },
     /// A device acting with its own key or claim secret.
     Device {

@@ -48,9 +48,17 @@ fn args_of(event: &DomainEvent) -> Value {
 
 /// The record an event makes by itself, before its session or device add to it.
 fn base_record(env: &EventEnvelope, hash: &str, ctx: &dyn FoldContext) -> AuditRecord {
-    let (user, key_id) = match &env.metadata.actor {
-        Actor::User { email, key_id } => (Some(email.to_string()), key_id.map(|k| k.to_string())),
-        _ => (None, None),
+    let (user, key_id, subject) = match &env.metadata.actor {
+        Actor::User {
+            email,
+            key_id,
+            subject,
+        } => (
+            Some(email.to_string()),
+            key_id.map(|k| k.to_string()),
+            subject.clone(),
+        ),
+        _ => (None, None, None),
     };
     let device_id = device_of(&env.event).cloned();
     let device_name = device_id
@@ -68,6 +76,7 @@ fn base_record(env: &EventEnvelope, hash: &str, ctx: &dyn FoldContext) -> AuditR
         device_name,
         user,
         key_id,
+        subject,
         actor: env.metadata.actor.to_string(),
         source_ip: env.metadata.source_ip.map(|ip| ip.to_string()),
         args: args_of(&env.event),
@@ -144,6 +153,7 @@ fn scope_of(event: &DomainEvent, device: Option<&DeviceInfo>) -> Option<String> 
         DomainEvent::MemberRemoved(e) => Some(Scope::org(&e.org_id).to_string()),
         DomainEvent::MemberRoleChanged(e) => Some(Scope::org(&e.org_id).to_string()),
         DomainEvent::ApiKeyCreated(e) => Some(Scope::user(&e.email).to_string()),
+        DomainEvent::UserSignedIn(e) => Some(Scope::user(&e.email).to_string()),
         _ => device.map(|d| d.scope.clone()),
     }
 }
@@ -188,6 +198,7 @@ fn completed(mut grant: AuditRecord, by: &AuditRecord) -> AuditRecord {
     grant.bytes_from_device = by.bytes_from_device;
     grant.details = by.details.clone();
     grant.seq = by.seq;
+    grant.subject = grant.subject.or_else(|| by.subject.clone());
     grant
 }
 
@@ -232,6 +243,7 @@ pub fn fold(env: &EventEnvelope, prev_hash: &str, ctx: &dyn FoldContext) -> Fold
         if record.user.is_none() {
             record.user = grant.user.clone();
             record.key_id = grant.key_id.clone();
+            record.subject = grant.subject.clone();
         }
     }
     let session = grant

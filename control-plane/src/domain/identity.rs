@@ -105,6 +105,7 @@ impl Identity {
             Principal::User { email, key_id } => Actor::User {
                 email: email.clone(),
                 key_id: *key_id,
+                subject: None,
             },
             Principal::Device { device_id } => Actor::Device {
                 device_id: device_id.clone(),

@@ -168,6 +168,7 @@ async fn metadata_round_trips(store: &impl EventStore) {
         actor: m87_events::Actor::User {
             email: "a@example.com".parse().unwrap(),
             key_id: Some(KeyId::new()),
+            subject: None,
         },
         source_ip: Some("192.0.2.7".parse().unwrap()),
         correlation_id: m87_events::CorrelationId::new(),
