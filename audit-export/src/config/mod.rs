@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+pub use parse::all_keys;
 pub use secret::Secret;
 
 /// Batch size when the file does not set one.

@@ -48,6 +48,21 @@ const KIND_KEYS: &[(&str, &[&str])] = &[
     ("file", &["path", "max_bytes", "keep"]),
 ];
 
+/// Every key a sink table may have, of any kind.
+pub fn all_keys() -> Vec<&'static str> {
+    let mut keys: Vec<&'static str> = COMMON.to_vec();
+    for (_, own) in KIND_KEYS {
+        for k in own.iter() {
+            if !keys.contains(k) {
+                keys.push(k);
+            }
+        }
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {

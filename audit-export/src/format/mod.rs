@@ -4,8 +4,8 @@
 //! chain hash and the previous entry's hash. The OCSF class of each event is chosen in
 //! [`ocsf::class_of`]; `docs/audit-export.md` has the table.
 
-mod cef;
-mod ecs;
+pub mod cef;
+pub mod ecs;
 mod facts;
 pub mod ocsf;
 

@@ -12,7 +12,7 @@ mod tls;
 
 pub use file::FileSink;
 pub use http::{ElasticSink, HecSink, OtlpSink, WebhookSink, hmac_signature};
-pub use syslog::{SyslogSink, rfc5424};
+pub use syslog::{SyslogSink, escape_sd as syslog_escape_sd, rfc5424};
 
 use async_trait::async_trait;
 use m87_events::EventId;

@@ -152,8 +152,8 @@ impl Sink for SyslogSink {
             frames.extend_from_slice(m.as_bytes());
         }
         let addr = self.config.address.clone();
-        let conn = self.connect().await?;
         let limit = self.timeout;
+        let conn = self.connect().await?;
         let written = tokio::time::timeout(limit, async {
             conn.write_all(&frames).await?;
             conn.flush().await
