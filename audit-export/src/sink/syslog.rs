@@ -8,18 +8,17 @@
 //! again after any failure. Syslog has no acknowledgement: a batch counts as delivered once it
 //! is written to the connection (UDP: once sent).
 
-use std::future::poll_fn;
-use std::pin::Pin;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use m87_events::audit::{AuditEntry, Outcome};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 use super::{Delivered, Sink, SinkError, tls};
 use crate::config::{Format, SyslogConfig, SyslogTransport};
@@ -29,14 +28,51 @@ use crate::format::{self, Facts};
 /// documentation; a receiver matches on the whole `m87@32473`.
 pub const SD_ID: &str = "m87@32473";
 
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+/// An open connection to the receiver.
+enum Conn {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Tcp(s) => s,
+            Conn::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    async fn send(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Conn::Tcp(s) => {
+                s.write_all(data).await?;
+                s.flush().await
+            }
+            Conn::Tls(s) => {
+                s.write_all(data).await?;
+                s.flush().await
+            }
+        }
+    }
+
+    /// Whether the receiver closed the connection (or sent anything, which a syslog receiver
+    /// never does except a TLS close_notify): asks the socket itself, without waiting, so a
+    /// receiver that stopped between two batches is noticed before a batch is written into
+    /// a dead connection.
+    fn peer_closed(&self) -> bool {
+        let mut buf = [MaybeUninit::<u8>::uninit(); 1];
+        match socket2::SockRef::from(self.tcp()).peek(&mut buf) {
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            Ok(_) => true,
+        }
+    }
+}
 
 /// A syslog sink.
 pub struct SyslogSink {
     config: SyslogConfig,
     tls: Option<(TlsConnector, ServerName<'static>)>,
-    conn: Option<Box<dyn Stream>>,
+    conn: Option<Conn>,
     udp: Option<UdpSocket>,
     timeout: Duration,
 }
@@ -62,11 +98,9 @@ impl SyslogSink {
         })
     }
 
-    async fn connect(&mut self) -> Result<&mut Box<dyn Stream>, SinkError> {
-        if let Some(c) = self.conn.as_mut() {
-            if peer_closed(c.as_mut()).await {
-                self.conn = None;
-            }
+    async fn connect(&mut self) -> Result<&mut Conn, SinkError> {
+        if self.conn.as_ref().is_some_and(Conn::peer_closed) {
+            self.conn = None;
         }
         if self.conn.is_none() {
             let addr = &self.config.address;
@@ -75,14 +109,14 @@ impl SyslogSink {
                 .map_err(|_| SinkError::Retry(format!("cannot connect to syslog receiver {addr}: no answer within {:?}", self.timeout)))?
                 .map_err(|e| SinkError::Retry(format!("cannot connect to syslog receiver {addr}: {e}")))?;
             let _ = tcp.set_nodelay(true);
-            let stream: Box<dyn Stream> = match &self.tls {
-                None => Box::new(tcp),
-                Some((connector, name)) => Box::new(
+            let stream = match &self.tls {
+                None => Conn::Tcp(tcp),
+                Some((connector, name)) => Conn::Tls(Box::new(
                     tokio::time::timeout(self.timeout, connector.connect(name.clone(), tcp))
                         .await
                         .map_err(|_| SinkError::Retry(format!("TLS handshake with {addr}: no answer within {:?}", self.timeout)))?
                         .map_err(|e| SinkError::Retry(format!("TLS handshake with {addr}: {e}")))?,
-                ),
+                )),
             };
             self.conn = Some(stream);
         }
@@ -116,20 +150,6 @@ impl SyslogSink {
     }
 }
 
-/// Whether the receiver has closed the connection (or it failed), without waiting.
-async fn peer_closed(s: &mut dyn Stream) -> bool {
-    let mut buf = [0u8; 512];
-    poll_fn(|cx| {
-        let mut rb = ReadBuf::new(&mut buf);
-        match Pin::new(&mut *s).poll_read(cx, &mut rb) {
-            Poll::Pending => Poll::Ready(false),
-            Poll::Ready(Ok(())) => Poll::Ready(rb.filled().is_empty()),
-            Poll::Ready(Err(_)) => Poll::Ready(true),
-        }
-    })
-    .await
-}
-
 #[async_trait]
 impl Sink for SyslogSink {
     fn kind(&self) -> &'static str {
@@ -154,10 +174,7 @@ impl Sink for SyslogSink {
         let addr = self.config.address.clone();
         let limit = self.timeout;
         let conn = self.connect().await?;
-        let written = tokio::time::timeout(limit, async {
-            conn.write_all(&frames).await?;
-            conn.flush().await
-        })
+        let written = tokio::time::timeout(limit, conn.send(&frames))
         .await
         .unwrap_or_else(|_| Err(std::io::Error::other(format!("stalled for {limit:?}"))));
         if let Err(e) = written {
