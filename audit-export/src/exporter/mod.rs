@@ -98,8 +98,11 @@ pub struct SinkStatus {
     pub retried: u64,
     /// Records refused as malformed and skipped.
     pub rejected: u64,
-    /// The last failure, if the last delivery failed or a record was rejected.
+    /// The last failure or rejection (kept after later successes; compare `last_error_at`
+    /// with `last_success_at`).
     pub last_error: Option<String>,
+    /// When `last_error` happened.
+    pub last_error_at: Option<DateTime<Utc>>,
     /// When the sink last acknowledged a batch.
     pub last_success_at: Option<DateTime<Utc>>,
     #[serde(skip)]

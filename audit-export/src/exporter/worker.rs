@@ -142,11 +142,15 @@ impl Worker {
             s.rejected = next.rejected;
             s.last_success_at = Some(Utc::now());
             s.oldest_pending = None;
-            s.last_error = match (&saved, last_reason) {
+            let error = match (&saved, last_reason) {
                 (Err(e), _) => Some(format!("cannot save the cursor (the batch may be sent again): {e}")),
                 (Ok(()), Some(r)) => Some(format!("rejected as malformed: {r}")),
                 (Ok(()), None) => None,
             };
+            if error.is_some() {
+                s.last_error = error;
+                s.last_error_at = Some(Utc::now());
+            }
         });
         Next::Continue
     }
@@ -156,6 +160,7 @@ impl Worker {
         self.shared.update(|s| {
             s.retried += 1;
             s.last_error = Some(message);
+            s.last_error_at = Some(Utc::now());
         });
         Next::Failed
     }
