@@ -26,9 +26,9 @@ pub mod sink;
 
 pub use config::{ConfigError, Format, Secret, SinkConfig, SinkKind, SinksConfig};
 pub use exporter::{
-    AlwaysHeld, CursorStore, EntrySource, ExportSink, Exporter, ExporterHandle, Lease,
-    SinkCursor, SinkStatus, Timing,
+    AlwaysHeld, CursorStore, EntrySource, ExportSink, Exporter, ExporterHandle, Lease, SinkCursor,
+    SinkStatus, Timing,
 };
-pub use memory::{MemoryCursors, MemorySource};
 pub use m87_events::audit::AuditEntry;
+pub use memory::{MemoryCursors, MemorySource};
 pub use sink::{Delivered, Rejection, Sink, SinkError};

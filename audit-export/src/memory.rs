@@ -28,7 +28,10 @@ impl MemorySource {
             Ok(e) => e,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let prev = entries.last().map_or(GENESIS, |e| e.hash.as_str()).to_owned();
+        let prev = entries
+            .last()
+            .map_or(GENESIS, |e| e.hash.as_str())
+            .to_owned();
         envelope.global_position = entries.len() as u64 + 1;
         let entry = AuditEntry::chain(envelope, &prev);
         entries.push(entry.clone());
@@ -44,13 +47,19 @@ impl MemorySource {
 #[async_trait]
 impl EntrySource for MemorySource {
     async fn entries_after(&self, position: u64, limit: usize) -> Result<Vec<AuditEntry>, String> {
-        let entries = self.entries.read().map_err(|_| "the log's lock is poisoned".to_owned())?;
+        let entries = self
+            .entries
+            .read()
+            .map_err(|_| "the log's lock is poisoned".to_owned())?;
         let start = entries.partition_point(|e| e.envelope.global_position <= position);
         Ok(entries[start..].iter().take(limit).cloned().collect())
     }
 
     async fn head(&self) -> Result<u64, String> {
-        let entries = self.entries.read().map_err(|_| "the log's lock is poisoned".to_owned())?;
+        let entries = self
+            .entries
+            .read()
+            .map_err(|_| "the log's lock is poisoned".to_owned())?;
         Ok(entries.last().map_or(0, |e| e.envelope.global_position))
     }
 }
@@ -71,12 +80,18 @@ impl MemoryCursors {
 #[async_trait]
 impl CursorStore for MemoryCursors {
     async fn load(&self, sink: &str) -> Result<Option<SinkCursor>, String> {
-        let c = self.cursors.lock().map_err(|_| "the cursors' lock is poisoned".to_owned())?;
+        let c = self
+            .cursors
+            .lock()
+            .map_err(|_| "the cursors' lock is poisoned".to_owned())?;
         Ok(c.get(sink).copied())
     }
 
     async fn save(&self, sink: &str, cursor: &SinkCursor) -> Result<(), String> {
-        let mut c = self.cursors.lock().map_err(|_| "the cursors' lock is poisoned".to_owned())?;
+        let mut c = self
+            .cursors
+            .lock()
+            .map_err(|_| "the cursors' lock is poisoned".to_owned())?;
         c.insert(sink.to_owned(), *cursor);
         Ok(())
     }

@@ -19,23 +19,52 @@ fn ocsf_class_activity_and_type_uid_for_every_event_kind() {
         let v = ocsf(&e);
         assert_eq!(v["class_uid"], class_uid, "{ty}: class");
         assert_eq!(v["activity_id"], activity_id, "{ty}: activity");
-        assert_eq!(v["type_uid"], u64::from(class_uid) * 100 + u64::from(activity_id), "{ty}: type_uid");
+        assert_eq!(
+            v["type_uid"],
+            u64::from(class_uid) * 100 + u64::from(activity_id),
+            "{ty}: type_uid"
+        );
         assert_eq!(v["category_uid"], class_uid / 1000, "{ty}: category");
-        assert!(v["class_name"].as_str().is_some_and(|s| !s.is_empty()), "{ty}: class_name");
-        assert!(v["type_name"].as_str().unwrap().starts_with(v["class_name"].as_str().unwrap()));
-        assert_eq!(v["time"], e.envelope.recorded_at.timestamp_millis(), "{ty}: time in ms");
-        assert_eq!(v["metadata"]["uid"], e.envelope.event_id.to_string(), "{ty}: event id");
+        assert!(
+            v["class_name"].as_str().is_some_and(|s| !s.is_empty()),
+            "{ty}: class_name"
+        );
+        assert!(
+            v["type_name"]
+                .as_str()
+                .unwrap()
+                .starts_with(v["class_name"].as_str().unwrap())
+        );
+        assert_eq!(
+            v["time"],
+            e.envelope.recorded_at.timestamp_millis(),
+            "{ty}: time in ms"
+        );
+        assert_eq!(
+            v["metadata"]["uid"],
+            e.envelope.event_id.to_string(),
+            "{ty}: event id"
+        );
         assert_eq!(v["metadata"]["product"]["name"], "m87");
         assert_eq!(v["metadata"]["product"]["vendor_name"], "m87");
-        assert!(v["metadata"]["version"].as_str().unwrap().starts_with("1."), "{ty}: OCSF 1.x");
+        assert!(
+            v["metadata"]["version"].as_str().unwrap().starts_with("1."),
+            "{ty}: OCSF 1.x"
+        );
         assert_eq!(v["metadata"]["log_name"], "audit");
         assert_eq!(v["unmapped"]["m87"]["hash"], e.hash.as_str());
         assert_eq!(v["unmapped"]["m87"]["prev_hash"], e.prev_hash.as_str());
         assert_eq!(v["unmapped"]["m87"]["position"], e.envelope.global_position);
         assert_eq!(v["unmapped"]["m87"]["event_type"], ty);
-        assert_eq!(v["actor"]["user"]["email_addr"], "alice@example.com", "{ty}: actor");
+        assert_eq!(
+            v["actor"]["user"]["email_addr"], "alice@example.com",
+            "{ty}: actor"
+        );
         assert_eq!(v["src_endpoint"]["ip"], "192.0.2.7", "{ty}: source ip");
-        assert!(matches!(v["status_id"].as_u64(), Some(1 | 2)), "{ty}: status_id");
+        assert!(
+            matches!(v["status_id"].as_u64(), Some(1 | 2)),
+            "{ty}: status_id"
+        );
     }
 }
 
@@ -66,14 +95,39 @@ fn ecs_documents_use_ecs_field_names() {
         let e = source.append(envelope(event, alice()));
         let v = ecs(&e);
         let ts = v["@timestamp"].as_str().unwrap();
-        assert_eq!(chrono::DateTime::parse_from_rfc3339(ts).unwrap().timestamp_micros(), e.envelope.recorded_at.timestamp_micros(), "{ty}");
+        assert_eq!(
+            chrono::DateTime::parse_from_rfc3339(ts)
+                .unwrap()
+                .timestamp_micros(),
+            e.envelope.recorded_at.timestamp_micros(),
+            "{ty}"
+        );
         assert_eq!(v["event"]["id"], e.envelope.event_id.to_string());
         assert_eq!(v["event"]["kind"], "event");
         assert_eq!(v["event"]["dataset"], "m87.audit");
-        assert!(v["event"]["action"].as_str().is_some_and(|a| m87_events::audit::ACTIONS.contains(&a)), "{ty}: action");
-        assert!(matches!(v["event"]["outcome"].as_str(), Some("success" | "failure" | "unknown")), "{ty}: outcome");
-        assert!(v["event"]["category"].as_array().is_some_and(|c| !c.is_empty()), "{ty}: category");
-        assert!(v["event"]["type"].as_array().is_some_and(|c| !c.is_empty()), "{ty}: type");
+        assert!(
+            v["event"]["action"]
+                .as_str()
+                .is_some_and(|a| m87_events::audit::ACTIONS.contains(&a)),
+            "{ty}: action"
+        );
+        assert!(
+            matches!(
+                v["event"]["outcome"].as_str(),
+                Some("success" | "failure" | "unknown")
+            ),
+            "{ty}: outcome"
+        );
+        assert!(
+            v["event"]["category"]
+                .as_array()
+                .is_some_and(|c| !c.is_empty()),
+            "{ty}: category"
+        );
+        assert!(
+            v["event"]["type"].as_array().is_some_and(|c| !c.is_empty()),
+            "{ty}: type"
+        );
         assert_eq!(v["user"]["email"], "alice@example.com");
         assert_eq!(v["source"]["ip"], "192.0.2.7");
         assert_eq!(v["m87"]["hash"], e.hash.as_str());
@@ -109,7 +163,10 @@ fn parse_cef(line: &str) -> (Vec<String>, Vec<(String, String)>) {
         }
     }
     let ext: String = chars.collect();
-    assert!(!ext.contains('\n') && !ext.contains('\r'), "raw line break in the extensions: {ext:?}");
+    assert!(
+        !ext.contains('\n') && !ext.contains('\r'),
+        "raw line break in the extensions: {ext:?}"
+    );
     // Positions of unescaped '='; each key is the word before it.
     let b: Vec<char> = ext.chars().collect();
     let mut eqs = Vec::new();
@@ -128,7 +185,9 @@ fn parse_cef(line: &str) -> (Vec<String>, Vec<(String, String)>) {
     for (n, &eq) in eqs.iter().enumerate() {
         let key_start = b[..eq].iter().rposition(|c| *c == ' ').map_or(0, |p| p + 1);
         let key: String = b[key_start..eq].iter().collect();
-        let end = eqs.get(n + 1).map_or(b.len(), |&next| b[..next].iter().rposition(|c| *c == ' ').unwrap());
+        let end = eqs.get(n + 1).map_or(b.len(), |&next| {
+            b[..next].iter().rposition(|c| *c == ' ').unwrap()
+        });
         let raw: String = b[eq + 1..end].iter().collect();
         pairs.push((key, unescape(&raw)));
     }
@@ -163,9 +222,22 @@ fn cef_escapes_a_hostile_value() {
     assert_eq!(header[0], "CEF:0");
     assert_eq!(header[4], "SessionRefused");
     assert_eq!(header[6], "7", "refusals have severity 7");
-    let get = |k: &str| ext.iter().filter(|(key, _)| key == k).map(|(_, v)| v.clone()).collect::<Vec<_>>();
-    assert_eq!(get("reason"), vec![format!("access_revoked: {hostile}")], "{line}");
-    assert_eq!(get("cs1"), vec![e.hash.clone()], "the hostile text cannot forge cs1: {line}");
+    let get = |k: &str| {
+        ext.iter()
+            .filter(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        get("reason"),
+        vec![format!("access_revoked: {hostile}")],
+        "{line}"
+    );
+    assert_eq!(
+        get("cs1"),
+        vec![e.hash.clone()],
+        "the hostile text cannot forge cs1: {line}"
+    );
     assert_eq!(get("externalId"), vec![e.envelope.event_id.to_string()]);
     assert_eq!(get("cs2"), vec![e.prev_hash.clone()]);
     assert_eq!(get("cn1"), vec![e.envelope.global_position.to_string()]);
@@ -176,7 +248,10 @@ fn cef_escapes_a_hostile_value() {
 
 #[test]
 fn cef_header_escapes_pipes_and_backslashes() {
-    assert_eq!(m87_audit_export::format::cef::escape_header("a|b\\c\nd"), "a\\|b\\\\c d");
+    assert_eq!(
+        m87_audit_export::format::cef::escape_header("a|b\\c\nd"),
+        "a\\|b\\\\c d"
+    );
 }
 
 proptest! {

@@ -10,21 +10,31 @@ use std::time::Duration;
 
 use common::receiver::Receiver;
 use common::{Running, wait_until};
-use m87_audit_export::{AlwaysHeld, AuditEntry, Exporter, MemoryCursors, MemorySource, SinksConfig};
+use m87_audit_export::{
+    AlwaysHeld, AuditEntry, Exporter, MemoryCursors, MemorySource, SinksConfig,
+};
 use serde_json::Value;
 
 fn start(config: &str, source: Arc<MemorySource>) -> Running {
     let c = SinksConfig::from_str_at(config, Path::new("/test/sinks.toml")).unwrap();
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let handle = Exporter::new(&c, source, Arc::new(MemoryCursors::new()), Arc::new(AlwaysHeld))
-        .unwrap()
-        .with_timing(common::fast_timing())
-        .spawn(rx);
+    let handle = Exporter::new(
+        &c,
+        source,
+        Arc::new(MemoryCursors::new()),
+        Arc::new(AlwaysHeld),
+    )
+    .unwrap()
+    .with_timing(common::fast_timing())
+    .spawn(rx);
     Running { handle, stop }
 }
 
 fn ids(entries: &[AuditEntry]) -> Vec<String> {
-    entries.iter().map(|e| e.envelope.event_id.to_string()).collect()
+    entries
+        .iter()
+        .map(|e| e.envelope.event_id.to_string())
+        .collect()
 }
 
 #[tokio::test]
@@ -37,17 +47,26 @@ async fn splunk_hec_posts_envelopes_with_the_token_header() {
         rx.url("/splunk")
     );
     let run = start(&cfg, source);
-    wait_until(Duration::from_secs(10), "7 records at HEC", || run.status("hec").delivered == 7).await;
+    wait_until(Duration::from_secs(10), "7 records at HEC", || {
+        run.status("hec").delivered == 7
+    })
+    .await;
     let reqs = rx.accepted();
     assert_eq!(reqs.len(), 2, "one POST per batch of 5");
     let mut got = Vec::new();
     for r in &reqs {
         assert_eq!(r.method, "POST");
         assert_eq!(r.path, "/splunk/services/collector/event");
-        assert_eq!(r.header("authorization").as_deref(), Some("Splunk hec-token-1"));
+        assert_eq!(
+            r.header("authorization").as_deref(),
+            Some("Splunk hec-token-1")
+        );
         for v in serde_json::Deserializer::from_slice(&r.body).into_iter::<Value>() {
             let v = v.unwrap();
-            assert!(v["time"].is_f64() || v["time"].is_u64(), "time is epoch seconds: {v}");
+            assert!(
+                v["time"].is_f64() || v["time"].is_u64(),
+                "time is epoch seconds: {v}"
+            );
             assert_eq!(v["source"], "m87");
             assert_eq!(v["sourcetype"], "m87:audit");
             assert_eq!(v["host"], "edge-device-01");
@@ -78,8 +97,12 @@ fn bulk_answer(body: &[u8], status_of: &dyn Fn(&str, usize) -> u16) -> Vec<u8> {
             item
         })
         .collect();
-    let errors = items.iter().any(|i| i["create"]["status"].as_u64().unwrap() >= 300);
-    serde_json::json!({ "took": 1, "errors": errors, "items": items }).to_string().into_bytes()
+    let errors = items
+        .iter()
+        .any(|i| i["create"]["status"].as_u64().unwrap() >= 300);
+    serde_json::json!({ "took": 1, "errors": errors, "items": items })
+        .to_string()
+        .into_bytes()
 }
 
 #[tokio::test]
@@ -92,32 +115,49 @@ async fn bulk_sends_create_actions_with_the_event_id_and_reads_each_item() {
     let throttled_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (b, d, t) = (bad.clone(), dup.clone(), throttled_once.clone());
     rx.set(move |r| {
-        (200, bulk_answer(&r.body, &|id, _| {
-            if id == b {
-                400
-            } else if id == d {
-                409
-            } else if !t.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                429
-            } else {
-                201
-            }
-        }))
+        (
+            200,
+            bulk_answer(&r.body, &|id, _| {
+                if id == b {
+                    400
+                } else if id == d {
+                    409
+                } else if !t.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    429
+                } else {
+                    201
+                }
+            }),
+        )
     });
     let cfg = format!(
         "[[sink]]\nname = \"es\"\nkind = \"elasticsearch\"\nurl = \"{}\"\nindex = \"m87-audit\"\nusername = \"w\"\npassword = \"pw\"\n",
         rx.url("/")
     );
     let run = start(&cfg, source);
-    wait_until(Duration::from_secs(10), "the batch acknowledged", || run.status("es").cursor == 6).await;
+    wait_until(Duration::from_secs(10), "the batch acknowledged", || {
+        run.status("es").cursor == 6
+    })
+    .await;
     let st = run.status("es");
-    assert_eq!((st.delivered, st.rejected), (5, 1), "409 counts as delivered, 400 as rejected: {st:?}");
+    assert_eq!(
+        (st.delivered, st.rejected),
+        (5, 1),
+        "409 counts as delivered, 400 as rejected: {st:?}"
+    );
     assert!(st.retried >= 1, "the 429 made the batch go again: {st:?}");
     let reqs = rx.requests();
     for r in &reqs {
         assert_eq!(r.path, "/_bulk");
-        assert_eq!(r.header("content-type").as_deref(), Some("application/x-ndjson"));
-        assert_eq!(r.header("authorization").as_deref(), Some("Basic dzpwdw=="), "basic auth w:pw");
+        assert_eq!(
+            r.header("content-type").as_deref(),
+            Some("application/x-ndjson")
+        );
+        assert_eq!(
+            r.header("authorization").as_deref(),
+            Some("Basic dzpwdw=="),
+            "basic auth w:pw"
+        );
         assert!(r.body.ends_with(b"\n"), "the body ends with a newline");
         let lines: Vec<&str> = std::str::from_utf8(&r.body).unwrap().lines().collect();
         assert_eq!(lines.len(), 12, "an action and a document per record");
@@ -145,15 +185,22 @@ async fn webhook_signs_the_raw_body_with_hmac_sha256() {
         rx.url("/hook")
     );
     let run = start(&cfg, source);
-    wait_until(Duration::from_secs(10), "4 records at the webhook", || run.status("hook").delivered == 4).await;
+    wait_until(Duration::from_secs(10), "4 records at the webhook", || {
+        run.status("hook").delivered == 4
+    })
+    .await;
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"shared-key");
     for r in rx.accepted() {
         assert_eq!(r.path, "/hook");
-        assert_eq!(r.header("content-type").as_deref(), Some("application/x-ndjson"));
+        assert_eq!(
+            r.header("content-type").as_deref(),
+            Some("application/x-ndjson")
+        );
         let sig = r.header("x-m87-signature").expect("X-M87-Signature header");
         let hex_sig = sig.strip_prefix("sha256=").expect("sha256= prefix");
         let raw = hex::decode(hex_sig).unwrap();
-        ring::hmac::verify(&key, &r.body, &raw).expect("the signature is the HMAC-SHA256 of the raw body");
+        ring::hmac::verify(&key, &r.body, &raw)
+            .expect("the signature is the HMAC-SHA256 of the raw body");
         let mut tampered = r.body.to_vec();
         tampered[0] ^= 1;
         assert!(ring::hmac::verify(&key, &tampered, &raw).is_err());
@@ -175,29 +222,60 @@ async fn otlp_sends_log_records_a_collector_can_decode() {
         rx.url("/v1/logs")
     );
     let run = start(&cfg, source);
-    wait_until(Duration::from_secs(10), "3 records at OTLP", || run.status("otel").delivered == 3).await;
+    wait_until(Duration::from_secs(10), "3 records at OTLP", || {
+        run.status("otel").delivered == 3
+    })
+    .await;
     let reqs = rx.accepted();
     let r = &reqs[0];
     assert_eq!(r.path, "/v1/logs");
-    assert_eq!(r.header("content-type").as_deref(), Some("application/x-protobuf"));
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/x-protobuf")
+    );
     assert_eq!(r.header("x-api-key").as_deref(), Some("k1"));
-    let req = ExportLogsServiceRequest::decode(r.body.as_ref()).expect("a protobuf ExportLogsServiceRequest");
+    let req = ExportLogsServiceRequest::decode(r.body.as_ref())
+        .expect("a protobuf ExportLogsServiceRequest");
     let rl = &req.resource_logs[0];
     let records = &rl.scope_logs[0].log_records;
     assert_eq!(records.len(), 3);
     for (rec, e) in records.iter().zip(&entries) {
         let attr = |k: &str| {
-            rec.attributes.iter().find(|a| a.key == k).and_then(|a| a.value.clone()).and_then(|v| v.value)
+            rec.attributes
+                .iter()
+                .find(|a| a.key == k)
+                .and_then(|a| a.value.clone())
+                .and_then(|v| v.value)
         };
-        assert_eq!(attr("m87.event_id"), Some(Any::StringValue(e.envelope.event_id.to_string())));
+        assert_eq!(
+            attr("m87.event_id"),
+            Some(Any::StringValue(e.envelope.event_id.to_string()))
+        );
         assert_eq!(attr("m87.hash"), Some(Any::StringValue(e.hash.clone())));
-        assert_eq!(attr("m87.prev_hash"), Some(Any::StringValue(e.prev_hash.clone())));
-        assert_eq!(attr("m87.position"), Some(Any::IntValue(e.envelope.global_position as i64)));
-        assert_eq!(attr("m87.device"), Some(Any::StringValue("edge-device-01".into())));
-        assert_eq!(attr("user.email"), Some(Any::StringValue("alice@example.com".into())));
-        assert_eq!(rec.time_unix_nano, e.envelope.recorded_at.timestamp_nanos_opt().unwrap() as u64);
+        assert_eq!(
+            attr("m87.prev_hash"),
+            Some(Any::StringValue(e.prev_hash.clone()))
+        );
+        assert_eq!(
+            attr("m87.position"),
+            Some(Any::IntValue(e.envelope.global_position as i64))
+        );
+        assert_eq!(
+            attr("m87.device"),
+            Some(Any::StringValue("edge-device-01".into()))
+        );
+        assert_eq!(
+            attr("user.email"),
+            Some(Any::StringValue("alice@example.com".into()))
+        );
+        assert_eq!(
+            rec.time_unix_nano,
+            e.envelope.recorded_at.timestamp_nanos_opt().unwrap() as u64
+        );
         assert_eq!(rec.severity_text, "INFO");
-        let Some(Any::StringValue(body)) = rec.body.clone().and_then(|b| b.value) else { panic!("string body") };
+        let Some(Any::StringValue(body)) = rec.body.clone().and_then(|b| b.value) else {
+            panic!("string body")
+        };
         let ocsf: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(ocsf["metadata"]["uid"], e.envelope.event_id.to_string());
     }

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use common::rsyslog::{Rsyslog, parse_5424};
 use common::{Running, free_port, wait_until};
-use m87_audit_export::{AlwaysHeld, AuditEntry, Exporter, MemoryCursors, MemorySource, SinksConfig};
+use m87_audit_export::{
+    AlwaysHeld, AuditEntry, Exporter, MemoryCursors, MemorySource, SinksConfig,
+};
 
 fn start(config: &str, source: Arc<MemorySource>, cursors: Arc<MemoryCursors>) -> Running {
     let c = SinksConfig::from_str_at(config, Path::new("/test/sinks.toml")).unwrap();
@@ -34,18 +36,32 @@ fn assert_records(lines: &[String], entries: &[AuditEntry], cef: bool) {
         assert_eq!(m.msgid, "SessionOpened");
         let (id, params) = &m.sd[0];
         assert_eq!(id, "m87@32473");
-        let p = |k: &str| params.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
-        assert_eq!(p("event_id"), Some(e.envelope.event_id.to_string().as_str()));
+        let p = |k: &str| {
+            params
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(
+            p("event_id"),
+            Some(e.envelope.event_id.to_string().as_str())
+        );
         assert_eq!(p("hash"), Some(e.hash.as_str()));
         assert_eq!(p("prev_hash"), Some(e.prev_hash.as_str()));
-        assert_eq!(p("position"), Some(e.envelope.global_position.to_string().as_str()));
+        assert_eq!(
+            p("position"),
+            Some(e.envelope.global_position.to_string().as_str())
+        );
         assert_eq!(p("device"), Some("edge-device-01"));
         assert_eq!(p("action"), Some("exec"));
         assert_eq!(p("outcome"), Some("open"));
         assert_eq!(p("user"), Some("alice@example.com"));
         if cef {
             assert!(m.msg.starts_with("CEF:0|m87|m87|"), "{}", m.msg);
-            assert!(m.msg.contains(&format!("externalId={}", e.envelope.event_id)));
+            assert!(
+                m.msg
+                    .contains(&format!("externalId={}", e.envelope.event_id))
+            );
         } else {
             let v: serde_json::Value = serde_json::from_str(&m.msg).unwrap();
             assert_eq!(v["metadata"]["uid"], e.envelope.event_id.to_string());
@@ -64,7 +80,12 @@ async fn syslog_over_tcp_into_rsyslog() {
         "[[sink]]\nname = \"rs\"\nkind = \"syslog\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:{port}\"\nhostname = \"m87-test\"\nbatch_size = 10\n"
     );
     let run = start(&cfg, source, Arc::new(MemoryCursors::new()));
-    wait_until(Duration::from_secs(15), "25 lines in rsyslog's file", || rs.lines().len() >= 25).await;
+    wait_until(
+        Duration::from_secs(15),
+        "25 lines in rsyslog's file",
+        || rs.lines().len() >= 25,
+    )
+    .await;
     assert_records(&rs.lines(), &entries, true);
     assert_eq!(run.status("rs").delivered, 25);
     run.shutdown().await;
@@ -83,7 +104,12 @@ async fn syslog_over_tls_into_rsyslog() {
         tls.ca.display()
     );
     let run = start(&cfg, source, Arc::new(MemoryCursors::new()));
-    wait_until(Duration::from_secs(15), "12 lines in rsyslog's file", || rs.lines().len() >= 12).await;
+    wait_until(
+        Duration::from_secs(15),
+        "12 lines in rsyslog's file",
+        || rs.lines().len() >= 12,
+    )
+    .await;
     assert_records(&rs.lines(), &entries, false);
     run.shutdown().await;
 
@@ -97,10 +123,16 @@ async fn syslog_over_tls_into_rsyslog() {
         other_ca.ca.display()
     );
     let run = start(&cfg, source, Arc::new(MemoryCursors::new()));
-    wait_until(Duration::from_secs(10), "a refused handshake", || run.status("wrong-ca").retried > 0).await;
+    wait_until(Duration::from_secs(10), "a refused handshake", || {
+        run.status("wrong-ca").retried > 0
+    })
+    .await;
     let st = run.status("wrong-ca");
     assert_eq!(st.delivered, 0);
-    assert!(st.last_error.as_deref().unwrap_or("").contains("TLS"), "{st:?}");
+    assert!(
+        st.last_error.as_deref().unwrap_or("").contains("TLS"),
+        "{st:?}"
+    );
     assert_eq!(rs.lines().len(), 12);
     run.shutdown().await;
 }
@@ -116,20 +148,39 @@ async fn rsyslog_down_for_a_while_loses_nothing() {
         "[[sink]]\nname = \"rs\"\nkind = \"syslog\"\naddress = \"127.0.0.1:{port}\"\nhostname = \"m87-test\"\nbatch_size = 50\ntimeout = \"1s\"\n"
     );
     let run = start(&cfg, source.clone(), Arc::new(MemoryCursors::new()));
-    wait_until(Duration::from_secs(15), "the first 20", || rs.lines().len() >= 20).await;
+    wait_until(Duration::from_secs(15), "the first 20", || {
+        rs.lines().len() >= 20
+    })
+    .await;
 
     rs.stop();
     entries.extend(common::events::append_sessions(&source, 500));
     run.handle.notify();
-    wait_until(Duration::from_secs(10), "failed deliveries while rsyslog is down", || run.status("rs").retried >= 2).await;
+    wait_until(
+        Duration::from_secs(10),
+        "failed deliveries while rsyslog is down",
+        || run.status("rs").retried >= 2,
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(run.status("rs").cursor, 20, "nothing counted as delivered while the receiver is down");
+    assert_eq!(
+        run.status("rs").cursor,
+        20,
+        "nothing counted as delivered while the receiver is down"
+    );
 
     rs.restart();
-    wait_until(Duration::from_secs(20), "all 520 records", || rs.lines().len() >= 520).await;
+    wait_until(Duration::from_secs(20), "all 520 records", || {
+        rs.lines().len() >= 520
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_records(&rs.lines(), &entries, true);
     let st = run.status("rs");
-    assert_eq!((st.cursor, st.delivered, st.lag_records), (520, 520, 0), "{st:?}");
+    assert_eq!(
+        (st.cursor, st.delivered, st.lag_records),
+        (520, 520, 0),
+        "{st:?}"
+    );
     run.shutdown().await;
 }

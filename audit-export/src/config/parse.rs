@@ -88,7 +88,10 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<SinksConfig, ConfigError>
             return Err(fields.err_at(
                 fields.line_of_key("name"),
                 "name",
-                format!("a sink named {:?} is already defined; names must be unique", sink.name),
+                format!(
+                    "a sink named {:?} is already defined; names must be unique",
+                    sink.name
+                ),
             ));
         }
         sinks.push(sink);
@@ -172,10 +175,9 @@ impl Fields<'_> {
         match self.map.get(key).map(|v| v.get_ref()) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(self.err(
-                key,
-                format!("must be a string, not a {}", other.type_str()),
-            )),
+            Some(other) => {
+                Err(self.err(key, format!("must be a string, not a {}", other.type_str())))
+            }
         }
     }
 
@@ -187,10 +189,9 @@ impl Fields<'_> {
         match self.map.get(key).map(|v| v.get_ref()) {
             None => Ok(None),
             Some(Value::Integer(n)) if (min..=max).contains(n) => Ok(Some(*n)),
-            Some(Value::Integer(n)) => Err(self.err(
-                key,
-                format!("{n} is out of range: use {min} to {max}"),
-            )),
+            Some(Value::Integer(n)) => {
+                Err(self.err(key, format!("{n} is out of range: use {min} to {max}")))
+            }
             Some(other) => Err(self.err(
                 key,
                 format!("must be an integer, not a {}", other.type_str()),
@@ -210,18 +211,16 @@ impl Fields<'_> {
 
     fn read_file(&self, key: &str, raw: &str) -> Result<Vec<u8>, ConfigError> {
         let p = self.file_path(raw);
-        std::fs::read(&p)
-            .map_err(|e| self.err(key, format!("cannot read {}: {e}", p.display())))
+        std::fs::read(&p).map_err(|e| self.err(key, format!("cannot read {}: {e}", p.display())))
     }
 
     /// A secret given inline (`key`) or in a file (`key_file`).
     fn secret(&self, key: &str, what: &str) -> Result<Option<Secret>, ConfigError> {
         let file_key = format!("{key}_file");
         match (self.str(key)?, self.str(&file_key)?) {
-            (Some(_), Some(_)) => Err(self.err(
-                &file_key,
-                format!("give `{key}` or `{file_key}`, not both"),
-            )),
+            (Some(_), Some(_)) => {
+                Err(self.err(&file_key, format!("give `{key}` or `{file_key}`, not both")))
+            }
             (Some(v), None) if v.trim().is_empty() => {
                 Err(self.err(key, format!("the {what} is empty")))
             }
@@ -232,7 +231,9 @@ impl Fields<'_> {
                     .map_err(|_| self.err(&file_key, format!("{f} is not UTF-8 text")))?;
                 let v = v.trim();
                 if v.is_empty() {
-                    return Err(self.err(&file_key, format!("{f} is empty; it must hold the {what}")));
+                    return Err(
+                        self.err(&file_key, format!("{f} is empty; it must hold the {what}"))
+                    );
                 }
                 Ok(Some(Secret::new(v)))
             }
@@ -269,7 +270,10 @@ impl Fields<'_> {
         if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
             return Err(self.err("name", "must be 1 to 64 printable characters".to_owned()));
         }
-        let kind = self.need_str("kind", "syslog, splunk_hec, elasticsearch, webhook, otlp or file")?;
+        let kind = self.need_str(
+            "kind",
+            "syslog, splunk_hec, elasticsearch, webhook, otlp or file",
+        )?;
         let Some((_, own)) = KIND_KEYS.iter().find(|(k, _)| *k == kind) else {
             return Err(self.err(
                 "kind",
@@ -291,12 +295,16 @@ impl Fields<'_> {
             "splunk_hec" => SinkKind::SplunkHec(HecConfig {
                 target: self.target()?,
                 token: self.need_secret("token", "the HEC token")?,
-                format: self.format(&[Format::Ocsf, Format::Ecs, Format::Cef, Format::Json], Format::Ocsf)?,
+                format: self.format(
+                    &[Format::Ocsf, Format::Ecs, Format::Cef, Format::Json],
+                    Format::Ocsf,
+                )?,
             }),
             "elasticsearch" => SinkKind::Elasticsearch(self.elastic()?),
             "webhook" => SinkKind::Webhook(WebhookConfig {
                 target: self.target()?,
-                hmac_key: self.need_secret("hmac_key", "the HMAC-SHA256 key that signs each body")?,
+                hmac_key: self
+                    .need_secret("hmac_key", "the HMAC-SHA256 key that signs each body")?,
                 format: self.format(&[Format::Ocsf, Format::Ecs, Format::Json], Format::Ocsf)?,
             }),
             "otlp" => SinkKind::Otlp(self.otlp()?),
@@ -321,9 +329,15 @@ impl Fields<'_> {
                 .map(|(k, _)| *k)
                 .collect();
             let message = if users.is_empty() {
-                format!("unknown key for a {kind} sink; its keys are: {}", [COMMON, own].concat().join(", "))
+                format!(
+                    "unknown key for a {kind} sink; its keys are: {}",
+                    [COMMON, own].concat().join(", ")
+                )
             } else {
-                format!("unknown key for a {kind} sink (it belongs to: {})", users.join(", "))
+                format!(
+                    "unknown key for a {kind} sink (it belongs to: {})",
+                    users.join(", ")
+                )
             };
             return Err(self.err(key, message));
         }
@@ -334,10 +348,20 @@ impl Fields<'_> {
         let Some(f) = self.str("format")? else {
             return Ok(default);
         };
-        allowed.iter().copied().find(|a| a.name() == f).ok_or_else(|| {
-            let names: Vec<&str> = allowed.iter().map(|a| a.name()).collect();
-            self.err("format", format!("{f:?} is not a format of this sink: use {}", names.join(", ")))
-        })
+        allowed
+            .iter()
+            .copied()
+            .find(|a| a.name() == f)
+            .ok_or_else(|| {
+                let names: Vec<&str> = allowed.iter().map(|a| a.name()).collect();
+                self.err(
+                    "format",
+                    format!(
+                        "{f:?} is not a format of this sink: use {}",
+                        names.join(", ")
+                    ),
+                )
+            })
     }
 
     fn url(&self, suffix_hint: &str) -> Result<reqwest::Url, ConfigError> {
@@ -345,12 +369,16 @@ impl Fields<'_> {
         let url = reqwest::Url::parse(&raw)
             .map_err(|e| self.err("url", format!("bad URL {raw:?}: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(self.err("url", format!("bad URL {raw:?}: use http:// or https:// and a host")));
+            return Err(self.err(
+                "url",
+                format!("bad URL {raw:?}: use http:// or https:// and a host"),
+            ));
         }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(self.err(
                 "url",
-                "bad URL: it holds credentials; give them with the sink's secret keys instead".to_owned(),
+                "bad URL: it holds credentials; give them with the sink's secret keys instead"
+                    .to_owned(),
             ));
         }
         Ok(url)
@@ -376,14 +404,22 @@ impl Fields<'_> {
         let Some((host, port)) = address.rsplit_once(':') else {
             return Err(self.err("address", format!("{address:?} is not host:port")));
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
             return Err(self.err("address", format!("{address:?} is not host:port")));
         }
         let tls = if transport == SyslogTransport::Tls {
             Some(self.tls(&host)?)
         } else {
-            for key in ["ca_file", "client_cert_file", "client_key_file", "server_name"] {
+            for key in [
+                "ca_file",
+                "client_cert_file",
+                "client_key_file",
+                "server_name",
+            ] {
                 if self.map.contains_key(key) {
                     return Err(self.err(key, "applies only with transport = \"tls\"".to_owned()));
                 }
@@ -393,11 +429,25 @@ impl Fields<'_> {
         Ok(SyslogConfig {
             transport,
             address,
-            format: self.format(&[Format::Cef, Format::Json, Format::Ocsf, Format::Ecs], Format::Cef)?,
+            format: self.format(
+                &[Format::Cef, Format::Json, Format::Ocsf, Format::Ecs],
+                Format::Cef,
+            )?,
             facility: self.int("facility", 0, 23)?.map_or(10, |f| f as u8),
             hostname: match self.str("hostname")? {
-                Some(h) if !h.is_empty() && h.len() <= 255 && h.bytes().all(|b| (33..=126).contains(&b)) => h,
-                Some(h) => return Err(self.err("hostname", format!("{h:?}: use 1 to 255 printable ASCII characters without spaces"))),
+                Some(h)
+                    if !h.is_empty()
+                        && h.len() <= 255
+                        && h.bytes().all(|b| (33..=126).contains(&b)) =>
+                {
+                    h
+                }
+                Some(h) => {
+                    return Err(self.err(
+                        "hostname",
+                        format!("{h:?}: use 1 to 255 printable ASCII characters without spaces"),
+                    ));
+                }
                 None => local_hostname(),
             },
             tls,
@@ -405,18 +455,28 @@ impl Fields<'_> {
     }
 
     fn tls(&self, host: &str) -> Result<TlsSettings, ConfigError> {
-        let ca_certs = self
-            .certs("ca_file")?
-            .ok_or_else(|| self.missing("ca_file", "the CA certificate the syslog receiver's certificate is checked against"))?;
+        let ca_certs = self.certs("ca_file")?.ok_or_else(|| {
+            self.missing(
+                "ca_file",
+                "the CA certificate the syslog receiver's certificate is checked against",
+            )
+        })?;
         let client_identity = match (self.str("client_cert_file")?, self.str("client_key_file")?) {
             (None, None) => None,
-            (Some(_), None) => return Err(self.missing("client_key_file", "the key of client_cert_file")),
-            (None, Some(_)) => return Err(self.missing("client_cert_file", "the certificate of client_key_file")),
+            (Some(_), None) => {
+                return Err(self.missing("client_key_file", "the key of client_cert_file"));
+            }
+            (None, Some(_)) => {
+                return Err(self.missing("client_cert_file", "the certificate of client_key_file"));
+            }
             (Some(_), Some(k)) => {
                 let certs = self.certs("client_cert_file")?.unwrap_or_default();
                 let pem = self.read_file("client_key_file", &k)?;
                 let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
-                    self.err("client_key_file", format!("{k} holds no PEM private key: {e}"))
+                    self.err(
+                        "client_key_file",
+                        format!("{k} holds no PEM private key: {e}"),
+                    )
                 })?;
                 Some(ClientIdentity {
                     certs,
@@ -426,7 +486,10 @@ impl Fields<'_> {
         };
         let server_name = self.str("server_name")?.unwrap_or_else(|| host.to_owned());
         if rustls::pki_types::ServerName::try_from(server_name.clone()).is_err() {
-            return Err(self.err("server_name", format!("{server_name:?} is not a DNS name or IP address")));
+            return Err(self.err(
+                "server_name",
+                format!("{server_name:?} is not a DNS name or IP address"),
+            ));
         }
         Ok(TlsSettings {
             ca_certs,
@@ -438,8 +501,18 @@ impl Fields<'_> {
     fn elastic(&self) -> Result<ElasticConfig, ConfigError> {
         let target = self.target()?;
         let index = self.need_str("index", "the index or data stream to write to")?;
-        if index.is_empty() || index.starts_with(['-', '_', '+']) || index.chars().any(|c| c.is_ascii_uppercase() || " \"*\\<|,>/?#:".contains(c)) {
-            return Err(self.err("index", format!("{index:?} is not a valid index name (lower case, no spaces or \\/*?\"<>|,#:)")));
+        if index.is_empty()
+            || index.starts_with(['-', '_', '+'])
+            || index
+                .chars()
+                .any(|c| c.is_ascii_uppercase() || " \"*\\<|,>/?#:".contains(c))
+        {
+            return Err(self.err(
+                "index",
+                format!(
+                    "{index:?} is not a valid index name (lower case, no spaces or \\/*?\"<>|,#:)"
+                ),
+            ));
         }
         let username = self.str("username")?;
         let password = self.secret("password", "the password")?;
@@ -449,37 +522,63 @@ impl Fields<'_> {
             (None, None, Some(k)) => ElasticAuth::ApiKey(k),
             (Some(username), Some(password), None) => ElasticAuth::Basic { username, password },
             (Some(_), None, None) => {
-                return Err(self.err_at(self.table_line, "password", "missing secret: `username` needs `password` or `password_file`".to_owned()));
+                return Err(self.err_at(
+                    self.table_line,
+                    "password",
+                    "missing secret: `username` needs `password` or `password_file`".to_owned(),
+                ));
             }
             (None, Some(_), None) => return Err(self.missing("username", "the user of `password`")),
             (_, _, Some(_)) => {
-                return Err(self.err("api_key", "give `api_key` or `username` and `password`, not both".to_owned()));
+                return Err(self.err(
+                    "api_key",
+                    "give `api_key` or `username` and `password`, not both".to_owned(),
+                ));
             }
         };
         if self.map.contains_key("format") {
             self.format(&[Format::Ecs], Format::Ecs)?;
         }
-        Ok(ElasticConfig { target, index, auth })
+        Ok(ElasticConfig {
+            target,
+            index,
+            auth,
+        })
     }
 
     fn otlp(&self) -> Result<OtlpConfig, ConfigError> {
         let target = self.target()?;
         if !target.url.path().ends_with("/v1/logs") {
-            return Err(self.err("url", format!("{} should be the logs endpoint, ending in /v1/logs", target.url)));
+            return Err(self.err(
+                "url",
+                format!(
+                    "{} should be the logs endpoint, ending in /v1/logs",
+                    target.url
+                ),
+            ));
         }
         let mut headers = Vec::new();
         if let Some(v) = self.map.get("headers") {
             let Value::Table(t) = v.get_ref() else {
-                return Err(self.err("headers", "must be a table of header names to values".to_owned()));
+                return Err(self.err(
+                    "headers",
+                    "must be a table of header names to values".to_owned(),
+                ));
             };
             for (name, value) in t {
                 let Value::String(value) = value else {
-                    return Err(self.err("headers", format!("the value of header {name:?} must be a string")));
+                    return Err(self.err(
+                        "headers",
+                        format!("the value of header {name:?} must be a string"),
+                    ));
                 };
                 if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
                     || reqwest::header::HeaderValue::from_str(value).is_err()
                 {
-                    return Err(self.err("headers", format!("header {name:?} is not a valid HTTP header name and value")));
+                    return Err(self.err(
+                        "headers",
+                        format!("header {name:?} is not a valid HTTP header name and value"),
+                    ));
                 }
                 headers.push((name.clone(), Secret::new(value.clone())));
             }
@@ -487,7 +586,10 @@ impl Fields<'_> {
         Ok(OtlpConfig {
             target,
             headers,
-            format: self.format(&[Format::Ocsf, Format::Ecs, Format::Cef, Format::Json], Format::Ocsf)?,
+            format: self.format(
+                &[Format::Ocsf, Format::Ecs, Format::Cef, Format::Json],
+                Format::Ocsf,
+            )?,
         })
     }
 
@@ -499,7 +601,10 @@ impl Fields<'_> {
                 .int("max_bytes", 4096, i64::MAX)?
                 .map_or(100 * 1024 * 1024, |n| n as u64),
             keep: self.int("keep", 0, 1000)?.map_or(5, |n| n as u32),
-            format: self.format(&[Format::Ocsf, Format::Ecs, Format::Cef, Format::Json], Format::Ocsf)?,
+            format: self.format(
+                &[Format::Ocsf, Format::Ecs, Format::Cef, Format::Json],
+                Format::Ocsf,
+            )?,
         })
     }
 }

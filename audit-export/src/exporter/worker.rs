@@ -99,7 +99,11 @@ impl Worker {
         if let Ok(head) = self.source.head().await {
             self.shared.update(|s| s.head = head);
         }
-        let batch = match self.source.entries_after(c.position, self.sink.batch_size).await {
+        let batch = match self
+            .source
+            .entries_after(c.position, self.sink.batch_size)
+            .await
+        {
             Ok(b) => b,
             Err(e) => return self.failed(format!("cannot read the audit log: {e}")),
         };
@@ -120,7 +124,9 @@ impl Worker {
             Ok(Err(e)) => return self.failed(e.to_string()),
             Err(_) => {
                 self.sink.sink.reset();
-                return self.failed(format!("no acknowledgement within {limit:?}; the receiver stalls"));
+                return self.failed(format!(
+                    "no acknowledgement within {limit:?}; the receiver stalls"
+                ));
             }
         };
         for r in &delivered.rejected {
@@ -143,7 +149,9 @@ impl Worker {
             s.last_success_at = Some(Utc::now());
             s.oldest_pending = None;
             let error = match (&saved, last_reason) {
-                (Err(e), _) => Some(format!("cannot save the cursor (the batch may be sent again): {e}")),
+                (Err(e), _) => Some(format!(
+                    "cannot save the cursor (the batch may be sent again): {e}"
+                )),
                 (Ok(()), Some(r)) => Some(format!("rejected as malformed: {r}")),
                 (Ok(()), None) => None,
             };

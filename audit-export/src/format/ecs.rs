@@ -123,9 +123,21 @@ fn details(ev: &DomainEvent, doc: &mut Value, related: &mut Vec<String>) {
         }
         E::AccessGranted(e) => doc["user"]["target"] = json!({ "name": e.scope.as_str() }),
         E::AccessRevoked(e) => doc["user"]["target"] = json!({ "name": e.scope.as_str() }),
-        E::MemberAdded(e) => member(doc, related, &e.org_id, e.email.as_str(), Some(e.role.as_str())),
+        E::MemberAdded(e) => member(
+            doc,
+            related,
+            &e.org_id,
+            e.email.as_str(),
+            Some(e.role.as_str()),
+        ),
         E::MemberRemoved(e) => member(doc, related, &e.org_id, e.email.as_str(), None),
-        E::MemberRoleChanged(e) => member(doc, related, &e.org_id, e.email.as_str(), Some(e.role.as_str())),
+        E::MemberRoleChanged(e) => member(
+            doc,
+            related,
+            &e.org_id,
+            e.email.as_str(),
+            Some(e.role.as_str()),
+        ),
         E::OrgCreated(e) => doc["group"] = json!({ "id": e.org_id.to_string(), "name": e.name }),
         E::OrgDeleted(e) => doc["group"] = json!({ "id": e.org_id.to_string() }),
         E::ApiKeyCreated(e) => {
@@ -136,7 +148,13 @@ fn details(ev: &DomainEvent, doc: &mut Value, related: &mut Vec<String>) {
     }
 }
 
-fn member(doc: &mut Value, related: &mut Vec<String>, org: &m87_events::OrgId, email: &str, role: Option<&str>) {
+fn member(
+    doc: &mut Value,
+    related: &mut Vec<String>,
+    org: &m87_events::OrgId,
+    email: &str,
+    role: Option<&str>,
+) {
     doc["group"] = json!({ "id": org.to_string() });
     doc["user"]["target"] = json!({ "email": email, "name": email });
     if let Some(role) = role {

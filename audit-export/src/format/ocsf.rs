@@ -149,7 +149,10 @@ pub fn ocsf(entry: &AuditEntry) -> Value {
     r.insert("activity_id".into(), json!(cls.activity_id));
     r.insert("activity_name".into(), json!(activity_name));
     r.insert("type_uid".into(), json!(cls.type_uid()));
-    r.insert("type_name".into(), json!(format!("{}: {activity_name}", cls.class_name)));
+    r.insert(
+        "type_name".into(),
+        json!(format!("{}: {activity_name}", cls.class_name)),
+    );
     r.insert("time".into(), json!(f.time().timestamp_millis()));
     r.insert("severity_id".into(), json!(severity_id));
     r.insert("severity".into(), json!(severity_name));
@@ -162,7 +165,10 @@ pub fn ocsf(entry: &AuditEntry) -> Value {
         r.insert("src_endpoint".into(), json!({ "ip": ip }));
     }
     if let Some(d) = &f.device {
-        r.insert("device".into(), json!({ "uid": d, "type_id": 0, "type": "Unknown" }));
+        r.insert(
+            "device".into(),
+            json!({ "uid": d, "type_id": 0, "type": "Unknown" }),
+        );
         if cls.category_uid() == 4 {
             r.insert("dst_endpoint".into(), json!({ "uid": d }));
         }
@@ -190,7 +196,8 @@ pub fn ocsf(entry: &AuditEntry) -> Value {
 fn actor(f: &Facts<'_>) -> Value {
     match (&f.user_email, &f.entry.envelope.metadata.actor) {
         (Some(email), _) => {
-            let mut user = json!({ "email_addr": email, "name": email, "type_id": 1, "type": "User" });
+            let mut user =
+                json!({ "email_addr": email, "name": email, "type_id": 1, "type": "User" });
             if let Some(k) = &f.key_id {
                 user["credential_uid"] = json!(k);
             }
@@ -240,30 +247,52 @@ fn class_details(event: &DomainEvent, r: &mut Map<String, Value>) {
         E::AccessRevoked(e) => access(r, &e.device_id, &e.scope),
         E::MemberAdded(e) => group(r, &e.org_id, Some(e.email.as_str()), Some(e.role.as_str())),
         E::MemberRemoved(e) => group(r, &e.org_id, Some(e.email.as_str()), None),
-        E::MemberRoleChanged(e) => group(r, &e.org_id, Some(e.email.as_str()), Some(e.role.as_str())),
+        E::MemberRoleChanged(e) => {
+            group(r, &e.org_id, Some(e.email.as_str()), Some(e.role.as_str()))
+        }
         E::OrgCreated(e) => group(r, &e.org_id, None, None),
         E::OrgDeleted(e) => group(r, &e.org_id, None, None),
         E::ApiKeyCreated(e) => {
-            r.insert("user".into(), json!({ "email_addr": e.email.as_str(), "name": e.email.as_str(),
-                "credential_uid": e.key_id.to_string() }));
+            r.insert(
+                "user".into(),
+                json!({ "email_addr": e.email.as_str(), "name": e.email.as_str(),
+                "credential_uid": e.key_id.to_string() }),
+            );
         }
         E::ApiKeyRevoked(e) => {
-            r.insert("user".into(), json!({ "credential_uid": e.key_id.to_string() }));
+            r.insert(
+                "user".into(),
+                json!({ "credential_uid": e.key_id.to_string() }),
+            );
         }
         E::DeviceCredentialsIssued(e) => {
-            r.insert("user".into(), json!({ "uid": e.device_id.to_string(), "type_id": 99, "type": "Device",
-                "credential_uid": e.key_id.to_string() }));
+            r.insert(
+                "user".into(),
+                json!({ "uid": e.device_id.to_string(), "type_id": 99, "type": "Device",
+                "credential_uid": e.key_id.to_string() }),
+            );
         }
         other => {
             if let Some(d) = m87_events::audit::device_of(other) {
-                r.insert("entity".into(), json!({ "uid": d.to_string(), "type": "device" }));
+                r.insert(
+                    "entity".into(),
+                    json!({ "uid": d.to_string(), "type": "device" }),
+                );
             }
         }
     }
 }
 
-fn group(r: &mut Map<String, Value>, org: &m87_events::OrgId, email: Option<&str>, role: Option<&str>) {
-    r.insert("group".into(), json!({ "uid": org.to_string(), "type": "organization" }));
+fn group(
+    r: &mut Map<String, Value>,
+    org: &m87_events::OrgId,
+    email: Option<&str>,
+    role: Option<&str>,
+) {
+    r.insert(
+        "group".into(),
+        json!({ "uid": org.to_string(), "type": "organization" }),
+    );
     if let Some(email) = email {
         r.insert("user".into(), json!({ "email_addr": email, "name": email }));
     }
@@ -274,6 +303,12 @@ fn group(r: &mut Map<String, Value>, org: &m87_events::OrgId, email: Option<&str
 
 fn access(r: &mut Map<String, Value>, device: &m87_events::DeviceId, scope: &m87_events::Scope) {
     r.insert("privileges".into(), json!(["access"]));
-    r.insert("user".into(), json!({ "uid": scope.as_str(), "name": scope.as_str() }));
-    r.insert("resource".into(), json!({ "uid": device.to_string(), "type": "device" }));
+    r.insert(
+        "user".into(),
+        json!({ "uid": scope.as_str(), "name": scope.as_str() }),
+    );
+    r.insert(
+        "resource".into(),
+        json!({ "uid": device.to_string(), "type": "device" }),
+    );
 }

@@ -108,7 +108,10 @@ impl Sink for FileSink {
         }
         if let Err(e) = self.write(&data).await {
             self.file = None;
-            return Err(SinkError::Retry(format!("writing {}: {e}", self.path.display())));
+            return Err(SinkError::Retry(format!(
+                "writing {}: {e}",
+                self.path.display()
+            )));
         }
         Ok(Delivered::all())
     }

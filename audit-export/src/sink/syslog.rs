@@ -84,8 +84,9 @@ impl SyslogSink {
             None => None,
             Some(t) => {
                 let cc = tls::client_config(Some(&t.ca_certs), t.client_identity.as_ref())?;
-                let name = ServerName::try_from(t.server_name.clone())
-                    .map_err(|e| SinkError::Setup(format!("server name {:?}: {e}", t.server_name)))?;
+                let name = ServerName::try_from(t.server_name.clone()).map_err(|e| {
+                    SinkError::Setup(format!("server name {:?}: {e}", t.server_name))
+                })?;
                 Some((TlsConnector::from(Arc::new(cc)), name))
             }
         };
@@ -106,15 +107,27 @@ impl SyslogSink {
             let addr = &self.config.address;
             let tcp = tokio::time::timeout(self.timeout, TcpStream::connect(addr))
                 .await
-                .map_err(|_| SinkError::Retry(format!("cannot connect to syslog receiver {addr}: no answer within {:?}", self.timeout)))?
-                .map_err(|e| SinkError::Retry(format!("cannot connect to syslog receiver {addr}: {e}")))?;
+                .map_err(|_| {
+                    SinkError::Retry(format!(
+                        "cannot connect to syslog receiver {addr}: no answer within {:?}",
+                        self.timeout
+                    ))
+                })?
+                .map_err(|e| {
+                    SinkError::Retry(format!("cannot connect to syslog receiver {addr}: {e}"))
+                })?;
             let _ = tcp.set_nodelay(true);
             let stream = match &self.tls {
                 None => Conn::Tcp(tcp),
                 Some((connector, name)) => Conn::Tls(Box::new(
                     tokio::time::timeout(self.timeout, connector.connect(name.clone(), tcp))
                         .await
-                        .map_err(|_| SinkError::Retry(format!("TLS handshake with {addr}: no answer within {:?}", self.timeout)))?
+                        .map_err(|_| {
+                            SinkError::Retry(format!(
+                                "TLS handshake with {addr}: no answer within {:?}",
+                                self.timeout
+                            ))
+                        })?
                         .map_err(|e| SinkError::Retry(format!("TLS handshake with {addr}: {e}")))?,
                 )),
             };
@@ -128,13 +141,17 @@ impl SyslogSink {
     async fn send_udp(&mut self, messages: &[String]) -> Result<(), SinkError> {
         let addr = self.config.address.clone();
         if self.udp.is_none() {
-            let local = if addr.starts_with('[') { "[::]:0" } else { "0.0.0.0:0" };
+            let local = if addr.starts_with('[') {
+                "[::]:0"
+            } else {
+                "0.0.0.0:0"
+            };
             let sock = UdpSocket::bind(local)
                 .await
                 .map_err(|e| SinkError::Retry(format!("cannot open a UDP socket: {e}")))?;
-            sock.connect(&addr)
-                .await
-                .map_err(|e| SinkError::Retry(format!("cannot reach syslog receiver {addr}: {e}")))?;
+            sock.connect(&addr).await.map_err(|e| {
+                SinkError::Retry(format!("cannot reach syslog receiver {addr}: {e}"))
+            })?;
             self.udp = Some(sock);
         }
         let Some(sock) = self.udp.as_ref() else {
@@ -175,11 +192,13 @@ impl Sink for SyslogSink {
         let limit = self.timeout;
         let conn = self.connect().await?;
         let written = tokio::time::timeout(limit, conn.send(&frames))
-        .await
-        .unwrap_or_else(|_| Err(std::io::Error::other(format!("stalled for {limit:?}"))));
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other(format!("stalled for {limit:?}"))));
         if let Err(e) = written {
             self.conn = None;
-            return Err(SinkError::Retry(format!("writing to syslog receiver {addr}: {e}")));
+            return Err(SinkError::Retry(format!(
+                "writing to syslog receiver {addr}: {e}"
+            )));
         }
         Ok(Delivered::all())
     }

@@ -18,23 +18,24 @@ pub fn client_config(
     match ca_certs {
         Some(certs) => {
             for c in certs {
-                roots
-                    .add(c.clone())
-                    .map_err(|e| SinkError::Setup(format!("the CA certificate is not usable: {e}")))?;
+                roots.add(c.clone()).map_err(|e| {
+                    SinkError::Setup(format!("the CA certificate is not usable: {e}"))
+                })?;
             }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
-    let builder = ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| SinkError::Setup(format!("TLS settings: {e}")))?
-    .with_root_certificates(roots);
+    let builder =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| SinkError::Setup(format!("TLS settings: {e}")))?
+            .with_root_certificates(roots);
     match identity {
         None => Ok(builder.with_no_client_auth()),
         Some(id) => builder
             .with_client_auth_cert(id.certs.clone(), id.key.clone_key())
-            .map_err(|e| SinkError::Setup(format!("the client certificate and key do not fit: {e}"))),
+            .map_err(|e| {
+                SinkError::Setup(format!("the client certificate and key do not fit: {e}"))
+            }),
     }
 }

@@ -6,8 +6,8 @@ use chrono::Utc;
 use m87_events::domain::*;
 use m87_events::token::{Credential, Operation};
 use m87_events::{
-    Actor, CorrelationId, DeviceId, DeviceName, DomainEvent, Email, EventEnvelope, EventId, KeyId, Metadata,
-    OrgId, RequestId, Scope, SessionId, StreamId,
+    Actor, CorrelationId, DeviceId, DeviceName, DomainEvent, Email, EventEnvelope, EventId, KeyId,
+    Metadata, OrgId, RequestId, Scope, SessionId, StreamId,
 };
 
 pub fn device() -> DeviceId {
@@ -84,27 +84,106 @@ pub fn every_kind() -> Vec<(DomainEvent, u32, u32)> {
     let scope: Scope = "user:bob@example.com".parse().unwrap();
     let name: DeviceName = "edge01".parse().unwrap();
     vec![
-        (DomainEvent::RegistrationRequested(RegistrationRequested {
-            request_id: req, device_id: device(), name: name.clone(), owner_scope: scope.clone(),
-            system_info: SystemInfo::default(), claim_secret_hash: "00".repeat(32), expires_at: Utc::now(),
-        }), 3004, 1),
-        (DomainEvent::RegistrationApproved(RegistrationApproved { request_id: req, device_id: device() }), 3004, 3),
-        (DomainEvent::RegistrationRejected(RegistrationRejected { request_id: req, device_id: device() }), 3004, 3),
-        (DomainEvent::RegistrationExpired(RegistrationExpired { request_id: req, device_id: device() }), 3004, 3),
-        (DomainEvent::DeviceEnrolled(DeviceEnrolled {
-            device_id: device(), request_id: req, name, owner_scope: scope.clone(), system_info: SystemInfo::default(),
-        }), 3004, 6),
-        (DomainEvent::DeviceCredentialsIssued(DeviceCredentialsIssued {
-            device_id: device(), request_id: req, key_id: KeyId::new(), key_hash: "11".repeat(32),
-        }), 3001, 99),
-        (DomainEvent::DeviceRemoved(DeviceRemoved { device_id: device() }), 3004, 7),
-        (DomainEvent::AccessGranted(AccessGranted { device_id: device(), scope: scope.clone() }), 3005, 1),
-        (DomainEvent::AccessRevoked(AccessRevoked { device_id: device(), scope }), 3005, 2),
-        (DomainEvent::ApiKeyCreated(ApiKeyCreated {
-            key_id: KeyId::new(), email: email.clone(), name: "ci".to_owned(), key_hash: "22".repeat(32),
-            key_hint: "m87u_ab".to_owned(), bootstrap: false,
-        }), 3001, 99),
-        (DomainEvent::ApiKeyRevoked(ApiKeyRevoked { key_id: KeyId::new() }), 3001, 99),
+        (
+            DomainEvent::RegistrationRequested(RegistrationRequested {
+                request_id: req,
+                device_id: device(),
+                name: name.clone(),
+                owner_scope: scope.clone(),
+                system_info: SystemInfo::default(),
+                claim_secret_hash: "00".repeat(32),
+                expires_at: Utc::now(),
+            }),
+            3004,
+            1,
+        ),
+        (
+            DomainEvent::RegistrationApproved(RegistrationApproved {
+                request_id: req,
+                device_id: device(),
+            }),
+            3004,
+            3,
+        ),
+        (
+            DomainEvent::RegistrationRejected(RegistrationRejected {
+                request_id: req,
+                device_id: device(),
+            }),
+            3004,
+            3,
+        ),
+        (
+            DomainEvent::RegistrationExpired(RegistrationExpired {
+                request_id: req,
+                device_id: device(),
+            }),
+            3004,
+            3,
+        ),
+        (
+            DomainEvent::DeviceEnrolled(DeviceEnrolled {
+                device_id: device(),
+                request_id: req,
+                name,
+                owner_scope: scope.clone(),
+                system_info: SystemInfo::default(),
+            }),
+            3004,
+            6,
+        ),
+        (
+            DomainEvent::DeviceCredentialsIssued(DeviceCredentialsIssued {
+                device_id: device(),
+                request_id: req,
+                key_id: KeyId::new(),
+                key_hash: "11".repeat(32),
+            }),
+            3001,
+            99,
+        ),
+        (
+            DomainEvent::DeviceRemoved(DeviceRemoved {
+                device_id: device(),
+            }),
+            3004,
+            7,
+        ),
+        (
+            DomainEvent::AccessGranted(AccessGranted {
+                device_id: device(),
+                scope: scope.clone(),
+            }),
+            3005,
+            1,
+        ),
+        (
+            DomainEvent::AccessRevoked(AccessRevoked {
+                device_id: device(),
+                scope,
+            }),
+            3005,
+            2,
+        ),
+        (
+            DomainEvent::ApiKeyCreated(ApiKeyCreated {
+                key_id: KeyId::new(),
+                email: email.clone(),
+                name: "ci".to_owned(),
+                key_hash: "22".repeat(32),
+                key_hint: "m87u_ab".to_owned(),
+                bootstrap: false,
+            }),
+            3001,
+            99,
+        ),
+        (
+            DomainEvent::ApiKeyRevoked(ApiKeyRevoked {
+                key_id: KeyId::new(),
+            }),
+            3001,
+            99,
+        ),
         (opened(Operation::Shell), 4007, 1),
         (opened(Operation::Exec), 4007, 1),
         (opened(Operation::Copy), 4007, 1),
@@ -113,22 +192,73 @@ pub fn every_kind() -> Vec<(DomainEvent, u32, u32)> {
         (closed(Operation::Exec, Some(0)), 4007, 2),
         (closed(Operation::Forward, None), 4014, 2),
         (refused("viewer may not exec"), 3003, 1),
-        (DomainEvent::DeviceConnected(DeviceConnected {
-            device_id: device(), relay_id: "relay-1".to_owned(), remote_addr: "198.51.100.2:4433".to_owned(),
-        }), 4014, 1),
-        (DomainEvent::DeviceDisconnected(DeviceDisconnected {
-            device_id: device(), relay_id: "relay-1".to_owned(), reason: "idle".to_owned(),
-        }), 4014, 2),
-        (DomainEvent::OrgCreated(OrgCreated { org_id: org.clone(), name: "Acme".to_owned() }), 3006, 6),
-        (DomainEvent::OrgDeleted(OrgDeleted { org_id: org.clone() }), 3006, 5),
-        (DomainEvent::MemberAdded(MemberAdded { org_id: org.clone(), email: email.clone(), role: Role::Member }), 3006, 3),
-        (DomainEvent::MemberRemoved(MemberRemoved { org_id: org.clone(), email: email.clone() }), 3006, 4),
-        (DomainEvent::MemberRoleChanged(MemberRoleChanged { org_id: org, email, role: Role::Admin }), 3006, 1),
+        (
+            DomainEvent::DeviceConnected(DeviceConnected {
+                device_id: device(),
+                relay_id: "relay-1".to_owned(),
+                remote_addr: "198.51.100.2:4433".to_owned(),
+            }),
+            4014,
+            1,
+        ),
+        (
+            DomainEvent::DeviceDisconnected(DeviceDisconnected {
+                device_id: device(),
+                relay_id: "relay-1".to_owned(),
+                reason: "idle".to_owned(),
+            }),
+            4014,
+            2,
+        ),
+        (
+            DomainEvent::OrgCreated(OrgCreated {
+                org_id: org.clone(),
+                name: "Acme".to_owned(),
+            }),
+            3006,
+            6,
+        ),
+        (
+            DomainEvent::OrgDeleted(OrgDeleted {
+                org_id: org.clone(),
+            }),
+            3006,
+            5,
+        ),
+        (
+            DomainEvent::MemberAdded(MemberAdded {
+                org_id: org.clone(),
+                email: email.clone(),
+                role: Role::Member,
+            }),
+            3006,
+            3,
+        ),
+        (
+            DomainEvent::MemberRemoved(MemberRemoved {
+                org_id: org.clone(),
+                email: email.clone(),
+            }),
+            3006,
+            4,
+        ),
+        (
+            DomainEvent::MemberRoleChanged(MemberRoleChanged {
+                org_id: org,
+                email,
+                role: Role::Admin,
+            }),
+            3006,
+            1,
+        ),
     ]
 }
 
 /// Appends `n` exec sessions (opened) to `source`, numbered in their args.
-pub fn append_sessions(source: &m87_audit_export::MemorySource, n: usize) -> Vec<m87_audit_export::AuditEntry> {
+pub fn append_sessions(
+    source: &m87_audit_export::MemorySource,
+    n: usize,
+) -> Vec<m87_audit_export::AuditEntry> {
     (0..n)
         .map(|i| {
             let mut ev = opened(Operation::Exec);

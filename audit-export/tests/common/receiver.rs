@@ -21,7 +21,10 @@ pub struct Request {
 
 impl Request {
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
     }
 }
 
@@ -41,8 +44,20 @@ pub struct Receiver {
     task: tokio::task::JoinHandle<()>,
 }
 
-async fn handle(State(s): State<Shared>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
-    let mut req = Request { method, path: uri.path().to_owned(), headers, body, status: 0 };
+async fn handle(
+    State(s): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    let mut req = Request {
+        method,
+        path: uri.path().to_owned(),
+        headers,
+        body,
+        status: 0,
+    };
     let b = s.behaviour.lock().unwrap().clone();
     let (status, answer) = b(&req);
     req.status = status;
@@ -52,12 +67,16 @@ async fn handle(State(s): State<Shared>, method: Method, uri: Uri, headers: Head
 
 impl Receiver {
     /// Starts a receiver that answers with `behaviour`.
-    pub async fn start(behaviour: impl Fn(&Request) -> (u16, Vec<u8>) + Send + Sync + 'static) -> Self {
+    pub async fn start(
+        behaviour: impl Fn(&Request) -> (u16, Vec<u8>) + Send + Sync + 'static,
+    ) -> Self {
         let shared = Shared {
             requests: Arc::default(),
             behaviour: Arc::new(Mutex::new(Arc::new(behaviour))),
         };
-        let app = axum::Router::new().fallback(handle).with_state(shared.clone());
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
@@ -87,7 +106,10 @@ impl Receiver {
 
     /// The requests answered with 2xx.
     pub fn accepted(&self) -> Vec<Request> {
-        self.requests().into_iter().filter(|r| (200..300).contains(&r.status)).collect()
+        self.requests()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .collect()
     }
 }
 

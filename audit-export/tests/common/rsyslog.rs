@@ -21,7 +21,8 @@ pub struct Rsyslog {
 }
 
 fn binary() -> PathBuf {
-    let p = std::env::var_os("RSYSLOGD").map_or_else(|| PathBuf::from("/usr/sbin/rsyslogd"), PathBuf::from);
+    let p = std::env::var_os("RSYSLOGD")
+        .map_or_else(|| PathBuf::from("/usr/sbin/rsyslogd"), PathBuf::from);
     assert!(
         p.exists(),
         "rsyslogd not found at {}: install the Debian package `rsyslog` (scripts/setup-test-env does when run as root), or set RSYSLOGD",
@@ -31,9 +32,17 @@ fn binary() -> PathBuf {
 }
 
 fn gtls_present() -> bool {
-    ["/usr/lib/x86_64-linux-gnu/rsyslog", "/usr/lib/aarch64-linux-gnu/rsyslog", "/usr/lib/rsyslog"]
+    let multiarch = std::fs::read_dir("/usr/lib")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path().join("rsyslog"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    multiarch
         .iter()
-        .any(|d| Path::new(d).join("lmnsd_gtls.so").exists())
+        .chain(std::iter::once(&PathBuf::from("/usr/lib/rsyslog")))
+        .any(|d| d.join("lmnsd_gtls.so").exists())
 }
 
 /// Writes a CA, and a certificate for `localhost` signed by it, into `dir`.
@@ -42,14 +51,22 @@ pub fn make_tls(dir: &Path) -> TlsFiles {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "m87 test CA");
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "m87 test CA");
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
     let cert = params.signed_by(&key, &issuer).unwrap();
-    let files = TlsFiles { ca: dir.join("ca.pem"), cert: dir.join("cert.pem"), key: dir.join("key.pem") };
+    let files = TlsFiles {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    };
     std::fs::write(&files.ca, ca_cert.pem()).unwrap();
     std::fs::write(&files.cert, cert.pem()).unwrap();
     std::fs::write(&files.key, key.serialize_pem()).unwrap();
@@ -61,11 +78,17 @@ impl Rsyslog {
     pub fn start(dir: &Path, port: u16, tls: Option<&TlsFiles>) -> Self {
         let bin = binary();
         if tls.is_some() {
-            assert!(gtls_present(), "rsyslog's TLS driver (lmnsd_gtls.so) is missing: install the Debian package `rsyslog-gnutls`");
+            assert!(
+                gtls_present(),
+                "rsyslog's TLS driver (lmnsd_gtls.so) is missing: install the Debian package `rsyslog-gnutls`"
+            );
         }
         let work = dir.join("work");
         std::fs::create_dir_all(&work).unwrap();
-        let mut conf = format!("global(workDirectory=\"{}\" maxMessageSize=\"64k\")\n", work.display());
+        let mut conf = format!(
+            "global(workDirectory=\"{}\" maxMessageSize=\"64k\")\n",
+            work.display()
+        );
         let module = match tls {
             None => "module(load=\"imtcp\")\n".to_owned(),
             Some(t) => {
@@ -84,13 +107,22 @@ impl Rsyslog {
             dir.join("out.log").display()
         ));
         std::fs::write(dir.join("rsyslog.conf"), conf).unwrap();
-        let mut me = Self { child: None, dir: dir.to_path_buf(), port, tls: tls.is_some() };
+        let mut me = Self {
+            child: None,
+            dir: dir.to_path_buf(),
+            port,
+            tls: tls.is_some(),
+        };
         me.spawn(&bin);
         me
     }
 
     fn spawn(&mut self, bin: &Path) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("rsyslogd.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("rsyslogd.log"))
+            .unwrap();
         let child = Command::new(bin)
             .arg("-n")
             .arg("-f")
@@ -108,7 +140,12 @@ impl Rsyslog {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("rsyslogd exited ({status}) at start: {}", self.log());
             }
-            assert!(std::time::Instant::now() < deadline, "rsyslogd did not listen on {} within 10 s: {}", self.port, self.log());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "rsyslogd did not listen on {} within 10 s: {}",
+                self.port,
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -121,7 +158,10 @@ impl Rsyslog {
     /// Stops rsyslogd (SIGTERM) and waits for it to exit.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             loop {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -189,7 +229,8 @@ pub fn parse_5424(line: &str) -> Result<Syslog5424, String> {
     let mut parts = rest.splitn(6, ' ');
     let mut next = |what: &str| parts.next().map(str::to_owned).ok_or(format!("no {what}"));
     let timestamp = next("TIMESTAMP")?;
-    chrono::DateTime::parse_from_rfc3339(&timestamp).map_err(|e| format!("TIMESTAMP {timestamp}: {e}"))?;
+    chrono::DateTime::parse_from_rfc3339(&timestamp)
+        .map_err(|e| format!("TIMESTAMP {timestamp}: {e}"))?;
     let hostname = next("HOSTNAME")?;
     let app = next("APP-NAME")?;
     let procid = next("PROCID")?;
@@ -197,16 +238,33 @@ pub fn parse_5424(line: &str) -> Result<Syslog5424, String> {
     let rest = next("STRUCTURED-DATA")?;
     for (f, max) in [(&hostname, 255), (&app, 48), (&procid, 128), (&msgid, 32)] {
         if f.is_empty() || f.len() > max || !f.bytes().all(|b| (33..=126).contains(&b)) {
-            return Err(format!("header field {f:?} is not PRINTUSASCII of at most {max}"));
+            return Err(format!(
+                "header field {f:?} is not PRINTUSASCII of at most {max}"
+            ));
         }
     }
     let (sd, msg) = parse_sd(&rest)?;
-    Ok(Syslog5424 { pri, timestamp, hostname, app, procid, msgid, sd, msg })
+    Ok(Syslog5424 {
+        pri,
+        timestamp,
+        hostname,
+        app,
+        procid,
+        msgid,
+        sd,
+        msg,
+    })
 }
 
-fn parse_sd(s: &str) -> Result<(Vec<(String, Vec<(String, String)>)>, String), String> {
+/// SD-ELEMENTs (id and params) and the MSG after them.
+type SdAndMsg = (Vec<(String, Vec<(String, String)>)>, String);
+
+fn parse_sd(s: &str) -> Result<SdAndMsg, String> {
     if let Some(rest) = s.strip_prefix('-') {
-        return Ok((Vec::new(), rest.strip_prefix(' ').unwrap_or(rest).to_owned()));
+        return Ok((
+            Vec::new(),
+            rest.strip_prefix(' ').unwrap_or(rest).to_owned(),
+        ));
     }
     let chars: Vec<char> = s.chars().collect();
     let mut i = 0;

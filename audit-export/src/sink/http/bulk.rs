@@ -37,7 +37,8 @@ impl ElasticSink {
     pub fn body(index: &str, batch: &[AuditEntry]) -> Vec<u8> {
         let mut body = Vec::with_capacity(batch.len() * 1200);
         for e in batch {
-            let action = json!({ "create": { "_index": index, "_id": e.envelope.event_id.to_string() } });
+            let action =
+                json!({ "create": { "_index": index, "_id": e.envelope.event_id.to_string() } });
             body.extend_from_slice(action.to_string().as_bytes());
             body.push(b'\n');
             body.extend_from_slice(format::ecs(e).to_string().as_bytes());
@@ -54,12 +55,16 @@ fn items(batch: &[AuditEntry], body: &[u8]) -> Result<Delivered, SinkError> {
     if v["errors"] == json!(false) {
         return Ok(Delivered::all());
     }
-    let items = v["items"].as_array().filter(|i| i.len() == batch.len()).ok_or_else(|| {
-        SinkError::Retry("_bulk: the answer has no item per record".to_owned())
-    })?;
+    let items = v["items"]
+        .as_array()
+        .filter(|i| i.len() == batch.len())
+        .ok_or_else(|| SinkError::Retry("_bulk: the answer has no item per record".to_owned()))?;
     let mut delivered = Delivered::all();
     for (entry, item) in batch.iter().zip(items) {
-        let result = item.as_object().and_then(|o| o.values().next()).unwrap_or(&Value::Null);
+        let result = item
+            .as_object()
+            .and_then(|o| o.values().next())
+            .unwrap_or(&Value::Null);
         let status = result["status"].as_u64().unwrap_or(0);
         match status {
             200..=299 | 409 => {}

@@ -76,7 +76,12 @@ enum Answer {
 async fn send(what: &str, req: reqwest::RequestBuilder) -> Answer {
     let resp = match req.send().await {
         Ok(r) => r,
-        Err(e) if e.is_timeout() => return Answer::Retry(format!("{what}: no answer within the time limit ({})", chain(&e))),
+        Err(e) if e.is_timeout() => {
+            return Answer::Retry(format!(
+                "{what}: no answer within the time limit ({})",
+                chain(&e)
+            ));
+        }
         Err(e) => return Answer::Retry(format!("{what}: {}", chain(&e))),
     };
     let status = resp.status();

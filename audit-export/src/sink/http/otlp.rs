@@ -48,7 +48,10 @@ pub fn log_record(format: Format, entry: &AuditEntry) -> LogRecord {
     let mut attributes = vec![
         kv("m87.event_id", s(f.event_id())),
         kv("m87.event_type", s(f.event_type)),
-        kv("m87.position", any_value::Value::IntValue(f.position() as i64)),
+        kv(
+            "m87.position",
+            any_value::Value::IntValue(f.position() as i64),
+        ),
         kv("m87.hash", s(entry.hash.clone())),
         kv("m87.prev_hash", s(entry.prev_hash.clone())),
         kv("m87.action", s(f.action)),
@@ -114,7 +117,6 @@ impl OtlpSink {
             format: config.format,
         })
     }
-
 }
 
 #[async_trait]
@@ -142,7 +144,10 @@ impl Sink for OtlpSink {
         match self.post(batch).await {
             Answer::Retry(m) => Err(SinkError::Retry(m)),
             Answer::Reject(m) if batch.len() == 1 => Ok(Delivered {
-                rejected: vec![Rejection { event_id: Some(batch[0].envelope.event_id), reason: m }],
+                rejected: vec![Rejection {
+                    event_id: Some(batch[0].envelope.event_id),
+                    reason: m,
+                }],
             }),
             Answer::Reject(_) => deliver_bisecting(&*self, batch).await,
             Answer::Ok(body) => {
@@ -155,7 +160,10 @@ impl Sink for OtlpSink {
                     None => Delivered::all(),
                     Some(p) => Delivered {
                         rejected: (0..p.rejected_log_records.min(batch.len() as i64))
-                            .map(|_| Rejection { event_id: None, reason: format!("OTLP partial success: {}", p.error_message) })
+                            .map(|_| Rejection {
+                                event_id: None,
+                                reason: format!("OTLP partial success: {}", p.error_message),
+                            })
                             .collect(),
                     },
                 })

@@ -14,7 +14,10 @@ use crate::sink::{Delivered, Sink, SinkError};
 /// The `X-M87-Signature` value of a body: `sha256=` and the hex HMAC-SHA256 under `key`.
 pub fn hmac_signature(key: &[u8], body: &[u8]) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
-    format!("sha256={}", hex::encode(ring::hmac::sign(&key, body).as_ref()))
+    format!(
+        "sha256={}",
+        hex::encode(ring::hmac::sign(&key, body).as_ref())
+    )
 }
 
 /// A webhook sink.
@@ -49,7 +52,10 @@ impl PostBatch for WebhookSink {
             .client
             .post(self.url.clone())
             .header("Content-Type", "application/x-ndjson")
-            .header("X-M87-Signature", hmac_signature(self.key.expose().as_bytes(), &body))
+            .header(
+                "X-M87-Signature",
+                hmac_signature(self.key.expose().as_bytes(), &body),
+            )
             .body(body);
         send("webhook", req).await
     }
