@@ -281,3 +281,49 @@ async fn otlp_sends_log_records_a_collector_can_decode() {
     }
     run.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_refused_token_is_retried_and_skips_nothing() {
+    let rx = Receiver::start(|_| (403, br#"{"text":"Invalid token","code":4}"#.to_vec())).await;
+    let source = Arc::new(MemorySource::new());
+    let entries = common::events::append_sessions(&source, 3);
+    let cfg = format!(
+        "[[sink]]\nname = \"hec\"\nkind = \"splunk_hec\"\nurl = \"{}\"\ntoken = \"wrong\"\n",
+        rx.url("")
+    );
+    let run = start(&cfg, source);
+    wait_until(Duration::from_secs(10), "retries", || {
+        run.status("hec").retried >= 2
+    })
+    .await;
+    let st = run.status("hec");
+    assert_eq!((st.cursor, st.rejected), (0, 0), "nothing skipped: {st:?}");
+    assert!(
+        st.last_error.as_deref().unwrap().contains("credentials"),
+        "{st:?}"
+    );
+    rx.set(|_| (200, br#"{"text":"Success","code":0}"#.to_vec()));
+    wait_until(
+        Duration::from_secs(10),
+        "delivery once the token is accepted",
+        || run.status("hec").cursor == 3,
+    )
+    .await;
+    let got: Vec<String> = rx
+        .accepted()
+        .iter()
+        .flat_map(|r| {
+            serde_json::Deserializer::from_slice(&r.body)
+                .into_iter::<Value>()
+                .map(|v| {
+                    v.unwrap()["event"]["metadata"]["uid"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(got, ids(&entries));
+    run.shutdown().await;
+}

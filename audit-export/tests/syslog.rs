@@ -184,3 +184,34 @@ async fn rsyslog_down_for_a_while_loses_nothing() {
     );
     run.shutdown().await;
 }
+
+#[tokio::test]
+async fn syslog_over_udp_sends_one_datagram_per_record() {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = sock.local_addr().unwrap().port();
+    let source = Arc::new(MemorySource::new());
+    let entries = common::events::append_sessions(&source, 5);
+    let cfg = format!(
+        "[[sink]]\nname = \"udp\"\nkind = \"syslog\"\ntransport = \"udp\"\naddress = \"127.0.0.1:{port}\"\nhostname = \"m87-test\"\nformat = \"json\"\n"
+    );
+    let run = start(&cfg, source, Arc::new(MemoryCursors::new()));
+    let mut lines = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while lines.len() < 5 {
+        let n = tokio::time::timeout(Duration::from_secs(10), sock.recv(&mut buf))
+            .await
+            .expect("a datagram")
+            .unwrap();
+        lines.push(String::from_utf8(buf[..n].to_vec()).unwrap());
+    }
+    for (line, e) in lines.iter().zip(&entries) {
+        let m = parse_5424(line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&m.msg).unwrap();
+        assert_eq!(
+            v["envelope"]["event_id"],
+            e.envelope.event_id.to_string(),
+            "format json is the entry"
+        );
+    }
+    run.shutdown().await;
+}

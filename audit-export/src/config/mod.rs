@@ -6,6 +6,7 @@
 //! (an unknown key, a bad URL or address, a missing secret, a bad value), never at the first
 //! export. Secrets are wrapped in [`Secret`], which never shows its value in `Debug`.
 
+mod kinds;
 mod parse;
 mod secret;
 

@@ -43,11 +43,15 @@ impl HecSink {
                 "host": host,
                 "source": "m87",
                 "sourcetype": "m87:audit",
-                "event": format::to_value(format, e),
                 "fields": { "m87_event_id": env.event_id.to_string(), "m87_hash": e.hash },
-            });
-            body.extend_from_slice(envelope.to_string().as_bytes());
-            body.push(b'\n');
+            })
+            .to_string();
+            // `{…}` with `"event": <record>` added last, without copying the record into the
+            // envelope's value first.
+            body.extend_from_slice(&envelope.as_bytes()[..envelope.len() - 1]);
+            body.extend_from_slice(b",\"event\":");
+            body.extend_from_slice(format::to_value(format, e).to_string().as_bytes());
+            body.extend_from_slice(b"}\n");
         }
         body
     }
