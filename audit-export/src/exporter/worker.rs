@@ -117,7 +117,10 @@ impl Worker {
             s.oldest_pending = Some(first_at);
             s.head = s.head.max(last_position);
         });
-        let limit = self.sink.timeout.saturating_mul(3);
+        // A backstop over the sinks' own per-call limits, with room for the requests an HTTP
+        // sink makes to find the malformed records of a refused batch (about 2·log₂ n).
+        let calls = 3 + 2 * (usize::BITS - batch.len().leading_zeros());
+        let limit = self.sink.timeout.saturating_mul(calls);
         let result = tokio::time::timeout(limit, self.sink.sink.deliver(&batch)).await;
         let delivered = match result {
             Ok(Ok(d)) => d,
