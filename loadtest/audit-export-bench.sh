@@ -45,10 +45,13 @@ OUT=$(timeout 600 "$BIN" "$BACKLOG" "$RATE" "$SECONDS_")
   echo "    loadtest/audit-export-bench.sh $BACKLOG $RATE $SECONDS_"
   echo "    # runs: $CMD"
   echo
-  echo "Backlog: $BACKLOG entries appended first, then exported as fast as the sink acknowledges"
-  echo "(rsyslog: half of it). Steady rate: entries appended every 10 ms at the rate shown (rsyslog:"
-  echo "half of it) for $SECONDS_ s, with a notify after each append; lag = append to acknowledgement"
-  echo "(the saved cursor) of every entry. Everything on this machine: source, exporter, receiver."
+  echo "Backlog: $BACKLOG entries appended first, then exported as fast as the sink acknowledges."
+  echo "Steady rate: entries appended every 10 ms at the rate shown for $SECONDS_ s, with a notify after"
+  echo "each append; lag = append to acknowledgement (the saved cursor) of every entry; for syslog,"
+  echo "which has no acknowledgement, that is the write to the TCP connection. Everything on this"
+  echo "machine: the in-memory source, the exporter, the receiver (an in-process axum server"
+  echo "counting lines, or rsyslogd writing every message to a file; the count at the end checks it)."
+  echo "Load average before the run: $(cut -d' ' -f1-3 /proc/loadavg) (other builds share the machine)."
   echo
   echo "## Figures"
   echo

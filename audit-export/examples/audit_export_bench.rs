@@ -260,18 +260,18 @@ async fn main() {
     let syslog = format!(
         "[[sink]]\nname = \"rs\"\nkind = \"syslog\"\naddress = \"127.0.0.1:{port}\"\nbatch_size = 500\n"
     );
-    let syslog_backlog = backlog / 2;
+    let syslog_backlog = backlog;
     results.push(
         run_one(
             "rsyslog over TCP, CEF, batch 500",
             &syslog,
             syslog_backlog,
-            rate / 2,
+            rate,
             seconds,
         )
         .await,
     );
-    let expected = syslog_backlog as u64 + (rate / 2 / 100).max(1) * 100 * seconds;
+    let expected = syslog_backlog as u64 + (rate / 100).max(1) * 100 * seconds;
     let deadline = Instant::now() + Duration::from_secs(60);
     while (rs.lines().len() as u64) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
