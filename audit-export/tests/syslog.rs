@@ -215,3 +215,50 @@ async fn syslog_over_udp_sends_one_datagram_per_record() {
     }
     run.shutdown().await;
 }
+
+#[tokio::test]
+async fn syslog_over_tls_presents_the_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tls = common::rsyslog::make_tls(dir.path());
+    tls.require_client_cert = true;
+    let port = free_port();
+    let rs = Rsyslog::start(dir.path(), port, Some(&tls));
+    // Without a client certificate rsyslogd takes nothing (so the check below means something).
+    let anon_source = Arc::new(MemorySource::new());
+    common::events::append_sessions(&anon_source, 2);
+    let cfg = format!(
+        "[[sink]]\nname = \"anon\"\nkind = \"syslog\"\ntransport = \"tls\"\naddress = \"127.0.0.1:{port}\"\nserver_name = \"localhost\"\nca_file = \"{}\"\nhostname = \"m87-test\"\n",
+        tls.ca.display()
+    );
+    let anon = start(&cfg, anon_source, Arc::new(MemoryCursors::new()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let st = anon.status("anon");
+    anon.shutdown().await;
+    assert!(
+        rs.lines().is_empty(),
+        "rsyslogd took records from a client without a certificate"
+    );
+    assert_eq!(
+        st.delivered, 0,
+        "a refused TLS session is no delivery: {st:?}"
+    );
+    assert!(st.retried > 0 && st.last_error.is_some(), "{st:?}");
+
+    let source = Arc::new(MemorySource::new());
+    let entries = common::events::append_sessions(&source, 4);
+    let cfg = format!(
+        "[[sink]]\nname = \"mtls\"\nkind = \"syslog\"\ntransport = \"tls\"\naddress = \"127.0.0.1:{port}\"\nserver_name = \"localhost\"\nca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\nhostname = \"m87-test\"\n",
+        tls.ca.display(),
+        tls.client_cert.display(),
+        tls.client_key.display()
+    );
+    let run = start(&cfg, source, Arc::new(MemoryCursors::new()));
+    wait_until(
+        Duration::from_secs(15),
+        "4 lines from a client rsyslogd had to verify",
+        || rs.lines().len() >= 4,
+    )
+    .await;
+    assert_records(&rs.lines(), &entries, true);
+    run.shutdown().await;
+}

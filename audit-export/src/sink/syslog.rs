@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use m87_events::audit::{AuditEntry, Outcome};
 use rustls::pki_types::ServerName;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -117,7 +117,7 @@ impl SyslogSink {
                     SinkError::Retry(format!("cannot connect to syslog receiver {addr}: {e}"))
                 })?;
             let _ = tcp.set_nodelay(true);
-            let stream = match &self.tls {
+            let mut stream = match &self.tls {
                 None => Conn::Tcp(tcp),
                 Some((connector, name)) => Conn::Tls(Box::new(
                     tokio::time::timeout(self.timeout, connector.connect(name.clone(), tcp))
@@ -131,6 +131,9 @@ impl SyslogSink {
                         .map_err(|e| SinkError::Retry(format!("TLS handshake with {addr}: {e}")))?,
                 )),
             };
+            if let Conn::Tls(tls) = &mut stream {
+                await_verdict(tls, addr).await?;
+            }
             self.conn = Some(stream);
         }
         self.conn
@@ -164,6 +167,27 @@ impl SyslogSink {
             }
         }
         Ok(())
+    }
+}
+
+/// How long a new TLS connection is watched for the receiver's verdict before the first write.
+const VERDICT_WAIT: Duration = Duration::from_millis(300);
+
+/// With TLS 1.3 the client's handshake ends before the receiver has checked the client's
+/// certificate (or its absence); a receiver that refuses it answers with an alert just after.
+/// Writing at once would put a batch into a connection that is already refused, and syslog has
+/// no acknowledgement to tell. So a new connection is watched briefly: an alert or a close is a
+/// failed connection (the batch is retried), silence is acceptance.
+async fn await_verdict(tls: &mut TlsStream<TcpStream>, addr: &str) -> Result<(), SinkError> {
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(VERDICT_WAIT, tls.read(&mut buf)).await {
+        Err(_) | Ok(Ok(1..)) => Ok(()),
+        Ok(Ok(0)) => Err(SinkError::Retry(format!(
+            "syslog receiver {addr} closed the TLS connection after the handshake (does it require a client certificate?)"
+        ))),
+        Ok(Err(e)) => Err(SinkError::Retry(format!(
+            "syslog receiver {addr} refused the TLS session: {e}"
+        ))),
     }
 }
 

@@ -11,6 +11,11 @@ pub struct TlsFiles {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// A client certificate and key signed by the same CA.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// Whether rsyslogd demands a client certificate signed by the CA (`x509/certvalid`).
+    pub require_client_cert: bool,
 }
 
 pub struct Rsyslog {
@@ -62,14 +67,26 @@ pub fn make_tls(dir: &Path) -> TlsFiles {
         .distinguished_name
         .push(rcgen::DnType::CommonName, "localhost");
     let cert = params.signed_by(&key, &issuer).unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let mut client_params = CertificateParams::new(vec!["m87-exporter".to_owned()]).unwrap();
+    client_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "m87-exporter");
+    client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = client_params.signed_by(&client_key, &issuer).unwrap();
     let files = TlsFiles {
         ca: dir.join("ca.pem"),
         cert: dir.join("cert.pem"),
         key: dir.join("key.pem"),
+        client_cert: dir.join("client.pem"),
+        client_key: dir.join("client.key"),
+        require_client_cert: false,
     };
     std::fs::write(&files.ca, ca_cert.pem()).unwrap();
     std::fs::write(&files.cert, cert.pem()).unwrap();
     std::fs::write(&files.key, key.serialize_pem()).unwrap();
+    std::fs::write(&files.client_cert, client_cert.pem()).unwrap();
+    std::fs::write(&files.client_key, client_key.serialize_pem()).unwrap();
     files
 }
 
@@ -96,7 +113,14 @@ impl Rsyslog {
                     "global(DefaultNetstreamDriver=\"gtls\" DefaultNetstreamDriverCAFile=\"{}\" DefaultNetstreamDriverCertFile=\"{}\" DefaultNetstreamDriverKeyFile=\"{}\")\n",
                     t.ca.display(), t.cert.display(), t.key.display()
                 ));
-                "module(load=\"imtcp\" StreamDriver.Name=\"gtls\" StreamDriver.Mode=\"1\" StreamDriver.AuthMode=\"anon\")\n".to_owned()
+                let auth = if t.require_client_cert {
+                    "x509/certvalid"
+                } else {
+                    "anon"
+                };
+                format!(
+                    "module(load=\"imtcp\" StreamDriver.Name=\"gtls\" StreamDriver.Mode=\"1\" StreamDriver.AuthMode=\"{auth}\")\n"
+                )
             }
         };
         conf.push_str(&module);
