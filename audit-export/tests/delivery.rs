@@ -383,3 +383,35 @@ async fn without_the_lease_nothing_is_exported_until_it_is_taken() {
     let _ = stop.send(true);
     handle.join().await;
 }
+
+#[tokio::test]
+async fn a_batch_cut_off_half_way_leaves_no_half_line_in_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let mut sink = FileSink::new(&FileConfig {
+        path: path.clone(),
+        max_bytes: 1 << 20,
+        keep: 1,
+        format: Format::Json,
+    });
+    let source = MemorySource::new();
+    let first = common::events::append_sessions(&source, 2);
+    sink.deliver(&first).await.unwrap();
+    // What a write cut off by the time limit leaves behind, then the exporter's reset.
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(b"{\"envelope\":{\"event_")
+        .unwrap();
+    sink.reset();
+    let second = common::events::append_sessions(&source, 2);
+    sink.deliver(&second).await.unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let got: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("every line is whole JSON")["envelope"]["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(got, ids(&[first, second].concat()));
+}

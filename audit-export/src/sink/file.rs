@@ -19,6 +19,9 @@ pub struct FileSink {
     keep: u32,
     format: Format,
     file: Option<(File, u64)>,
+    /// The file's length after the last complete batch: a batch cut off half-way is cut
+    /// back to it before the next one, so the file never holds half a line.
+    committed: Option<u64>,
 }
 
 impl FileSink {
@@ -30,6 +33,7 @@ impl FileSink {
             keep: config.keep,
             format: config.format,
             file: None,
+            committed: None,
         }
     }
 
@@ -42,13 +46,17 @@ impl FileSink {
     async fn rotate(&mut self) -> std::io::Result<()> {
         self.file = None;
         if self.keep == 0 {
-            return remove_if_there(&self.path).await;
+            remove_if_there(&self.path).await?;
+            self.committed = Some(0);
+            return Ok(());
         }
         remove_if_there(&self.rotated(self.keep)).await?;
         for n in (1..self.keep).rev() {
             rename_if_there(&self.rotated(n), &self.rotated(n + 1)).await?;
         }
-        rename_if_there(&self.path, &self.rotated(1)).await
+        rename_if_there(&self.path, &self.rotated(1)).await?;
+        self.committed = Some(0);
+        Ok(())
     }
 
     async fn open(&mut self) -> std::io::Result<&mut (File, u64)> {
@@ -58,7 +66,11 @@ impl FileSink {
             #[cfg(unix)]
             opts.mode(0o600);
             let f = opts.open(&self.path).await?;
-            let len = f.metadata().await?.len();
+            let mut len = f.metadata().await?.len();
+            if let Some(c) = self.committed.filter(|c| *c < len) {
+                f.set_len(c).await?;
+                len = c;
+            }
             self.file = Some((f, len));
         }
         self.file
@@ -76,6 +88,7 @@ impl FileSink {
         f.flush().await?;
         f.sync_data().await?;
         *len += data.len() as u64;
+        self.committed = Some(*len);
         Ok(())
     }
 }
