@@ -327,3 +327,115 @@ async fn a_refused_token_is_retried_and_skips_nothing() {
     assert_eq!(got, ids(&entries));
     run.shutdown().await;
 }
+
+/// An HTTPS receiver with a certificate from a private CA: answers 200 to every request and
+/// counts the body lines it got.
+async fn https_receiver(
+    tls: &common::rsyslog::TlsFiles,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certs = CertificateDer::pem_file_iter(&tls.cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&tls.key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let lines = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = lines.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, counted) = (acceptor.clone(), counted.clone());
+            tokio::spawn(async move {
+                let Ok(mut s) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    // One request: head, then Content-Length bytes of body.
+                    let head_end = loop {
+                        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break p + 4;
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < head_end + len {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body: Vec<u8> = buf.drain(..head_end + len).skip(head_end).collect();
+                    counted.fetch_add(
+                        body.iter().filter(|b| **b == b'\n').count(),
+                        std::sync::atomic::Ordering::SeqCst,
+                    );
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                }
+            });
+        }
+    });
+    (addr, lines)
+}
+
+#[tokio::test]
+async fn https_receivers_are_checked_against_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = common::rsyslog::make_tls(dir.path());
+    let (addr, lines) = https_receiver(&tls).await;
+    let url = format!("https://localhost:{}/hook", addr.port());
+    let source = Arc::new(MemorySource::new());
+    common::events::append_sessions(&source, 3);
+    let cfg = format!(
+        "[[sink]]\nname = \"private-ca\"\nkind = \"webhook\"\nurl = \"{url}\"\nhmac_key = \"k\"\nca_file = \"{}\"\n\n\
+         [[sink]]\nname = \"public-roots\"\nkind = \"webhook\"\nurl = \"{url}\"\nhmac_key = \"k\"\n",
+        tls.ca.display()
+    );
+    let run = start(&cfg, source);
+    wait_until(Duration::from_secs(10), "delivery over HTTPS", || {
+        run.status("private-ca").cursor == 3
+    })
+    .await;
+    wait_until(Duration::from_secs(10), "the refused certificate", || {
+        run.status("public-roots").retried > 0
+    })
+    .await;
+    assert_eq!(
+        lines.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "only the sink that trusts the CA got through"
+    );
+    let st = run.status("public-roots");
+    assert_eq!(st.cursor, 0);
+    assert!(
+        st.last_error
+            .as_deref()
+            .unwrap()
+            .to_lowercase()
+            .contains("certificate"),
+        "{st:?}"
+    );
+    run.shutdown().await;
+}
