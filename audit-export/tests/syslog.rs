@@ -96,20 +96,40 @@ async fn syslog_over_tls_into_rsyslog() {
     let dir = tempfile::tempdir().unwrap();
     let tls = common::rsyslog::make_tls(dir.path());
     let port = free_port();
-    let rs = Rsyslog::start(dir.path(), port, Some(&tls));
+    let mut rs = Rsyslog::start(dir.path(), port, Some(&tls));
     let source = Arc::new(MemorySource::new());
-    let entries = common::events::append_sessions(&source, 12);
+    let mut entries = common::events::append_sessions(&source, 12);
     let cfg = format!(
-        "[[sink]]\nname = \"rs-tls\"\nkind = \"syslog\"\ntransport = \"tls\"\naddress = \"127.0.0.1:{port}\"\nserver_name = \"localhost\"\nca_file = \"{}\"\nhostname = \"m87-test\"\nformat = \"ocsf\"\n",
+        "[[sink]]\nname = \"rs-tls\"\nkind = \"syslog\"\ntransport = \"tls\"\naddress = \"127.0.0.1:{port}\"\nserver_name = \"localhost\"\nca_file = \"{}\"\nhostname = \"m87-test\"\nformat = \"ocsf\"\nbatch_size = 3\n",
         tls.ca.display()
     );
-    let run = start(&cfg, source, Arc::new(MemoryCursors::new()));
+    let run = start(&cfg, source.clone(), Arc::new(MemoryCursors::new()));
     wait_until(
         Duration::from_secs(15),
         "12 lines in rsyslog's file",
         || rs.lines().len() >= 12,
     )
     .await;
+    assert_records(&rs.lines(), &entries, false);
+
+    // rsyslogd stops (close_notify, then FIN) and comes back: nothing is written into the
+    // closed session, everything arrives.
+    rs.stop();
+    entries.extend(common::events::append_sessions(&source, 30));
+    run.handle.notify();
+    wait_until(
+        Duration::from_secs(10),
+        "failed deliveries while rsyslogd is down",
+        || run.status("rs-tls").retried >= 2,
+    )
+    .await;
+    assert_eq!(run.status("rs-tls").cursor, 12);
+    rs.restart();
+    wait_until(Duration::from_secs(15), "all 42 lines", || {
+        rs.lines().len() >= 42
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_records(&rs.lines(), &entries, false);
     run.shutdown().await;
 
@@ -133,7 +153,7 @@ async fn syslog_over_tls_into_rsyslog() {
         st.last_error.as_deref().unwrap_or("").contains("TLS"),
         "{st:?}"
     );
-    assert_eq!(rs.lines().len(), 12);
+    assert_eq!(rs.lines().len(), 42);
     run.shutdown().await;
 }
 

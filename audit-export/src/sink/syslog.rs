@@ -55,15 +55,24 @@ impl Conn {
         }
     }
 
-    /// Whether the receiver closed the connection (or sent anything, which a syslog receiver
-    /// never does except a TLS close_notify): asks the socket itself, without waiting, so a
-    /// receiver that stopped between two batches is noticed before a batch is written into
-    /// a dead connection.
-    fn peer_closed(&self) -> bool {
-        let mut buf = [MaybeUninit::<u8>::uninit(); 1];
-        match socket2::SockRef::from(self.tcp()).peek(&mut buf) {
-            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-            Ok(_) => true,
+    /// Whether the receiver closed the connection: asks the socket itself, without waiting,
+    /// so a receiver that stopped between two batches is noticed before a batch is written
+    /// into a dead connection. A syslog receiver sends nothing; over TLS the bytes it may send
+    /// (a late session ticket, a close_notify, an alert) are read through rustls to tell them
+    /// apart.
+    async fn peer_closed(&mut self) -> bool {
+        let mut probe = [MaybeUninit::<u8>::uninit(); 1];
+        let peeked = socket2::SockRef::from(self.tcp()).peek(&mut probe);
+        match (peeked, self) {
+            (Err(e), _) => e.kind() != std::io::ErrorKind::WouldBlock,
+            (Ok(0), _) | (Ok(_), Conn::Tcp(_)) => true,
+            (Ok(_), Conn::Tls(tls)) => {
+                let mut buf = [0u8; 256];
+                match tokio::time::timeout(Duration::from_millis(50), tls.read(&mut buf)).await {
+                    Err(_) | Ok(Ok(1..)) => false,
+                    Ok(Ok(0)) | Ok(Err(_)) => true,
+                }
+            }
         }
     }
 }
@@ -100,7 +109,9 @@ impl SyslogSink {
     }
 
     async fn connect(&mut self) -> Result<&mut Conn, SinkError> {
-        if self.conn.as_ref().is_some_and(Conn::peer_closed) {
+        if let Some(c) = self.conn.as_mut()
+            && c.peer_closed().await
+        {
             self.conn = None;
         }
         if self.conn.is_none() {
