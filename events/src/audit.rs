@@ -117,6 +117,8 @@ pub const ACTIONS: &[&str] = &[
     "connect",
     "disconnect",
     "session",
+    "policy",
+    "recording",
 ];
 
 /// The action name of a session operation (`copy` is `cp`, as the command is named).
@@ -152,6 +154,8 @@ pub fn action_of(event: &DomainEvent) -> &'static str {
         | DomainEvent::MemberAdded(_)
         | DomainEvent::MemberRemoved(_)
         | DomainEvent::MemberRoleChanged(_) => "org",
+        DomainEvent::OrgPolicySet(_) | DomainEvent::DevicePolicySet(_) => "policy",
+        DomainEvent::SessionRecordingStored(_) => "recording",
     }
 }
 
@@ -189,7 +193,10 @@ pub fn device_of(event: &DomainEvent) -> Option<&crate::ids::DeviceId> {
         DomainEvent::SessionRefused(e) => e.device_id.as_ref(),
         DomainEvent::DeviceConnected(e) => Some(&e.device_id),
         DomainEvent::DeviceDisconnected(e) => Some(&e.device_id),
+        DomainEvent::DevicePolicySet(e) => Some(&e.device_id),
+        DomainEvent::SessionRecordingStored(e) => Some(&e.device_id),
         DomainEvent::ApiKeyCreated(_)
+        | DomainEvent::OrgPolicySet(_)
         | DomainEvent::ApiKeyRevoked(_)
         | DomainEvent::OrgCreated(_)
         | DomainEvent::OrgDeleted(_)
