@@ -19,6 +19,7 @@ use crate::service::sessions::SessionsConfig;
 use crate::store::EventStore;
 use crate::store::ReadStore;
 use crate::store::deadline::Deadline;
+use crate::store::recordings::{FileRecordings, GridFsRecordings};
 use crate::store::mongo::MongoReadStore;
 use crate::store::mongo::MongoStore;
 use crate::store::sqlite::SqliteReadStore;
@@ -62,6 +63,7 @@ pub async fn open_single_machine(
     let head = store.head().await?;
     let publisher = Publisher::spawn(Arc::clone(&store), bus as Arc<dyn EventBus>, head, shutdown);
     let sessions = SessionsConfig::new(load_or_create_signer(data_dir)?);
+    let recordings = FileRecordings::new(data_dir.join(RECORDINGS_DIR));
     Ok(ControlPlane::new(
         store,
         read,
@@ -69,7 +71,8 @@ pub async fn open_single_machine(
         Some(publisher),
         settings,
         sessions,
-    ))
+    )
+    .with_recordings(Arc::new(recordings)))
 }
 
 /// How long a MongoDB read may take before the API answers 503.
@@ -181,6 +184,7 @@ pub async fn open_fleet(
         shutdown,
     );
     let sessions = SessionsConfig::new(load_signer_file(&fleet.signing_key)?);
+    let recordings = GridFsRecordings::new(&fleet.database);
     Ok(ControlPlane::new(
         store,
         read,
@@ -188,8 +192,12 @@ pub async fn open_fleet(
         Some(publisher),
         settings,
         sessions,
-    ))
+    )
+    .with_recordings(Arc::new(recordings)))
 }
+
+/// The folder of session recordings inside the data directory (single machine).
+pub const RECORDINGS_DIR: &str = "recordings";
 
 /// The session signing key file inside the data directory.
 pub const SIGNING_KEY_FILE: &str = "session-signing.key";

@@ -7,12 +7,14 @@
 //! - [`ratelimit`]: per-address, per-prefix and per-scope limits for unauthenticated
 //!   registration.
 //! - [`routes`]: the handlers and the OpenAPI document.
+//! - [`recording`]: recording policies, recording upload (devices) and read.
 
 pub mod client_addr;
 pub mod error;
 pub mod extract;
 pub mod internal;
 pub mod ratelimit;
+pub mod recording;
 pub mod routes;
 
 use std::sync::Arc;
@@ -89,6 +91,7 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     routes::router()
         .merge(internal::router())
+        .merge(recording::router())
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }

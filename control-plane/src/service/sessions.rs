@@ -130,7 +130,7 @@ impl ControlPlane {
     ) -> Result<SessionGrant, ServiceError> {
         let session_id = SessionId::new();
         let now = Utc::now();
-        let (opened, _) = self
+        let ((opened, policy_source), _) = self
             .execute(metadata, || {
                 let args = req.args.clone();
                 async move {
@@ -144,6 +144,8 @@ impl ControlPlane {
                         args,
                         now,
                     )?;
+                    let policy = self.recording_policy(&device).await?;
+                    let event = crate::domain::recording::mark(event, &policy);
                     if !self.is_online(device_id) {
                         return Err(DomainError::DeviceOffline(
                             self.last_seen_text(device_id).await,
@@ -153,7 +155,11 @@ impl ControlPlane {
                     if self.relays().is_empty() {
                         return Err(ServiceError::NoRelay);
                     }
-                    Ok((event.clone(), one(StreamId::session(&session_id), 0, event)))
+                    let source = policy.source;
+                    Ok((
+                        (event.clone(), source),
+                        one(StreamId::session(&session_id), 0, event),
+                    ))
                 }
             })
             .await?;
@@ -180,6 +186,7 @@ impl ControlPlane {
             iat: now.timestamp(),
             exp: opened.expires_at.timestamp(),
             cred: opened.credential,
+            rec: opened.recorded,
         };
         Ok(SessionGrant {
             session_id,
@@ -187,6 +194,8 @@ impl ControlPlane {
             expires_at: opened.expires_at,
             relay,
             relays,
+            recorded: opened.recorded,
+            recording_policy: opened.recorded.then_some(policy_source),
         })
     }
 
