@@ -14,6 +14,7 @@ use m87_events::tunnel::{Channel, Control, ExitStatus};
 use m87_events::{DeviceId, SessionId};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use crate::services::shell::record::Recorder;
 use crate::services::{self, BoxRead, BoxWrite, ServiceContext};
 use m87_transport::frames::{FrameReader, write_control, write_refusal};
 use m87_transport::http::ApiClient;
@@ -28,6 +29,8 @@ pub(super) struct ActiveSession {
     bytes_out: AtomicU64,
     last_exit: Mutex<Option<ExitStatus>>,
     last_error: Mutex<Option<String>>,
+    /// Records its terminal, when the grant asks for it.
+    recorder: Option<Arc<Recorder>>,
 }
 
 /// What the device remembers of the sessions it admitted (their ids, until their tokens
@@ -131,8 +134,17 @@ async fn open_session<W: AsyncWrite + Unpin + Send + 'static>(
         }
     };
     let sid = claims.sid;
+    let recorder = claims.rec.then(|| {
+        Arc::new(Recorder::new(
+            &std::env::temp_dir(),
+            &sid.to_string(),
+            format!("{} on {}: {}", claims.sub, claims.dev, claims.op.as_str()),
+            crate::services::shell::record::max_bytes_from_env(),
+        ))
+    });
     let session = Arc::new(ActiveSession {
         claims,
+        recorder,
         started: Instant::now(),
         bytes_in: AtomicU64::new(0),
         bytes_out: AtomicU64::new(0),
@@ -144,7 +156,7 @@ async fn open_session<W: AsyncWrite + Unpin + Send + 'static>(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(sid, Arc::clone(&session));
-    tracing::info!(session = %sid, op = session.claims.op.as_str(), by = %session.claims.sub, "session accepted");
+    tracing::info!(session = %sid, op = session.claims.op.as_str(), by = %session.claims.sub, recorded = session.claims.rec, "session accepted");
     if write_control(&mut send, &Control::SessionAccepted { session_id: sid })
         .await
         .is_ok()
@@ -166,6 +178,9 @@ async fn open_session<W: AsyncWrite + Unpin + Send + 'static>(
         .await
     {
         tracing::warn!(error = %e, "cannot report a closed session");
+    }
+    if let Some(finished) = session.recorder.as_ref().and_then(|r| r.finish()) {
+        super::upload::upload_recording(&state.api, sid, finished).await;
     }
 }
 
@@ -206,12 +221,19 @@ fn allowed(claims: &SessionClaims, channel: &Channel) -> Result<(), String> {
     }
     let args = &claims.args;
     match channel {
-        Channel::Exec { argv, .. } => {
+        Channel::Exec { argv, tty } => {
             let granted: Option<Vec<String>> = args
                 .get("argv")
                 .and_then(|a| serde_json::from_value(a.clone()).ok());
             if granted.as_ref() != Some(argv) {
                 return Err("this session was granted for another command".into());
+            }
+            // A terminal must be asked for in the grant: the recording policy applies to it.
+            if tty.is_some() && args.get("tty").and_then(|t| t.as_bool()) != Some(true) {
+                return Err(
+                    "this session was granted without a terminal (update m87 to use exec -t)"
+                        .into(),
+                );
             }
         }
         Channel::Forward { host, port } | Channel::UdpForward { host, port } => {
@@ -303,7 +325,11 @@ async fn open_channel<W: AsyncWrite + Unpin + Send + 'static>(
         inner: send,
         count: Arc::clone(&out_count),
     });
-    let outcome = services::serve(channel, reader, writer, &state.ctx).await;
+    let ctx = ServiceContext {
+        recorder: session.recorder.clone(),
+        ..state.ctx.clone()
+    };
+    let outcome = services::serve(channel, reader, writer, &ctx).await;
     session
         .bytes_in
         .fetch_add(in_count.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -340,6 +366,7 @@ mod tests {
             cred: Some(m87_events::token::Credential::ApiKey(
                 m87_events::KeyId::new(),
             )),
+            rec: false,
         }
     }
 
@@ -369,6 +396,7 @@ mod tests {
             admission: seen,
             ctx: ServiceContext {
                 datagrams: Arc::new(NoDatagrams),
+                recorder: None,
             },
         })
     }
