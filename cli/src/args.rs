@@ -226,8 +226,7 @@ pub(crate) enum AuditCommand {
     /// Save a session's recording as an asciicast v2 file (asciinema plays it):
     /// `m87 audit recording SESSION -o FILE` (`-o -`: standard output).
     Recording {
-        /// SESSION, then `-o FILE` (read by `commands::recording`, since `-o` here names a file
-        /// rather than the output format).
+        /// The session id, then `-o FILE` (`-o -` for standard output).
         #[arg(
             required = true,
             trailing_var_arg = true,

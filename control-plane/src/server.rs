@@ -19,9 +19,9 @@ use crate::service::sessions::SessionsConfig;
 use crate::store::EventStore;
 use crate::store::ReadStore;
 use crate::store::deadline::Deadline;
-use crate::store::recordings::{FileRecordings, GridFsRecordings};
 use crate::store::mongo::MongoReadStore;
 use crate::store::mongo::MongoStore;
+use crate::store::recordings::{FileRecordings, GridFsRecordings};
 use crate::store::sqlite::SqliteReadStore;
 use crate::store::sqlite::SqliteStore;
 use crate::tls;
@@ -64,15 +64,10 @@ pub async fn open_single_machine(
     let publisher = Publisher::spawn(Arc::clone(&store), bus as Arc<dyn EventBus>, head, shutdown);
     let sessions = SessionsConfig::new(load_or_create_signer(data_dir)?);
     let recordings = FileRecordings::new(data_dir.join(RECORDINGS_DIR));
-    Ok(ControlPlane::new(
-        store,
-        read,
-        projector,
-        Some(publisher),
-        settings,
-        sessions,
+    Ok(
+        ControlPlane::new(store, read, projector, Some(publisher), settings, sessions)
+            .with_recordings(Arc::new(recordings)),
     )
-    .with_recordings(Arc::new(recordings)))
 }
 
 /// How long a MongoDB read may take before the API answers 503.
@@ -185,15 +180,10 @@ pub async fn open_fleet(
     );
     let sessions = SessionsConfig::new(load_signer_file(&fleet.signing_key)?);
     let recordings = GridFsRecordings::new(&fleet.database);
-    Ok(ControlPlane::new(
-        store,
-        read,
-        projector,
-        Some(publisher),
-        settings,
-        sessions,
+    Ok(
+        ControlPlane::new(store, read, projector, Some(publisher), settings, sessions)
+            .with_recordings(Arc::new(recordings)),
     )
-    .with_recordings(Arc::new(recordings)))
 }
 
 /// The folder of session recordings inside the data directory (single machine).

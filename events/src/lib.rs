@@ -17,8 +17,8 @@
 //! - [`asciicast`]: terminal recordings as asciicast v2: a capped writer and a reader.
 
 pub mod admission;
-pub mod asciicast;
 pub mod api;
+pub mod asciicast;
 pub mod audit;
 pub mod domain;
 pub mod envelope;

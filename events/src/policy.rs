@@ -48,7 +48,9 @@ impl std::str::FromStr for DeviceSetting {
             "on" => Ok(DeviceSetting::On),
             "off" => Ok(DeviceSetting::Off),
             "inherit" => Ok(DeviceSetting::Inherit),
-            other => Err(format!("{other:?} is not a setting: use on, off or inherit")),
+            other => Err(format!(
+                "{other:?} is not a setting: use on, off or inherit"
+            )),
         }
     }
 }

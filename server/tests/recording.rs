@@ -103,7 +103,10 @@ fn assert_asciicast_v2(text: &str) {
     let mut lines = text.lines();
     let header: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
     assert_eq!(header["version"], 2, "{header}");
-    assert_eq!((header["width"].as_u64(), header["height"].as_u64()), (Some(80), Some(24)));
+    assert_eq!(
+        (header["width"].as_u64(), header["height"].as_u64()),
+        (Some(80), Some(24))
+    );
     assert!(header["timestamp"].is_i64(), "{header}");
     assert_eq!(header["env"]["TERM"], "xterm", "{header}");
     let mut count = 0;
@@ -112,7 +115,10 @@ fn assert_asciicast_v2(text: &str) {
         let event = event.as_array().unwrap();
         assert_eq!(event.len(), 3, "{line}");
         assert!(event[0].is_number(), "{line}");
-        assert!(["o", "i", "r"].contains(&event[1].as_str().unwrap()), "{line}");
+        assert!(
+            ["o", "i", "r"].contains(&event[1].as_str().unwrap()),
+            "{line}"
+        );
         assert!(event[2].is_string(), "{line}");
         count += 1;
     }
@@ -168,9 +174,13 @@ fn a_shell_on_an_org_device_is_recorded_replayed_saved_and_shown_only_to_those_a
             .iter()
             .any(|e| e["session_id"] == session.as_str())
     });
-    let stored = events_of_type(&data, "SessionRecordingStored").pop().unwrap();
+    let stored = events_of_type(&data, "SessionRecordingStored")
+        .pop()
+        .unwrap();
     assert_eq!(stored["truncated"], false, "{stored}");
-    let file = data.join("recordings").join(format!("session-{session}.cast"));
+    let file = data
+        .join("recordings")
+        .join(format!("session-{session}.cast"));
     let mode = std::fs::metadata(&file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     assert_eq!(
@@ -210,7 +220,14 @@ fn a_shell_on_an_org_device_is_recorded_replayed_saved_and_shown_only_to_those_a
     assert!(err.contains("has no recording you may read"), "{err}");
 
     // The device's own policy wins over its organization's.
-    alice.ok(&["devices", "policy", "set", "rec-bot", "record-sessions", "on"]);
+    alice.ok(&[
+        "devices",
+        "policy",
+        "set",
+        "rec-bot",
+        "record-sessions",
+        "on",
+    ]);
     let shown = alice.ok(&["devices", "policy", "show", "rec-bot"]);
     assert!(shown.contains("policy of device rec-bot"), "{shown}");
     let out = bob.run(&["rec-bot", "exec", "-t", "--", "echo", "tty-word"]);

@@ -33,8 +33,8 @@ use tokio::time::{Instant, timeout};
 use super::exec::signal_group;
 use super::{BoxRead, BoxWrite, ChannelOutcome};
 use account::{Account, term_name};
-use record::Recorder;
 use m87_transport::frames::{FrameReader, write_frame};
+use record::Recorder;
 
 /// Size of each read from the PTY (and so the largest data frame sent).
 const CHUNK: usize = 64 * 1024;

@@ -32,7 +32,9 @@ fn print_org(policy: &OrgPolicy, output: Output) -> anyhow::Result<()> {
 
 /// `m87 org policy show ORG`.
 pub async fn org_show(org: OrgId, output: Output) -> anyhow::Result<()> {
-    let policy: OrgPolicy = user_client()?.get(&format!("/v1/orgs/{org}/policy")).await?;
+    let policy: OrgPolicy = user_client()?
+        .get(&format!("/v1/orgs/{org}/policy"))
+        .await?;
     print_org(&policy, output)
 }
 

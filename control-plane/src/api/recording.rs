@@ -90,13 +90,8 @@ async fn set_device_policy(
     ApiJson(req): ApiJson<DevicePolicyRequest>,
 ) -> ApiResult<Json<DevicePolicy>> {
     let policy =
-        s.cp.set_device_policy(
-            &caller.identity,
-            &id,
-            req.record_sessions,
-            &caller.metadata,
-        )
-        .await?;
+        s.cp.set_device_policy(&caller.identity, &id, req.record_sessions, &caller.metadata)
+            .await?;
     Ok(Json(policy))
 }
 

@@ -99,14 +99,16 @@ pub fn decide_store(
             opened.session_id
         )));
     }
-    Ok(DomainEvent::SessionRecordingStored(SessionRecordingStored {
-        session_id: opened.session_id,
-        device_id: device_id.clone(),
-        bytes: upload.bytes,
-        truncated: upload.truncated,
-        max_bytes: upload.max_bytes,
-        sha256: upload.sha256,
-    }))
+    Ok(DomainEvent::SessionRecordingStored(
+        SessionRecordingStored {
+            session_id: opened.session_id,
+            device_id: device_id.clone(),
+            bytes: upload.bytes,
+            truncated: upload.truncated,
+            max_bytes: upload.max_bytes,
+            sha256: upload.sha256,
+        },
+    ))
 }
 
 /// `ReadRecording`: platform admins, whoever administers the device (its owner, its

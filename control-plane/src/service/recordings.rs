@@ -18,7 +18,10 @@ pub const MAX_RECORDING_UPLOAD: usize = 64 * 1024 * 1024;
 
 impl ControlPlane {
     /// The recording policy that applies to `device` now, read from the event streams.
-    pub(crate) async fn recording_policy(&self, device: &Device) -> Result<Effective, ServiceError> {
+    pub(crate) async fn recording_policy(
+        &self,
+        device: &Device,
+    ) -> Result<Effective, ServiceError> {
         let org = match device.enrollment.as_ref().map(|e| e.owner_scope.kind()) {
             Some(ScopeKind::Org(id)) => {
                 let (events, _) = self.load(&StreamId::org(&id)).await?;
@@ -149,12 +152,14 @@ impl ControlPlane {
             .store
             .read_stream(&StreamId::session(&session_id))
             .await?;
-        let ran_by = envelopes.iter().find_map(|e| match (&e.event, &e.metadata.actor) {
-            (m87_events::DomainEvent::SessionOpened(_), Actor::User { email, .. }) => {
-                Some(email.clone())
-            }
-            _ => None,
-        });
+        let ran_by = envelopes
+            .iter()
+            .find_map(|e| match (&e.event, &e.metadata.actor) {
+                (m87_events::DomainEvent::SessionOpened(_), Actor::User { email, .. }) => {
+                    Some(email.clone())
+                }
+                _ => None,
+            });
         let session = Session::from_events(envelopes.iter().map(|e| &e.event));
         let Some(opened) = &session.opened else {
             return Err(DomainError::NotFound("recording").into());

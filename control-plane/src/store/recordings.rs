@@ -176,4 +176,22 @@ mod tests {
         let dir = std::fs::metadata(tmp.path().join("recordings")).unwrap();
         assert_eq!(dir.permissions().mode() & 0o777, 0o700);
     }
+
+    #[tokio::test]
+    async fn gridfs_keeps_recordings_larger_than_a_chunk_and_reads_the_newest() {
+        let server = m87_test_support::mongo::MongoServer::shared();
+        let store = GridFsRecordings::new(&server.database("recordings").await);
+        let sid = SessionId::new();
+        assert_eq!(store.get(sid).await.unwrap(), None);
+        // GridFS chunks are 255 KiB: this takes several.
+        let big: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+        store.put(sid, big.clone()).await.unwrap();
+        assert_eq!(store.get(sid).await.unwrap(), Some(big));
+        store.put(sid, b"again".to_vec()).await.unwrap();
+        assert_eq!(
+            store.get(sid).await.unwrap().as_deref(),
+            Some(&b"again"[..])
+        );
+        assert_eq!(store.get(SessionId::new()).await.unwrap(), None);
+    }
 }
