@@ -243,3 +243,72 @@ fn a_shell_on_an_org_device_is_recorded_replayed_saved_and_shown_only_to_those_a
     bob.ok(&["rec-bot", "exec", "--", "true"]);
     assert_eq!(last_session(&data).get("recorded"), None);
 }
+
+#[test]
+fn a_recording_stops_at_its_cap_while_the_session_goes_on_and_large_ones_upload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let server = Server::start(&data, "127.0.0.1:0");
+    let admin = M87::new(
+        &server.url,
+        &tmp.path().join("admin"),
+        Some(&server.admin_key()),
+    );
+    // A personal device, with a cap of 200 000 bytes: more than a plain request body may be.
+    let device = M87::new(&server.url, &tmp.path().join("dev"), None);
+    let mut cmd = device.command(&[
+        "runtime",
+        "run",
+        "--email",
+        "admin@localhost",
+        "--name",
+        "cap-bot",
+    ]);
+    cmd.env("M87_RECORDING_MAX_BYTES", "200000");
+    let runtime = Proc::spawn(cmd);
+    admin.ok(&["devices", "approve", &request_id_of(&runtime)]);
+    runtime.out.wait_for("tunnel connected to relay", WAIT);
+
+    // Personal devices are not recorded unless their own policy says so.
+    let out = admin.run(&["cap-bot", "exec", "-t", "--", "true"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("recorded"));
+    assert_eq!(last_session(&data).get("recorded"), None);
+    admin.ok(&[
+        "devices",
+        "policy",
+        "set",
+        "cap-bot",
+        "record-sessions",
+        "on",
+    ]);
+
+    // About 500 kB of output: the session runs to its end, the recording stops at the cap.
+    let script = "i=0; while [ $i -lt 40000 ]; do echo line-$i; i=$((i+1)); done; echo end-mark";
+    let out = admin.run(&["cap-bot", "exec", "-t", "--", "sh", "-c", script]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("line-39999") && stdout.contains("end-mark"));
+    let session = last_session(&data)["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_until("the recording to be stored", || {
+        !events_of_type(&data, "SessionRecordingStored").is_empty()
+    });
+    let stored = events_of_type(&data, "SessionRecordingStored")
+        .pop()
+        .unwrap();
+    assert_eq!(stored["session_id"], session.as_str());
+    assert_eq!(stored["truncated"], true, "{stored}");
+    assert_eq!(stored["max_bytes"], 200_000, "{stored}");
+    let bytes = stored["bytes"].as_u64().unwrap();
+    assert!((150_000..=200_000).contains(&bytes), "{stored}");
+    let saved = admin.ok(&["audit", "recording", &session, "-o", "-"]);
+    assert_eq!(saved.len() as u64, bytes);
+    assert_asciicast_v2(&saved);
+    assert!(saved.contains("line-1\\r\\n") && !saved.contains("end-mark"));
+    // The device removed its temporary copy.
+    let leftover = std::env::temp_dir().join(format!("m87-recording-{session}.cast"));
+    assert!(!leftover.exists());
+}
