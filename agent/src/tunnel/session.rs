@@ -495,6 +495,27 @@ mod tests {
             )
             .is_err()
         );
+        // A terminal only under a grant that asked for one (the recording policy applies).
+        let tty = Some(m87_events::tunnel::Tty {
+            cols: 80,
+            rows: 24,
+            term: "xterm".into(),
+        });
+        let ls = || vec!["ls".to_owned(), "-l".to_owned()];
+        let err = allowed(
+            &exec,
+            &Channel::Exec {
+                argv: ls(),
+                tty: tty.clone(),
+            },
+        )
+        .unwrap_err();
+        assert!(err.contains("without a terminal"), "{err}");
+        let exec_tty = claims(
+            Operation::Exec,
+            serde_json::json!({"argv": ["ls", "-l"], "tty": true}),
+        );
+        assert!(allowed(&exec_tty, &Channel::Exec { argv: ls(), tty }).is_ok());
         let fwd = claims(
             Operation::Forward,
             serde_json::json!({"targets": [{"host": "127.0.0.1", "port": 80, "proto": "tcp"}]}),
