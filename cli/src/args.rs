@@ -115,8 +115,12 @@ pub(crate) enum Command {
     ///   m87 audit --device robot-1 --action exec,shell --outcome failed
     ///   m87 audit --user alice@example.com --details -o json
     ///   m87 audit --follow
-    #[command(verbatim_doc_comment)]
+    ///   m87 audit play SESSION --speed 2      (replay a recorded shell)
+    ///   m87 audit recording SESSION -o s.cast  (save it for asciinema)
+    #[command(verbatim_doc_comment, args_conflicts_with_subcommands = true)]
     Audit {
+        #[command(subcommand)]
+        command: Option<AuditCommand>,
         /// Only this device (name, id or unique prefix).
         #[arg(long)]
         device: Option<String>,
@@ -160,6 +164,93 @@ pub(crate) enum DevicesCommand {
     Reject {
         /// Request id, device id, name or unique prefix.
         id: String,
+    },
+    /// A device's session-recording policy: `policy show DEVICE`, `policy set DEVICE
+    /// record-sessions on|off|inherit`.
+    Policy {
+        #[command(subcommand)]
+        command: DevicePolicyCommand,
+    },
+}
+
+/// The one policy there is so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum PolicyName {
+    /// Record terminal sessions (shell, exec -t) as asciicast, uploaded to the server.
+    RecordSessions,
+}
+
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum OnOff {
+    /// On.
+    On,
+    /// Off.
+    Off,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DevicePolicyCommand {
+    /// The device's own setting, and what applies (its own, its organization's or the
+    /// default).
+    Show {
+        /// Name, device id or unique prefix.
+        device: String,
+    },
+    /// Set it: `inherit` follows the organization's policy (personal devices: off).
+    Set {
+        /// Name, device id or unique prefix.
+        device: String,
+        /// The policy.
+        #[arg(value_enum)]
+        policy: PolicyName,
+        /// on, off or inherit.
+        setting: m87_events::policy::DeviceSetting,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum OrgPolicyCommand {
+    /// The organization's policy (on by default).
+    Show {
+        /// The organization.
+        org: OrgId,
+    },
+    /// Set it (admins only); devices that set their own keep theirs.
+    Set {
+        /// The organization.
+        org: OrgId,
+        /// The policy.
+        #[arg(value_enum)]
+        policy: PolicyName,
+        /// on or off.
+        #[arg(value_enum)]
+        setting: OnOff,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Replay a session's recording in this terminal, at its pace (idle gaps over 2 s are
+    /// shortened to 2 s).
+    Play {
+        /// The session id.
+        session: m87_events::SessionId,
+        /// Play this many times faster.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+    },
+    /// Save a session's recording as an asciicast v2 file (asciinema plays it):
+    /// `m87 audit recording SESSION -o FILE` (`-o -`: standard output).
+    Recording {
+        /// The session id, then `-o FILE` (`-o -` for standard output).
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "SESSION -o FILE"
+        )]
+        args: Vec<String>,
     },
 }
 
@@ -233,6 +324,11 @@ pub(crate) enum OrgCommand {
     Members {
         #[command(subcommand)]
         command: MembersCommand,
+    },
+    /// The organization's policy: `policy show ORG`, `policy set ORG record-sessions on|off`.
+    Policy {
+        #[command(subcommand)]
+        command: OrgPolicyCommand,
     },
 }
 

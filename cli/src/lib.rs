@@ -24,7 +24,10 @@ mod session;
 use std::process::ExitCode;
 
 pub use args::Cli;
-use args::{ApiKeysCommand, Command, DevicesCommand, MembersCommand, OrgCommand, RuntimeCommand};
+use args::{
+    ApiKeysCommand, AuditCommand, Command, DevicePolicyCommand, DevicesCommand, MembersCommand,
+    OrgCommand, OrgPolicyCommand, RuntimeCommand,
+};
 use m87_events::api::DeviceListQuery;
 use m87_observability::LogFormat;
 use output::Output;
@@ -70,6 +73,14 @@ async fn dispatch_local(command: Command, out: Output) -> anyhow::Result<()> {
             DevicesCommand::Show { device } => commands::devices::show(&device, out).await,
             DevicesCommand::Approve { request } => commands::devices::approve(&request, out).await,
             DevicesCommand::Reject { id } => commands::devices::reject(&id, out).await,
+            DevicesCommand::Policy { command } => match command {
+                DevicePolicyCommand::Show { device } => {
+                    commands::policy::device_show(&device, out).await
+                }
+                DevicePolicyCommand::Set {
+                    device, setting, ..
+                } => commands::policy::device_set(&device, setting, out).await,
+            },
         },
         Command::ApiKeys { command } => match command {
             ApiKeysCommand::Create { email, name } => {
@@ -118,8 +129,24 @@ async fn dispatch_local(command: Command, out: Output) -> anyhow::Result<()> {
                     commands::orgs::role(org, email, role).await
                 }
             },
+            OrgCommand::Policy { command } => match command {
+                OrgPolicyCommand::Show { org } => commands::policy::org_show(org, out).await,
+                OrgPolicyCommand::Set { org, setting, .. } => {
+                    commands::policy::org_set(org, setting == args::OnOff::On, out).await
+                }
+            },
         },
-        Command::Audit { device, filters } => commands::audit::fleet(filters, device, out).await,
+        Command::Audit {
+            command,
+            device,
+            filters,
+        } => match command {
+            Some(AuditCommand::Play { session, speed }) => {
+                commands::recording::play(session, speed).await
+            }
+            Some(AuditCommand::Recording { args }) => commands::recording::save(&args).await,
+            None => commands::audit::fleet(filters, device, out).await,
+        },
         Command::Runtime { command } => match command {
             RuntimeCommand::Run {
                 email,

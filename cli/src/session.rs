@@ -56,6 +56,10 @@ impl QuicSession {
                 &CreateSessionRequest { operation, args },
             )
             .await?;
+        if grant.recorded {
+            let policy = grant.recording_policy.as_deref().unwrap_or("the server");
+            eprintln!("m87: this session is recorded (policy of {policy})");
+        }
         let (endpoint, conn) = connect_any(&candidates(&grant)?).await?;
         let (mut send, recv) = conn.open_bi().await.context("opening the session")?;
         write_control(&mut send, &Control::SessionOpen { token: grant.token }).await?;

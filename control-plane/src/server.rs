@@ -22,6 +22,7 @@ use crate::store::audit::AuditStore;
 use crate::store::deadline::Deadline;
 use crate::store::mongo::MongoReadStore;
 use crate::store::mongo::MongoStore;
+use crate::store::recordings::{FileRecordings, GridFsRecordings};
 use crate::store::sqlite::SqliteStore;
 use crate::store::sqlite::{SqliteAuditStore, SqliteReadStore};
 use crate::tls;
@@ -70,6 +71,7 @@ pub async fn open_single_machine(
     );
     let sessions = SessionsConfig::new(load_or_create_signer(data_dir)?);
     let audit: Arc<dyn AuditStore> = Arc::new(SqliteAuditStore::open(&db)?);
+    let recordings = FileRecordings::new(data_dir.join(RECORDINGS_DIR));
     let cp = ControlPlane::new(
         store,
         read,
@@ -78,7 +80,8 @@ pub async fn open_single_machine(
         settings,
         sessions,
         audit,
-    );
+    )
+    .with_recordings(Arc::new(recordings));
     cp.audit_trail()
         .catch_up()
         .await
@@ -204,6 +207,7 @@ pub async fn open_fleet(
             .await
             .context("opening the MongoDB audit trail")?,
     );
+    let recordings = GridFsRecordings::new(&fleet.database);
     let cp = ControlPlane::new(
         store,
         read,
@@ -212,10 +216,14 @@ pub async fn open_fleet(
         settings,
         sessions,
         audit,
-    );
+    )
+    .with_recordings(Arc::new(recordings));
     cp.audit_trail().clone().spawn(audit_feed, audit_shutdown);
     Ok(cp)
 }
+
+/// The folder of session recordings inside the data directory (single machine).
+pub const RECORDINGS_DIR: &str = "recordings";
 
 /// The session signing key file inside the data directory.
 pub const SIGNING_KEY_FILE: &str = "session-signing.key";

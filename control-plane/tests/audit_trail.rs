@@ -156,6 +156,7 @@ async fn fixture() -> Fixture {
                 expires_at: chrono::Utc::now(),
                 credential: None,
                 relay: Some("127.0.0.1:8084".into()),
+                recorded: false,
             }),
             by("bob@example.com"),
         )

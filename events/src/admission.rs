@@ -348,6 +348,7 @@ mod tests {
             cred: Some(Credential::ApiKey(KeyId::from_uuid(uuid::Uuid::from_u128(
                 7,
             )))),
+            rec: false,
         }
     }
 

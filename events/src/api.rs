@@ -287,7 +287,8 @@ pub struct DecisionResponse {
 pub struct CreateSessionRequest {
     /// What to do.
     pub operation: Operation,
-    /// Its arguments, recorded and bound into the token: `{"argv": [...]}` for exec,
+    /// Its arguments, recorded and bound into the token: `{"argv": [...], "tty": bool}` for exec
+    /// (`tty` true for a pseudo-terminal, which a recording policy records),
     /// `{"targets": [{"host", "port", "proto"}]}` for forward, `{"path": ...}` for copy and sync.
     #[serde(default)]
     pub args: serde_json::Value,
@@ -319,6 +320,12 @@ pub struct SessionGrant {
     /// them; `M87_RELAY` picks one by address).
     #[serde(default)]
     pub relays: Vec<RelayEndpoint>,
+    /// Whether the device records this session's terminal (tell the user).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recorded: bool,
+    /// Whose policy asks for the recording: `org <id>` or `device <name>` (when recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording_policy: Option<String>,
 }
 
 /// `GET /v1/device/tunnel`: what a device needs to connect.

@@ -119,6 +119,8 @@ pub const ACTIONS: &[&str] = &[
     "sign_in",
     "auth",
     "session",
+    "policy",
+    "recording",
 ];
 
 /// The action name of a session operation (`copy` is `cp`, as the command is named).
@@ -156,6 +158,8 @@ pub fn action_of(event: &DomainEvent) -> &'static str {
         | DomainEvent::MemberRoleChanged(_) => "org",
         DomainEvent::UserSignedIn(_) => "sign_in",
         DomainEvent::AuthenticationRefused(_) => "auth",
+        DomainEvent::OrgPolicySet(_) | DomainEvent::DevicePolicySet(_) => "policy",
+        DomainEvent::SessionRecordingStored(_) => "recording",
     }
 }
 
@@ -193,7 +197,10 @@ pub fn device_of(event: &DomainEvent) -> Option<&crate::ids::DeviceId> {
         DomainEvent::SessionRefused(e) => e.device_id.as_ref(),
         DomainEvent::DeviceConnected(e) => Some(&e.device_id),
         DomainEvent::DeviceDisconnected(e) => Some(&e.device_id),
+        DomainEvent::DevicePolicySet(e) => Some(&e.device_id),
+        DomainEvent::SessionRecordingStored(e) => Some(&e.device_id),
         DomainEvent::ApiKeyCreated(_)
+        | DomainEvent::OrgPolicySet(_)
         | DomainEvent::ApiKeyRevoked(_)
         | DomainEvent::OrgCreated(_)
         | DomainEvent::OrgDeleted(_)

@@ -126,6 +126,12 @@ pub enum DomainEvent {
     /// Requests with bad credentials from one address in one minute (aggregated, so a flood
     /// of bad tokens is one event a minute per address).
     AuthenticationRefused(AuthenticationRefused),
+    /// An organization's session-recording policy was set.
+    OrgPolicySet(OrgPolicySet),
+    /// A device's session-recording policy was set (or returned to its organization's).
+    DevicePolicySet(DevicePolicySet),
+    /// A recorded session's terminal recording was stored by the control plane.
+    SessionRecordingStored(SessionRecordingStored),
 }
 
 /// Payload of [`DomainEvent::UserSignedIn`]; the actor is the user.
@@ -256,6 +262,46 @@ pub struct SessionOpened {
     /// The relay the grant sent the client to (absent in older sessions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<String>,
+    /// Whether the session's terminal is recorded (shell and `exec -t`, when the policy of the
+    /// device or its organization says so); false in sessions recorded before it was kept.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recorded: bool,
+}
+
+/// Payload of [`DomainEvent::OrgPolicySet`]; the actor is an admin of the organization.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrgPolicySet {
+    /// The organization.
+    pub org_id: OrgId,
+    /// Whether terminal sessions on the organization's devices are recorded.
+    pub record_sessions: bool,
+}
+
+/// Payload of [`DomainEvent::DevicePolicySet`]; the actor administers the device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DevicePolicySet {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Whether its terminal sessions are recorded; `None` follows its organization's policy
+    /// (or, for a personal device, the default: off).
+    pub record_sessions: Option<bool>,
+}
+
+/// Payload of [`DomainEvent::SessionRecordingStored`]; the actor is the device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecordingStored {
+    /// The session.
+    pub session_id: SessionId,
+    /// The device that recorded it.
+    pub device_id: DeviceId,
+    /// Size of the stored asciicast, in bytes.
+    pub bytes: u64,
+    /// Whether the device stopped recording at its size cap (the session went on).
+    pub truncated: bool,
+    /// The cap the device recorded under, in bytes.
+    pub max_bytes: u64,
+    /// SHA-256 (hex) of the stored asciicast.
+    pub sha256: String,
 }
 
 /// Payload of [`DomainEvent::SessionClosed`]; the actor is the device.
@@ -533,6 +579,9 @@ impl DomainEvent {
         "MemberRoleChanged",
         "UserSignedIn",
         "AuthenticationRefused",
+        "OrgPolicySet",
+        "DevicePolicySet",
+        "SessionRecordingStored",
     ];
 
     /// The type name stored beside the data.
@@ -561,6 +610,9 @@ impl DomainEvent {
             DomainEvent::MemberRoleChanged(_) => "MemberRoleChanged",
             DomainEvent::UserSignedIn(_) => "UserSignedIn",
             DomainEvent::AuthenticationRefused(_) => "AuthenticationRefused",
+            DomainEvent::OrgPolicySet(_) => "OrgPolicySet",
+            DomainEvent::DevicePolicySet(_) => "DevicePolicySet",
+            DomainEvent::SessionRecordingStored(_) => "SessionRecordingStored",
         }
     }
 

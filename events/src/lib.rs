@@ -13,13 +13,17 @@
 //!   and the refusal codes.
 //! - [`audit`]: the audit trail's hash chain and the action and outcome names of events.
 //! - [`secret`]: constant-time comparison of shared secrets.
+//! - [`policy`]: the session-recording policy of organizations and devices (REST bodies).
+//! - [`asciicast`]: terminal recordings as asciicast v2: a capped writer and a reader.
 
 pub mod admission;
 pub mod api;
+pub mod asciicast;
 pub mod audit;
 pub mod domain;
 pub mod envelope;
 pub mod ids;
+pub mod policy;
 pub mod secret;
 pub mod token;
 pub mod tunnel;

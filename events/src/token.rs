@@ -104,6 +104,10 @@ pub struct SessionClaims {
     /// The credential the grant came through (absent for OIDC sign-ins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cred: Option<Credential>,
+    /// Whether the device records the session's terminal (shell, `exec -t`) and uploads it
+    /// (absent, so false, in tokens that grant no recording: older tokens read the same).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rec: bool,
 }
 
 /// Why a token was refused.
@@ -269,6 +273,7 @@ mod tests {
             iat: now,
             exp: now + 60,
             cred: Some(Credential::ApiKey(KeyId::new())),
+            rec: false,
         }
     }
 

@@ -99,6 +99,7 @@ async fn bad_tokens_are_refused_at_the_relay_and_recorded() {
         iat: now,
         exp: now + 60,
         cred: None,
+        rec: false,
     };
     assert_eq!(present(&g, forger.sign(&claims)).await, "token_invalid");
     let real = SessionSigner::from_pkcs8(&std::fs::read(data.join("session-signing.key")).unwrap())

@@ -248,6 +248,21 @@ impl ApiClient {
         request: reqwest::RequestBuilder,
         url: &str,
     ) -> Result<Option<T>, ApiError> {
+        let bytes = self.send_raw(request, url).await?;
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ApiError::Decode(e.to_string()))
+    }
+
+    /// Sends `request` and returns the body of a successful answer.
+    async fn send_raw(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<bytes::Bytes, ApiError> {
         let request = match &self.key {
             Some(k) => request.bearer_auth(k),
             None => request,
@@ -275,12 +290,7 @@ impl ApiClient {
                 },
             });
         }
-        if bytes.is_empty() {
-            return Ok(None);
-        }
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| ApiError::Decode(e.to_string()))
+        Ok(bytes)
     }
 
     fn url(&self, path: &str) -> String {
@@ -319,6 +329,18 @@ impl ApiClient {
             .map(|_| ())
     }
 
+    /// `PUT path` with a JSON body.
+    pub async fn put<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ApiError> {
+        let url = self.url(path);
+        self.send(self.http.put(&url).json(body), &url)
+            .await?
+            .ok_or_else(|| ApiError::Decode("empty answer".into()))
+    }
+
     /// `PUT path` with a JSON body, expecting no content back.
     pub async fn put_no_content<B: Serialize + ?Sized>(
         &self,
@@ -329,6 +351,28 @@ impl ApiClient {
         self.send::<serde_json::Value>(self.http.put(&url).json(body), &url)
             .await
             .map(|_| ())
+    }
+
+    /// `PUT path` with a raw body of `content_type`, expecting no content back.
+    pub async fn put_bytes(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<(), ApiError> {
+        let url = self.url(path);
+        let request = self
+            .http
+            .put(&url)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        self.send_raw(request, &url).await.map(|_| ())
+    }
+
+    /// `GET path`, the body as it came.
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ApiError> {
+        let url = self.url(path);
+        Ok(self.send_raw(self.http.get(&url), &url).await?.to_vec())
     }
 
     /// `DELETE path`.

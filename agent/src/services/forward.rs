@@ -392,6 +392,7 @@ mod tests {
         *test_port.sent.lock().unwrap() = Some(sent_tx);
         let ctx = ServiceContext {
             datagrams: test_port.clone(),
+            recorder: None,
         };
         let ((mut reader, mut w), task) =
             pipe(move |r, w| async move { udp("127.0.0.1", port, r, w, &ctx).await });
@@ -429,6 +430,7 @@ mod tests {
         let test_port = Arc::new(TestPort::default());
         let ctx = ServiceContext {
             datagrams: test_port.clone(),
+            recorder: None,
         };
         let ((mut reader, _w), task) = pipe(move |r, w| async move {
             udp_with_idle("127.0.0.1", port, r, w, &ctx, Duration::from_millis(200)).await

@@ -46,6 +46,8 @@ pub trait DatagramPort: Send + Sync {
 pub struct ServiceContext {
     /// The tunnel's datagrams.
     pub datagrams: Arc<dyn DatagramPort>,
+    /// The session's terminal recorder, when its grant asks for a recording.
+    pub recorder: Option<Arc<shell::record::Recorder>>,
 }
 
 impl std::fmt::Debug for ServiceContext {
@@ -67,8 +69,10 @@ pub async fn serve(
         Channel::Exec {
             argv,
             tty: Some(tty),
-        } => shell::run_pty(Some(argv), tty, reader, writer).await,
-        Channel::Shell { tty } => shell::run_pty(None, tty, reader, writer).await,
+        } => shell::run_pty(Some(argv), tty, reader, writer, ctx.recorder.as_deref()).await,
+        Channel::Shell { tty } => {
+            shell::run_pty(None, tty, reader, writer, ctx.recorder.as_deref()).await
+        }
         Channel::Forward { host, port } => forward::tcp(&host, port, reader, writer).await,
         Channel::UdpForward { host, port } => forward::udp(&host, port, reader, writer, ctx).await,
         Channel::Files(op) => files::serve(op, reader, writer).await,

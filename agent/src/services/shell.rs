@@ -14,6 +14,7 @@
 //!   [`DRAIN_IDLE`], [`DRAIN_MAX`] and [`DRAIN_MAX_BYTES`]) before the `Exit` frame is sent.
 
 mod account;
+pub mod record;
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -33,6 +34,7 @@ use super::exec::signal_group;
 use super::{BoxRead, BoxWrite, ChannelOutcome};
 use account::{Account, term_name};
 use m87_transport::frames::{FrameReader, write_frame};
+use record::Recorder;
 
 /// Size of each read from the PTY (and so the largest data frame sent).
 const CHUNK: usize = 64 * 1024;
@@ -61,12 +63,14 @@ type Master = AsyncFd<OwnedFd>;
 /// the client's `Data` frames are keystrokes, `Resize` resizes the PTY, `Signal` goes to the
 /// terminal's foreground process group and `Eof` sends the terminal's EOF character. The PTY's
 /// output comes back as `Data` frames, then `Exit`. If the client goes away first, the program
-/// gets SIGHUP, then SIGKILL.
+/// gets SIGHUP, then SIGKILL. With a `recorder`, the output, keystrokes and resizes are
+/// recorded as they are relayed.
 pub async fn run_pty(
     argv: Option<Vec<String>>,
     tty: Tty,
     mut reader: FrameReader<BoxRead>,
     mut writer: BoxWrite,
+    recorder: Option<&Recorder>,
 ) -> ChannelOutcome {
     let (master, mut child) = match spawn(argv, &tty) {
         Ok(spawned) => spawned,
@@ -81,9 +85,14 @@ pub async fn run_pty(
         }
     };
     let pid = child.pid;
+    if let Some(r) = recorder {
+        let (cols, rows) = effective_size(&tty);
+        let shell = Account::current().shell;
+        r.start(cols, rows, term_name(&tty.term), shell.to_str());
+    }
     let exit = {
-        let input = pump_input(&mut reader, &master, pid);
-        let output = pump_output(&master, &mut child, &mut writer);
+        let input = pump_input(&mut reader, &master, pid, recorder);
+        let output = pump_output(&master, &mut child, &mut writer, recorder);
         tokio::select! {
             status = output => status,
             () = input => None,
@@ -139,11 +148,7 @@ fn spawn(argv: Option<Vec<String>>, tty: &Tty) -> Result<(Master, PtyChild), Spa
     }
     cmd.cwd(&account.home);
 
-    let (cols, rows) = if tty.cols == 0 || tty.rows == 0 {
-        DEFAULT_SIZE
-    } else {
-        (tty.cols, tty.rows)
-    };
+    let (cols, rows) = effective_size(tty);
     let cannot = |what: &str, e: &dyn std::fmt::Display| SpawnError {
         code: 126,
         message: format!("cannot {what}: {e}"),
@@ -183,6 +188,15 @@ fn spawn(argv: Option<Vec<String>>, tty: &Tty) -> Result<(Master, PtyChild), Spa
         });
     };
     Ok((master, PtyChild::watch(pid, child)))
+}
+
+/// The terminal's size: as the client asked, or the default when it sent a zero dimension.
+fn effective_size(tty: &Tty) -> (u16, u16) {
+    if tty.cols == 0 || tty.rows == 0 {
+        DEFAULT_SIZE
+    } else {
+        (tty.cols, tty.rows)
+    }
 }
 
 /// Whether `program` names an existing file, as `PATH` lookup would find it (for 127 vs 126).
@@ -264,7 +278,12 @@ fn eof_input(master: &Master) -> Option<Bytes> {
 }
 
 /// Client → PTY: keystrokes, resizes, signals. Returns when the client is gone.
-async fn pump_input(reader: &mut FrameReader<BoxRead>, master: &Master, pid: u32) {
+async fn pump_input(
+    reader: &mut FrameReader<BoxRead>,
+    master: &Master,
+    pid: u32,
+    recorder: Option<&Recorder>,
+) {
     let mut pending: VecDeque<Bytes> = VecDeque::new();
     let mut pending_len = 0usize;
     // Whether keystrokes still go to the terminal: not after `Eof` or a failed write.
@@ -275,6 +294,9 @@ async fn pump_input(reader: &mut FrameReader<BoxRead>, master: &Master, pid: u32
             frame = reader.next(), if pending_len < MAX_PENDING_INPUT => match frame {
                 Ok(Some(Frame::Data(d))) => {
                     if accepting && !d.is_empty() {
+                        if let Some(r) = recorder {
+                            r.input(&d);
+                        }
                         pending_len += d.len();
                         pending.push_back(d);
                     }
@@ -296,6 +318,9 @@ async fn pump_input(reader: &mut FrameReader<BoxRead>, master: &Master, pid: u32
                         };
                         // The kernel sends SIGWINCH to the foreground group.
                         let _ = rustix::termios::tcsetwinsize(master.get_ref(), size);
+                        if let Some(r) = recorder {
+                            r.resize(cols, rows);
+                        }
                     }
                 }
                 Ok(Some(Frame::Signal(sig))) => {
@@ -333,6 +358,7 @@ async fn pump_output(
     master: &Master,
     child: &mut PtyChild,
     writer: &mut BoxWrite,
+    recorder: Option<&Recorder>,
 ) -> Option<ExitStatus> {
     let mut buf = vec![0u8; CHUNK];
     let mut eof = false;
@@ -343,6 +369,9 @@ async fn pump_output(
             status = child.wait() => break status,
             read = read_master(master, &mut buf), if !eof => match read {
                 Ok(n) if n > 0 => {
+                    if let Some(r) = recorder {
+                        r.output(&buf[..n]);
+                    }
                     let data = Frame::Data(Bytes::copy_from_slice(&buf[..n]));
                     write_frame(writer, &data).await.ok()?;
                 }
@@ -362,6 +391,9 @@ async fn pump_output(
             Ok(Ok(n)) if n > 0 => {
                 wait_budget = wait_budget.saturating_sub(started.elapsed());
                 byte_budget = byte_budget.saturating_sub(n);
+                if let Some(r) = recorder {
+                    r.output(&buf[..n]);
+                }
                 let data = Frame::Data(Bytes::copy_from_slice(&buf[..n]));
                 write_frame(writer, &data).await.ok()?;
             }

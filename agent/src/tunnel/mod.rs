@@ -20,6 +20,7 @@
 mod datagrams;
 mod io;
 mod session;
+mod upload;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -155,6 +156,7 @@ async fn connect_once(
         admission: Arc::clone(seen),
         ctx: ServiceContext {
             datagrams: Arc::clone(&datagrams) as Arc<dyn crate::services::DatagramPort>,
+            recorder: None,
         },
     });
     let outcome = serve(&conn, state, shutdown).await;

@@ -16,6 +16,7 @@ use m87_events::tunnel::{Channel, Control, ExitStatus, Frame};
 use m87_events::{DeviceId, SessionId};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use crate::services::shell::record::Recorder;
 use crate::services::{self, BoxRead, BoxWrite, ServiceContext};
 use m87_transport::frames::{FrameReader, write_control, write_refusal};
 use m87_transport::http::ApiClient;
@@ -34,6 +35,8 @@ pub(super) struct ActiveSession {
     channels: Mutex<Vec<ChannelRecord>>,
     /// Channels past the first [`MAX_CHANNEL_SUMMARIES`].
     channels_dropped: AtomicU64,
+    /// Records its terminal, when the grant asks for it.
+    recorder: Option<Arc<Recorder>>,
 }
 
 /// One channel of a session, for its summary in the closing report.
@@ -182,8 +185,17 @@ async fn open_session<W: AsyncWrite + Unpin + Send + 'static>(
         }
     };
     let sid = claims.sid;
+    let recorder = claims.rec.then(|| {
+        Arc::new(Recorder::new(
+            &std::env::temp_dir(),
+            &sid.to_string(),
+            format!("{} on {}: {}", claims.sub, claims.dev, claims.op.as_str()),
+            crate::services::shell::record::max_bytes_from_env(),
+        ))
+    });
     let session = Arc::new(ActiveSession {
         claims,
+        recorder,
         started: Instant::now(),
         bytes_in: Arc::default(),
         bytes_out: Arc::default(),
@@ -197,7 +209,7 @@ async fn open_session<W: AsyncWrite + Unpin + Send + 'static>(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(sid, Arc::clone(&session));
-    tracing::info!(session = %sid, op = session.claims.op.as_str(), by = %session.claims.sub, "session accepted");
+    tracing::info!(session = %sid, op = session.claims.op.as_str(), by = %session.claims.sub, recorded = session.claims.rec, "session accepted");
     let mut ended_by = "relay_lost".to_owned();
     if write_control(&mut send, &Control::SessionAccepted { session_id: sid })
         .await
@@ -219,6 +231,9 @@ async fn open_session<W: AsyncWrite + Unpin + Send + 'static>(
         .await
     {
         tracing::warn!(error = %e, "cannot report a closed session");
+    }
+    if let Some(finished) = session.recorder.as_ref().and_then(|r| r.finish()) {
+        super::upload::upload_recording(&state.api, sid, finished).await;
     }
 }
 
@@ -325,12 +340,19 @@ fn allowed(claims: &SessionClaims, channel: &Channel) -> Result<(), String> {
     }
     let args = &claims.args;
     match channel {
-        Channel::Exec { argv, .. } => {
+        Channel::Exec { argv, tty } => {
             let granted: Option<Vec<String>> = args
                 .get("argv")
                 .and_then(|a| serde_json::from_value(a.clone()).ok());
             if granted.as_ref() != Some(argv) {
                 return Err("this session was granted for another command".into());
+            }
+            // A terminal must be asked for in the grant: the recording policy applies to it.
+            if tty.is_some() && args.get("tty").and_then(|t| t.as_bool()) != Some(true) {
+                return Err(
+                    "this session was granted without a terminal (update m87 to use exec -t)"
+                        .into(),
+                );
             }
         }
         Channel::Forward { host, port } | Channel::UdpForward { host, port } => {
@@ -426,7 +448,11 @@ async fn open_channel<W: AsyncWrite + Unpin + Send + 'static>(
         count: out_count,
         total: Arc::clone(&session.bytes_out),
     });
-    let outcome = services::serve(channel, reader, writer, &state.ctx).await;
+    let ctx = ServiceContext {
+        recorder: session.recorder.clone(),
+        ..state.ctx.clone()
+    };
+    let outcome = services::serve(channel, reader, writer, &ctx).await;
     session.channel_ended(record, outcome.error.clone());
     if outcome.exit.is_some() {
         *session.last_exit.lock().unwrap_or_else(|p| p.into_inner()) = outcome.exit;
@@ -458,6 +484,7 @@ mod tests {
             cred: Some(m87_events::token::Credential::ApiKey(
                 m87_events::KeyId::new(),
             )),
+            rec: false,
         }
     }
 
@@ -487,6 +514,7 @@ mod tests {
             admission: seen,
             ctx: ServiceContext {
                 datagrams: Arc::new(NoDatagrams),
+                recorder: None,
             },
         })
     }
@@ -585,6 +613,27 @@ mod tests {
             )
             .is_err()
         );
+        // A terminal only under a grant that asked for one (the recording policy applies).
+        let tty = Some(m87_events::tunnel::Tty {
+            cols: 80,
+            rows: 24,
+            term: "xterm".into(),
+        });
+        let ls = || vec!["ls".to_owned(), "-l".to_owned()];
+        let err = allowed(
+            &exec,
+            &Channel::Exec {
+                argv: ls(),
+                tty: tty.clone(),
+            },
+        )
+        .unwrap_err();
+        assert!(err.contains("without a terminal"), "{err}");
+        let exec_tty = claims(
+            Operation::Exec,
+            serde_json::json!({"argv": ["ls", "-l"], "tty": true}),
+        );
+        assert!(allowed(&exec_tty, &Channel::Exec { argv: ls(), tty }).is_ok());
         let fwd = claims(
             Operation::Forward,
             serde_json::json!({"targets": [{"host": "127.0.0.1", "port": 80, "proto": "tcp"}]}),

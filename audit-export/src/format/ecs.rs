@@ -32,6 +32,10 @@ fn category(event: &DomainEvent) -> (&'static [&'static str], &'static [&'static
         E::MemberAdded(_) | E::MemberRemoved(_) | E::MemberRoleChanged(_) => {
             (&["iam"], &["group", "change"])
         }
+        E::UserSignedIn(_) => (&["authentication"], &["start"]),
+        E::AuthenticationRefused(_) => (&["authentication"], &["info"]),
+        E::OrgPolicySet(_) | E::DevicePolicySet(_) => (&["configuration"], &["change"]),
+        E::SessionRecordingStored(_) => (&["session"], &["info"]),
     }
 }
 

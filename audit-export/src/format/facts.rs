@@ -37,7 +37,7 @@ impl<'a> Facts<'a> {
     pub fn of(entry: &'a AuditEntry) -> Self {
         let env = &entry.envelope;
         let (user_email, key_id) = match &env.metadata.actor {
-            Actor::User { email, key_id } => {
+            Actor::User { email, key_id, .. } => {
                 (Some(email.to_string()), key_id.map(|k| k.to_string()))
             }
             _ => (None, None),

@@ -60,6 +60,7 @@ const fn class(
 }
 
 const ACCOUNT: (u32, &str) = (3001, "Account Change");
+const AUTHN: (u32, &str) = (3002, "Authentication");
 const AUTHZ: (u32, &str) = (3003, "Authorize Session");
 const ENTITY: (u32, &str) = (3004, "Entity Management");
 const ACCESS: (u32, &str) = (3005, "User Access Management");
@@ -102,6 +103,9 @@ pub fn class_of(event: &DomainEvent) -> OcsfClass {
         E::SessionRefused(_) => c(AUTHZ, 1, "Assign Privileges"),
         E::DeviceConnected(_) => c(TUNNEL, 1, "Open"),
         E::DeviceDisconnected(_) => c(TUNNEL, 2, "Close"),
+        E::UserSignedIn(_) | E::AuthenticationRefused(_) => c(AUTHN, 1, "Logon"),
+        E::OrgPolicySet(_) | E::DevicePolicySet(_) => c(ENTITY, 3, "Update"),
+        E::SessionRecordingStored(_) => c(ENTITY, 1, "Create"),
     }
 }
 

@@ -18,6 +18,7 @@ pub fn alice() -> Actor {
     Actor::User {
         email: "alice@example.com".parse().unwrap(),
         key_id: Some(KeyId::new()),
+        subject: None,
     }
 }
 
@@ -47,6 +48,8 @@ pub fn opened(op: Operation) -> DomainEvent {
         args: serde_json::json!({ "command": ["uname", "-a"] }),
         expires_at: Utc::now(),
         credential: Some(Credential::ApiKey(KeyId::new())),
+        relay: None,
+        recorded: false,
     })
 }
 
@@ -62,6 +65,8 @@ pub fn closed(op: Operation, exit_code: Option<i32>) -> DomainEvent {
         error: None,
         operation: Some(op),
         reason: Some("exit".to_owned()),
+        channels: vec![],
+        channels_dropped: 0,
     })
 }
 

@@ -6,5 +6,7 @@ pub mod devices;
 pub mod files;
 pub mod login;
 pub mod orgs;
+pub mod policy;
+pub mod recording;
 pub mod remote;
 pub mod runtime;

@@ -164,7 +164,13 @@ pub async fn run(args: Vec<String>, output: crate::output::Output) -> anyhow::Re
             tty,
             command,
         } => {
-            let grant_args = serde_json::json!({ "argv": command });
+            // A terminal is part of the grant: the device refuses one it was not granted, and
+            // the recording policy applies to it.
+            let grant_args = if tty {
+                serde_json::json!({ "argv": command, "tty": true })
+            } else {
+                serde_json::json!({ "argv": command })
+            };
             let session = QuicSession::open(&client, device, Operation::Exec, grant_args).await?;
             let result = if tty {
                 let _ = stdin; // a terminal always carries input

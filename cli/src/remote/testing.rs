@@ -71,6 +71,7 @@ impl ChannelOpener for LocalOpener {
         let (device_r, mut device_w) = tokio::io::split(device);
         let ctx = ServiceContext {
             datagrams: self.port.clone(),
+            recorder: None,
         };
         let udp = matches!(channel, Channel::UdpForward { .. });
         tokio::spawn(async move {

@@ -8,6 +8,7 @@
 //! - [`ratelimit`]: per-address, per-prefix and per-scope limits for unauthenticated
 //!   registration.
 //! - [`routes`]: the handlers and the OpenAPI document.
+//! - [`recording`]: recording policies, recording upload (devices) and read.
 
 pub mod audit;
 pub mod client_addr;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod extract;
 pub mod internal;
 pub mod ratelimit;
+pub mod recording;
 pub mod routes;
 
 use std::sync::Arc;
@@ -92,6 +94,7 @@ pub fn app(state: AppState) -> Router {
     routes::router()
         .merge(audit::router())
         .merge(internal::router())
+        .merge(recording::router())
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }

@@ -80,7 +80,9 @@ async fn health() -> Json<Health> {
 /// This document.
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "meta", responses((status = 200, description = "the OpenAPI 3.1 document")))]
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+    let mut doc = ApiDoc::openapi();
+    doc.merge(super::recording::RecordingApiDoc::openapi());
+    Json(doc)
 }
 
 /// How to sign in interactively (OIDC issuer, client id, audience); 404 when not configured.

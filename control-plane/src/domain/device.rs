@@ -17,6 +17,8 @@ pub struct Device {
     pub credentials: Option<(RequestId, KeyId)>,
     /// Scopes other than the owner that may reach it.
     pub allowed_scopes: Vec<Scope>,
+    /// Its own session-recording policy (`None`: its organization's).
+    pub record_sessions: Option<bool>,
 }
 
 impl Aggregate for Device {
@@ -38,6 +40,7 @@ impl Aggregate for Device {
                 self.allowed_scopes.push(e.scope.clone());
             }
             DomainEvent::AccessRevoked(e) => self.allowed_scopes.retain(|s| *s != e.scope),
+            DomainEvent::DevicePolicySet(e) => self.record_sessions = e.record_sessions,
             _ => {}
         }
     }
@@ -72,6 +75,36 @@ impl Device {
             )));
         }
         Ok(e)
+    }
+}
+
+/// `SetDevicePolicy`: whoever administers the device (its owner, its organization's admins,
+/// platform admins). Setting what is already set changes nothing.
+pub fn decide_policy(
+    device: &Device,
+    caller: &Identity,
+    record_sessions: Option<bool>,
+) -> Result<Option<DomainEvent>, DomainError> {
+    let e = device.administered_by(caller, "set the policy of")?;
+    if device.record_sessions == record_sessions {
+        return Ok(None);
+    }
+    Ok(Some(DomainEvent::DevicePolicySet(
+        m87_events::domain::DevicePolicySet {
+            device_id: e.device_id.clone(),
+            record_sessions,
+        },
+    )))
+}
+
+/// `GetDevicePolicy`: whoever sees the device.
+pub fn visible<'a>(
+    device: &'a Device,
+    caller: &Identity,
+) -> Result<&'a DeviceEnrolled, DomainError> {
+    match device.visible_to(caller) {
+        Ok(e) if !device.removed => Ok(e),
+        _ => Err(DomainError::NotFound("device")),
     }
 }
 

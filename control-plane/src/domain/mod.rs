@@ -16,6 +16,7 @@
 //! - [`identity`]: who is calling, and what they may see and administer.
 //! - [`session`]: remote sessions: opening (token grant) and closing.
 //! - [`org`]: organizations, members and roles.
+//! - [`recording`]: session recording: the policy that applies, who stores and reads.
 
 pub mod access;
 pub mod aggregate;
@@ -24,6 +25,7 @@ pub mod device;
 pub mod enrollment;
 pub mod identity;
 pub mod org;
+pub mod recording;
 pub mod registration;
 pub mod session;
 

@@ -19,6 +19,8 @@ pub struct Org {
     pub deleted: bool,
     /// Members and roles.
     pub members: BTreeMap<Email, Role>,
+    /// The session-recording policy, when an admin set one (else the default: on).
+    pub record_sessions: Option<bool>,
 }
 
 impl Aggregate for Org {
@@ -39,6 +41,7 @@ impl Aggregate for Org {
             DomainEvent::MemberRemoved(e) => {
                 self.members.remove(&e.email);
             }
+            DomainEvent::OrgPolicySet(e) => self.record_sessions = Some(e.record_sessions),
             _ => {}
         }
     }
@@ -72,6 +75,36 @@ impl Org {
     fn admins(&self) -> usize {
         self.members.values().filter(|r| **r == Role::Admin).count()
     }
+}
+
+/// Whether terminal sessions on an organization's devices are recorded when nobody set it.
+pub const DEFAULT_RECORD_SESSIONS: bool = true;
+
+/// `GetOrgPolicy`: members read it; returns the policy and whether it is the default.
+pub fn policy_of(org: &Org, caller: &Identity) -> Result<(bool, bool), DomainError> {
+    org.live(caller)?;
+    Ok(match org.record_sessions {
+        Some(on) => (on, false),
+        None => (DEFAULT_RECORD_SESSIONS, true),
+    })
+}
+
+/// `SetOrgPolicy`: admins only; setting what is already set changes nothing.
+pub fn decide_policy(
+    org: &Org,
+    caller: &Identity,
+    record_sessions: bool,
+) -> Result<Option<DomainEvent>, DomainError> {
+    let c = org.administered(caller, "set its policy")?;
+    if org.record_sessions == Some(record_sessions) {
+        return Ok(None);
+    }
+    Ok(Some(DomainEvent::OrgPolicySet(
+        m87_events::domain::OrgPolicySet {
+            org_id: c.org_id.clone(),
+            record_sessions,
+        },
+    )))
 }
 
 /// `CreateOrg`: the creator becomes its first admin.

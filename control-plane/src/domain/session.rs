@@ -22,6 +22,8 @@ pub struct Session {
     pub opened: Option<SessionOpened>,
     /// Whether the device reported its end.
     pub closed: bool,
+    /// Its terminal recording, once stored.
+    pub recording: Option<m87_events::domain::SessionRecordingStored>,
 }
 
 impl Aggregate for Session {
@@ -30,6 +32,7 @@ impl Aggregate for Session {
         match event {
             DomainEvent::SessionOpened(e) => self.opened = Some(e.clone()),
             DomainEvent::SessionClosed(_) => self.closed = true,
+            DomainEvent::SessionRecordingStored(e) => self.recording = Some(e.clone()),
             _ => {}
         }
     }
@@ -98,6 +101,7 @@ pub fn decide_open(
         expires_at: now + chrono::Duration::seconds(TOKEN_LIFETIME_SECS),
         credential: credential_of(caller),
         relay: None,
+        recorded: false,
     }))
 }
 

@@ -15,6 +15,7 @@
 //! - [`orgs`]: organizations and memberships.
 //! - [`sessions`]: session grants, session ends and refusals, device presence.
 //! - [`audit`]: the audit trail's queries and who may read what.
+//! - [`recordings`]: recording policies, storing and reading session recordings.
 //! - [`auth`]: key generation, and who is calling: authentication, identities, `whoami`.
 
 pub mod api_keys;
@@ -22,6 +23,7 @@ pub mod audit;
 pub mod auth;
 pub mod devices;
 pub mod orgs;
+pub mod recordings;
 pub mod registrations;
 pub mod sessions;
 
@@ -100,6 +102,7 @@ pub struct ControlPlane {
     pub(crate) publisher: Option<Publisher>,
     pub(crate) settings: Arc<Settings>,
     pub(crate) sessions: Arc<sessions::SessionsConfig>,
+    pub(crate) recordings: Arc<dyn crate::store::recordings::RecordingStore>,
     /// Held from counting a scope's pending requests to recording a new one, so concurrent
     /// registrations cannot pass the cap together (within this process).
     pub(crate) registration_gate: Arc<tokio::sync::Mutex<()>>,
@@ -135,8 +138,18 @@ impl ControlPlane {
             publisher,
             settings: Arc::new(settings),
             sessions: Arc::new(sessions),
+            recordings: Arc::new(crate::store::recordings::MemoryRecordings::default()),
             registration_gate: Arc::new(tokio::sync::Mutex::new(())),
         }
+    }
+
+    /// With session recordings kept in `store` (they are kept in memory otherwise).
+    pub fn with_recordings(
+        mut self,
+        store: Arc<dyn crate::store::recordings::RecordingStore>,
+    ) -> Self {
+        self.recordings = store;
+        self
     }
 
     /// The settings in force.

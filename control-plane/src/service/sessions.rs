@@ -170,9 +170,14 @@ impl ControlPlane {
                         .await
                         .map_err(GrantError::Failed)?;
                     let device = Device::from_events(&events);
-                    let mut event =
+                    let event =
                         session::decide_open(&device, caller, session_id, req.operation, args, now)
                             .map_err(|e| (e, device.enrollment.is_some()))?;
+                    let policy = self
+                        .recording_policy(&device)
+                        .await
+                        .map_err(GrantError::Failed)?;
+                    let mut event = crate::domain::recording::mark(event, &policy);
                     if !self.is_online(device_id) {
                         return Err(GrantError::Failed(
                             DomainError::DeviceOffline(self.last_seen_text(device_id).await).into(),
@@ -184,12 +189,15 @@ impl ControlPlane {
                     if let DomainEvent::SessionOpened(o) = &mut event {
                         o.relay = Some(relay.address);
                     }
-                    Ok((event.clone(), one(StreamId::session(&session_id), 0, event)))
+                    Ok((
+                        (event.clone(), policy.source),
+                        one(StreamId::session(&session_id), 0, event),
+                    ))
                 }
             })
             .await;
-        let opened = match result {
-            Ok((DomainEvent::SessionOpened(opened), _)) => opened,
+        let (opened, policy_source) = match result {
+            Ok(((DomainEvent::SessionOpened(opened), source), _)) => (opened, source),
             Ok(_) => return Err(ServiceError::Contention),
             Err(GrantError::Refused(e, known)) => {
                 if known {
@@ -210,6 +218,7 @@ impl ControlPlane {
             iat: now.timestamp(),
             exp: opened.expires_at.timestamp(),
             cred: opened.credential,
+            rec: opened.recorded,
         };
         Ok(SessionGrant {
             session_id,
@@ -217,6 +226,8 @@ impl ControlPlane {
             expires_at: opened.expires_at,
             relay,
             relays,
+            recorded: opened.recorded,
+            recording_policy: opened.recorded.then_some(policy_source),
         })
     }
 

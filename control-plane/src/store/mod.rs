@@ -18,6 +18,7 @@
 //! - [`mongo`]: the fleet backend (MongoDB replica set), shared by several control planes.
 //! - [`memory`]: the in-memory twin of both stores, for fast tests.
 //! - [`deadline`]: a time limit on every call to a store of either kind.
+//! - [`recordings`]: session recordings (asciicast blobs): files, GridFS, memory.
 //! - `conformance` (tests only): the suite every event store passes.
 
 pub mod audit;
@@ -25,6 +26,7 @@ pub mod deadline;
 pub mod memory;
 pub mod mongo;
 pub mod read;
+pub mod recordings;
 pub mod sqlite;
 
 pub use read::{Change, ReadStore};

@@ -30,7 +30,7 @@ fn start_with_buffer(argv: Option<&[&str]>, cols: u16, rows: u16, buffer: usize)
     };
     let service = tokio::spawn(async move {
         let reader = FrameReader::new(Box::new(service_r) as BoxRead);
-        run_pty(argv, tty, reader, Box::new(service_w)).await
+        run_pty(argv, tty, reader, Box::new(service_w), None).await
     });
     let (reader, writer) = tokio::io::split(client);
     Client {
