@@ -127,7 +127,7 @@ async fn fixture() -> Fixture {
         by("alice@example.com"),
     )
     .await;
-    // Bob's exec exits 3; his shell is cut when his access goes.
+    // Bob's exec exits 3; his shell is cut when his access goes (and was recorded).
     for (op, args, exit, reason, bytes) in [
         (
             Operation::Exec,
@@ -181,6 +181,22 @@ async fn fixture() -> Fixture {
             Metadata::system("device"),
         )
         .await;
+        if op == Operation::Shell {
+            append(
+                log.as_ref(),
+                StreamId::session(&sid),
+                DomainEvent::SessionRecordingStored(m87_events::domain::SessionRecordingStored {
+                    session_id: sid,
+                    device_id: device.clone(),
+                    bytes: 512,
+                    truncated: false,
+                    max_bytes: 1 << 24,
+                    sha256: "ab".repeat(32),
+                }),
+                Metadata::system("device"),
+            )
+            .await;
+        }
     }
     append(
         log.as_ref(),
@@ -240,6 +256,7 @@ async fn sessions_are_one_record_from_grant_to_end_and_refusals_are_records() {
     assert_eq!(shell.reason.as_deref(), Some("access_revoked"));
     assert_eq!(shell.outcome, Outcome::Failed, "a cut session failed");
     assert_eq!(shell.bytes_from_device, Some(4242));
+    assert_eq!(shell.recording.as_ref().map(|r| r.bytes), Some(512));
     let refused = &records[1];
     assert_eq!(refused.outcome, Outcome::Refused);
     assert_eq!(refused.refused_by.as_deref(), Some("grant"));
@@ -313,7 +330,7 @@ async fn verify_names_the_entry_changed_removed_or_inserted() {
         .await
         .unwrap();
     assert_eq!(report.finding, None, "untouched");
-    assert_eq!(report.checked, 9);
+    assert_eq!(report.checked, 10);
     let Fixture {
         _dir,
         db,
@@ -354,18 +371,18 @@ async fn verify_names_the_entry_changed_removed_or_inserted() {
     sql(
         &db,
         "INSERT INTO audit (position, seq, time_ms, listing, action, outcome, entry, prev_hash, hash, record)
-         SELECT 10, 10, time_ms, 1, 'exec', 'ok', entry, hash, 'f00d', record FROM audit WHERE position = 9",
+         SELECT 11, 11, time_ms, 1, 'exec', 'ok', entry, hash, 'f00d', record FROM audit WHERE position = 10",
     );
-    assert_eq!(check(&db).await, Some((Tamper::Changed, 10)));
+    assert_eq!(check(&db).await, Some((Tamper::Changed, 11)));
     restore();
     // The last entry removed and an earlier one copied in after it, hashes and all.
     sql(
         &db,
-        "DELETE FROM audit WHERE position = 9;
+        "DELETE FROM audit WHERE position = 10;
          INSERT INTO audit (position, seq, time_ms, listing, action, outcome, entry, prev_hash, hash, record)
-         SELECT 11, 11, time_ms, 1, 'org', 'ok', entry, prev_hash, hash, record FROM audit WHERE position = 8",
+         SELECT 12, 12, time_ms, 1, 'org', 'ok', entry, prev_hash, hash, record FROM audit WHERE position = 9",
     );
-    assert_eq!(check(&db).await, Some((Tamper::Removed, 9)));
+    assert_eq!(check(&db).await, Some((Tamper::Removed, 10)));
     restore();
     // An event added to the log's middle is not in the chain.
     sql(

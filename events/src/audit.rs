@@ -286,6 +286,12 @@ pub struct AuditRecord {
     /// Bytes from the device to the client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_from_device: Option<u64>,
+    /// Whether the session's terminal was recorded (by the policy in force at its grant).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recorded: bool,
+    /// The stored recording, once the device uploaded it: `m87 audit play SESSION`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<RecordingInfo>,
     /// One line per channel of the session (each file copied, each forwarded connection).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<crate::api::ChannelSummary>,
@@ -295,6 +301,19 @@ pub struct AuditRecord {
     /// `--follow` asks for records changed after the highest it has seen.
     #[serde(default)]
     pub seq: u64,
+}
+
+/// A session's stored terminal recording, as its audit record shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RecordingInfo {
+    /// Size of the asciicast, in bytes.
+    pub bytes: u64,
+    /// Whether the device stopped recording at its cap (`max_bytes`).
+    pub truncated: bool,
+    /// The cap it recorded under.
+    pub max_bytes: u64,
+    /// SHA-256 (hex) of the asciicast.
+    pub sha256: String,
 }
 
 /// A page of audit records, newest first.

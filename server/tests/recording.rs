@@ -188,6 +188,23 @@ fn a_shell_on_an_org_device_is_recorded_replayed_saved_and_shown_only_to_those_a
         std::fs::metadata(&file).unwrap().len()
     );
 
+    // The session's audit record links the recording.
+    let listed: serde_json::Value =
+        serde_json::from_str(&alice.ok(&["audit", "--action", "shell", "-o", "json"])).unwrap();
+    let record = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["session_id"] == session.as_str())
+        .unwrap_or_else(|| panic!("no audit record of {session}: {listed:#}"));
+    assert_eq!(record["recorded"], true, "{record}");
+    assert_eq!(record["recording"]["bytes"], stored["bytes"], "{record}");
+    let details = alice.ok(&["audit", "--action", "shell", "--details"]);
+    assert!(
+        details.contains(&format!("m87 audit play {session}")),
+        "{details}"
+    );
+
     // Replayed, by the user who ran it.
     let played = bob.ok(&["audit", "play", &session, "--speed", "100"]);
     assert!(played.contains("secret-word"), "{played}");

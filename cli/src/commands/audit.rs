@@ -195,6 +195,7 @@ fn what(r: &AuditRecord) -> String {
                     .join(", ")
             })
             .unwrap_or_default(),
+        "shell" if r.recorded => "(recorded)".into(),
         "shell" => String::new(),
         _ => match a.as_object() {
             Some(map) => map
@@ -318,6 +319,17 @@ fn print_records(records: &[AuditRecord], details: bool, output: Output, headers
                     println!(
                         "    relay {relay}, session {}",
                         r.session_id.map(|s| s.to_string()).unwrap_or_default()
+                    );
+                }
+                if let (Some(rec), Some(sid)) = (&r.recording, r.session_id) {
+                    println!(
+                        "    recording: {}{}; replay: m87 audit play {sid}",
+                        bytes(Some(rec.bytes)),
+                        if rec.truncated {
+                            " (cut at its cap)"
+                        } else {
+                            ""
+                        }
                     );
                 }
                 for c in &r.details {

@@ -91,6 +91,8 @@ fn base_record(env: &EventEnvelope, hash: &str, ctx: &dyn FoldContext) -> AuditR
         bytes_to_device: None,
         bytes_from_device: None,
         details: vec![],
+        recorded: false,
+        recording: None,
         hash: hash.to_owned(),
         seq: env.global_position,
     }
@@ -113,6 +115,16 @@ fn add_event_facts(record: &mut AuditRecord, event: &DomainEvent) {
         DomainEvent::SessionOpened(e) => {
             record.session_id = Some(e.session_id);
             record.relay = e.relay.clone();
+            record.recorded = e.recorded;
+        }
+        DomainEvent::SessionRecordingStored(e) => {
+            record.session_id = Some(e.session_id);
+            record.recording = Some(m87_events::audit::RecordingInfo {
+                bytes: e.bytes,
+                truncated: e.truncated,
+                max_bytes: e.max_bytes,
+                sha256: e.sha256.clone(),
+            });
         }
         DomainEvent::SessionClosed(e) => {
             record.session_id = Some(e.session_id);
@@ -161,7 +173,11 @@ fn scope_of(event: &DomainEvent, device: Option<&DeviceInfo>) -> Option<String> 
 fn listing_of(event: &DomainEvent, has_grant: bool) -> Listing {
     match event {
         DomainEvent::DeviceEnrolled(_) | DomainEvent::DeviceCredentialsIssued(_) => Listing::Hidden,
-        DomainEvent::SessionClosed(_) | DomainEvent::SessionRefused(_) if has_grant => {
+        DomainEvent::SessionClosed(_)
+        | DomainEvent::SessionRefused(_)
+        | DomainEvent::SessionRecordingStored(_)
+            if has_grant =>
+        {
             Listing::Hidden
         }
         DomainEvent::DeviceConnected(_) | DomainEvent::DeviceDisconnected(_) => Listing::Presence,
@@ -232,7 +248,9 @@ pub fn fold(env: &EventEnvelope, prev_hash: &str, ctx: &dyn FoldContext) -> Fold
         record.device_name = known_device.as_ref().map(|d| d.name.clone());
     }
     let grant = match &env.event {
-        DomainEvent::SessionClosed(_) | DomainEvent::SessionRefused(_) => {
+        DomainEvent::SessionClosed(_)
+        | DomainEvent::SessionRefused(_)
+        | DomainEvent::SessionRecordingStored(_) => {
             record.session_id.and_then(|s| ctx.session(&s.to_string()))
         }
         _ => None,
@@ -246,9 +264,16 @@ pub fn fold(env: &EventEnvelope, prev_hash: &str, ctx: &dyn FoldContext) -> Fold
             record.subject = grant.subject.clone();
         }
     }
-    let session = grant
-        .filter(|g| completes(&env.event, g))
-        .map(|g| (g.session_id, completed(g, &record)));
+    let session = match (&env.event, grant) {
+        (DomainEvent::SessionRecordingStored(_), Some(mut g)) => {
+            g.recording = record.recording.clone();
+            g.seq = record.seq;
+            Some((g.session_id, g))
+        }
+        (_, grant) => grant
+            .filter(|g| completes(&env.event, g))
+            .map(|g| (g.session_id, completed(g, &record))),
+    };
     let row = AuditRow {
         position: env.global_position,
         seq: env.global_position,

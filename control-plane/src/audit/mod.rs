@@ -152,6 +152,7 @@ impl AuditTrail {
         let sid = match &env.event {
             m87_events::DomainEvent::SessionClosed(e) => Some(e.session_id),
             m87_events::DomainEvent::SessionRefused(e) => e.session_id,
+            m87_events::DomainEvent::SessionRecordingStored(e) => Some(e.session_id),
             _ => None,
         };
         if let Some(sid) = sid.map(|s| s.to_string())
