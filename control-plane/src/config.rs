@@ -72,6 +72,8 @@ pub struct ServerConfig {
     pub fleet: Option<FleetConfig>,
     /// Timeouts and caps of the HTTPS listener.
     pub http_limits: crate::tls::HttpLimits,
+    /// The audit sinks file (SIEM export), when export is configured.
+    pub audit_sinks: Option<PathBuf>,
 }
 
 /// The shared backends of a fleet control-plane replica.

@@ -341,6 +341,49 @@ pub async fn verify_audit_in(
     Ok((report, line))
 }
 
+/// `m87-server audit-export status`: asks the running server at `api_url` for each sink's
+/// export status with the admin key (`M87_API_KEY`, else `<data-dir>/admin.key`), trusting the
+/// certificate whose fingerprint the data directory holds (else the system's roots), and
+/// renders it as a table.
+pub async fn export_status_report(data_dir: &Path, api_url: &str) -> anyhow::Result<String> {
+    let key = match std::env::var("M87_API_KEY") {
+        Ok(k) if !k.trim().is_empty() => k.trim().to_owned(),
+        _ => std::fs::read_to_string(data_dir.join(ADMIN_KEY_FILE))
+            .with_context(|| format!("reading the admin key in {}", data_dir.display()))?
+            .trim()
+            .to_owned(),
+    };
+    let pin = std::fs::read_to_string(data_dir.join("tls/fingerprint"))
+        .ok()
+        .and_then(|f| f.trim().parse().ok());
+    let trust = m87_transport::http::ServerTrust::choose(pin, false);
+    let client = m87_transport::http::ApiClient::with_trust(api_url, Some(key), trust)?;
+    let sinks: Vec<m87_audit_export::SinkStatus> = client.get("/v1/audit/export").await?;
+    if sinks.is_empty() {
+        return Ok("no audit sinks are configured (--audit-sinks / M87_AUDIT_SINKS)\n".into());
+    }
+    let mut out = format!(
+        "{:<16} {:<14} {:>6} {:>10} {:>10} {:>9} {:>10} {:>8} {:>8}  LAST ERROR\n",
+        "SINK", "KIND", "ACTIVE", "CURSOR", "LAG", "LAG (s)", "DELIVERED", "RETRIED", "REJECTED"
+    );
+    for s in sinks {
+        out.push_str(&format!(
+            "{:<16} {:<14} {:>6} {:>10} {:>10} {:>9.1} {:>10} {:>8} {:>8}  {}\n",
+            s.name,
+            s.kind,
+            if s.active { "yes" } else { "no" },
+            s.cursor,
+            s.lag_records,
+            s.lag_seconds,
+            s.delivered,
+            s.retried,
+            s.rejected,
+            s.last_error.as_deref().unwrap_or("-")
+        ));
+    }
+    Ok(out)
+}
+
 /// `m87-server migrate`: applies pending MongoDB migrations and says what it did.
 pub async fn migrate_mongo_report(uri: &str, database: &str) -> anyhow::Result<String> {
     let (applied, current) = migrate_mongo(uri, database).await?;
@@ -449,6 +492,15 @@ impl Platform {
             }
             None => None,
         };
+        if let Some(path) = &config.audit_sinks {
+            let sinks = crate::audit::export::load_sinks(path)?;
+            let lease = config.fleet.as_ref().map(|f| {
+                let owner = format!("{}-{}", std::process::id(), m87_events::EventId::new());
+                Arc::new(crate::audit::export::MongoLease::new(&f.database, owner))
+                    as Arc<dyn m87_audit_export::Lease>
+            });
+            cp.start_export(&sinks, lease, stop_rx.clone())?;
+        }
         spawn_expiry_sweeper(cp.clone(), stop_rx);
         Ok(Self {
             cp,

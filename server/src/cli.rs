@@ -55,8 +55,9 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
-    /// The audit trail: `verify` walks its hash chain and the event log and names the first
-    /// entry changed, removed or inserted (exit status 1 when it finds one).
+    /// The audit trail: `verify` its hash chain; `status` of the SIEM export (also as
+    /// `m87-server audit-export status`).
+    #[command(alias = "audit-export")]
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
@@ -70,6 +71,12 @@ pub(crate) enum AuditCommand {
     Verify {
         #[command(flatten)]
         mongo: MaybeMongo,
+    },
+    /// Each sink's cursor, lag, delivered, retried, rejected and last error, from the running
+    /// server at --api-url with the data directory's admin key (or M87_API_KEY).
+    Status {
+        #[arg(long, env = "M87_API_URL", default_value = "https://127.0.0.1:8085")]
+        api_url: String,
     },
 }
 
@@ -85,10 +92,8 @@ pub(crate) struct MaybeMongo {
 }
 
 impl MaybeMongo {
-    /// The URI and database, when a URI was given.
     pub(crate) fn pair(&self) -> Option<(&str, &str)> {
-        let db = self.mongodb_database.as_str();
-        self.mongodb_uri.as_deref().map(|uri| (uri, db))
+        (self.mongodb_uri.as_deref()).map(|uri| (uri, self.mongodb_database.as_str()))
     }
 }
 
@@ -278,6 +283,9 @@ pub(crate) struct ApiArgs {
     /// Seconds between sweeps that record expired registration requests.
     #[arg(long, env = "M87_EXPIRY_SWEEP_SECS", default_value_t = 30)]
     pub(crate) expiry_sweep_secs: u64,
+    /// SIEM export: the audit sinks file (see ops/config/audit-sinks.example.toml).
+    #[arg(long, env = "M87_AUDIT_SINKS")]
+    pub(crate) audit_sinks: Option<PathBuf>,
 }
 
 impl ApiArgs {
@@ -304,6 +312,7 @@ impl ApiArgs {
             oidc,
             fleet: None,
             http_limits: m87_control_plane::config::http_limits_from_env()?,
+            audit_sinks: self.audit_sinks,
         })
     }
 }

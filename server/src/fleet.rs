@@ -20,7 +20,7 @@ use m87_control_plane::bus::EventBus;
 use m87_control_plane::config::{FleetConfig, NatsSettings, ServerConfig, check_relay_secret};
 use m87_control_plane::domain::access::access_may_shrink;
 use m87_control_plane::server::{self, Platform, open_event_stream};
-use m87_control_plane::service::sessions::PresenceView;
+use m87_control_plane::service::sessions::PresenceFns;
 use m87_events::DeviceId;
 use m87_events::tunnel::ALPN_RELAY_LINK;
 use m87_relay_node::role::{FleetRelay, RelayRole, RelayStarted, RelaysView, relay_id_or_default};
@@ -66,20 +66,6 @@ pub(crate) async fn control_plane(data_dir: PathBuf, args: ControlPlaneArgs) -> 
     .await
 }
 
-/// Presence as control planes see it: from the presence bucket's cache, with the relay's
-/// public address from the directory.
-struct FleetPresenceView(RelaysView);
-
-impl PresenceView for FleetPresenceView {
-    fn is_online(&self, device: &DeviceId) -> bool {
-        self.0.is_online(device)
-    }
-
-    fn relay_address(&self, device: &DeviceId) -> Option<String> {
-        self.0.relay_address(device)
-    }
-}
-
 /// What [`run_control_plane`] reports once it listens.
 #[derive(Debug, Clone)]
 pub struct ControlPlaneStarted {
@@ -106,7 +92,12 @@ pub async fn run_control_plane(
     let cp = platform.cp.clone();
     let relays =
         RelaysView::open(&fleet.nats, fleet.jetstream.replicas, platform.stopping()).await?;
-    cp.set_presence(Arc::new(FleetPresenceView(relays.clone())));
+    // Presence from the presence bucket's cache, the relay's address from the directory.
+    let (online, address) = (relays.clone(), relays.clone());
+    cp.set_presence(Arc::new(PresenceFns(
+        move |d: &DeviceId| online.is_online(d),
+        move |d: &DeviceId| address.relay_address(d),
+    )));
     // Devices and clients are told of the relays announced now, and of every change.
     cp.set_relays(relays.endpoints());
     let announced = cp.clone();
@@ -169,8 +160,7 @@ pub async fn run_relay(
     let name = format!("m87-relay {}", role.relay_id);
     let relay = FleetRelay::start(role, nats.connect(&name), stopping.clone()).await?;
     // Revocations reach this relay through the event stream.
-    let what = "following the event stream";
-    let bus = open_event_stream(relay.nats(), &nats.jetstream(), what).await?;
+    let bus = open_event_stream(relay.nats(), &nats.jetstream(), "following events").await?;
     relay.follow_revocations(bus.subscribe(), access_may_shrink, stopping.clone());
     let (started, relay_task) = relay.announce_and_run(stopping).await;
     on_started(&started);

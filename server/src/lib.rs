@@ -42,6 +42,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Audit {
+            command: AuditCommand::Status { api_url },
+        }) => Ok(print!(
+            "{}",
+            server::export_status_report(&data_dir, &api_url).await?
+        )),
+        Some(Command::Audit {
             command: AuditCommand::Verify { mongo },
         }) => {
             let (report, line) = server::verify_audit_in(&data_dir, mongo.pair()).await?;
@@ -100,8 +106,7 @@ pub struct RelaySettings {
 pub struct Started {
     /// The REST API's address.
     pub api_addr: SocketAddr,
-    /// The API certificate's SHA-256 fingerprint, as clients pin it (`SHA256:AB:CD:…`; also
-    /// in `<data-dir>/tls/fingerprint`).
+    /// The API certificate's fingerprint as clients pin it (also `<data-dir>/tls/fingerprint`).
     pub fingerprint: Fingerprint,
     /// Where the bootstrap admin key was written, when it was made now.
     pub admin_key_path: Option<std::path::PathBuf>,

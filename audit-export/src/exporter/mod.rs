@@ -76,7 +76,7 @@ impl Lease for AlwaysHeld {
 }
 
 /// What `status` shows about a sink. Holds no secret.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SinkStatus {
     /// The sink's name.
     pub name: String,

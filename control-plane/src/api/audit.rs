@@ -13,7 +13,9 @@ use super::extract::Caller;
 
 /// The audit routes, without state.
 pub fn router() -> axum::Router<AppState> {
-    axum::Router::new().route("/v1/audit", get(list_audit))
+    axum::Router::new()
+        .route("/v1/audit", get(list_audit))
+        .route("/v1/audit/export", get(export_status))
 }
 
 /// Who did what, newest first: sessions (with how they ended, bytes and duration) and control
@@ -30,4 +32,15 @@ pub(super) async fn list_audit(
 ) -> Result<Json<AuditPage>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     Ok(Json(s.cp.audit_page(&caller.identity, &query).await?))
+}
+
+/// Each SIEM sink's cursor, lag (records and seconds), delivered, retried and rejected counts
+/// and last error, as this control plane sees them (platform admins only).
+#[utoipa::path(get, path = "/v1/audit/export", tag = "audit", security(("api_key" = [])),
+    responses((status = 200, description = "one object per sink"), (status = 404, body = ErrorBody)))]
+pub(super) async fn export_status(
+    State(s): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<m87_audit_export::SinkStatus>>, ApiError> {
+    Ok(Json(s.cp.export_status(&caller.identity).await?))
 }

@@ -586,7 +586,7 @@ impl Modify for SecurityAddon {
     paths(health, openapi, auth_config, whoami, register, pending_counts, poll, approve, reject, list_devices, get_device,
           remove_device, grant_access, revoke_access, create_api_key, list_api_keys, revoke_api_key,
           create_session, tunnel_config, session_closed, session_refused, create_org, list_orgs,
-          delete_org, add_member, list_members, remove_member, change_role, super::audit::list_audit),
+          delete_org, add_member, list_members, remove_member, change_role, super::audit::list_audit, super::audit::export_status),
     modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;

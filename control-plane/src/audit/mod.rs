@@ -9,8 +9,10 @@
 //!   projector, with the store's head as its checkpoint.
 //! - [`fold`]: what one event does to the trail (pure).
 //! - the store seam and its types are `crate::store::audit`, with the other stores.
+//! - [`export`]: the exporter's source, cursors and fleet lease over the trail.
 //! - [`verify`]: walking the chain and the log to find what was changed, removed or inserted.
 
+pub mod export;
 pub mod fold;
 pub mod verify;
 

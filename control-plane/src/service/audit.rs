@@ -40,6 +40,49 @@ impl ControlPlane {
         &self.audit
     }
 
+    /// Starts exporting the audit trail to the sinks of `config` (once per process).
+    pub fn start_export(
+        &self,
+        config: &m87_audit_export::SinksConfig,
+        lease: Option<std::sync::Arc<dyn m87_audit_export::Lease>>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let handle = crate::audit::export::start(config, &self.audit, lease, shutdown)?;
+        self.exporter
+            .set(handle)
+            .map_err(|_| anyhow::anyhow!("the audit export was already started"))
+    }
+
+    /// `GET /v1/audit/export`: each sink's cursor, lag and counts (platform admins only; no
+    /// secret is in it).
+    ///
+    /// The lag is measured against the trail as it is now: records past the sink's cursor,
+    /// and the age of the oldest of them.
+    pub async fn export_status(
+        &self,
+        caller: &Identity,
+    ) -> Result<Vec<m87_audit_export::SinkStatus>, ServiceError> {
+        if !caller.platform_admin {
+            return Err(DomainError::NotFound("audit export").into());
+        }
+        let Some(handle) = self.exporter.get() else {
+            return Ok(vec![]);
+        };
+        let head = self.audit.catch_up().await?;
+        let mut sinks = handle.status();
+        for s in &mut sinks {
+            s.head = head;
+            s.lag_records = head.saturating_sub(s.cursor);
+            s.lag_seconds = match self.audit.store().entries(s.cursor, 1).await?.first() {
+                Some(next) => crate::audit::fold::entry_of(&next.entry, "", "")
+                    .map(|e| (chrono::Utc::now() - e.envelope.recorded_at).num_milliseconds())
+                    .map_or(0.0, |ms| ms.max(0) as f64 / 1000.0),
+                None => 0.0,
+            };
+        }
+        Ok(sinks)
+    }
+
     /// `GET /v1/audit`: a page of the records the caller may read.
     pub async fn audit_page(
         &self,

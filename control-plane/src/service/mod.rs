@@ -108,6 +108,8 @@ pub struct ControlPlane {
     pub(crate) registration_gate: Arc<tokio::sync::Mutex<()>>,
     /// The audit trail over the same event log.
     pub(crate) audit: crate::audit::AuditTrail,
+    /// The SIEM exporter, when sinks are configured.
+    pub(crate) exporter: Arc<std::sync::OnceLock<m87_audit_export::ExporterHandle>>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -132,6 +134,7 @@ impl ControlPlane {
     ) -> Self {
         Self {
             audit: crate::audit::AuditTrail::new(Arc::clone(&store), audit),
+            exporter: Arc::default(),
             store,
             read,
             projector,

@@ -49,6 +49,24 @@ pub trait PresenceView: Send + Sync {
     }
 }
 
+/// Presence told by two functions (whether a device is online; the address of the relay
+/// holding it), for a presence registry that lives elsewhere.
+pub struct PresenceFns<F, G>(pub F, pub G);
+
+impl<F, G> PresenceView for PresenceFns<F, G>
+where
+    F: Fn(&DeviceId) -> bool + Send + Sync,
+    G: Fn(&DeviceId) -> Option<String> + Send + Sync,
+{
+    fn is_online(&self, device: &DeviceId) -> bool {
+        (self.0)(device)
+    }
+
+    fn relay_address(&self, device: &DeviceId) -> Option<String> {
+        (self.1)(device)
+    }
+}
+
 /// Presence when no relay runs: every device is offline.
 #[derive(Debug, Default)]
 pub struct NoPresence;
