@@ -501,6 +501,7 @@ impl Platform {
             });
             cp.start_export(&sinks, lease, stop_rx.clone())?;
         }
+        spawn_auth_refusal_recorder(cp.clone(), stop_rx.clone());
         spawn_expiry_sweeper(cp.clone(), stop_rx);
         Ok(Self {
             cp,
@@ -566,6 +567,25 @@ fn spawn_expiry_sweeper(cp: ControlPlane, mut shutdown: watch::Receiver<bool>) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(count = n, "registration requests expired"),
                 Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+            }
+        }
+    });
+}
+
+/// Records refused authentication every 10 s (or each window, when shorter): one event per
+/// address for each finished window.
+fn spawn_auth_refusal_recorder(cp: ControlPlane, mut shutdown: watch::Receiver<bool>) {
+    let every = cp
+        .auth_refusal_window()
+        .min(std::time::Duration::from_secs(10));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => return,
+            }
+            if let Err(e) = cp.record_auth_refusals().await {
+                tracing::warn!(error = %e, "cannot record refused authentication");
             }
         }
     });

@@ -382,3 +382,71 @@ fn verify_passes_untouched_and_names_an_edited_row() {
         "{said}"
     );
 }
+
+#[test]
+fn sign_ins_and_refused_authentication_are_on_the_record_a_flood_as_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(
+        &tmp.path().join("data"),
+        "127.0.0.1:0",
+        &[("M87_AUTH_REFUSAL_WINDOW_SECS", "2")],
+    );
+    let root = M87::new(
+        &server.url,
+        &tmp.path().join("root"),
+        Some(&server.admin_key()),
+    );
+    let created: Value = serde_json::from_str(&root.ok(&[
+        "api-keys",
+        "create",
+        "--email",
+        "bob@example.com",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let key = created["key"].as_str().unwrap();
+    let bob = M87::new(&server.url, &tmp.path().join("b"), None);
+    bob.ok(&["login", "--api-key", key]);
+    // A flood of bad keys from one address.
+    let mallory = M87::new(
+        &server.url,
+        &tmp.path().join("m"),
+        Some("m87u_not-a-real-key"),
+    );
+    for _ in 0..40 {
+        mallory.fails(&["devices", "list"]);
+    }
+    // Counted per address and window (2 s here, a minute by default): a handful of records
+    // for the 40 refusals, together counting every one.
+    let total = |r: &[Value]| {
+        r.iter()
+            .map(|x| x["args"]["count"].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    let refused = records_until(&root, &["audit", "--action", "auth"], |r| total(r) >= 40);
+    assert_eq!(total(&refused), 40, "{refused:#?}");
+    assert!(
+        refused.len() <= 5,
+        "a flood is a record per window: {refused:#?}"
+    );
+    for r in &refused {
+        assert_eq!(r["outcome"], "refused");
+        assert_eq!(r["source_ip"], "127.0.0.1");
+        assert!(
+            r["args"]["reasons"][0]
+                .as_str()
+                .unwrap()
+                .contains("invalid"),
+            "{r}"
+        );
+    }
+    let signed = records(&root, &["audit", "--action", "sign_in"]);
+    assert_eq!(signed.len(), 1, "{signed:#?}");
+    assert_eq!(signed[0]["user"], "bob@example.com");
+    assert_eq!(signed[0]["args"]["method"], "api_key");
+    assert_eq!(signed[0]["key_id"], created["id"]);
+    // Bob sees his own sign-in; the refused flood is the platform admins' to read.
+    let own = records(&bob, &["audit", "--action", "sign_in,auth"]);
+    assert_eq!(own.len(), 1, "{own:#?}");
+}

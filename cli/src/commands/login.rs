@@ -69,7 +69,9 @@ async fn login_with_key(api_key: String, server: Server) -> anyhow::Result<()> {
     anyhow::ensure!(!api_key.is_empty(), "no api key given");
     let trust = trust_invalid_cert_from_env();
     let client = ApiClient::with_trust(&server.url, Some(api_key.clone()), server.trust)?;
-    let me: WhoAmI = client.get("/v1/whoami").await?;
+    let me: WhoAmI = client
+        .post("/v1/auth/sign-in", &serde_json::json!({}))
+        .await?;
     let Some(email) = me.email else {
         anyhow::bail!("that is a device key; log in with a user api key (m87u_…)");
     };
@@ -280,7 +282,10 @@ async fn login_with_oidc(server: Server) -> anyhow::Result<()> {
         Some(session.access_token.clone()),
         server.trust,
     )?;
-    let me: WhoAmI = match client.get("/v1/whoami").await {
+    let me: WhoAmI = match client
+        .post("/v1/auth/sign-in", &serde_json::json!({}))
+        .await
+    {
         Ok(me) => me,
         Err(e) => {
             revoke_quietly(&session, trust).await;

@@ -229,52 +229,75 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let unauthenticated =
-            |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m);
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or_else(|| unauthenticated("missing api key: send Authorization: Bearer <key>"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                unauthenticated("malformed Authorization header: expected Bearer <key>")
-            })?;
-        let is_key = token.starts_with(m87_events::KeyKind::User.prefix())
-            || token.starts_with(m87_events::KeyKind::Device.prefix());
-        let identity = match (&state.jwt, is_key) {
-            (Some(jwt), false) => match jwt.validate(token).await {
-                Ok(claims) => state.cp.user_identity(claims.email, None).await?,
-                Err(e) if e.is_server_side() => {
-                    tracing::error!(error = %e, "cannot validate an access token");
-                    return Err(ApiError {
-                        retry_after: Some(5),
-                        ..ApiError::new(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "unavailable",
-                            "the identity provider is unavailable; try again shortly",
-                        )
-                    });
-                }
-                Err(e) => {
-                    tracing::info!(reason = %e, "access token refused");
-                    return Err(unauthenticated(&format!("invalid access token: {e}")));
-                }
-            },
-            _ => state.cp.authenticate(token).await?,
-        };
         let SourceIp(source_ip) = SourceIp::from_request_parts(parts, state)
             .await
             .unwrap_or(SourceIp(None));
-        let metadata = Metadata {
-            actor: identity.actor(),
-            source_ip,
-            correlation_id: CorrelationId::new(),
-        };
-        Ok(Self { identity, metadata })
+        match identify(parts, state).await {
+            Ok((identity, subject)) => {
+                let mut actor = identity.actor();
+                if let m87_events::Actor::User { subject: s, .. } = &mut actor {
+                    *s = subject;
+                }
+                let metadata = Metadata {
+                    actor,
+                    source_ip,
+                    correlation_id: CorrelationId::new(),
+                };
+                Ok(Self { identity, metadata })
+            }
+            Err(e) => {
+                // Every refused credential is on the record, counted per address and minute.
+                if e.status == StatusCode::UNAUTHORIZED {
+                    state.cp.note_auth_refusal(source_ip, &e.message);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Who presents the request's credential, and the identity provider's subject when it is an
+/// access token.
+async fn identify(
+    parts: &Parts,
+    state: &AppState,
+) -> Result<(crate::domain::Identity, Option<String>), ApiError> {
+    let unauthenticated = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m);
+    let header = parts
+        .headers
+        .get(AUTHORIZATION)
+        .ok_or_else(|| unauthenticated("missing api key: send Authorization: Bearer <key>"))?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| unauthenticated("malformed Authorization header: expected Bearer <key>"))?;
+    let is_key = token.starts_with(m87_events::KeyKind::User.prefix())
+        || token.starts_with(m87_events::KeyKind::Device.prefix());
+    match (&state.jwt, is_key) {
+        (Some(jwt), false) => match jwt.validate(token).await {
+            Ok(claims) => Ok((
+                state.cp.user_identity(claims.email, None).await?,
+                Some(claims.sub),
+            )),
+            Err(e) if e.is_server_side() => {
+                tracing::error!(error = %e, "cannot validate an access token");
+                Err(ApiError {
+                    retry_after: Some(5),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        "the identity provider is unavailable; try again shortly",
+                    )
+                })
+            }
+            Err(e) => {
+                tracing::info!(reason = %e, "access token refused");
+                Err(unauthenticated(&format!("invalid access token: {e}")))
+            }
+        },
+        _ => Ok((state.cp.authenticate(token).await?, None)),
     }
 }

@@ -35,6 +35,7 @@ pub fn router() -> Router {
         .route("/v1/health", get(health))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/whoami", get(whoami))
+        .route("/v1/auth/sign-in", post(sign_in))
         .route("/v1/auth/config", get(auth_config))
         .route("/v1/registrations", post(register))
         .route("/v1/registrations/pending", get(pending_counts))
@@ -109,6 +110,18 @@ async fn auth_config(State(s): State<AppState>) -> ApiResult<Json<AuthConfig>> {
     responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]
 async fn whoami(State(s): State<AppState>, caller: Caller) -> Json<WhoAmI> {
     Json(s.cp.whoami(&caller.identity))
+}
+
+/// Sign in (`m87 login` calls it once it holds a credential): the sign-in is recorded in the
+/// audit trail, with the API key or the identity provider's subject; answers who you are.
+#[utoipa::path(post, path = "/v1/auth/sign-in", tag = "meta", security(("api_key" = [])),
+    responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody)))]
+async fn sign_in(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<WhoAmI>> {
+    Ok(Json(
+        s.cp.record_sign_in(&caller.identity, &caller.metadata)
+            .await?,
+    ))
 }
 
 /// A device asks to join. Unauthenticated; limited per client address, per address prefix and
@@ -583,7 +596,7 @@ impl Modify for SecurityAddon {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "m87 API", description = "Control plane of m87: registration, approval, devices, API keys."),
-    paths(health, openapi, auth_config, whoami, register, pending_counts, poll, approve, reject, list_devices, get_device,
+    paths(health, openapi, auth_config, whoami, sign_in, register, pending_counts, poll, approve, reject, list_devices, get_device,
           remove_device, grant_access, revoke_access, create_api_key, list_api_keys, revoke_api_key,
           create_session, tunnel_config, session_closed, session_refused, create_org, list_orgs,
           delete_org, add_member, list_members, remove_member, change_role, super::audit::list_audit, super::audit::export_status),

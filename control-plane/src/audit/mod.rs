@@ -10,10 +10,12 @@
 //! - [`fold`]: what one event does to the trail (pure).
 //! - the store seam and its types are `crate::store::audit`, with the other stores.
 //! - [`export`]: the exporter's source, cursors and fleet lease over the trail.
+//! - [`refusals`]: refused authentication, counted per address and minute.
 //! - [`verify`]: walking the chain and the log to find what was changed, removed or inserted.
 
 pub mod export;
 pub mod fold;
+pub mod refusals;
 pub mod verify;
 
 use std::collections::HashMap;

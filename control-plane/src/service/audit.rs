@@ -1,7 +1,7 @@
 //! The audit trail's queries: who may read which records, and pages of them.
 
 use m87_events::audit::{AuditPage, AuditQueryParams, MAX_PAGE};
-use m87_events::{Role, Scope};
+use m87_events::{DomainEvent, Metadata, Role, Scope, StreamId};
 
 use super::{ControlPlane, ServiceError};
 use crate::audit::AuditTrail;
@@ -38,6 +38,62 @@ impl ControlPlane {
     /// The audit trail.
     pub fn audit_trail(&self) -> &AuditTrail {
         &self.audit
+    }
+
+    /// Counts a request refused for a missing or bad credential (recorded per address and
+    /// minute by [`Self::record_auth_refusals`]).
+    pub fn note_auth_refusal(&self, source: Option<std::net::IpAddr>, reason: &str) {
+        self.auth_refusals.note(source, reason, chrono::Utc::now());
+    }
+
+    /// The window refused authentication is counted in.
+    pub fn auth_refusal_window(&self) -> std::time::Duration {
+        self.auth_refusals.window()
+    }
+
+    /// Records the refused authentication of every finished minute; returns how many events.
+    pub async fn record_auth_refusals(&self) -> Result<usize, ServiceError> {
+        let done = self.auth_refusals.take_finished(chrono::Utc::now());
+        let n = done.len();
+        for refused in done {
+            let metadata = Metadata {
+                source_ip: refused.source.parse().ok(),
+                ..Metadata::system("api")
+            };
+            let stream = StreamId::from_raw(format!("authrefused-{}", m87_events::EventId::new()));
+            let event = DomainEvent::AuthenticationRefused(refused);
+            self.execute(&metadata, || {
+                let (stream, event) = (stream.clone(), event.clone());
+                async move { Ok(((), super::one(stream, 0, event))) }
+            })
+            .await?;
+        }
+        Ok(n)
+    }
+
+    /// `POST /v1/auth/sign-in`: records that the caller signed in (`m87 login`), with the API
+    /// key or the identity provider's subject they came with.
+    pub async fn record_sign_in(
+        &self,
+        caller: &Identity,
+        metadata: &Metadata,
+    ) -> Result<m87_events::api::WhoAmI, ServiceError> {
+        let Principal::User { email, key_id } = &caller.principal else {
+            // A device key is not a sign-in; the CLI tells its user so.
+            return Ok(self.whoami(caller));
+        };
+        let method = if key_id.is_some() { "api_key" } else { "oidc" };
+        let event = DomainEvent::UserSignedIn(m87_events::domain::UserSignedIn {
+            email: email.clone(),
+            method: method.into(),
+        });
+        let stream = StreamId::from_raw(format!("signin-{}", m87_events::EventId::new()));
+        self.execute(metadata, || {
+            let (stream, event) = (stream.clone(), event.clone());
+            async move { Ok(((), super::one(stream, 0, event))) }
+        })
+        .await?;
+        Ok(self.whoami(caller))
     }
 
     /// Starts exporting the audit trail to the sinks of `config` (once per process).

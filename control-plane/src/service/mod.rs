@@ -108,6 +108,8 @@ pub struct ControlPlane {
     pub(crate) registration_gate: Arc<tokio::sync::Mutex<()>>,
     /// The audit trail over the same event log.
     pub(crate) audit: crate::audit::AuditTrail,
+    /// Refused authentication, counted per address and minute until recorded.
+    pub(crate) auth_refusals: Arc<crate::audit::refusals::AuthRefusals>,
     /// The SIEM exporter, when sinks are configured.
     pub(crate) exporter: Arc<std::sync::OnceLock<m87_audit_export::ExporterHandle>>,
 }
@@ -135,6 +137,7 @@ impl ControlPlane {
         Self {
             audit: crate::audit::AuditTrail::new(Arc::clone(&store), audit),
             exporter: Arc::default(),
+            auth_refusals: Arc::new(crate::audit::refusals::AuthRefusals::from_env()),
             store,
             read,
             projector,
