@@ -231,6 +231,22 @@ pub(crate) enum OrgPolicyCommand {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum AuditCommand {
+    /// Write the chained records to standard output, oldest first, one per line: OCSF, ECS or
+    /// the entry itself as JSON, or CEF (platform admins). For one-off pulls into a SIEM;
+    /// `m87-server --audit-sinks` streams them continuously.
+    ///
+    /// Example: m87 audit export --format ocsf --since 24h > audit.jsonl
+    Export {
+        /// ocsf, ecs, cef or json (the entry itself, with its chain hashes).
+        #[arg(long, default_value = "ocsf")]
+        format: String,
+        /// Records at or after this time (a duration back from now, or a time).
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Records before this time.
+        #[arg(long, value_name = "WHEN")]
+        until: Option<String>,
+    },
     /// Replay a session's recording in this terminal, at its pace (idle gaps over 2 s are
     /// shortened to 2 s).
     Play {

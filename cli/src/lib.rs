@@ -145,6 +145,11 @@ async fn dispatch_local(command: Command, out: Output) -> anyhow::Result<()> {
                 commands::recording::play(session, speed).await
             }
             Some(AuditCommand::Recording { args }) => commands::recording::save(&args).await,
+            Some(AuditCommand::Export {
+                format,
+                since,
+                until,
+            }) => commands::audit::export(&format, since.as_deref(), until.as_deref()).await,
             None => commands::audit::fleet(filters, device, out).await,
         },
         Command::Runtime { command } => match command {

@@ -391,3 +391,38 @@ impl AuditQueryParams {
             .collect()
     }
 }
+
+/// `GET /v1/audit/entries`: the chained entries in order, rendered in a SIEM format (what
+/// `m87 audit export` prints). Platform admins only.
+#[derive(
+    Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, utoipa::IntoParams,
+)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ExportParams {
+    /// `ocsf` (default), `ecs`, `cef` or `json` (the entry itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// Entries after this position (the previous page's `next_after`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
+    /// Entries recorded at or after this time (RFC 3339), when `after` is not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Entries recorded before this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// At most this many (default and most: [`MAX_PAGE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<usize>,
+}
+
+/// A page of rendered entries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ExportPage {
+    /// One line per entry, in the asked format.
+    pub lines: Vec<String>,
+    /// Pass as `after` for the next page; absent when this page reached the end (or `until`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<u64>,
+}

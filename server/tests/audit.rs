@@ -268,6 +268,35 @@ fn every_operation_and_change_is_on_the_record_for_those_who_may_read_it() {
         "{everything:#?}"
     );
 
+    // One-off pulls in SIEM formats, oldest first (platform admins only).
+    let ocsf = a
+        .root
+        .ok(&["audit", "export", "--format", "ocsf", "--since", "1h"]);
+    let lines: Vec<Value> = ocsf
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let db = rusqlite::Connection::open(a.server.data_dir.join("m87.db")).unwrap();
+    let events: i64 = db
+        .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        lines.len() as i64 >= events - 2 && lines.len() as i64 <= events,
+        "{} of {events}",
+        lines.len()
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["type_uid"].as_u64().is_some() && l["metadata"]["uid"].is_string())
+    );
+    let cef = a.root.ok(&["audit", "export", "--format", "cef"]);
+    assert!(cef.lines().all(|l| l.starts_with("CEF:0|m87|")), "{cef}");
+    let err = a.alice.fails(&["audit", "export"]);
+    assert!(err.contains("not found"), "{err}");
+    let err = a.root.fails(&["audit", "export", "--format", "xml"]);
+    assert!(err.contains("unknown format"), "{err}");
+
     // Bad filters are refused with a clear error.
     for (args, says) in [
         (vec!["audit", "--since", "yesterday"], "not a time"),

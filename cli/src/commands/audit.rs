@@ -400,6 +400,44 @@ async fn list(
     }
 }
 
+/// `m87 audit export`: every chained record in a window, oldest first, one line each.
+pub async fn export(format: &str, since: Option<&str>, until: Option<&str>) -> anyhow::Result<()> {
+    use std::io::Write;
+    if !["ocsf", "ecs", "cef", "json"].contains(&format) {
+        bail!("unknown format {format:?}: use ocsf, ecs, cef or json");
+    }
+    let now = Utc::now();
+    let mut q = vec![format!("format={format}"), format!("max={MAX_PAGE}")];
+    for (key, when) in [("since", since), ("until", until)] {
+        if let Some(w) = when {
+            q.push(format!(
+                "{key}={}",
+                encode(&parse_when(w, now)?.to_rfc3339())
+            ));
+        }
+    }
+    let client = user_client()?;
+    let mut after: Option<u64> = None;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let mut page_q = q.clone();
+        if let Some(a) = after {
+            page_q.retain(|p| !p.starts_with("since="));
+            page_q.push(format!("after={a}"));
+        }
+        let page: m87_events::audit::ExportPage = client
+            .get(&format!("/v1/audit/entries?{}", page_q.join("&")))
+            .await?;
+        for line in &page.lines {
+            writeln!(out, "{line}")?;
+        }
+        match page.next_after {
+            Some(a) => after = Some(a),
+            None => return Ok(()),
+        }
+    }
+}
+
 /// `m87 audit [--device D] …`: across every device the caller may audit.
 pub async fn fleet(
     filters: AuditFilters,

@@ -16,6 +16,7 @@ pub fn router() -> axum::Router<AppState> {
     axum::Router::new()
         .route("/v1/audit", get(list_audit))
         .route("/v1/audit/export", get(export_status))
+        .route("/v1/audit/entries", get(export_entries))
 }
 
 /// Who did what, newest first: sessions (with how they ended, bytes and duration) and control
@@ -43,4 +44,19 @@ pub(super) async fn export_status(
     caller: Caller,
 ) -> Result<Json<Vec<m87_audit_export::SinkStatus>>, ApiError> {
     Ok(Json(s.cp.export_status(&caller.identity).await?))
+}
+
+/// The chained entries in order, rendered as OCSF, ECS, CEF or the entry itself (one line
+/// each), for one-off pulls; platform admins only.
+#[utoipa::path(get, path = "/v1/audit/entries", tag = "audit", security(("api_key" = [])),
+    params(m87_events::audit::ExportParams),
+    responses((status = 200, body = m87_events::audit::ExportPage), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+pub(super) async fn export_entries(
+    State(s): State<AppState>,
+    caller: Caller,
+    query: Result<Query<m87_events::audit::ExportParams>, QueryRejection>,
+) -> Result<Json<m87_events::audit::ExportPage>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    Ok(Json(s.cp.export_page(&caller.identity, &query).await?))
 }

@@ -599,7 +599,7 @@ impl Modify for SecurityAddon {
     paths(health, openapi, auth_config, whoami, sign_in, register, pending_counts, poll, approve, reject, list_devices, get_device,
           remove_device, grant_access, revoke_access, create_api_key, list_api_keys, revoke_api_key,
           create_session, tunnel_config, session_closed, session_refused, create_org, list_orgs,
-          delete_org, add_member, list_members, remove_member, change_role, super::audit::list_audit, super::audit::export_status),
+          delete_org, add_member, list_members, remove_member, change_role, super::audit::list_audit, super::audit::export_status, super::audit::export_entries),
     modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;

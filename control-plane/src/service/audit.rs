@@ -139,6 +139,73 @@ impl ControlPlane {
         Ok(sinks)
     }
 
+    /// `GET /v1/audit/entries`: chained entries in order, rendered in a SIEM format, for
+    /// one-off pulls (`m87 audit export`). Platform admins only: the entries are the raw log.
+    pub async fn export_page(
+        &self,
+        caller: &Identity,
+        params: &m87_events::audit::ExportParams,
+    ) -> Result<m87_events::audit::ExportPage, ServiceError> {
+        use m87_audit_export::Format;
+        if !caller.platform_admin {
+            return Err(DomainError::NotFound("audit export").into());
+        }
+        let format = match params.format.as_deref().unwrap_or("ocsf") {
+            "ocsf" => Format::Ocsf,
+            "ecs" => Format::Ecs,
+            "cef" => Format::Cef,
+            "json" => Format::Json,
+            other => {
+                return Err(DomainError::Validation(format!(
+                    "unknown format {other:?}: use ocsf, ecs, cef or json"
+                ))
+                .into());
+            }
+        };
+        let limit = params.max.unwrap_or(MAX_PAGE);
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(
+                DomainError::Validation(format!("max must be between 1 and {MAX_PAGE}")).into(),
+            );
+        }
+        self.audit.catch_up().await?;
+        let store = self.audit.store();
+        let after = match (params.after, params.since) {
+            (Some(a), _) => a,
+            (None, Some(t)) => match store.first_since(t).await? {
+                Some(p) => p - 1,
+                None => {
+                    return Ok(m87_events::audit::ExportPage {
+                        lines: vec![],
+                        next_after: None,
+                    });
+                }
+            },
+            (None, None) => 0,
+        };
+        let stored = store.entries(after, limit).await?;
+        let mut lines = Vec::with_capacity(stored.len());
+        let mut last = None;
+        for s in &stored {
+            let Some(entry) = crate::audit::fold::entry_of(&s.entry, &s.prev_hash, &s.hash) else {
+                continue;
+            };
+            if params
+                .until
+                .is_some_and(|u| entry.envelope.recorded_at >= u)
+            {
+                return Ok(m87_events::audit::ExportPage {
+                    lines,
+                    next_after: None,
+                });
+            }
+            lines.push(m87_audit_export::format::to_line(format, &entry));
+            last = Some(s.position);
+        }
+        let next_after = last.filter(|_| stored.len() == limit);
+        Ok(m87_events::audit::ExportPage { lines, next_after })
+    }
+
     /// `GET /v1/audit`: a page of the records the caller may read.
     pub async fn audit_page(
         &self,

@@ -194,6 +194,8 @@ pub trait AuditStore: Send + Sync + 'static {
     async fn query(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
     /// Up to `limit` entries after `position`, in order.
     async fn entries(&self, after: u64, limit: usize) -> Result<Vec<StoredEntry>, StoreError>;
+    /// The position of the first entry recorded at or after `time`, if any.
+    async fn first_since(&self, time: DateTime<Utc>) -> Result<Option<u64>, StoreError>;
     /// An export sink's saved cursor (JSON).
     async fn cursor(&self, sink: &str) -> Result<Option<String>, StoreError>;
     /// Saves an export sink's cursor (JSON).

@@ -111,6 +111,18 @@ impl AuditStore for MemoryAuditStore {
             .collect())
     }
 
+    async fn first_since(
+        &self,
+        time: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .lock()
+            .rows
+            .values()
+            .find(|r| r.record.time >= time)
+            .map(|r| r.position))
+    }
+
     async fn cursor(&self, sink: &str) -> Result<Option<String>, StoreError> {
         Ok(self.lock().cursors.get(sink).cloned())
     }

@@ -273,6 +273,20 @@ impl AuditStore for MongoAuditStore {
             .collect()
     }
 
+    async fn first_since(
+        &self,
+        time: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<u64>, StoreError> {
+        let first = self
+            .audit
+            .find_one(doc! { "time_ms": { "$gte": time.timestamp_millis() } })
+            .sort(doc! { "_id": 1 })
+            .projection(doc! { "_id": 1 })
+            .await
+            .map_err(|e| unavailable("finding the first audit entry since a time", &e))?;
+        Ok(first.and_then(|d| d.get_i64("_id").ok()).map(|p| p as u64))
+    }
+
     async fn cursor(&self, sink: &str) -> Result<Option<String>, StoreError> {
         let found = self
             .cursors

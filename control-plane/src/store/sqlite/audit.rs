@@ -288,6 +288,24 @@ impl AuditStore for SqliteAuditStore {
         .await
     }
 
+    async fn first_since(
+        &self,
+        time: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<u64>, StoreError> {
+        let ms = time.timestamp_millis();
+        blocking(&self.conn, move |conn| {
+            let p: Option<i64> = conn
+                .query_row(
+                    "SELECT MIN(position) FROM audit WHERE time_ms >= ?1",
+                    [ms],
+                    |r| r.get(0),
+                )
+                .map_err(unavailable)?;
+            Ok(p.map(|p| p as u64))
+        })
+        .await
+    }
+
     async fn cursor(&self, sink: &str) -> Result<Option<String>, StoreError> {
         let sink = sink.to_owned();
         blocking(&self.conn, move |conn| {
