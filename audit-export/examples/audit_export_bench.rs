@@ -49,6 +49,7 @@ impl TimedSource {
                     actor: Actor::User {
                         email: "alice@example.com".parse().unwrap(),
                         key_id: None,
+                        subject: None,
                     },
                     source_ip: Some("192.0.2.7".parse().unwrap()),
                     correlation_id: CorrelationId::new(),
@@ -61,6 +62,8 @@ impl TimedSource {
                     args: serde_json::json!({ "command": ["systemctl", "restart", "app"] }),
                     expires_at: Utc::now(),
                     credential: None,
+                    relay: None,
+                    recorded: false,
                 }),
             };
             let mut times = self.appended.lock().unwrap();
