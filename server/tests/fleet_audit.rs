@@ -13,11 +13,13 @@ mod fleet_support;
 use m87_test_support::{mongo, nats};
 
 use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::extract::ConnectInfo;
 use common::{M87, bin, free_port};
 use fleet_support::{Fleet, enroll};
 use futures_util::TryStreamExt;
@@ -30,9 +32,11 @@ use serde_json::Value;
 
 const HMAC_KEY: &str = "fleet-hook-secret-0123456789";
 
-/// One signed request the webhook accepted: when it arrived, and its entries.
+/// One signed request the webhook accepted: when it arrived, over which connection, and its
+/// entries.
 struct Delivery {
     at: Instant,
+    peer: SocketAddr,
     entries: Vec<Value>,
 }
 
@@ -46,9 +50,14 @@ impl Received {
         all.iter().flat_map(|d| d.entries.iter().cloned()).collect()
     }
 
-    fn first_after(&self, t: Instant) -> Option<Instant> {
+    /// When the first delivery after `t` over a connection not used before `t` arrived: the
+    /// first by another process than the one that delivered until then.
+    fn first_new_after(&self, t: Instant) -> Option<Instant> {
         let all = self.0.lock().unwrap();
-        all.iter().map(|d| d.at).find(|at| *at > t)
+        let old: HashSet<SocketAddr> = all.iter().filter(|d| d.at <= t).map(|d| d.peer).collect();
+        all.iter()
+            .find(|d| d.at > t && !old.contains(&d.peer))
+            .map(|d| d.at)
     }
 }
 
@@ -60,7 +69,9 @@ fn receiver(port: u16, got: Received) {
             let app = axum::Router::new().route(
                 "/hook",
                 axum::routing::post(
-                    move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    move |ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                          headers: axum::http::HeaderMap,
+                          body: axum::body::Bytes| {
                         let got = got.clone();
                         async move {
                             let key =
@@ -83,6 +94,7 @@ fn receiver(port: u16, got: Received) {
                                 .collect();
                             got.0.lock().unwrap().push(Delivery {
                                 at: Instant::now(),
+                                peer,
                                 entries,
                             });
                             axum::http::StatusCode::OK
@@ -93,6 +105,7 @@ fn receiver(port: u16, got: Received) {
             let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
                 .await
                 .unwrap();
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             axum::serve(listener, app).await.unwrap();
         });
     });
@@ -319,7 +332,7 @@ async fn one_replica_exports_and_the_other_takes_over_within_10s_losing_nothing(
     let killed_at = Instant::now();
     let deadline = killed_at + Duration::from_secs(10);
     let taken_over = loop {
-        if let Some(at) = got.first_after(killed_at) {
+        if let Some(at) = got.first_new_after(killed_at) {
             break at;
         }
         assert!(
