@@ -43,10 +43,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Audit {
             command: AuditCommand::Status { api_url },
-        }) => Ok(print!(
-            "{}",
-            server::export_status_report(&data_dir, &api_url).await?
-        )),
+        }) => {
+            print!(
+                "{}",
+                server::export_status_report(&data_dir, &api_url).await?
+            );
+            Ok(())
+        }
         Some(Command::Audit {
             command: AuditCommand::Verify { mongo },
         }) => {

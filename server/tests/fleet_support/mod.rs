@@ -46,6 +46,8 @@ pub struct Fleet {
     pub control_planes: Vec<ControlPlane>,
     pub relays: Vec<RelayNode>,
     pub replicas: usize,
+    /// Extra environment of every control plane started from now on (`M87_AUDIT_SINKS`, …).
+    pub control_plane_env: Vec<(String, String)>,
 }
 
 impl Fleet {
@@ -67,6 +69,7 @@ impl Fleet {
             control_planes: Vec::new(),
             relays: Vec::new(),
             replicas: nats_nodes.min(3),
+            control_plane_env: Vec::new(),
         }
     }
 
@@ -103,7 +106,8 @@ impl Fleet {
             .env("M87_SESSION_SIGNING_KEY", self.signing_key())
             .env("M87_RELAY_SECRET", SECRET)
             .env("M87_EXPIRY_SWEEP_SECS", "1")
-            .env("RUST_LOG", "info,async_nats=warn");
+            .env("RUST_LOG", "info,async_nats=warn")
+            .envs(self.control_plane_env.iter().map(|(k, v)| (k, v)));
         if index > 0
             && let Some((cert, key)) = self.shared_tls()
         {

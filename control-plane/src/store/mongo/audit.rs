@@ -3,11 +3,13 @@
 //! cursors.
 //!
 //! Every control plane folds the same log in the same order, and the fold is deterministic, so
-//! two replicas folding at once write the same documents: entries are inserted by position
-//! (a duplicate is the same entry), and completed session records and devices are replaced
-//! with equal values. A batch writes the session records and devices first and the entries
-//! last, in order, so the head (the highest entry) moves only once what comes before it is
-//! written: a replica that dies in the middle leaves a trail that the next catch-up finishes.
+//! two replicas folding at once compute the same entries. A batch is written in one
+//! transaction: the entries after the head (as the transaction sees it; another replica may
+//! have written some already), the session records it completes and the devices it records.
+//! So another replica never reads a batch's session records without its entries (it would fold
+//! the events before them with a later state), a replica that dies mid-batch leaves nothing
+//! half written, and a session record is only replaced by one from a later event (`seq`), so a
+//! replica that lags behind never puts back an older state.
 
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
@@ -16,8 +18,9 @@ use m87_migrations::mongo::{
     AUDIT_COLLECTION, AUDIT_CURSORS_COLLECTION, AUDIT_DEVICES_COLLECTION, DUPLICATE_KEY,
 };
 use mongodb::bson::{Bson, Document, doc};
-use mongodb::{Collection, Database};
+use mongodb::{Client, ClientSession, Collection, Database};
 
+use super::transaction::{BodyError, Outcome, Transaction};
 use super::{collection, migrate, unavailable};
 use crate::store::StoreError;
 use crate::store::audit::{
@@ -27,6 +30,7 @@ use crate::store::audit::{
 /// The MongoDB audit store. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct MongoAuditStore {
+    client: Client,
     audit: Collection<Document>,
     devices: Collection<Document>,
     cursors: Collection<Document>,
@@ -37,6 +41,7 @@ impl MongoAuditStore {
     pub async fn open(db: &Database) -> Result<Self, StoreError> {
         migrate(db).await?;
         Ok(Self {
+            client: db.client().clone(),
             audit: collection(db, AUDIT_COLLECTION),
             devices: collection(db, AUDIT_DEVICES_COLLECTION),
             cursors: collection(db, AUDIT_CURSORS_COLLECTION),
@@ -139,6 +144,68 @@ fn filter(q: &AuditQuery) -> Document {
     f
 }
 
+/// How often a commit starts again because another replica appended the same entries first.
+const MAX_COLLISIONS: u32 = 20;
+
+impl MongoAuditStore {
+    /// One attempt at writing a batch in `session`'s transaction: only the entries after the
+    /// head as this transaction sees it (another replica may have appended the same ones), the
+    /// session records only where they are older than this batch's, and the devices.
+    async fn commit_attempt(
+        &self,
+        session: &mut ClientSession,
+        batch: &AuditBatch,
+    ) -> Result<Outcome<()>, BodyError> {
+        let head = self
+            .audit
+            .find_one(doc! {})
+            .sort(doc! { "_id": -1 })
+            .projection(doc! { "_id": 1 })
+            .session(&mut *session)
+            .await?
+            .map_or(Ok(0), |d| {
+                d.get_i64("_id").map_err(|e| corrupt(&e.to_string()))
+            })?;
+        let docs = batch
+            .rows
+            .iter()
+            .filter(|r| r.position as i64 > head)
+            .map(row_doc)
+            .collect::<Result<Vec<_>, _>>()?;
+        if docs.is_empty() {
+            // Another replica folded the same events and committed all of it.
+            return Ok(Outcome::Abort(()));
+        }
+        for (sid, record, seq) in &batch.sessions {
+            let text = serde_json::to_string(record).map_err(|e| corrupt(&e.to_string()))?;
+            let seq = *seq as i64;
+            // A replica behind another never puts back an older state of a record.
+            self.audit
+                .update_one(
+                    doc! { "session_id": sid, "listing": 1_i64, "_id": { "$lt": seq },
+                           "seq": { "$lt": seq } },
+                    doc! { "$set": { "record": text, "outcome": record.outcome.as_str(), "seq": seq } },
+                )
+                .session(&mut *session)
+                .await?;
+        }
+        for (id, info) in &batch.devices {
+            let text = serde_json::to_string(info).map_err(|e| corrupt(&e.to_string()))?;
+            self.devices
+                .replace_one(doc! { "_id": id }, doc! { "_id": id, "doc": text })
+                .upsert(true)
+                .session(&mut *session)
+                .await?;
+        }
+        self.audit
+            .insert_many(docs)
+            .ordered(true)
+            .session(&mut *session)
+            .await?;
+        Ok(Outcome::Commit(()))
+    }
+}
+
 #[async_trait]
 impl AuditStore for MongoAuditStore {
     async fn head(&self) -> Result<(u64, String), StoreError> {
@@ -185,42 +252,24 @@ impl AuditStore for MongoAuditStore {
     }
 
     async fn commit(&self, batch: AuditBatch) -> Result<(), StoreError> {
-        for (sid, record, seq) in &batch.sessions {
-            let text = serde_json::to_string(record).map_err(|e| corrupt(&e.to_string()))?;
-            self.audit
-                .update_one(
-                    doc! { "session_id": sid, "listing": 1_i64, "_id": { "$lt": *seq as i64 } },
-                    doc! {
-                        "$set": { "record": text, "outcome": record.outcome.as_str() },
-                        "$max": { "seq": *seq as i64 },
-                    },
-                )
-                .await
-                .map_err(|e| unavailable("completing a session's audit record", &e))?;
-        }
-        for (id, info) in &batch.devices {
-            let text = serde_json::to_string(info).map_err(|e| corrupt(&e.to_string()))?;
-            self.devices
-                .replace_one(doc! { "_id": id }, doc! { "_id": id, "doc": text })
-                .upsert(true)
-                .await
-                .map_err(|e| unavailable("recording an audited device", &e))?;
-        }
-        let (head, _) = self.head().await?;
-        let docs = batch
-            .rows
-            .iter()
-            .filter(|r| r.position > head)
-            .map(row_doc)
-            .collect::<Result<Vec<_>, _>>()?;
-        if docs.is_empty() {
-            return Ok(());
-        }
-        match self.audit.insert_many(docs).ordered(true).await {
-            Ok(_) => Ok(()),
-            // Another replica wrote the same entries first.
-            Err(e) if is_duplicate(&e) => Ok(()),
-            Err(e) => Err(unavailable("appending to the audit trail", &e)),
+        let mut txn = Transaction::new(&self.client, "appending to the audit trail");
+        let mut collisions = 0_u32;
+        loop {
+            let mut session = txn.begin().await?;
+            let result = self.commit_attempt(&mut session, &batch).await;
+            // Another replica committed entries of this batch after this snapshot: read the
+            // head again (its entries are the same ones) and write only what follows.
+            if let Err(BodyError::Mongo(e)) = &result
+                && is_duplicate(e)
+                && collisions < MAX_COLLISIONS
+            {
+                collisions += 1;
+                let _ = session.abort_transaction().await;
+                continue;
+            }
+            if let Some(()) = txn.finish(session, result).await? {
+                return Ok(());
+            }
         }
     }
 

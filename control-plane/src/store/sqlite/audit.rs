@@ -215,8 +215,8 @@ impl AuditStore for SqliteAuditStore {
             }
             for (sid, record, seq) in &batch.sessions {
                 tx.prepare_cached(
-                    "UPDATE audit SET record = ?1, outcome = ?2, seq = MAX(seq, ?3)
-                     WHERE session_id = ?4 AND listing = 1 AND position < ?3",
+                    "UPDATE audit SET record = ?1, outcome = ?2, seq = ?3
+                     WHERE session_id = ?4 AND listing = 1 AND position < ?3 AND seq < ?3",
                 )
                 .map_err(unavailable)?
                 .execute(params![
