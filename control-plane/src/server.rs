@@ -345,6 +345,12 @@ pub async fn verify_audit_in(
 /// export status with the admin key (`M87_API_KEY`, else `<data-dir>/admin.key`), trusting the
 /// certificate whose fingerprint the data directory holds (else the system's roots), and
 /// renders it as a table.
+pub async fn print_export_status(data_dir: &Path, api_url: &str) -> anyhow::Result<()> {
+    print!("{}", export_status_report(data_dir, api_url).await?);
+    Ok(())
+}
+
+/// The table [`print_export_status`] prints.
 pub async fn export_status_report(data_dir: &Path, api_url: &str) -> anyhow::Result<String> {
     let key = match std::env::var("M87_API_KEY") {
         Ok(k) if !k.trim().is_empty() => k.trim().to_owned(),

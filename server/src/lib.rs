@@ -43,13 +43,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Audit {
             command: AuditCommand::Status { api_url },
-        }) => {
-            print!(
-                "{}",
-                server::export_status_report(&data_dir, &api_url).await?
-            );
-            Ok(())
-        }
+        }) => server::print_export_status(&data_dir, &api_url).await,
         Some(Command::Audit {
             command: AuditCommand::Verify { mongo },
         }) => {

@@ -161,16 +161,21 @@ impl Api {
         let after = self.cp.store().read_all(before, 10).await.unwrap();
         let only_its_record = match after.as_slice() {
             [] => true,
-            [one] => matches!(
-                &one.event,
-                m87_events::DomainEvent::SessionRefused(r) if r.refused_by == "grant"
-            ) && path.ends_with("/sessions"),
+            [one] => {
+                matches!(
+                    &one.event,
+                    m87_events::DomainEvent::SessionRefused(r) if r.refused_by == "grant"
+                ) && path.ends_with("/sessions")
+            }
             _ => false,
         };
         assert!(
             only_its_record,
             "{method} {path} changed the store: {:?}",
-            after.iter().map(|e| e.event.event_type()).collect::<Vec<_>>()
+            after
+                .iter()
+                .map(|e| e.event.event_type())
+                .collect::<Vec<_>>()
         );
     }
 }
