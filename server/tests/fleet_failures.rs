@@ -440,7 +440,7 @@ async fn migrate_applies_pending_steps_once_and_rebuild_restores_the_read_models
         String::from_utf8(out.stdout).unwrap()
     };
     let said = run(&["migrate"]);
-    assert!(said.contains("up to date (version 2)"), "{said}");
+    assert!(said.contains("up to date (version 3)"), "{said}");
     // A new database gets every step, once.
     let fresh = mongo::unique_name("migrate");
     let first = std::process::Command::new(common::bin("m87-server"))
@@ -450,7 +450,7 @@ async fn migrate_applies_pending_steps_once_and_rebuild_restores_the_read_models
         .unwrap();
     let first = String::from_utf8_lossy(&first.stdout).into_owned();
     assert!(
-        first.contains("applied MongoDB migrations [1, 2]"),
+        first.contains("applied MongoDB migrations [1, 2, 3]"),
         "{first}"
     );
     let db = mongodb::Client::with_uri_str(fleet.mongo.uri())
