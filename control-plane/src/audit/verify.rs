@@ -119,7 +119,7 @@ pub async fn verify(
                 return Ok(report(checked, prev.0, Some(f)));
             }
             // The log, position by position up to this entry.
-            while let Some(ev) = events.next_if(|e| e.global_position < entry.position) {
+            if let Some(ev) = events.next_if(|e| e.global_position < entry.position) {
                 let f = finding(
                     Tamper::LogInserted,
                     ev.global_position,
