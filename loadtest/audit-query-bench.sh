@@ -184,7 +184,7 @@ ms_or_dash() { [[ -s $1 ]] && pctl "$1" "$2" || echo "–"; }
   echo "- CPU: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores ($(lscpu | sed -n 's/^Thread(s) per core: *//p') thread(s) per core)"
   echo "- memory: $(free -g | awk '/Mem:/ {print $2}') GiB; kernel $(uname -r); data directory on $(df -T "$DATA" | awk 'NR == 2 {print $2 " (" $1 ")"}')"
   echo "- sqlite3: $(sqlite3 --version 2>/dev/null | cut -d' ' -f1 || echo none); rustc: $(rustc --version 2>/dev/null || echo unknown)"
-  echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown); load average at the start of the queries: $LOAD_AT_START"
+  echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' with uncommitted changes'); load average at the start of the queries: $LOAD_AT_START"
   echo
   echo "## Commands"
   echo
@@ -208,8 +208,11 @@ ms_or_dash() { [[ -s $1 ]] && pctl "$1" "$2" || echo "–"; }
   echo "\`m87\` process (start, TLS handshake, the requests it makes — \`m87 <device> audit\` also lists"
   echo "the devices twice to resolve the name —, printing the table), $RUNS runs after one warm-up."
   echo "REST = curl's time_total of \`GET /v1/audit\` on a kept-alive connection, $RUNS requests after"
-  echo "the first: the server's catch-up of the trail, the query and the JSON. sqlite3 = the same SELECT"
-  echo "on the database file in the sqlite3 shell, median of 5 warm runs."
+  echo "the first: the server's catch-up of the trail, the query and the JSON. sqlite3 = the page as one"
+  echo "plain SELECT (\\`SELECT record FROM audit WHERE … ORDER BY position DESC LIMIT 50\\`, visibility as one"
+  echo "OR, times as time_ms ranges: the shape the SQLite store used before it learned the time high water"
+  echo "and the per-scope scans) in the sqlite3 shell on the same file, median of 5 warm runs; its plans"
+  echo "are at the end."
   echo
   echo "| query | command | records | CLI p50 | CLI p99 | REST p50 | REST p99 | sqlite3 |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|"
@@ -222,7 +225,7 @@ ms_or_dash() { [[ -s $1 ]] && pctl "$1" "$2" || echo "–"; }
   echo "All times in ms. Organization admin: $ORG_ADMIN (admin of acme; sees acme's devices and their own"
   echo "records). Busy device: $DEV ($DEV_ID), quiet device: $QDEV, busy user: $USER_."
   echo
-  echo "## Query plans (sqlite3 EXPLAIN QUERY PLAN of the same SELECT)"
+  echo "## Query plans of the plain SELECT (sqlite3 EXPLAIN QUERY PLAN)"
   echo
   for row in "${ROWS[@]}"; do
     IFS='|' read -r name _ _ <<<"$row"
