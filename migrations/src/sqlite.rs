@@ -89,6 +89,23 @@ pub const STEPS: &[Step] = &[
             );
         ",
     },
+    Step {
+        version: 4,
+        name: "audit time windows",
+        // `time_hw`: the highest time of the entries up to this one, never decreasing along
+        // the trail, so a time bound becomes a position bound found by one index seek; the
+        // entries whose time is below it (written after the clock went back) are few and
+        // have their own partial index. Runs once, with its record, in one transaction (an
+        // added column cannot be added again).
+        sql: "
+            ALTER TABLE audit ADD COLUMN time_hw INTEGER;
+            UPDATE audit SET time_hw = w.hw
+              FROM (SELECT position AS p, MAX(time_ms) OVER (ORDER BY position) AS hw FROM audit) AS w
+             WHERE w.p = audit.position;
+            CREATE INDEX IF NOT EXISTS audit_time_hw ON audit (time_hw);
+            CREATE INDEX IF NOT EXISTS audit_late ON audit (position) WHERE time_ms < time_hw;
+        ",
+    },
 ];
 
 /// Why the schema could not be brought up to date.
@@ -176,11 +193,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m87.db");
         let mut conn = Connection::open(&path).unwrap();
-        assert_eq!(migrate(&mut conn).unwrap(), vec![1, 2, 3]);
+        assert_eq!(migrate(&mut conn).unwrap(), vec![1, 2, 3, 4]);
         assert_eq!(migrate(&mut conn).unwrap(), Vec::<u32>::new());
         drop(conn);
         let mut conn = Connection::open(&path).unwrap();
-        assert_eq!(current_version(&conn).unwrap(), 3);
+        assert_eq!(current_version(&conn).unwrap(), 4);
         assert!(migrate(&mut conn).unwrap().is_empty());
     }
 
@@ -194,7 +211,7 @@ mod tests {
             [],
         )
         .unwrap();
-        assert_eq!(migrate(&mut conn).unwrap(), vec![2, 3]);
+        assert_eq!(migrate(&mut conn).unwrap(), vec![2, 3, 4]);
         let n: i64 = conn
             .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
             .unwrap();
@@ -207,6 +224,39 @@ mod tests {
             )
             .unwrap();
         assert_eq!(tables, 2);
+    }
+
+    #[test]
+    fn audit_time_high_water_is_filled_for_existing_entries() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        assert_eq!(migrate_with(&mut conn, &STEPS[..3]).unwrap(), vec![1, 2, 3]);
+        // The clock went back at position 3.
+        for (position, time) in [(1, 100), (2, 200), (3, 150), (4, 300)] {
+            conn.execute(
+                "INSERT INTO audit (position, seq, time_ms, listing, action, outcome, entry,
+                                    prev_hash, hash, record)
+                 VALUES (?1, ?1, ?2, 1, 'exec', 'ok', '', '', '', '{}')",
+                [position, time],
+            )
+            .unwrap();
+        }
+        assert_eq!(migrate(&mut conn).unwrap(), vec![4]);
+        let hw: Vec<(i64, i64)> = conn
+            .prepare("SELECT position, time_hw FROM audit ORDER BY position")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(hw, vec![(1, 100), (2, 200), (3, 200), (4, 300)]);
+        let late: Vec<i64> = conn
+            .prepare("SELECT position FROM audit WHERE time_ms < time_hw")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(late, vec![3]);
     }
 
     #[test]

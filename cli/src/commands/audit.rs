@@ -446,7 +446,7 @@ pub async fn fleet(
 ) -> anyhow::Result<()> {
     let client = user_client()?;
     let device = match device {
-        Some(d) => Some(device_id(&client, &d).await?),
+        Some(d) => Some(device_id(&client, &d).await?.0),
         None => None,
     };
     list(&client, &filters, device.as_deref(), output).await
@@ -456,8 +456,8 @@ pub async fn fleet(
 /// their own records on it stay readable; with none, it answers as if it did not exist.
 pub async fn device(device: &str, filters: AuditFilters, output: Output) -> anyhow::Result<()> {
     let client = user_client()?;
-    let id = device_id(&client, device).await?;
-    if !visible(&client, &id).await? && !filters.follow {
+    let (id, visible) = device_id(&client, device).await?;
+    if !visible && !filters.follow {
         let q = query(&filters, Some(&id), Utc::now())?;
         let page: AuditPage = client.get(&path(&q, &["max=1".to_owned()])).await?;
         if page.records.is_empty() {
@@ -467,21 +467,17 @@ pub async fn device(device: &str, filters: AuditFilters, output: Output) -> anyh
     list(&client, &filters, Some(&id), output).await
 }
 
-async fn visible(client: &ApiClient, id: &str) -> anyhow::Result<bool> {
-    let devices: Vec<m87_events::api::DeviceSummary> = client.get("/v1/devices").await?;
-    Ok(devices.iter().any(|d| d.id.as_str() == id))
-}
-
-/// The id of a device named by name, id or prefix among those the caller sees; a device id
-/// the caller no longer sees is taken as it is (their own records on it stay readable).
-async fn device_id(client: &ApiClient, wanted: &str) -> anyhow::Result<String> {
+/// The id of a device named by name, id or prefix among those the caller sees, and whether
+/// the caller sees it; a device id the caller no longer sees is taken as it is (their own
+/// records on it stay readable). One listing of the devices answers both.
+async fn device_id(client: &ApiClient, wanted: &str) -> anyhow::Result<(String, bool)> {
     let devices: Vec<m87_events::api::DeviceSummary> =
         client.get("/v1/devices").await.context("listing devices")?;
     if let Some(d) = resolve(&devices, wanted)? {
-        return Ok(d.id.to_string());
+        return Ok((d.id.to_string(), true));
     }
     match wanted.parse::<m87_events::DeviceId>() {
-        Ok(id) => Ok(id.to_string()),
+        Ok(id) => Ok((id.to_string(), false)),
         Err(_) => bail!("device {wanted:?} not found"),
     }
 }

@@ -42,11 +42,17 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(corrupt)
 }
 
-fn insert_row(tx: &rusqlite::Transaction<'_>, row: &AuditRow) -> Result<(), StoreError> {
+/// Inserts an entry; `time_hw` is the highest time of the entries up to it (see the schema
+/// step "audit time windows").
+fn insert_row(
+    tx: &rusqlite::Transaction<'_>,
+    row: &AuditRow,
+    time_hw: i64,
+) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT OR IGNORE INTO audit (position, seq, time_ms, listing, device_id, scope, user,
-             action, outcome, session_id, entry, prev_hash, hash, record)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+             action, outcome, session_id, entry, prev_hash, hash, record, time_hw)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )
     .map_err(unavailable)?
     .execute(params![
@@ -64,12 +70,34 @@ fn insert_row(tx: &rusqlite::Transaction<'_>, row: &AuditRow) -> Result<(), Stor
         row.prev_hash,
         row.hash,
         to_json(&row.record)?,
+        time_hw,
     ])
     .map_err(unavailable)?;
     Ok(())
 }
 
-/// The WHERE clause and its parameters for a query.
+/// Who may read: one condition per way of seeing a record (none: everything). With a device
+/// or a user asked for, their index narrows best: the conditions are written `+column` so
+/// SQLite does not walk a whole organization's index instead.
+fn visibility(q: &AuditQuery, args: &mut Vec<Sql>) -> Vec<String> {
+    let Visibility::Scoped { scopes, user } = &q.visibility else {
+        return vec![];
+    };
+    let plus = if q.device.is_some() || q.user.is_some() {
+        "+"
+    } else {
+        ""
+    };
+    args.push(Sql::Text(user.clone()));
+    let mut ors = vec![format!("{plus}user = ?{}", args.len())];
+    for s in scopes {
+        args.push(Sql::Text(s.clone()));
+        ors.push(format!("{plus}scope = ?{}", args.len()));
+    }
+    ors
+}
+
+/// The WHERE clause and its parameters for a query, but for who may read it.
 fn filter(q: &AuditQuery) -> (String, Vec<Sql>) {
     let mut clauses = vec![if q.wants_presence() {
         "listing IN (1, 2)".to_owned()
@@ -80,16 +108,6 @@ fn filter(q: &AuditQuery) -> (String, Vec<Sql>) {
     fn push(clause: &str, v: Sql, args: &mut Vec<Sql>, clauses: &mut Vec<String>) {
         args.push(v);
         clauses.push(clause.replace('?', &format!("?{}", args.len())));
-    }
-    if let Visibility::Scoped { scopes, user } = &q.visibility {
-        let mut ors = Vec::new();
-        args.push(Sql::Text(user.clone()));
-        ors.push(format!("user = ?{}", args.len()));
-        for s in scopes {
-            args.push(Sql::Text(s.clone()));
-            ors.push(format!("scope = ?{}", args.len()));
-        }
-        clauses.push(format!("({})", ors.join(" OR ")));
     }
     if let Some(d) = &q.device {
         push(
@@ -146,6 +164,100 @@ fn filter(q: &AuditQuery) -> (String, Vec<Sql>) {
         push("seq > ?", Sql::Integer(c as i64), &mut args, &mut clauses);
     }
     (clauses.join(" AND "), args)
+}
+
+/// Following (`changed_after`): the records changed since, oldest change first.
+fn following_sql(q: &AuditQuery) -> (String, Vec<Sql>) {
+    let (mut clause, mut args) = filter(q);
+    let ors = visibility(q, &mut args);
+    if !ors.is_empty() {
+        clause = format!("{clause} AND ({})", ors.join(" OR "));
+    }
+    let sql = format!(
+        "SELECT record FROM audit WHERE {clause} ORDER BY seq ASC LIMIT {}",
+        q.limit
+    );
+    (sql, args)
+}
+
+/// The positions a time window can hold, found through `time_hw` (the highest time up to an
+/// entry, never decreasing along the trail): every entry at or after `since` lies at or after
+/// `from`; every entry before `until` lies before `to`, or is late (its time below the high
+/// water, written after the clock went back), and late entries have their own index.
+#[derive(Debug, Default)]
+struct Window {
+    from: Option<i64>,
+    to: Option<i64>,
+    /// Nothing is at or after `since`.
+    empty: bool,
+}
+
+impl Window {
+    fn of(conn: &Connection, q: &AuditQuery) -> Result<Self, StoreError> {
+        let first_reaching = |t: i64| -> Result<Option<i64>, StoreError> {
+            conn.prepare_cached(
+                "SELECT position FROM audit WHERE time_hw >= ?1 ORDER BY time_hw, position LIMIT 1",
+            )
+            .and_then(|mut s| s.query_row([t], |r| r.get(0)).optional())
+            .map_err(unavailable)
+        };
+        let mut w = Window::default();
+        if let Some(since) = q.since {
+            w.from = first_reaching(since.timestamp_millis())?;
+            w.empty = w.from.is_none();
+        }
+        if let Some(until) = q.until {
+            w.to = first_reaching(until.timestamp_millis())?;
+        }
+        Ok(w)
+    }
+}
+
+/// A page, newest first: the positions of each way of seeing a record (each its own index
+/// scan, newest first, stopping at the page size), merged, then the page's records. One
+/// `OR` across the visibility conditions would let SQLite collect every visible position
+/// and sort them, which is slow for an organization with most of the trail.
+fn page_sql(q: &AuditQuery, w: &Window) -> (String, Vec<Sql>) {
+    let (mut common, mut args) = filter(q);
+    if let Some(from) = w.from {
+        args.push(Sql::Integer(from));
+        common = format!("{common} AND position >= ?{}", args.len());
+    }
+    let ors = visibility(q, &mut args);
+    let ways = if ors.is_empty() {
+        vec!["1".to_owned()]
+    } else {
+        ors
+    };
+    let n = q.limit;
+    let mut parts = Vec::new();
+    let mut scan = |table: &str, cond: String| {
+        parts.push(format!(
+            "SELECT position FROM (SELECT position FROM {table} WHERE {cond}
+               ORDER BY position DESC LIMIT {n})"
+        ));
+    };
+    let to = w.to.map(|to| {
+        args.push(Sql::Integer(to));
+        args.len()
+    });
+    for way in &ways {
+        match to {
+            None => scan("audit", format!("{common} AND {way}")),
+            Some(t) => {
+                scan("audit", format!("{common} AND {way} AND position < ?{t}"));
+                scan(
+                    "audit INDEXED BY audit_late",
+                    format!("{common} AND {way} AND time_ms < time_hw AND position >= ?{t}"),
+                );
+            }
+        }
+    }
+    let sql = format!(
+        "SELECT record FROM audit WHERE position IN ({}) ORDER BY position DESC LIMIT {n}",
+        parts.join(" UNION ALL ")
+    );
+    (sql, args)
 }
 
 #[async_trait]
@@ -205,13 +317,19 @@ impl AuditStore for SqliteAuditStore {
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(unavailable)?;
-            let head: i64 = tx
-                .query_row("SELECT COALESCE(MAX(position), 0) FROM audit", [], |r| {
-                    r.get(0)
-                })
-                .map_err(unavailable)?;
+            let (head, mut time_hw): (i64, i64) = tx
+                .query_row(
+                    "SELECT position, COALESCE(time_hw, time_ms) FROM audit
+                     ORDER BY position DESC LIMIT 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(unavailable)?
+                .unwrap_or((0, i64::MIN));
             for row in batch.rows.iter().filter(|r| r.position as i64 > head) {
-                insert_row(&tx, row)?;
+                time_hw = time_hw.max(row.record.time.timestamp_millis());
+                insert_row(&tx, row, time_hw)?;
             }
             for (sid, record, seq) in &batch.sessions {
                 tx.prepare_cached(
@@ -241,17 +359,17 @@ impl AuditStore for SqliteAuditStore {
     }
 
     async fn query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
-        let (clause, args) = filter(q);
-        let order = if q.changed_after.is_some() {
-            "seq ASC"
-        } else {
-            "position DESC"
-        };
-        let sql = format!(
-            "SELECT record FROM audit WHERE {clause} ORDER BY {order} LIMIT {}",
-            q.limit
-        );
+        let q = q.clone();
         blocking(&self.conn, move |conn| {
+            let (sql, args) = if q.changed_after.is_some() {
+                following_sql(&q)
+            } else {
+                let window = Window::of(conn, &q)?;
+                if window.empty {
+                    return Ok(vec![]);
+                }
+                page_sql(&q, &window)
+            };
             let mut stmt = conn.prepare(&sql).map_err(unavailable)?;
             let rows = stmt
                 .query_map(params_from_iter(args), |r| r.get::<_, String>(0))
