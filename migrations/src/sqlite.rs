@@ -1,6 +1,7 @@
 //! SQLite schema steps.
 //!
-//! Each step has a version, a name and SQL that is safe to run twice. [`migrate`] applies the
+//! Each step has a version, a name and SQL that is safe to run twice, or (an added column)
+//! that only its transaction guards: it commits with its record or not at all. [`migrate`] applies the
 //! steps newer than what `schema_migrations` records, each in its own transaction together with
 //! its record, so a crash between steps leaves a database that the next start finishes upgrading.
 
@@ -13,7 +14,7 @@ pub struct Step {
     pub version: u32,
     /// What the step does.
     pub name: &'static str,
-    /// The SQL, idempotent.
+    /// The SQL: idempotent, or all-or-nothing in the step's transaction.
     pub sql: &'static str,
 }
 
