@@ -1,5 +1,6 @@
-//! SIEM export through the real server: a webhook receiver that is down while 200 sessions are
-//! granted gets every record once it comes up; the server restarted in the middle of an export
+//! SIEM export through the real server: a real rsyslog stopped for 20 s while 500 sessions are
+//! granted, and a webhook receiver down meanwhile, get every record once they come back (RFC 5424
+//! with the event id in the structured data); the server restarted in the middle of an export
 //! loses nothing (duplicates carry the same event id); every request is signed; the records
 //! chain by hash at the receiver; a local file gets the same records as OCSF; `m87-server
 //! audit-export status` shows the lag and never the secret; a bad sinks file stops the server
@@ -8,6 +9,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "../../audit-export/tests/common/rsyslog.rs"]
+#[allow(dead_code)]
+mod rsyslog;
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::Command;
@@ -133,6 +137,42 @@ fn wait_all(got: &Received, db: &std::path::Path, within: Duration, server: &Ser
     }
 }
 
+/// Waits until rsyslog wrote a record for every event of the log: RFC 5424, the event id in
+/// the `m87@32473` structured data, a CEF message.
+fn wait_syslog(syslog: &rsyslog::Rsyslog, db: &std::path::Path, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let want: HashSet<String> = event_ids(db).into_iter().map(|(_, id)| id).collect();
+        let have: HashSet<String> = syslog
+            .lines()
+            .iter()
+            .map(|l| {
+                let m = rsyslog::parse_5424(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+                assert!(m.msg.starts_with("CEF:0|m87|"), "{l}");
+                let (id, params) = &m.sd[0];
+                assert_eq!(id, "m87@32473");
+                params
+                    .iter()
+                    .find(|(k, _)| k == "event_id")
+                    .unwrap()
+                    .1
+                    .clone()
+            })
+            .collect();
+        if want.is_subset(&have) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rsyslog has {} of {} records; its log: {}",
+            want.intersection(&have).count(),
+            want.len(),
+            syslog.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn status(data: &std::path::Path, url: &str) -> String {
     let out = Command::new(bin("m87-server"))
         .args(["audit-export", "status", "--api-url", url, "--data-dir"])
@@ -155,13 +195,19 @@ async fn every_record_reaches_the_sinks_through_an_outage_and_a_restart() {
     let port = free_port();
     let file = tmp.path().join("audit.jsonl");
     let sinks = tmp.path().join("sinks.toml");
+    let syslog_dir = tmp.path().join("rsyslog");
+    std::fs::create_dir_all(&syslog_dir).unwrap();
+    let mut syslog = rsyslog::Rsyslog::start(&syslog_dir, free_port(), None);
     std::fs::write(
         &sinks,
         format!(
             "[[sink]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/hook\"\n\
              hmac_key = \"{HMAC_KEY}\"\nformat = \"json\"\nbatch_size = 50\ntimeout = \"2s\"\n\n\
-             [[sink]]\nname = \"local\"\nkind = \"file\"\npath = \"{}\"\nformat = \"ocsf\"\n",
-            file.display()
+             [[sink]]\nname = \"local\"\nkind = \"file\"\npath = \"{}\"\nformat = \"ocsf\"\n\n\
+             [[sink]]\nname = \"siem\"\nkind = \"syslog\"\ntransport = \"tcp\"\n\
+             address = \"127.0.0.1:{}\"\nformat = \"cef\"\ntimeout = \"2s\"\n",
+            file.display(),
+            syslog.port
         ),
     )
     .unwrap();
@@ -176,8 +222,12 @@ async fn every_record_reaches_the_sinks_through_an_outage_and_a_restart() {
     let device_id = admin.devices()[0]["id"].as_str().unwrap().to_owned();
     let db = data.join("m87.db");
 
-    // The receiver is down while 200 sessions are granted.
-    grant_many(&server, &device_id, 200).await;
+    // rsyslog is stopped and the webhook receiver down while 500 sessions are granted; rsyslog
+    // comes back after 20 s.
+    wait_syslog(&syslog, &db, Duration::from_secs(30));
+    syslog.stop();
+    let stopped = Instant::now();
+    grant_many(&server, &device_id, 500).await;
     std::thread::sleep(Duration::from_secs(2));
     let shown = status(&data, &server.url);
     assert!(
@@ -196,7 +246,10 @@ async fn every_record_reaches_the_sinks_through_an_outage_and_a_restart() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(lag >= 200, "lag while the receiver is down: {shown}");
+    assert!(lag >= 500, "lag while the receiver is down: {shown}");
+    std::thread::sleep(Duration::from_secs(20).saturating_sub(stopped.elapsed()));
+    syslog.restart();
+    wait_syslog(&syslog, &db, Duration::from_secs(60));
 
     // It comes up: everything arrives.
     let got = Received::default();
@@ -209,6 +262,7 @@ async fn every_record_reaches_the_sinks_through_an_outage_and_a_restart() {
     server.stop();
     let server = Server::start_with_env(&data, &server.addr.clone(), &env);
     wait_all(&got, &db, Duration::from_secs(30), &server);
+    wait_syslog(&syslog, &db, Duration::from_secs(30));
     drop(runtime);
 
     // Nothing lost; duplicates only of the same event; in event order; the chain holds.
