@@ -491,3 +491,82 @@ async fn verify_names_the_entry_changed_removed_or_inserted() {
     );
     assert_eq!(check(&db).await, Some((Tamper::LogChanged, 5)));
 }
+
+#[tokio::test]
+async fn a_refused_replay_stays_its_own_record_when_the_session_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m87.db");
+    let log: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&db).unwrap());
+    let store: Arc<dyn AuditStore> = Arc::new(SqliteAuditStore::open(&db).unwrap());
+    let trail = AuditTrail::new(Arc::clone(&log), store);
+    let device: DeviceId = "robot-2-id".parse().unwrap();
+    let sid = SessionId::new();
+    let stream = StreamId::session(&sid);
+    append(
+        log.as_ref(),
+        stream.clone(),
+        DomainEvent::SessionOpened(SessionOpened {
+            session_id: sid,
+            device_id: device.clone(),
+            operation: Operation::Exec,
+            args: serde_json::json!({"argv": ["true"]}),
+            expires_at: chrono::Utc::now(),
+            credential: None,
+            relay: None,
+            recorded: false,
+        }),
+        by("bob@example.com"),
+    )
+    .await;
+    // Folded between the events too: the second fold reads the grant from the store.
+    trail.catch_up().await.unwrap();
+    append(
+        log.as_ref(),
+        stream.clone(),
+        DomainEvent::SessionRefused(SessionRefused {
+            session_id: Some(sid),
+            device_id: Some(device.clone()),
+            refused_by: "relay".into(),
+            code: "token_replayed".into(),
+            reason: "session token was already used".into(),
+            operation: None,
+        }),
+        Metadata::system("relay"),
+    )
+    .await;
+    trail.catch_up().await.unwrap();
+    append(
+        log.as_ref(),
+        stream,
+        DomainEvent::SessionClosed(SessionClosed {
+            session_id: sid,
+            device_id: device.clone(),
+            duration_ms: 5,
+            bytes_to_device: 0,
+            bytes_from_device: 3,
+            exit_code: Some(0),
+            signal: None,
+            error: None,
+            operation: Some(Operation::Exec),
+            reason: Some("exit".into()),
+            channels: vec![],
+            channels_dropped: 0,
+        }),
+        Metadata::system("device"),
+    )
+    .await;
+    trail.catch_up().await.unwrap();
+    let records = trail.store().query(&all(10)).await.unwrap();
+    let seen: Vec<(u64, &str, Outcome)> = records
+        .iter()
+        .map(|r| (r.position, r.event_type.as_str(), r.outcome))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (2, "SessionRefused", Outcome::Refused),
+            (1, "SessionOpened", Outcome::Ok)
+        ]
+    );
+    assert_eq!(records[0].user.as_deref(), Some("bob@example.com"));
+}

@@ -141,6 +141,50 @@ async fn bad_tokens_are_refused_at_the_relay_and_recorded() {
         );
     }
     assert!(refusals(&data).iter().all(|r| r["refused_by"] == "relay"));
+
+    // And they are on the device's audit record, as refused by the relay, with their codes
+    // (the replay as a record of its own beside the session it replayed).
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&admin.ok(&[
+        "tok-dev",
+        "audit",
+        "--outcome",
+        "refused",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let replay = listed
+        .iter()
+        .find(|r| r["reason"] == "token_replayed")
+        .unwrap_or_else(|| panic!("no replay in the device's audit: {listed:#?}"));
+    assert_eq!(replay["refused_by"], "relay");
+    assert_eq!(
+        replay["user"], "admin@localhost",
+        "the replayed session's user"
+    );
+    let fleet: Vec<serde_json::Value> = serde_json::from_str(&admin.ok(&[
+        "audit",
+        "--outcome",
+        "refused",
+        "--max",
+        "100",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    for code in [
+        "token_invalid",
+        "token_expired",
+        "token_malformed",
+        "device_offline",
+    ] {
+        assert!(
+            fleet
+                .iter()
+                .any(|r| r["reason"] == code && r["refused_by"] == "relay"),
+            "{code} not in the audit: {fleet:#?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,13 +60,14 @@ impl AuditStore for MemoryAuditStore {
             inner.rows.insert(row.position, row);
         }
         for (sid, record, seq) in batch.sessions {
-            if let Some(row) = inner.rows.values_mut().find(|r| {
-                r.session_id.as_deref() == Some(sid.as_str())
-                    && r.listing == Listing::Listed
-                    && r.position < seq
-            }) {
+            // The grant's own row (the record names it), and only with a later state.
+            if let Some(row) = inner
+                .rows
+                .get_mut(&record.position)
+                .filter(|r| r.session_id.as_deref() == Some(sid.as_str()) && r.seq < seq)
+            {
                 row.record = record;
-                row.seq = row.seq.max(seq);
+                row.seq = seq;
             }
         }
         for (id, info) in batch.devices {

@@ -182,7 +182,7 @@ impl MongoAuditStore {
             // A replica behind another never puts back an older state of a record.
             self.audit
                 .update_one(
-                    doc! { "session_id": sid, "listing": 1_i64, "_id": { "$lt": seq },
+                    doc! { "_id": record.position as i64, "session_id": sid,
                            "seq": { "$lt": seq } },
                     doc! { "$set": { "record": text, "outcome": record.outcome.as_str(), "seq": seq } },
                 )

@@ -334,13 +334,14 @@ impl AuditStore for SqliteAuditStore {
             for (sid, record, seq) in &batch.sessions {
                 tx.prepare_cached(
                     "UPDATE audit SET record = ?1, outcome = ?2, seq = ?3
-                     WHERE session_id = ?4 AND listing = 1 AND position < ?3 AND seq < ?3",
+                     WHERE position = ?4 AND session_id = ?5 AND seq < ?3",
                 )
                 .map_err(unavailable)?
                 .execute(params![
                     to_json(record)?,
                     record.outcome.as_str(),
                     *seq as i64,
+                    record.position as i64,
                     sid
                 ])
                 .map_err(unavailable)?;
