@@ -95,6 +95,23 @@ impl AuthRefusals {
         }
     }
 
+    /// Puts back counts that could not be recorded, to be taken again with the next ones.
+    pub fn put_back(&self, refused: Vec<AuthenticationRefused>) {
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        for r in refused {
+            let w = windows
+                .by_source
+                .entry((r.window_start, r.source))
+                .or_default();
+            w.count += r.count;
+            for reason in r.reasons {
+                if w.reasons.len() < MAX_REASONS && !w.reasons.contains(&reason) {
+                    w.reasons.push(reason);
+                }
+            }
+        }
+    }
+
     /// Takes the counts of every minute that ended before `now`, as events to record.
     pub fn take_finished(&self, now: DateTime<Utc>) -> Vec<AuthenticationRefused> {
         let current = self.minute_of(now);
@@ -151,6 +168,17 @@ mod tests {
         let next = r.take_finished(at("2026-12-04T10:02:00Z"));
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].count, 1);
+    }
+
+    #[test]
+    fn counts_put_back_are_taken_again() {
+        let r = AuthRefusals::default();
+        r.note(None, "missing api key", at("2026-12-04T10:00:10Z"));
+        let taken = r.take_finished(at("2026-12-04T10:01:00Z"));
+        r.put_back(taken);
+        r.note(None, "missing api key", at("2026-12-04T10:01:10Z"));
+        let again = r.take_finished(at("2026-12-04T10:02:00Z"));
+        assert_eq!(again.iter().map(|a| a.count).sum::<u64>(), 2);
     }
 
     #[test]

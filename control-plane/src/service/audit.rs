@@ -53,22 +53,33 @@ impl ControlPlane {
 
     /// Records the refused authentication of every finished minute; returns how many events.
     pub async fn record_auth_refusals(&self) -> Result<usize, ServiceError> {
-        let done = self.auth_refusals.take_finished(chrono::Utc::now());
-        let n = done.len();
-        for refused in done {
+        let mut pending = self
+            .auth_refusals
+            .take_finished(chrono::Utc::now())
+            .into_iter();
+        let mut recorded = 0;
+        while let Some(refused) = pending.next() {
             let metadata = Metadata {
                 source_ip: refused.source.parse().ok(),
                 ..Metadata::system("api")
             };
             let stream = StreamId::from_raw(format!("authrefused-{}", m87_events::EventId::new()));
-            let event = DomainEvent::AuthenticationRefused(refused);
-            self.execute(&metadata, || {
-                let (stream, event) = (stream.clone(), event.clone());
-                async move { Ok(((), super::one(stream, 0, event))) }
-            })
-            .await?;
+            let event = DomainEvent::AuthenticationRefused(refused.clone());
+            let stored = self
+                .execute(&metadata, || {
+                    let (stream, event) = (stream.clone(), event.clone());
+                    async move { Ok(((), super::one(stream, 0, event))) }
+                })
+                .await;
+            if let Err(e) = stored {
+                // Nothing is lost: what was not recorded is counted again next time.
+                self.auth_refusals
+                    .put_back(std::iter::once(refused).chain(pending).collect());
+                return Err(e);
+            }
+            recorded += 1;
         }
-        Ok(n)
+        Ok(recorded)
     }
 
     /// `POST /v1/auth/sign-in`: records that the caller signed in (`m87 login`), with the API
