@@ -4,14 +4,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod audit_log;
+
 use std::path::Path;
 use std::sync::Arc;
 
 use m87_control_plane::audit::AuditTrail;
 use m87_control_plane::audit::verify::{Tamper, verify};
+use m87_control_plane::store::EventStore;
 use m87_control_plane::store::audit::{AuditQuery, AuditStore, Visibility};
 use m87_control_plane::store::sqlite::{SqliteAuditStore, SqliteStore};
-use m87_control_plane::store::{EventStore, StreamAppend};
 use m87_events::audit::Outcome;
 use m87_events::domain::{
     DeviceEnrolled, MemberAdded, RegistrationApproved, RegistrationRequested, SessionClosed,
@@ -19,41 +21,10 @@ use m87_events::domain::{
 };
 use m87_events::token::Operation;
 use m87_events::{
-    Actor, CorrelationId, DeviceId, DomainEvent, Metadata, RequestId, Role, Scope, SessionId,
-    StreamId, SystemInfo,
+    DeviceId, DomainEvent, Metadata, RequestId, Role, Scope, SessionId, StreamId, SystemInfo,
 };
 
-fn by(email: &str) -> Metadata {
-    Metadata {
-        actor: Actor::User {
-            email: email.parse().unwrap(),
-            key_id: None,
-            subject: None,
-        },
-        source_ip: Some("192.0.2.7".parse().unwrap()),
-        correlation_id: CorrelationId::new(),
-    }
-}
-
-async fn append(store: &dyn EventStore, stream: StreamId, event: DomainEvent, meta: Metadata) {
-    let version = store
-        .read_stream(&stream)
-        .await
-        .unwrap()
-        .last()
-        .map_or(0, |e| e.stream_version);
-    store
-        .append(
-            vec![StreamAppend {
-                stream_id: stream,
-                expected_version: version,
-                events: vec![event],
-            }],
-            meta,
-        )
-        .await
-        .unwrap();
-}
+use audit_log::{append, by};
 
 struct Fixture {
     _dir: tempfile::TempDir,

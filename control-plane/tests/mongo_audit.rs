@@ -8,15 +8,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod audit_log;
+
 mod support;
 
 use std::sync::Arc;
 
 use m87_control_plane::audit::AuditTrail;
+use m87_control_plane::store::EventStore;
 use m87_control_plane::store::audit::{AuditBatch, AuditQuery, AuditStore, Visibility};
 use m87_control_plane::store::mongo::{MongoAuditStore, connect_database};
 use m87_control_plane::store::sqlite::{SqliteAuditStore, SqliteStore};
-use m87_control_plane::store::{EventStore, StreamAppend};
 use m87_events::audit::Outcome;
 use m87_events::domain::{
     DeviceConnected, DeviceDisconnected, DeviceEnrolled, MemberAdded, RegistrationRequested,
@@ -24,42 +26,12 @@ use m87_events::domain::{
 };
 use m87_events::token::Operation;
 use m87_events::{
-    Actor, CorrelationId, DeviceId, DomainEvent, Metadata, RequestId, Role, Scope, SessionId,
-    StreamId, SystemInfo,
+    DeviceId, DomainEvent, Metadata, RequestId, Role, Scope, SessionId, StreamId, SystemInfo,
 };
 use serde_json::Value;
 use support::mongo::{MongoServer, unique_name};
 
-fn by(email: &str) -> Metadata {
-    Metadata {
-        actor: Actor::User {
-            email: email.parse().unwrap(),
-            key_id: None,
-            subject: None,
-        },
-        source_ip: Some("192.0.2.7".parse().unwrap()),
-        correlation_id: CorrelationId::new(),
-    }
-}
-
-async fn append(log: &dyn EventStore, stream: StreamId, event: DomainEvent, meta: Metadata) {
-    let version = log
-        .read_stream(&stream)
-        .await
-        .unwrap()
-        .last()
-        .map_or(0, |e| e.stream_version);
-    log.append(
-        vec![StreamAppend {
-            stream_id: stream,
-            expected_version: version,
-            events: vec![event],
-        }],
-        meta,
-    )
-    .await
-    .unwrap();
-}
+use audit_log::{append, by};
 
 async fn enroll(log: &dyn EventStore, device: &DeviceId, name: &str, scope: &str) {
     let request = RequestId::new();

@@ -12,10 +12,10 @@ mod common;
 #[path = "../../audit-export/tests/common/rsyslog.rs"]
 #[allow(dead_code)]
 mod rsyslog;
+mod webhook;
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{M87, Server, bin, enrolled_device, free_port};
@@ -23,53 +23,9 @@ use m87_events::api::CreateSessionRequest;
 use m87_events::token::Operation;
 use m87_transport::http::ApiClient;
 use serde_json::Value;
+use webhook::{Received, receiver};
 
 const HMAC_KEY: &str = "test-hook-secret-0123456789";
-
-/// What the webhook received: each entry (the `json` format) in arrival order.
-#[derive(Default, Clone)]
-struct Received(Arc<Mutex<Vec<Value>>>);
-
-/// Starts the webhook receiver on `port`: checks each request's signature, keeps its lines.
-fn receiver(port: u16, got: Received) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let app = axum::Router::new().route(
-                "/hook",
-                axum::routing::post(
-                    move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-                        let got = got.clone();
-                        async move {
-                            let key =
-                                ring::hmac::Key::new(ring::hmac::HMAC_SHA256, HMAC_KEY.as_bytes());
-                            let want = format!(
-                                "sha256={}",
-                                hex::encode(ring::hmac::sign(&key, &body).as_ref())
-                            );
-                            let sig = headers
-                                .get("x-m87-signature")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or_default();
-                            if sig != want {
-                                return axum::http::StatusCode::UNAUTHORIZED;
-                            }
-                            let mut all = got.0.lock().unwrap();
-                            for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                                all.push(serde_json::from_slice(line).unwrap());
-                            }
-                            axum::http::StatusCode::OK
-                        }
-                    },
-                ),
-            );
-            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-                .await
-                .unwrap();
-            axum::serve(listener, app).await.unwrap();
-        });
-    })
-}
 
 fn event_ids(db: &std::path::Path) -> Vec<(u64, String)> {
     let conn = rusqlite::Connection::open(db).unwrap();
@@ -104,9 +60,7 @@ fn wait_all(got: &Received, db: &std::path::Path, within: Duration, server: &Ser
     loop {
         let want: HashSet<String> = event_ids(db).into_iter().map(|(_, id)| id).collect();
         let have: HashSet<String> = got
-            .0
-            .lock()
-            .unwrap()
+            .entries()
             .iter()
             .map(|e| e["envelope"]["event_id"].as_str().unwrap().to_owned())
             .collect();
@@ -253,7 +207,7 @@ async fn every_record_reaches_the_sinks_through_an_outage_and_a_restart() {
 
     // It comes up: everything arrives.
     let got = Received::default();
-    let _rx = receiver(port, got.clone());
+    receiver(port, HMAC_KEY, got.clone());
     wait_all(&got, &db, Duration::from_secs(60), &server);
 
     // More sessions, and the server restarted in the middle of their export.
@@ -267,7 +221,7 @@ async fn every_record_reaches_the_sinks_through_an_outage_and_a_restart() {
 
     // Nothing lost; duplicates only of the same event; in event order; the chain holds.
     let log = event_ids(&db);
-    let all = got.0.lock().unwrap().clone();
+    let all = got.entries();
     let mut first_seen: BTreeMap<u64, Value> = BTreeMap::new();
     let mut order = Vec::new();
     for e in &all {

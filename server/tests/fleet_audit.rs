@@ -9,17 +9,16 @@
 
 mod common;
 mod fleet_support;
+mod webhook;
 
 use m87_test_support::{mongo, nats};
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
 use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::ConnectInfo;
 use common::{M87, bin, free_port};
 use fleet_support::{Fleet, enroll};
 use futures_util::TryStreamExt;
@@ -29,87 +28,9 @@ use m87_transport::http::ApiClient;
 use mongo::MongoServer;
 use mongodb::bson::{Document, doc};
 use serde_json::Value;
+use webhook::{Received, receiver};
 
 const HMAC_KEY: &str = "fleet-hook-secret-0123456789";
-
-/// One signed request the webhook accepted: when it arrived, over which connection, and its
-/// entries.
-struct Delivery {
-    at: Instant,
-    peer: SocketAddr,
-    entries: Vec<Value>,
-}
-
-/// What the webhook received, in arrival order.
-#[derive(Default, Clone)]
-struct Received(Arc<Mutex<Vec<Delivery>>>);
-
-impl Received {
-    fn entries(&self) -> Vec<Value> {
-        let all = self.0.lock().unwrap();
-        all.iter().flat_map(|d| d.entries.iter().cloned()).collect()
-    }
-
-    /// When the first delivery after `t` over a connection not used before `t` arrived: the
-    /// first by another process than the one that delivered until then.
-    fn first_new_after(&self, t: Instant) -> Option<Instant> {
-        let all = self.0.lock().unwrap();
-        let old: HashSet<SocketAddr> = all.iter().filter(|d| d.at <= t).map(|d| d.peer).collect();
-        all.iter()
-            .find(|d| d.at > t && !old.contains(&d.peer))
-            .map(|d| d.at)
-    }
-}
-
-/// Starts the webhook receiver on `port`: checks each request's HMAC, keeps its JSON lines.
-fn receiver(port: u16, got: Received) {
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let app = axum::Router::new().route(
-                "/hook",
-                axum::routing::post(
-                    move |ConnectInfo(peer): ConnectInfo<SocketAddr>,
-                          headers: axum::http::HeaderMap,
-                          body: axum::body::Bytes| {
-                        let got = got.clone();
-                        async move {
-                            let key =
-                                ring::hmac::Key::new(ring::hmac::HMAC_SHA256, HMAC_KEY.as_bytes());
-                            let want = format!(
-                                "sha256={}",
-                                hex::encode(ring::hmac::sign(&key, &body).as_ref())
-                            );
-                            let sig = headers
-                                .get("x-m87-signature")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or_default();
-                            if sig != want {
-                                return axum::http::StatusCode::UNAUTHORIZED;
-                            }
-                            let entries = body
-                                .split(|b| *b == b'\n')
-                                .filter(|l| !l.is_empty())
-                                .map(|l| serde_json::from_slice(l).unwrap())
-                                .collect();
-                            got.0.lock().unwrap().push(Delivery {
-                                at: Instant::now(),
-                                peer,
-                                entries,
-                            });
-                            axum::http::StatusCode::OK
-                        }
-                    },
-                ),
-            );
-            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-                .await
-                .unwrap();
-            let app = app.into_make_service_with_connect_info::<SocketAddr>();
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-}
 
 /// The MongoDB event log: global position → event id.
 async fn event_log(db: &mongodb::Database) -> BTreeMap<u64, String> {
@@ -260,7 +181,7 @@ async fn one_replica_exports_and_the_other_takes_over_within_10s_losing_nothing(
         sinks.to_str().unwrap().to_owned(),
     )];
     let got = Received::default();
-    receiver(port, got.clone());
+    receiver(port, HMAC_KEY, got.clone());
     fleet.start_control_plane();
     fleet.start_control_plane();
     fleet.start_relay();
