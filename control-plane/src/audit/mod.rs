@@ -116,11 +116,13 @@ impl AuditTrail {
                 }
                 if let Some((sid, record)) = folded.session {
                     sessions.insert(sid.clone(), Some(record.clone()));
-                    // A grant folded in this batch is completed in place; else in the store.
-                    match batch.rows.iter_mut().find(|r| {
-                        r.session_id.as_deref() == Some(sid.as_str())
-                            && r.record.event_type == "SessionOpened"
-                    }) {
+                    // A grant folded in this batch is completed in place (its row is the one at
+                    // the record's position, as in the stores); else in the store.
+                    match batch
+                        .rows
+                        .iter_mut()
+                        .find(|r| r.position == record.position)
+                    {
                         Some(row) => {
                             row.outcome_from(&record);
                             row.seq = env.global_position;

@@ -192,15 +192,20 @@ struct Window {
     empty: bool,
 }
 
+/// The first position whose time high water reaches `t` (ms): one index seek. It is also the
+/// first entry recorded at or after `t`: the high water rises only at an entry that sets it,
+/// and every entry before has a time below `t`.
+fn first_reaching(conn: &Connection, t: i64) -> Result<Option<i64>, StoreError> {
+    conn.prepare_cached(
+        "SELECT position FROM audit WHERE time_hw >= ?1 ORDER BY time_hw, position LIMIT 1",
+    )
+    .and_then(|mut s| s.query_row([t], |r| r.get(0)).optional())
+    .map_err(unavailable)
+}
+
 impl Window {
     fn of(conn: &Connection, q: &AuditQuery) -> Result<Self, StoreError> {
-        let first_reaching = |t: i64| -> Result<Option<i64>, StoreError> {
-            conn.prepare_cached(
-                "SELECT position FROM audit WHERE time_hw >= ?1 ORDER BY time_hw, position LIMIT 1",
-            )
-            .and_then(|mut s| s.query_row([t], |r| r.get(0)).optional())
-            .map_err(unavailable)
-        };
+        let first_reaching = |t: i64| first_reaching(conn, t);
         let mut w = Window::default();
         if let Some(since) = q.since {
             w.from = first_reaching(since.timestamp_millis())?;
@@ -413,14 +418,7 @@ impl AuditStore for SqliteAuditStore {
     ) -> Result<Option<u64>, StoreError> {
         let ms = time.timestamp_millis();
         blocking(&self.conn, move |conn| {
-            let p: Option<i64> = conn
-                .query_row(
-                    "SELECT MIN(position) FROM audit WHERE time_ms >= ?1",
-                    [ms],
-                    |r| r.get(0),
-                )
-                .map_err(unavailable)?;
-            Ok(p.map(|p| p as u64))
+            Ok(first_reaching(conn, ms)?.map(|p| p as u64))
         })
         .await
     }
