@@ -11,15 +11,8 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{M87, Proc, Server, bin, echo_server, request_id_of};
+use common::{M87, Proc, Server, bin, echo_server, request_id_of, user};
 use serde_json::Value;
-
-fn user(server: &Server, admin: &M87, dir: &std::path::Path, email: &str) -> M87 {
-    let created: Value =
-        serde_json::from_str(&admin.ok(&["api-keys", "create", "--email", email, "-o", "json"]))
-            .unwrap();
-    M87::new(&server.url, dir, created["key"].as_str())
-}
 
 fn records(m87: &M87, args: &[&str]) -> Vec<Value> {
     let out = m87.ok(&[args, &["-o", "json"]].concat());

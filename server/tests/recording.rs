@@ -12,17 +12,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{M87, Proc, Server, bin, request_id_of};
+use common::{M87, Proc, Server, bin, request_id_of, user};
 use portable_pty::{CommandBuilder, PtySize, native_pty_system};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn user(server: &Server, admin: &M87, dir: &std::path::Path, email: &str) -> M87 {
-    let created: serde_json::Value =
-        serde_json::from_str(&admin.ok(&["api-keys", "create", "--email", email, "-o", "json"]))
-            .unwrap();
-    M87::new(&server.url, dir, created["key"].as_str())
-}
 
 fn events_of_type(data: &std::path::Path, event_type: &str) -> Vec<serde_json::Value> {
     let conn = rusqlite::Connection::open(data.join("m87.db")).unwrap();

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{M87, Proc, Server, request_id_of};
+use common::{M87, Proc, Server, request_id_of, user};
 
 struct Fleet {
     _tmp: tempfile::TempDir,
@@ -19,13 +19,6 @@ struct Fleet {
     viewer: M87,
     stranger: M87,
     request_id: String,
-}
-
-fn user(server: &Server, admin: &M87, dir: &std::path::Path, email: &str) -> M87 {
-    let created: serde_json::Value =
-        serde_json::from_str(&admin.ok(&["api-keys", "create", "--email", email, "-o", "json"]))
-            .unwrap();
-    M87::new(&server.url, dir, created["key"].as_str())
 }
 
 /// An organization `acme` with a member and a viewer, and a device asking to join it.

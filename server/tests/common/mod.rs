@@ -305,6 +305,14 @@ impl M87 {
     }
 }
 
+/// A new user `email` with an API key made by `admin`, with its own config directory `dir`.
+pub fn user(server: &Server, admin: &M87, dir: &Path, email: &str) -> M87 {
+    let created: serde_json::Value =
+        serde_json::from_str(&admin.ok(&["api-keys", "create", "--email", email, "-o", "json"]))
+            .unwrap();
+    M87::new(&server.url, dir, created["key"].as_str())
+}
+
 /// The request id a runtime printed.
 pub fn request_id_of(runtime: &Proc) -> String {
     let line = runtime
