@@ -41,6 +41,8 @@ pub struct RunOptions {
     pub server_trust: ServerTrust,
     /// How often an enrolled runtime checks in with the server.
     pub check_interval: Duration,
+    /// The device operations' settings (Docker socket, the runtime's log file).
+    pub services: crate::services::ServiceSettings,
 }
 
 /// Why the runtime stopped with an error.
@@ -460,6 +462,7 @@ async fn stay_enrolled(
         client.clone(),
         creds.api_key.clone(),
         creds.device_id.clone(),
+        opts.services.clone(),
         shutdown.clone(),
     );
     tokio::pin!(tunnel);

@@ -406,6 +406,10 @@ pub(crate) enum RuntimeCommand {
         /// M87_API_FINGERPRINT), stored for it in the credentials file for later runs.
         #[arg(long, value_name = "SHA256:…")]
         fingerprint: Option<Fingerprint>,
+        /// The Docker API socket `m87 <device> docker` reaches (default: /var/run/docker.sock,
+        /// else Podman's socket for this user, whichever exists).
+        #[arg(long, env = "M87_DOCKER_SOCKET", value_name = "PATH")]
+        docker_socket: Option<std::path::PathBuf>,
     },
     /// Show this device's registration state.
     Status,

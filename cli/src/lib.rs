@@ -158,7 +158,14 @@ async fn dispatch_local(command: Command, out: Output) -> anyhow::Result<()> {
                 org,
                 name,
                 fingerprint,
-            } => commands::runtime::run(email, org, name, fingerprint).await,
+                docker_socket,
+            } => {
+                let services = m87_agent::services::ServiceSettings {
+                    docker_socket,
+                    runtime_log: None,
+                };
+                commands::runtime::run(email, org, name, fingerprint, services).await
+            }
             RuntimeCommand::Status => commands::runtime::status(out),
             RuntimeCommand::Logout => commands::runtime::logout(),
         },

@@ -59,11 +59,14 @@ pub enum RefusalCode {
     NoSession,
     /// The session's token does not allow this channel.
     NotAllowed,
+    /// What the channel needs is not on the device (no Docker socket, no such serial port,
+    /// unit or container); the message names it.
+    Unavailable,
 }
 
 impl RefusalCode {
     /// Every code, for tables and tests.
-    pub const ALL: [RefusalCode; 15] = [
+    pub const ALL: [RefusalCode; 16] = [
         RefusalCode::TokenMalformed,
         RefusalCode::TokenInvalid,
         RefusalCode::TokenExpired,
@@ -79,6 +82,7 @@ impl RefusalCode {
         RefusalCode::Unauthenticated,
         RefusalCode::NoSession,
         RefusalCode::NotAllowed,
+        RefusalCode::Unavailable,
     ];
 
     /// The code as sent on the wire (snake_case; peers and reports depend on these strings).
@@ -99,6 +103,7 @@ impl RefusalCode {
             RefusalCode::Unauthenticated => "unauthenticated",
             RefusalCode::NoSession => "no_session",
             RefusalCode::NotAllowed => "not_allowed",
+            RefusalCode::Unavailable => "unavailable",
         }
     }
 }
@@ -661,6 +666,7 @@ mod tests {
                 "unauthenticated",
                 "no_session",
                 "not_allowed",
+                "unavailable",
             ]
         );
         for e in [

@@ -105,6 +105,12 @@ pub const ACTIONS: &[&str] = &[
     "cp",
     "sync",
     "forward",
+    "docker",
+    "logs",
+    "metrics",
+    "serial",
+    "status",
+    "ls",
     "register",
     "approve",
     "reject",
@@ -131,6 +137,12 @@ pub fn operation_action(op: crate::token::Operation) -> &'static str {
         crate::token::Operation::Forward => "forward",
         crate::token::Operation::Copy => "cp",
         crate::token::Operation::Sync => "sync",
+        crate::token::Operation::Docker => "docker",
+        crate::token::Operation::Logs => "logs",
+        crate::token::Operation::Metrics => "metrics",
+        crate::token::Operation::Serial => "serial",
+        crate::token::Operation::Status => "status",
+        crate::token::Operation::List => "ls",
     }
 }
 

@@ -47,6 +47,18 @@ pub enum Operation {
     Copy,
     /// File sync.
     Sync,
+    /// The device's Docker (or Podman) API socket.
+    Docker,
+    /// Read logs: the runtime's own, a systemd unit's, a container's.
+    Logs,
+    /// Live metrics samples.
+    Metrics,
+    /// A serial port.
+    Serial,
+    /// The device's health report.
+    Status,
+    /// List a directory.
+    List,
 }
 
 impl Operation {
@@ -58,7 +70,20 @@ impl Operation {
             Operation::Forward => "forward",
             Operation::Copy => "copy",
             Operation::Sync => "sync",
+            Operation::Docker => "docker",
+            Operation::Logs => "logs",
+            Operation::Metrics => "metrics",
+            Operation::Serial => "serial",
+            Operation::Status => "status",
+            Operation::List => "list",
         }
+    }
+
+    /// Whether the operation only reads the device's state (status, metrics): organization
+    /// viewers may use these; every other operation needs an operator (see
+    /// `docs/operations.md`).
+    pub fn read_only(self) -> bool {
+        matches!(self, Operation::Status | Operation::Metrics)
     }
 }
 

@@ -27,6 +27,8 @@ pub(crate) async fn handle(state: RelayState, conn: quinn::Connection, gate: Una
         &mut send,
         &Control::TunnelAccepted {
             device_id: device_id.clone(),
+            relay_id: Some(state.relay_id().to_owned()),
+            observed_addr: Some(remote.to_string()),
         },
     )
     .await

@@ -62,6 +62,20 @@ async fn connect_tcp(host: &str, port: u16) -> Result<TcpStream, String> {
     }
 }
 
+/// A connection to the unix socket at `path`, spliced with the channel; answers
+/// `ChannelAccepted` itself, or refuses naming the missing socket.
+pub async fn unix(
+    _path: &str,
+    _reader: FrameReader<BoxRead>,
+    mut writer: BoxWrite,
+) -> ChannelOutcome {
+    super::unavailable(
+        &mut writer,
+        "unix sockets are not forwarded by this runtime yet".into(),
+    )
+    .await
+}
+
 /// A TCP connection to `host:port`, spliced with the channel (see the module docs for the
 /// protocol). The caller has already sent `ChannelAccepted`.
 pub async fn tcp(
@@ -390,10 +404,7 @@ mod tests {
         let test_port = Arc::new(TestPort::default());
         let (sent_tx, mut sent) = mpsc::unbounded_channel();
         *test_port.sent.lock().unwrap() = Some(sent_tx);
-        let ctx = ServiceContext {
-            datagrams: test_port.clone(),
-            recorder: None,
-        };
+        let ctx = ServiceContext::new(test_port.clone(), Default::default());
         let ((mut reader, mut w), task) =
             pipe(move |r, w| async move { udp("127.0.0.1", port, r, w, &ctx).await });
         assert_eq!(
@@ -428,10 +439,7 @@ mod tests {
     async fn idle_udp_flows_are_closed() {
         let port = udp_echo_server().await;
         let test_port = Arc::new(TestPort::default());
-        let ctx = ServiceContext {
-            datagrams: test_port.clone(),
-            recorder: None,
-        };
+        let ctx = ServiceContext::new(test_port.clone(), Default::default());
         let ((mut reader, _w), task) = pipe(move |r, w| async move {
             udp_with_idle("127.0.0.1", port, r, w, &ctx, Duration::from_millis(200)).await
         });

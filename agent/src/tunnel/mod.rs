@@ -54,8 +54,11 @@ pub async fn run(
     api: ApiClient,
     api_key: String,
     device_id: DeviceId,
+    settings: crate::services::ServiceSettings,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), TunnelError> {
+    // The device operations' settings and the metrics sampler outlive each connection.
+    let shared: Shared = (Arc::new(settings), Arc::default());
     let mut backoff = crate::backoff::Backoff::new();
     // The relay of the last attempt: after a failure the next attempt prefers another one.
     let mut last_relay: Option<String> = None;
@@ -69,6 +72,7 @@ pub async fn run(
             &device_id,
             &mut last_relay,
             &seen,
+            &shared,
             &mut shutdown,
         )
         .await;
@@ -116,6 +120,12 @@ fn choose_relay<'a>(relays: &'a [RelayEndpoint], avoid: Option<&str>) -> Option<
     pool.get(i).copied()
 }
 
+/// What every connection's services share: the settings and the metrics sampler.
+type Shared = (
+    Arc<crate::services::ServiceSettings>,
+    Arc<crate::services::metrics::Hub>,
+);
+
 enum Failure {
     Retry(String),
     Fatal(String),
@@ -127,6 +137,7 @@ async fn connect_once(
     device_id: &DeviceId,
     last_relay: &mut Option<String>,
     seen: &SeenSessions,
+    shared: &Shared,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), Failure> {
     let config: DeviceTunnelConfig = match api.get("/v1/device/tunnel").await {
@@ -144,7 +155,7 @@ async fn connect_once(
         return Err(Failure::Retry("the control plane knows no relay".into()));
     };
     *last_relay = Some(relay.address.clone());
-    let (endpoint, conn, send) = dial(relay, api_key).await?;
+    let (endpoint, conn, send, link) = dial(relay, api_key).await?;
     println!("tunnel connected to relay {}", relay.address);
     let datagrams = Arc::new(QuicDatagrams::new(conn.clone()));
     let router = tokio::spawn(Arc::clone(&datagrams).route());
@@ -157,6 +168,9 @@ async fn connect_once(
         ctx: ServiceContext {
             datagrams: Arc::clone(&datagrams) as Arc<dyn crate::services::DatagramPort>,
             recorder: None,
+            settings: Arc::clone(&shared.0),
+            metrics: Arc::clone(&shared.1),
+            link: Arc::new(link),
         },
     });
     let outcome = serve(&conn, state, shutdown).await;
@@ -184,7 +198,15 @@ async fn connect_once(
 async fn dial(
     relay: &RelayEndpoint,
     api_key: &str,
-) -> Result<(quinn::Endpoint, quinn::Connection, quinn::SendStream), Failure> {
+) -> Result<
+    (
+        quinn::Endpoint,
+        quinn::Connection,
+        quinn::SendStream,
+        crate::services::LinkInfo,
+    ),
+    Failure,
+> {
     let pin = Some(relay.cert_sha256.as_str());
     let (endpoint, conn) =
         m87_transport::quic::connect(&relay.address, &relay.server_name, ALPN_TUNNEL, pin)
@@ -205,7 +227,19 @@ async fn dial(
     .map_err(|e| Failure::Retry(e.to_string()))?;
     let mut control = FrameReader::new(recv);
     match control.control().await {
-        Ok(Some(Control::TunnelAccepted { .. })) => Ok((endpoint, conn, send)),
+        Ok(Some(Control::TunnelAccepted {
+            relay_id,
+            observed_addr,
+            ..
+        })) => {
+            let link = crate::services::LinkInfo {
+                relay_addr: relay.address.clone(),
+                relay_id,
+                observed_addr,
+                connected_at: Some(chrono::Utc::now()),
+            };
+            Ok((endpoint, conn, send, link))
+        }
         Ok(Some(Control::Refused { code, message })) if code == "unauthenticated" => {
             Err(Failure::Fatal(message))
         }

@@ -81,7 +81,31 @@ fn describe(channel: &Channel) -> (&'static str, String) {
             };
             (kind, f.path().to_owned())
         }
+        Channel::UnixForward { path } => ("unix_forward", path.clone()),
+        Channel::Docker => ("docker", String::new()),
+        Channel::Logs(r) => ("logs", log_target(&r.source)),
+        Channel::Metrics { interval_ms } => ("metrics", format!("every {interval_ms} ms")),
+        Channel::Serial(s) => ("serial", format!("{} at {} baud", s.path, s.baud)),
+        Channel::Status => ("status", String::new()),
+        Channel::List(r) => ("ls", r.path.clone()),
     }
+}
+
+fn log_target(source: &m87_events::tunnel::logs::LogSource) -> String {
+    use m87_events::tunnel::logs::LogSource;
+    match source {
+        LogSource::Runtime => "runtime".into(),
+        LogSource::Unit { name } => format!("unit {name}"),
+        LogSource::Container { name } => format!("container {name}"),
+    }
+}
+
+/// Whether the grant's arguments are exactly this channel's request.
+fn same_request<T: serde::de::DeserializeOwned + PartialEq>(
+    args: &serde_json::Value,
+    asked: &T,
+) -> bool {
+    serde_json::from_value::<T>(args.clone()).ok().as_ref() == Some(asked)
 }
 
 /// What the device remembers of the sessions it admitted (their ids, until their tokens
@@ -382,7 +406,42 @@ fn allowed(claims: &SessionClaims, channel: &Channel) -> Result<(), String> {
                 return Err("this session was granted for another path".into());
             }
         }
-        Channel::Shell { .. } => {}
+        Channel::UnixForward { path } => {
+            let ok = args
+                .get("targets")
+                .and_then(|t| t.as_array())
+                .is_some_and(|targets| {
+                    targets.iter().any(|t| {
+                        t.get("proto").and_then(|p| p.as_str()) == Some("unix")
+                            && t.get("path").and_then(|p| p.as_str()) == Some(path.as_str())
+                    })
+                });
+            if !ok {
+                return Err(format!("this session does not allow forwarding to {path}"));
+            }
+        }
+        Channel::Logs(r) if !same_request(args, r) => {
+            return Err("this session was granted for another log".into());
+        }
+        Channel::Serial(s) if !same_request(args, s) => {
+            return Err("this session was granted for another serial port or settings".into());
+        }
+        Channel::List(r) if !same_request(args, r) => {
+            return Err("this session was granted for another path".into());
+        }
+        Channel::Metrics { interval_ms }
+            if args.get("interval_ms").and_then(|i| i.as_u64())
+                != Some(u64::from(*interval_ms)) =>
+        {
+            return Err("this session was granted for another sampling interval".into());
+        }
+        Channel::Shell { .. }
+        | Channel::Docker
+        | Channel::Status
+        | Channel::Logs(_)
+        | Channel::Serial(_)
+        | Channel::List(_)
+        | Channel::Metrics { .. } => {}
     }
     Ok(())
 }
@@ -422,7 +481,7 @@ async fn open_channel<W: AsyncWrite + Unpin + Send + 'static>(
         .await;
         return;
     }
-    if !matches!(channel, Channel::UdpForward { .. })
+    if !channel.answers_itself()
         && write_control(&mut send, &Control::ChannelAccepted { flow: None })
             .await
             .is_err()
@@ -512,10 +571,7 @@ mod tests {
             api: ApiClient::new("https://127.0.0.1:9", None, true).unwrap(),
             sessions: Mutex::new(HashMap::new()),
             admission: seen,
-            ctx: ServiceContext {
-                datagrams: Arc::new(NoDatagrams),
-                recorder: None,
-            },
+            ctx: ServiceContext::new(Arc::new(NoDatagrams), Default::default()),
         })
     }
 

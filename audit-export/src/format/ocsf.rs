@@ -68,11 +68,12 @@ const GROUP: (u32, &str) = (3006, "Group Management");
 const SSH: (u32, &str) = (4007, "SSH Activity");
 const TUNNEL: (u32, &str) = (4014, "Tunnel Activity");
 
-/// SSH Activity for shell, exec, cp and sync (the operations OpenSSH carries); Tunnel Activity
-/// for forwards.
+/// SSH Activity for shell, exec, cp, sync, logs, metrics, serial, status and ls (remote
+/// operations of the kind OpenSSH carries); Tunnel Activity for forwards and the Docker socket
+/// (a socket carried through the tunnel).
 fn session_class(op: Option<Operation>) -> (u32, &'static str) {
     match op {
-        Some(Operation::Forward) => TUNNEL,
+        Some(Operation::Forward | Operation::Docker) => TUNNEL,
         _ => SSH,
     }
 }

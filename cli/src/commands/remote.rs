@@ -1,8 +1,10 @@
-//! `m87 <device> exec|shell|forward`: operations on one device through a session.
+//! `m87 <device> exec|shell|forward|docker|logs|metrics|serial|status|ls|audit|access`:
+//! operations on one device through a session.
 
 use clap::{Parser, Subcommand};
 use m87_events::token::Operation;
 
+use crate::commands::ops;
 use crate::context::user_client;
 use crate::remote;
 use crate::session::QuicSession;
@@ -66,6 +68,39 @@ enum DeviceOp {
         #[arg(long, default_value = "127.0.0.1")]
         bind: std::net::IpAddr,
     },
+    /// Run the local `docker` CLI against the device's Docker (or Podman) socket.
+    ///
+    /// The socket is forwarded to a private local socket and DOCKER_HOST points at it, so
+    /// every docker command works as it does locally: `ps`, `logs -f`, `exec -it`, `run`,
+    /// `compose up`, `build`, `pull`.
+    ///
+    /// Examples: `m87 robot-1 docker ps`, `m87 robot-1 docker compose up -d`,
+    /// `m87 robot-1 docker exec -it app sh`.
+    Docker(ops::docker::Args),
+    /// Print the device's logs: the runtime's own, a systemd unit's, or a container's.
+    ///
+    /// Examples: `m87 robot-1 logs -n 50`, `m87 robot-1 logs -f --unit nginx`,
+    /// `m87 robot-1 logs --container app --since 10m -o json`.
+    Logs(ops::logs::Args),
+    /// A live view of the device's load: CPU, memory, disks, network, temperatures, processes.
+    ///
+    /// `q` quits. With `-o json`, samples as NDJSON for scripts.
+    ///
+    /// Examples: `m87 robot-1 metrics`, `m87 robot-1 metrics -o json --interval 1s --count 3`.
+    Metrics(ops::metrics::Args),
+    /// Open a serial port on the device as a local pseudo-terminal (or in this terminal).
+    ///
+    /// Examples: `m87 robot-1 serial /dev/ttyUSB0 --baud 115200 --link ./tty-robot1`
+    /// (then `picocom ./tty-robot1`), `m87 robot-1 serial /dev/ttyACM0` (this terminal).
+    Serial(ops::serial::Args),
+    /// Is the device up and healthy: exit 0 healthy, 1 degraded or offline, 2 error.
+    ///
+    /// Examples: `m87 robot-1 status`, `m87 robot-1 status -o json`.
+    Status(ops::status::Args),
+    /// List a directory on the device, like `ls`.
+    ///
+    /// Examples: `m87 robot-1 ls /var/log`, `m87 robot-1 ls -la ~`.
+    Ls(ops::ls::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,6 +190,12 @@ pub async fn run(args: Vec<String>, output: crate::output::Output) -> anyhow::Re
     let client = user_client()?;
     match cli.op {
         DeviceOp::Access { command } => access(&client, device, command, output).await,
+        DeviceOp::Docker(args) => ops::docker::run(&client, device, args, output).await,
+        DeviceOp::Logs(args) => ops::logs::run(&client, device, args, output).await,
+        DeviceOp::Metrics(args) => ops::metrics::run(&client, device, args, output).await,
+        DeviceOp::Serial(args) => ops::serial::run(&client, device, args, output).await,
+        DeviceOp::Status(args) => ops::status::run(&client, device, args, output).await,
+        DeviceOp::Ls(args) => ops::ls::run(&client, device, args, output).await,
         DeviceOp::Audit { filters } => {
             crate::commands::audit::device(device, filters, output).await?;
             Ok(0)

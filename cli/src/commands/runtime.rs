@@ -71,6 +71,7 @@ pub async fn run(
     org: Option<OrgId>,
     name: Option<DeviceName>,
     fingerprint: Option<Fingerprint>,
+    services: m87_agent::services::ServiceSettings,
 ) -> anyhow::Result<()> {
     let file = credentials_file()?;
     let creds = file.load()?;
@@ -99,6 +100,7 @@ pub async fn run(
         server_trust,
         check_interval: seconds_from_env("M87_CHECK_INTERVAL_SECS")?
             .unwrap_or(Duration::from_secs(60)),
+        services,
     };
     m87_agent::runtime::run(opts, RuntimeState::new(file), shutdown_on_signal()).await?;
     Ok(())

@@ -69,11 +69,8 @@ impl ChannelOpener for LocalOpener {
     async fn open(&self, channel: Channel) -> Result<OpenedChannel, OpenError> {
         let (client, device) = tokio::io::duplex(1 << 20);
         let (device_r, mut device_w) = tokio::io::split(device);
-        let ctx = ServiceContext {
-            datagrams: self.port.clone(),
-            recorder: None,
-        };
-        let udp = matches!(channel, Channel::UdpForward { .. });
+        let ctx = ServiceContext::new(self.port.clone(), Default::default());
+        let udp = channel.answers_itself();
         tokio::spawn(async move {
             if !udp {
                 let _ =

@@ -61,6 +61,15 @@ fn args_for(f: &mut Fill, op: Operation) -> Value {
         }
         Operation::Sync => json!({ "path": "/opt/app", "direction": "to_device", "delete": false,
                                    "excludes": [], "dry_run": false, "watch": false }),
+        Operation::Docker => json!({ "argv": ["ps"] }),
+        Operation::Logs => {
+            json!({ "source": { "type": "runtime" }, "lines": 100, "follow": false })
+        }
+        Operation::Metrics => json!({ "interval_ms": 1000 }),
+        Operation::Serial => json!({ "path": "/dev/ttyUSB0", "baud": 115200, "data_bits": 8,
+                                     "parity": "none", "stop_bits": 1 }),
+        Operation::Status => Value::Null,
+        Operation::List => json!({ "path": "/var/log", "all": false }),
     }
 }
 

@@ -54,7 +54,15 @@ pub fn has_terminal(operation: Operation, args: &serde_json::Value) -> bool {
     match operation {
         Operation::Shell => true,
         Operation::Exec => args.get("tty").and_then(serde_json::Value::as_bool) == Some(true),
-        Operation::Forward | Operation::Copy | Operation::Sync => false,
+        Operation::Forward
+        | Operation::Copy
+        | Operation::Sync
+        | Operation::Docker
+        | Operation::Logs
+        | Operation::Metrics
+        | Operation::Serial
+        | Operation::Status
+        | Operation::List => false,
     }
 }
 

@@ -3,6 +3,10 @@
 use chrono::{DateTime, Utc};
 use m87_events::domain::{SessionClosed, SessionOpened};
 use m87_events::token::{Credential, Operation};
+use m87_events::tunnel::listing::ListRequest;
+use m87_events::tunnel::logs::LogsRequest;
+use m87_events::tunnel::metrics;
+use m87_events::tunnel::serial::SerialSettings;
 use m87_events::{DeviceId, DomainEvent, SessionId};
 use serde_json::Value;
 
@@ -55,23 +59,66 @@ fn validate_args(op: Operation, args: &Value) -> Result<(), DomainError> {
             _ => bad("exec needs args {\"argv\": [program, arguments…]}"),
         },
         Operation::Forward => match args.get("targets").and_then(Value::as_array) {
-            Some(t)
-                if !t.is_empty()
-                    && t.iter().all(|t| {
-                        t.get("host").is_some_and(Value::is_string)
-                            && t.get("port").is_some_and(Value::is_u64)
-                    }) =>
-            {
-                Ok(())
-            }
-            _ => bad("forward needs args {\"targets\": [{\"host\", \"port\", \"proto\"}…]}"),
+            Some(t) if !t.is_empty() && t.iter().all(forward_target_ok) => Ok(()),
+            _ => bad(
+                "forward needs args {\"targets\": [{\"host\", \"port\", \"proto\"} or \
+                 {\"path\", \"proto\": \"unix\"}…]}",
+            ),
         },
         Operation::Copy | Operation::Sync => match args.get("path").and_then(Value::as_str) {
             Some(p) if !p.is_empty() => Ok(()),
             _ => bad("copy and sync need args {\"path\": \"/device/path\"}"),
         },
-        Operation::Shell => Ok(()),
+        Operation::Shell | Operation::Status => Ok(()),
+        Operation::Docker => match args.get("argv").and_then(Value::as_array) {
+            Some(argv) if argv.iter().all(Value::is_string) => Ok(()),
+            _ => bad("docker needs args {\"argv\": [the docker command's arguments…]}"),
+        },
+        Operation::Metrics => match args.get("interval_ms").and_then(Value::as_u64) {
+            Some(ms)
+                if (u64::from(metrics::MIN_INTERVAL_MS)..=u64::from(metrics::MAX_INTERVAL_MS))
+                    .contains(&ms) =>
+            {
+                Ok(())
+            }
+            _ => bad(&format!(
+                "metrics needs args {{\"interval_ms\": {}…{}}}",
+                metrics::MIN_INTERVAL_MS,
+                metrics::MAX_INTERVAL_MS
+            )),
+        },
+        Operation::Logs => {
+            typed::<LogsRequest>(args, "logs needs args {\"source\", …}").map(|_| ())
+        }
+        Operation::Serial => {
+            typed::<SerialSettings>(args, "serial needs args {\"path\", \"baud\", …}")?
+                .validate()
+                .map_err(DomainError::Validation)
+        }
+        Operation::List => match typed::<ListRequest>(args, "ls needs args {\"path\"}")? {
+            r if r.path.is_empty() => bad("ls needs a path"),
+            _ => Ok(()),
+        },
     }
+}
+
+/// A forward target: a TCP or UDP `host` and `port`, or a unix socket `path`.
+fn forward_target_ok(t: &Value) -> bool {
+    match t.get("proto").and_then(Value::as_str) {
+        Some("unix") => t
+            .get("path")
+            .and_then(Value::as_str)
+            .is_some_and(|p| p.starts_with('/')),
+        _ => {
+            t.get("host").is_some_and(Value::is_string) && t.get("port").is_some_and(Value::is_u64)
+        }
+    }
+}
+
+/// The arguments as the channel request they must equal.
+fn typed<T: serde::de::DeserializeOwned>(args: &Value, usage: &str) -> Result<T, DomainError> {
+    serde_json::from_value(args.clone())
+        .map_err(|e| DomainError::Validation(format!("{usage}: {e}")))
 }
 
 /// `OpenSession`: the caller may operate the device if they can see it and it is enrolled.
@@ -87,10 +134,13 @@ pub fn decide_open(
         Some(e) if caller.can_see(&e.owner_scope, &device.allowed_scopes) && !device.removed => e,
         _ => return Err(DomainError::NotFound("device")),
     };
-    if !caller.can_operate(&enrollment.owner_scope, &device.allowed_scopes) {
-        return Err(DomainError::Forbidden(
-            "viewers may read a device's status but not operate it".into(),
-        ));
+    if !operation.read_only()
+        && !caller.can_operate(&enrollment.owner_scope, &device.allowed_scopes)
+    {
+        return Err(DomainError::Forbidden(format!(
+            "viewers may read a device's status and metrics but not {} on it",
+            operation.as_str()
+        )));
     }
     validate_args(operation, &args)?;
     Ok(DomainEvent::SessionOpened(SessionOpened {

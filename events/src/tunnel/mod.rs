@@ -28,10 +28,18 @@
 //! - [`frame`]: frames and their codec.
 //! - [`files`]: the copy and sync sub-protocol.
 //! - [`datagram`]: the flow-datagram format of UDP forwards (flow id + payload).
+//! - [`logs`], [`metrics`], [`serial`], [`status`], [`listing`]: the device operations beyond
+//!   shell, exec, forwards and files, one channel kind each (docker and unix-socket forwards
+//!   carry raw bytes and need no types of their own).
 
 pub mod datagram;
 pub mod files;
 pub mod frame;
+pub mod listing;
+pub mod logs;
+pub mod metrics;
+pub mod serial;
+pub mod status;
 
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +73,12 @@ pub enum Control {
     TunnelAccepted {
         /// The device the key belongs to.
         device_id: DeviceId,
+        /// The relay's id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relay_id: Option<String>,
+        /// The device's address as the relay sees it (after NAT), for `m87 <device> status`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        observed_addr: Option<String>,
     },
     /// Client → relay → device: open a session with this token.
     SessionOpen {
@@ -167,6 +181,28 @@ pub enum Channel {
     },
     /// File copy and sync (see [`files`]).
     Files(files::FileChannel),
+    /// A connection to a unix socket on the device; after `ChannelAccepted` raw bytes both
+    /// ways (a forward: granted as a target `{"path", "proto": "unix"}`).
+    UnixForward {
+        /// The socket's path on the device.
+        path: String,
+    },
+    /// A connection to the device's Docker API socket (which one is the runtime's setting);
+    /// after `ChannelAccepted` raw bytes both ways.
+    Docker,
+    /// Read a log (see [`logs`]).
+    Logs(logs::LogsRequest),
+    /// Live metrics samples (see [`metrics`]).
+    Metrics {
+        /// How often to send a sample (milliseconds).
+        interval_ms: u32,
+    },
+    /// A serial port (see [`serial`]).
+    Serial(serial::SerialSettings),
+    /// The device's health report (see [`status`]).
+    Status,
+    /// A directory listing (see [`listing`]).
+    List(listing::ListRequest),
 }
 
 impl Channel {
@@ -176,9 +212,30 @@ impl Channel {
         match self {
             Channel::Exec { .. } => Operation::Exec,
             Channel::Shell { .. } => Operation::Shell,
-            Channel::Forward { .. } | Channel::UdpForward { .. } => Operation::Forward,
+            Channel::Forward { .. } | Channel::UdpForward { .. } | Channel::UnixForward { .. } => {
+                Operation::Forward
+            }
             Channel::Files(f) => f.operation(),
+            Channel::Docker => Operation::Docker,
+            Channel::Logs(_) => Operation::Logs,
+            Channel::Metrics { .. } => Operation::Metrics,
+            Channel::Serial(_) => Operation::Serial,
+            Channel::Status => Operation::Status,
+            Channel::List(_) => Operation::List,
         }
+    }
+
+    /// Whether the device's service answers `ChannelAccepted` (or `Refused`) itself, after
+    /// checking what the channel needs (a socket, a port, a unit), rather than the session
+    /// accepting it before the service starts.
+    pub fn answers_itself(&self) -> bool {
+        !matches!(
+            self,
+            Channel::Exec { .. }
+                | Channel::Shell { .. }
+                | Channel::Forward { .. }
+                | Channel::Files(_)
+        )
     }
 }
 
