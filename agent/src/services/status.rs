@@ -72,35 +72,47 @@ pub fn gather(link: &LinkInfo) -> StatusReport {
     }
 }
 
-/// Mounted file systems as sysinfo lists them (real ones, not /proc and the like); when it
-/// lists none (some containers), the root's use from statvfs.
+/// Mounted file systems as sysinfo lists them (real ones, not /proc and the like), counted as
+/// `df` counts them (statvfs: used = size − free, available to non-root users); when sysinfo
+/// lists none (some containers), the root.
 fn disks() -> Vec<DiskUse> {
-    let mut out: Vec<DiskUse> = Disks::new_with_refreshed_list()
+    let mut mounts: Vec<(String, u64, u64)> = Disks::new_with_refreshed_list()
         .map(|disks| {
             disks
                 .iter()
-                .map(|d| DiskUse {
-                    mount: d.mount_point().display().to_string(),
-                    total: d.total_space(),
-                    used: d.total_space().saturating_sub(d.available_space()),
+                .map(|d| {
+                    let mount = d.mount_point().display().to_string();
+                    (mount, d.total_space(), d.available_space())
                 })
-                .filter(|d| d.total > 0)
                 .collect()
         })
         .unwrap_or_default();
+    if mounts.is_empty() {
+        mounts.push(("/".into(), 0, 0));
+    }
+    let mut out: Vec<DiskUse> = mounts
+        .into_iter()
+        .filter_map(|(mount, total, available)| {
+            let used = |total: u64, free: u64| total.saturating_sub(free);
+            let disk = match rustix::fs::statvfs(mount.as_str()) {
+                Ok(fs) => DiskUse {
+                    total: fs.f_blocks.saturating_mul(fs.f_frsize),
+                    used: used(fs.f_blocks, fs.f_bfree).saturating_mul(fs.f_frsize),
+                    available: fs.f_bavail.saturating_mul(fs.f_frsize),
+                    mount,
+                },
+                Err(_) => DiskUse {
+                    used: used(total, available),
+                    total,
+                    available,
+                    mount,
+                },
+            };
+            (disk.total > 0).then_some(disk)
+        })
+        .collect();
     out.sort_by(|a, b| a.mount.cmp(&b.mount));
     out.dedup_by(|a, b| a.mount == b.mount);
-    if out.is_empty()
-        && let Ok(fs) = rustix::fs::statvfs("/")
-    {
-        let total = fs.f_blocks.saturating_mul(fs.f_frsize);
-        let available = fs.f_bavail.saturating_mul(fs.f_frsize);
-        out.push(DiskUse {
-            mount: "/".into(),
-            total,
-            used: total.saturating_sub(available),
-        });
-    }
     out
 }
 

@@ -107,6 +107,7 @@ impl Pty {
 }
 
 /// A symlink to the pseudo-terminal, removed on drop.
+#[derive(Debug)]
 pub struct Link {
     path: PathBuf,
 }

@@ -69,8 +69,12 @@ pub struct DiskUse {
     pub mount: String,
     /// Its size in bytes.
     pub total: u64,
-    /// Bytes used (size minus what is available).
+    /// Bytes used (size minus free blocks).
     pub used: u64,
+    /// Bytes available to unprivileged users (what is free minus the blocks reserved for
+    /// root); `used` over `used + available` is the share `df` shows.
+    #[serde(default)]
+    pub available: u64,
 }
 
 /// A network interface.
@@ -112,9 +116,13 @@ pub fn checks(
     let mut out: Vec<Check> = report
         .disks
         .iter()
-        .map(|d| use_check(&format!("disk {}", d.mount), d.used, d.total))
+        .map(|d| {
+            let name = format!("disk {}", d.mount);
+            use_check(&name, d.used, d.used.saturating_add(d.available), d.total)
+        })
         .collect();
-    out.push(use_check("memory", report.memory_used, report.memory_total));
+    let memory = (report.memory_used, report.memory_total);
+    out.push(use_check("memory", memory.0, memory.1, memory.1));
     out.push(clock_check(report.time, round_trip));
     if let Some(server) = server_version {
         out.push(version_check(&report.runtime_version, server));
@@ -130,8 +138,9 @@ fn percent(used: u64, total: u64) -> f64 {
     }
 }
 
-fn use_check(name: &str, used: u64, total: u64) -> Check {
-    let p = percent(used, total);
+/// `used` of `usable` (the base of the share), with `total` shown.
+fn use_check(name: &str, used: u64, usable: u64, total: u64) -> Check {
+    let p = percent(used, usable);
     Check {
         name: name.to_owned(),
         ok: p <= USE_LIMIT_PERCENT,
@@ -224,8 +233,9 @@ mod tests {
             memory_used: 500,
             disks: vec![DiskUse {
                 mount: "/".into(),
-                total: 1000,
+                total: 1100,
                 used: 100,
+                available: 900,
             }],
             interfaces: vec![],
             relay_addr: "127.0.0.1:4433".into(),
@@ -262,10 +272,13 @@ mod tests {
     #[test]
     fn a_full_disk_and_full_memory_fail_above_90_percent() {
         let mut r = report();
+        // As df counts it: used over used + available (blocks reserved for root left out).
         r.disks[0].used = 901;
+        r.disks[0].available = 99;
         r.memory_used = 950;
         assert_eq!(failed(&checks(&r, quick(), None)), ["disk /", "memory"]);
         r.disks[0].used = 900;
+        r.disks[0].available = 100;
         r.memory_used = 900;
         assert!(failed(&checks(&r, quick(), None)).is_empty());
     }

@@ -132,12 +132,21 @@ fn print_report(d: &DeviceSummary, r: &StatusReport, checks: &[Check], healthy: 
     let verdict = if healthy { "healthy" } else { "degraded" };
     println!("{}: online, {verdict}", d.name);
     let mut rows = summary_rows(r);
-    rows.extend(r.disks.iter().map(|disk| {
-        let cell = format!("{} of {}", human_bytes(disk.used), human_bytes(disk.total));
-        (format!("disk {}", disk.mount), cell)
-    }));
+    let disks: Vec<String> = r
+        .disks
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {} of {}",
+                d.mount,
+                human_bytes(d.used),
+                human_bytes(d.total)
+            )
+        })
+        .collect();
+    rows.push(("disks".into(), disks.join(", ")));
     for (name, value) in rows {
-        println!("  {name:<12} {value}");
+        println!("  {name:<10} {value}");
     }
     println!();
     println!("CHECKS");
