@@ -299,6 +299,59 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn the_agent_service_carries_bytes_between_the_channel_and_the_port() {
+        use m87_events::tunnel::Channel;
+        use m87_events::tunnel::serial::{Parity, SerialSettings};
+        // The device's "port": the slave side of a pseudo-terminal; the test holds its master.
+        let port = Pty::open().unwrap();
+        let settings = SerialSettings {
+            path: port.path.display().to_string(),
+            baud: 9600,
+            data_bits: 8,
+            parity: Parity::None,
+            stop_bits: 1,
+        };
+        let opener = crate::remote::testing::LocalOpener::default();
+        let opened = crate::remote::ChannelOpener::open(&opener, Channel::Serial(settings))
+            .await
+            .unwrap();
+        let (mut from_device, mut to_device) = raw_halves(opened);
+        to_device.write_all(b"AT\r\x00\xff").await.unwrap();
+        to_device.flush().await.unwrap();
+        let mut got = [0u8; 5];
+        let mut n = 0;
+        while n < got.len() {
+            n += port.read(&mut got[n..]).await.unwrap();
+        }
+        assert_eq!(&got, b"AT\r\x00\xff");
+        port.write_all(b"OK\r\n").await.unwrap();
+        let mut back = [0u8; 4];
+        from_device.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"OK\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_missing_port_is_refused_by_the_agent_service() {
+        use m87_events::tunnel::Channel;
+        use m87_events::tunnel::serial::{Parity, SerialSettings};
+        let settings = SerialSettings {
+            path: "/dev/m87-missing".into(),
+            baud: 115_200,
+            data_bits: 8,
+            parity: Parity::None,
+            stop_bits: 1,
+        };
+        let opener = crate::remote::testing::LocalOpener::default();
+        let Err(super::super::OpenError::Refused { code, message }) =
+            crate::remote::ChannelOpener::open(&opener, Channel::Serial(settings)).await
+        else {
+            panic!("refused expected");
+        };
+        assert_eq!(code, "unavailable");
+        assert!(message.contains("/dev/m87-missing"), "{message}");
+    }
+
     #[test]
     fn a_link_never_replaces_a_file_and_is_removed_on_drop() {
         let dir = tempfile::tempdir().unwrap();

@@ -145,6 +145,31 @@ mod tests {
         assert_eq!(cli.args.path, "~");
     }
 
+    #[tokio::test]
+    async fn entries_come_from_the_agent_service_and_a_missing_path_is_its_message() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b"), "12").unwrap();
+        std::fs::create_dir(dir.path().join("a")).unwrap();
+        let opener = crate::remote::testing::LocalOpener::default();
+        let path = dir.path().display().to_string();
+        let entries = fetch(&opener, ListRequest { path, all: false })
+            .await
+            .unwrap();
+        let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!((entries[1].kind, entries[1].size), (EntryKind::File, 2));
+        let missing = dir.path().join("gone").display().to_string();
+        let request = ListRequest {
+            path: missing.clone(),
+            all: false,
+        };
+        let err = fetch(&opener, request).await.unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("cannot list {missing}: No such file")),
+            "{err}"
+        );
+    }
+
     #[test]
     fn long_lines_read_like_ls_l() {
         let entry = |name: &str, kind, mode, size| Entry {

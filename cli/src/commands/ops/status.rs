@@ -215,3 +215,27 @@ fn uptime(secs: u64) -> String {
         format!("{h}h {m}m")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_report_comes_from_the_agent_service_with_the_round_trip() {
+        let opener = crate::remote::testing::LocalOpener::default();
+        let (report, rt) = fetch(&opener).await.unwrap();
+        assert_eq!(report.runtime_version, env!("CARGO_PKG_VERSION"));
+        assert!(rt.sent <= report.time && report.time <= rt.received);
+        let checks = checks(&report, rt, Some(env!("CARGO_PKG_VERSION")));
+        let clock = checks.iter().find(|c| c.name == "clock").unwrap();
+        assert!(clock.ok, "{clock:?}");
+    }
+
+    #[test]
+    fn uptime_reads_in_days_hours_minutes() {
+        assert_eq!(uptime(93_784), "1d 2h 3m");
+        assert_eq!(uptime(3_660), "1h 1m");
+    }
+}
