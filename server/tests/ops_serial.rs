@@ -194,9 +194,44 @@ fn bytes_pass_unchanged_both_ways_through_a_linked_pty_at_two_baud_rates() {
         );
     }
 
-    // Both sessions are on the record with their settings.
+    // The port goes away on the device: m87 says so, exits 1 and removes its link.
+    let dir = a.tmp.path().join("gone");
+    let (mut socat, devtty, _peer) = port_pair(&dir);
+    let local = dir.join("local");
+    let mut serial = Proc::spawn(a.bob.command(&[
+        "acme-bot",
+        "serial",
+        devtty.to_str().unwrap(),
+        "--link",
+        local.to_str().unwrap(),
+    ]));
+    let line = serial
+        .out
+        .wait_for("Ctrl-C to stop", Duration::from_secs(30));
+    assert!(line.contains("at 115200 baud"), "the default rate: {line}");
+    socat.kill();
+    assert_eq!(
+        serial.wait_exit(Duration::from_secs(20)),
+        1,
+        "{}",
+        serial.out.all()
+    );
+    assert!(
+        serial.out.contains(&format!(
+            "error: the device closed serial port {}",
+            devtty.display()
+        )),
+        "{}",
+        serial.out.all()
+    );
+    assert!(
+        std::fs::symlink_metadata(&local).is_err(),
+        "the link is removed"
+    );
+
+    // The sessions are on the record with their settings.
     let records = serial_records(&a, |r| {
-        r.iter().filter(|x| x["outcome"] != "open").count() >= 2
+        r.iter().filter(|x| x["outcome"] != "open").count() >= 3
     });
     for baud in [9600, 115200] {
         let r = records
