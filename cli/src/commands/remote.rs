@@ -90,6 +90,10 @@ enum DeviceOp {
     Metrics(ops::metrics::Args),
     /// Open a serial port on the device as a local pseudo-terminal (or in this terminal).
     ///
+    /// With `--link PATH`, a local pseudo-terminal in raw mode is linked at PATH until Ctrl-C;
+    /// without it, this terminal is in raw mode (every key goes to the port) and `Ctrl-]`
+    /// quits.
+    ///
     /// Examples: `m87 robot-1 serial /dev/ttyUSB0 --baud 115200 --link ./tty-robot1`
     /// (then `picocom ./tty-robot1`), `m87 robot-1 serial /dev/ttyACM0` (this terminal).
     Serial(ops::serial::Args),

@@ -4,10 +4,12 @@
 //! - [`shell`]: `m87 <device> shell` (and `exec -t`).
 //! - [`forward`]: `m87 <device> forward`.
 //! - [`cp`] and [`sync`]: `m87 cp`, `m87 sync`.
+//! - [`serial`]: `m87 <device> serial` (a local pseudo-terminal, or this terminal).
 
 pub mod cp;
 pub mod exec;
 pub mod forward;
+pub mod serial;
 pub mod shell;
 pub mod sync;
 

@@ -162,7 +162,7 @@ impl<F: AsFd> Drop for RawModeGuard<F> {
 /// the channel closes at end of input. The thread ends then, or at the first chunk after the
 /// receiver is gone: a read parked on the terminal outlives the session, harmlessly, since
 /// nothing waits for it.
-fn read_input<F: AsFd + Send + Sync + 'static>(input: Arc<F>) -> mpsc::Receiver<Bytes> {
+pub(crate) fn read_input<F: AsFd + Send + Sync + 'static>(input: Arc<F>) -> mpsc::Receiver<Bytes> {
     let (tx, rx) = mpsc::channel(16);
     let reader = move || {
         let mut buf = vec![0u8; 16 * 1024];
