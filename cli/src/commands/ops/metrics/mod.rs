@@ -29,8 +29,8 @@ use crate::session::QuicSession;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// How often to sample: `1s`, `500ms`, `2m`, or a number of seconds (200ms at least).
-    #[arg(long, default_value = "1s", value_parser = parse_interval)]
-    pub interval: u32,
+    #[arg(long, default_value = "1s")]
+    pub interval: String,
     /// Stop after this many samples.
     #[arg(long)]
     pub count: Option<u64>,
@@ -61,10 +61,12 @@ pub async fn run(
     } else {
         Mode::Text
     };
-    let grant = serde_json::json!({ "interval_ms": args.interval });
+    let interval_ms =
+        parse_interval(&args.interval).map_err(|e| anyhow::anyhow!("--interval {e}"))?;
+    let grant = serde_json::json!({ "interval_ms": interval_ms });
     let session = QuicSession::open(client, device, Operation::Metrics, grant).await?;
     let name = session.device.name.to_string();
-    let result = view_samples(&session, &name, args.interval, args.count, mode).await;
+    let result = view_samples(&session, &name, interval_ms, args.count, mode).await;
     session.close().await;
     result
 }

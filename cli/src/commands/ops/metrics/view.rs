@@ -32,14 +32,13 @@ pub fn draw(frame: &mut Frame<'_>, heading: &Heading<'_>, sample: Option<&Metric
         return;
     };
     let cpu_rows = core_rows(sample.cpu.cores.len(), area.width);
-    let [head, cpu, memory, middle, processes] = Layout::vertical([
-        Constraint::Length(1),
-        Constraint::Length(cpu_rows + 3),
-        Constraint::Length(4),
-        Constraint::Min(6),
-        Constraint::Min(6),
-    ])
-    .areas(area);
+    // Top down: the header, CPU and memory keep their height; the panels share what is left.
+    let mut rest = area;
+    let head = take(&mut rest, 1);
+    let cpu = take(&mut rest, cpu_rows + 3);
+    let memory = take(&mut rest, 4);
+    let [middle, processes] =
+        Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(rest);
     frame.render_widget(Paragraph::new(header(heading, sample)), head);
     draw_cpu(frame, sample, cpu);
     draw_memory(frame, sample, memory);
@@ -52,6 +51,15 @@ pub fn draw(frame: &mut Frame<'_>, heading: &Heading<'_>, sample: Option<&Metric
     draw_network(frame, sample, network);
     draw_temperatures(frame, sample, temperatures);
     draw_processes(frame, sample, processes);
+}
+
+/// The top `height` rows of `rest` (fewer if it has fewer); `rest` keeps the others.
+fn take(rest: &mut Rect, height: u16) -> Rect {
+    let height = height.min(rest.height);
+    let top = Rect { height, ..*rest };
+    rest.y += height;
+    rest.height -= height;
+    top
 }
 
 fn header(heading: &Heading<'_>, sample: &MetricsSample) -> Line<'static> {
