@@ -369,4 +369,37 @@ fn the_live_view_draws_redraws_on_resize_and_restores_the_terminal() {
         screen.contains("echo restored-$((6*7))"),
         "typed text did not echo:\n{screen}"
     );
+
+    // A terminal that goes away (the pane closed, as with a dropped SSH link) ends the view.
+    let pid_file = tmp.path().join("view.pid");
+    tmux.type_line(&format!(
+        "sh -c 'echo $$ > {}; exec \"$0\" \"$@\"' {}",
+        pid_file.display(),
+        shell_line(&command)
+    ));
+    tmux.wait("the view again", |s| s.contains("Processes"));
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    assert!(proc_dir.exists());
+    tmux.ok(&["kill-server"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proc_dir.exists() && !is_zombie(&proc_dir) {
+        assert!(
+            Instant::now() < deadline,
+            "m87 (pid {pid}) still runs after its terminal went away"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether the process has exited and waits for its parent to reap it.
+fn is_zombie(proc_dir: &Path) -> bool {
+    std::fs::read_to_string(proc_dir.join("stat")).is_ok_and(|stat| {
+        stat.rsplit(") ")
+            .next()
+            .is_some_and(|rest| rest.starts_with('Z'))
+    })
 }

@@ -31,7 +31,8 @@ pub struct MetricsSample {
     pub memory: MemorySample,
     /// The load averages.
     pub load: LoadAverage,
-    /// Mounted file systems (pseudo file systems such as proc, sysfs and tmpfs left out).
+    /// Mounted file systems (pseudo file systems such as proc, sysfs and tmpfs, network
+    /// mounts and mounts without a size left out).
     pub mounts: Vec<MountSample>,
     /// Network interfaces, `lo` included.
     pub interfaces: Vec<InterfaceSample>,

@@ -91,6 +91,8 @@ impl Sampler {
         self.disks
             .list()
             .iter()
+            // Sizeless mounts (namespace files, some pseudo file systems) have nothing to show.
+            .filter(|d| d.total_space() > 0)
             .map(|d| {
                 let usage = d.usage();
                 MountSample {

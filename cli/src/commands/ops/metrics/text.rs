@@ -22,7 +22,8 @@ fn scaled(n: f64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 {
+    // At most four digits, so a figure fits a 10-column table cell with its unit.
+    if unit == 0 || value >= 100.0 {
         format!("{value:.0} {}", UNITS[unit])
     } else {
         format!("{value:.1} {}", UNITS[unit])
@@ -115,6 +116,7 @@ mod tests {
         assert_eq!(bytes(4 << 30), "4.0 GiB");
         assert_eq!(rate(0.0), "0 B/s");
         assert_eq!(rate(12.0 * 1024.0), "12.0 KiB/s");
+        assert_eq!(rate(238.6 * 1024.0), "239 KiB/s");
         assert_eq!(percent(1, 4), 25.0);
         assert_eq!(percent(1, 0), 0.0);
     }

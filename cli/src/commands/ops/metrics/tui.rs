@@ -5,7 +5,8 @@
 //! shows the cursor and ends raw mode when dropped (an error returned, a panic unwinding), and a
 //! panic hook does the same before the panic message is printed, so the message is readable.
 //! Keys are read on a thread of their own that polls with a timeout, so it stops promptly when
-//! the view ends and does not hold a read on the terminal afterwards.
+//! the view ends; the view does not wait for it for long (see [`KEY_READER_GRACE`]). A
+//! terminal that goes away (SIGHUP, or drawing fails) ends the view.
 
 use std::io::Stdout;
 use std::sync::Arc;
@@ -25,6 +26,9 @@ use tokio::sync::mpsc;
 
 use super::view::{Heading, draw};
 use crate::remote::OpenedChannel;
+
+/// How long the view waits for the key reader to stop before it restores the terminal.
+const KEY_READER_GRACE: Duration = Duration::from_millis(500);
 
 /// What the key reader saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,10 +107,14 @@ pub async fn run(
     let mut guard = TerminalGuard::enter()?;
     let stop = Arc::new(AtomicBool::new(false));
     let (keys_tx, mut keys) = mpsc::channel(16);
-    let reader = {
+    let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
+    {
         let stop = Arc::clone(&stop);
-        std::thread::spawn(move || read_keys(&keys_tx, &stop))
-    };
+        std::thread::spawn(move || {
+            let _done = done_tx; // dropped when the reader ends, however it ends
+            read_keys(&keys_tx, &stop);
+        });
+    }
     let mut signals = Signals::new()?;
     let mut latest: Option<MetricsSample> = None;
     let mut seen = 0u64;
@@ -135,7 +143,10 @@ pub async fn run(
         }
     };
     stop.store(true, Ordering::SeqCst);
-    let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+    // The reader notices within its poll timeout. It is not waited for longer: when the
+    // terminal has gone (a closed tmux pane, a dropped SSH link), crossterm may keep reading
+    // an endless end of file and never come back; the process ends without it.
+    let _ = tokio::time::timeout(KEY_READER_GRACE, done).await;
     drop(guard);
     let _ = write_frame(&mut channel.writer, &Frame::Eof).await;
     result

@@ -161,7 +161,7 @@ fn draw_disks(frame: &mut Frame<'_>, sample: &MetricsSample, area: Rect) {
             m.mount_point.clone(),
             m.fs.clone(),
             format!("{:.0}%", percent(m.used_bytes, m.total_bytes)),
-            format!("{}/{}", bytes(m.used_bytes), bytes(m.total_bytes)),
+            bytes(m.total_bytes),
             rate(m.read_bytes_per_sec),
             rate(m.written_bytes_per_sec),
         ])
@@ -170,42 +170,44 @@ fn draw_disks(frame: &mut Frame<'_>, sample: &MetricsSample, area: Rect) {
         Constraint::Min(8),
         Constraint::Length(6),
         Constraint::Length(4),
-        Constraint::Length(19),
-        Constraint::Length(11),
-        Constraint::Length(11),
+        Constraint::Length(10),
+        Constraint::Length(10),
+        Constraint::Length(10),
     ];
     let table = Table::new(rows, widths)
-        .header(bold_row(&[
-            "MOUNT",
-            "FS",
-            "USE",
-            "USED/SIZE",
-            "READ",
-            "WRITE",
-        ]))
+        .header(bold_row(&["MOUNT", "FS", "USE", "SIZE", "READ", "WRITE"]))
         .block(Block::default().borders(Borders::ALL).title(" Disks "));
     frame.render_widget(table, area);
 }
 
+/// Wide enough for the network table's totals too.
+const NETWORK_TOTALS_WIDTH: u16 = 54;
+
 fn draw_network(frame: &mut Frame<'_>, sample: &MetricsSample, area: Rect) {
+    let totals = area.width >= NETWORK_TOTALS_WIDTH;
     let rows = sample.interfaces.iter().map(|i| {
-        Row::new(vec![
+        let mut cells = vec![
             i.name.clone(),
             rate(i.rx_bytes_per_sec),
             rate(i.tx_bytes_per_sec),
-            bytes(i.rx_total_bytes),
-            bytes(i.tx_total_bytes),
-        ])
+        ];
+        if totals {
+            cells.extend([bytes(i.rx_total_bytes), bytes(i.tx_total_bytes)]);
+        }
+        Row::new(cells)
     });
-    let widths = [
+    let mut widths = vec![
         Constraint::Min(6),
         Constraint::Length(11),
         Constraint::Length(11),
-        Constraint::Length(10),
-        Constraint::Length(10),
     ];
+    let mut header = vec!["IFACE", "RX", "TX"];
+    if totals {
+        widths.extend([Constraint::Length(10), Constraint::Length(10)]);
+        header.extend(["RX TOTAL", "TX TOTAL"]);
+    }
     let table = Table::new(rows, widths)
-        .header(bold_row(&["IFACE", "RX", "TX", "RX TOTAL", "TX TOTAL"]))
+        .header(bold_row(&header))
         .block(Block::default().borders(Borders::ALL).title(" Network "));
     frame.render_widget(table, area);
 }
@@ -339,7 +341,9 @@ mod tests {
             "Swap",
             "/data",
             "2.0 KiB/s",
+            "100 GiB",
             "eth0",
+            "1.0 MiB",
             "no temperature sensors",
             "4242",
             "robotd",
