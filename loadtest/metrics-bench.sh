@@ -140,7 +140,7 @@ instead (\`top -b -d 1\`, one per viewer). Everything on one machine, over loopb
 - $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) memory; kernel $(uname -r)
 - load average at the start of the report: $(cut -d' ' -f1-3 /proc/loadavg) (the machine is shared
   with other builds: CPU figures are upper bounds)
-- binaries: $BIN_DIR (release), $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+- binaries: $BIN_DIR, built from commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 
 ## Command
 
