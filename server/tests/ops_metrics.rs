@@ -370,6 +370,20 @@ fn the_live_view_draws_redraws_on_resize_and_restores_the_terminal() {
         "typed text did not echo:\n{screen}"
     );
 
+    // Ctrl-C quits as well, with the same clean exit.
+    tmux.ok(&["send-keys", "-t", "m87", "clear", "Enter"]);
+    tmux.type_line(&format!("{}; echo \"ctrl-c=$?\"", shell_line(&command)));
+    tmux.wait("the view again", |s| s.contains("Processes"));
+    tmux.ok(&["send-keys", "-t", "m87", "C-c"]);
+    let screen = tmux.wait("the view ended by Ctrl-C", |s| {
+        s.lines().any(|l| l.starts_with("ctrl-c="))
+    });
+    assert!(
+        screen.lines().any(|l| l.trim_end() == "ctrl-c=0"),
+        "{screen}"
+    );
+    assert_eq!(tmux.display("#{alternate_on}"), "0");
+
     // A terminal that goes away (the pane closed, as with a dropped SSH link) ends the view.
     let pid_file = tmp.path().join("view.pid");
     tmux.type_line(&format!(
