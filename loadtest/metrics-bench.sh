@@ -19,7 +19,7 @@
 #   BENCH_SKIP_BUILD=1    use the existing release binaries
 #   BENCH_BIN_DIR=dir     m87 and m87-server from dir (default: $CARGO_TARGET_DIR/release or
 #                         target/release); implies BENCH_SKIP_BUILD=1
-#   BENCH_PORT_BASE=18380 ports: BASE+4 (QUIC, udp), BASE+5 (API)
+#   BENCH_PORT_BASE=18580 ports: BASE+4 (QUIC, udp), BASE+5 (API)
 #   BENCH_REPORT=path     report file
 #   BENCH_KEEP=1          keep the temporary directory
 #   BENCH_TIMEOUT=900     the run is stopped after this many seconds
@@ -31,7 +31,7 @@ cd "$ROOT"
 SECS=${BENCH_SECS:-60}
 VIEWERS=${BENCH_VIEWERS:-10}
 TIMEOUT=${BENCH_TIMEOUT:-900}
-BASE=${BENCH_PORT_BASE:-18380}
+BASE=${BENCH_PORT_BASE:-18580}
 REPORT=${BENCH_REPORT:-$ROOT/loadtest/reports/metrics-$(date +%F).md}
 QUIC_PORT=$((BASE + 4))
 API_PORT=$((BASE + 5))
@@ -43,6 +43,9 @@ M87_SERVER=$BIN_DIR/m87-server
 
 BENCH_NAME=metrics-bench
 source "$ROOT/loadtest/lib/common.sh"
+port_used() { [[ -n $(ss -Hn"$2"l "sport = :$1" 2>/dev/null) ]]; }
+! port_used "$API_PORT" t || die "TCP port $API_PORT is in use; set BENCH_PORT_BASE"
+! port_used "$QUIC_PORT" u || die "UDP port $QUIC_PORT is in use; set BENCH_PORT_BASE"
 
 for c in top ps awk ss getconf; do command -v "$c" >/dev/null || die "missing command: $c (apt-get install procps iproute2)"; done
 if [[ ${BENCH_SKIP_BUILD:-0} != 1 && -z ${BENCH_BIN_DIR:-} ]]; then
