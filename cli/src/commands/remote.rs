@@ -84,7 +84,9 @@ enum DeviceOp {
     Logs(ops::logs::Args),
     /// A live view of the device's load: CPU, memory, disks, network, temperatures, processes.
     ///
-    /// `q` quits. With `-o json`, samples as NDJSON for scripts.
+    /// On a terminal a full-screen view (`q` quits); with `-o json`, one JSON sample per line
+    /// (NDJSON) for scripts; piped, one line of text per sample. `--interval` (default 1s, at
+    /// least 200ms), `--count N` to stop after N samples.
     ///
     /// Examples: `m87 robot-1 metrics`, `m87 robot-1 metrics -o json --interval 1s --count 3`.
     Metrics(ops::metrics::Args),

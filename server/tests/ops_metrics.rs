@@ -1,0 +1,419 @@
+//! `m87 <device> metrics` through the real binaries: NDJSON samples with every field, one line
+//! of text per sample when piped, the full-screen view in a real terminal (tmux) that redraws
+//! on resize and restores the terminal on `q`, an organization viewer allowed (read-only
+//! operation), and every session in the audit trail with its interval.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{M87, Proc, Server, request_id_of, user};
+use serde_json::Value;
+
+/// Organization `acme`: alice its admin, carol a viewer; the device `acme-bot` approved.
+struct Acme {
+    tmp: tempfile::TempDir,
+    _server: Server,
+    alice: M87,
+    carol: M87,
+    _runtime: Proc,
+}
+
+fn acme() -> Acme {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"), "127.0.0.1:0");
+    let root = M87::new(
+        &server.url,
+        &tmp.path().join("root"),
+        Some(&server.admin_key()),
+    );
+    let alice = user(&server, &root, &tmp.path().join("a"), "alice@example.com");
+    let carol = user(&server, &root, &tmp.path().join("c"), "carol@example.com");
+    alice.ok(&["org", "create", "acme", "--name", "Acme"]);
+    alice.ok(&[
+        "org",
+        "members",
+        "add",
+        "acme",
+        "carol@example.com",
+        "--role",
+        "viewer",
+    ]);
+    let device = M87::new(&server.url, &tmp.path().join("dev"), None);
+    let runtime = device.runtime(&["--org", "acme", "--name", "acme-bot"]);
+    let request_id = request_id_of(&runtime);
+    alice.ok(&["devices", "approve", &request_id]);
+    runtime
+        .out
+        .wait_for("tunnel connected to relay", Duration::from_secs(30));
+    Acme {
+        tmp,
+        _server: server,
+        alice,
+        carol,
+        _runtime: runtime,
+    }
+}
+
+/// Checks that a sample has every field, with figures a real machine has.
+fn assert_sane(sample: &Value) {
+    let time = sample["time"].as_str().expect("time");
+    assert!(chrono::DateTime::parse_from_rfc3339(time).is_ok(), "{time}");
+    let cpu = &sample["cpu"];
+    let cores = cpu["cores"].as_array().expect("cores");
+    assert!(!cores.is_empty(), "{sample}");
+    for c in cores.iter().chain([&cpu["total_percent"]]) {
+        let p = c.as_f64().expect("a percentage");
+        assert!((0.0..=100.0).contains(&p), "{p} in {sample}");
+    }
+    let m = &sample["memory"];
+    let total = m["total_bytes"].as_u64().unwrap();
+    assert!(total > 0, "{sample}");
+    assert!(m["used_bytes"].as_u64().unwrap() <= total);
+    assert!(m["available_bytes"].as_u64().unwrap() <= total);
+    assert!(m["swap_used_bytes"].as_u64().unwrap() <= m["swap_total_bytes"].as_u64().unwrap());
+    for l in ["one", "five", "fifteen"] {
+        assert!(sample["load"][l].as_f64().unwrap() >= 0.0, "{sample}");
+    }
+    let mounts = sample["mounts"].as_array().unwrap();
+    assert!(!mounts.is_empty(), "no mount in {sample}");
+    for mount in mounts {
+        assert!(mount["mount_point"].as_str().unwrap().starts_with('/'));
+        assert!(!mount["fs"].as_str().unwrap().is_empty());
+        assert!(mount["used_bytes"].as_u64().unwrap() <= mount["total_bytes"].as_u64().unwrap());
+        assert!(mount["read_bytes_per_sec"].as_f64().unwrap() >= 0.0);
+        assert!(mount["written_bytes_per_sec"].as_f64().unwrap() >= 0.0);
+    }
+    let interfaces = sample["interfaces"].as_array().unwrap();
+    let lo = interfaces
+        .iter()
+        .find(|i| i["name"] == "lo")
+        .unwrap_or_else(|| panic!("no lo in {sample}"));
+    assert!(lo["rx_total_bytes"].as_u64().unwrap() > 0, "{lo}");
+    assert!(lo["rx_bytes_per_sec"].as_f64().unwrap() >= 0.0);
+    assert!(lo["tx_bytes_per_sec"].as_f64().unwrap() >= 0.0);
+    assert!(lo["tx_total_bytes"].is_u64());
+    for t in sample["temperatures"].as_array().expect("temperatures") {
+        assert!(t["label"].is_string() && t["celsius"].is_f64(), "{t}");
+    }
+    let processes = sample["processes"].as_array().unwrap();
+    assert!(!processes.is_empty() && processes.len() <= 10, "{sample}");
+    for p in processes {
+        assert!(p["pid"].as_u64().unwrap() > 0);
+        assert!(p["name"].is_string() && p["cpu_percent"].as_f64().unwrap() >= 0.0);
+        assert!(p["memory_bytes"].is_u64());
+    }
+}
+
+/// `m87 audit --action metrics -o json` once every session is closed, with at least `n`.
+fn metrics_records(m87: &M87, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = m87.ok(&["audit", "--action", "metrics", "-o", "json"]);
+        let records: Vec<Value> = serde_json::from_str(&out).unwrap_or_default();
+        if records.len() >= n && records.iter().all(|r| r["outcome"] != "open") {
+            return records;
+        }
+        assert!(Instant::now() < deadline, "metrics records: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn json_samples_text_lines_a_viewer_and_the_audit_trail() {
+    let a = acme();
+    let out = a.alice.ok(&[
+        "acme-bot",
+        "metrics",
+        "-o",
+        "json",
+        "--interval",
+        "1s",
+        "--count",
+        "3",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    let samples: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    samples.iter().for_each(assert_sane);
+    let times: Vec<&str> = samples
+        .iter()
+        .map(|s| s["time"].as_str().unwrap())
+        .collect();
+    assert!(times[0] < times[1] && times[1] < times[2], "{times:?}");
+
+    // Piped without -o json: one line of text per sample.
+    let text = a
+        .alice
+        .ok(&["acme-bot", "metrics", "--interval", "500ms", "--count", "2"]);
+    let text_lines: Vec<&str> = text.lines().collect();
+    assert_eq!(text_lines.len(), 2, "{text}");
+    for l in &text_lines {
+        assert!(
+            l.contains(" cpu ") && l.contains(" mem ") && l.contains(" load "),
+            "{l}"
+        );
+    }
+
+    // Too short an interval is refused before any session.
+    let err = a
+        .alice
+        .fails(&["acme-bot", "metrics", "-o", "json", "--interval", "100ms"]);
+    assert!(err.contains("200 ms"), "{err}");
+
+    // Carol, a viewer, may watch (a read-only operation).
+    let out = a.carol.ok(&[
+        "acme-bot",
+        "metrics",
+        "-o",
+        "json",
+        "--interval",
+        "200ms",
+        "--count",
+        "1",
+    ]);
+    assert_sane(&serde_json::from_str(out.trim()).unwrap());
+    let err = a.carol.fails(&["acme-bot", "exec", "--", "true"]);
+    assert!(err.contains("viewers"), "{err}");
+
+    let records = metrics_records(&a.alice, 3);
+    let by = |user: &str, ms: u64| {
+        records
+            .iter()
+            .find(|r| r["user"] == user && r["args"]["interval_ms"] == ms)
+            .unwrap_or_else(|| panic!("no metrics record of {user} at {ms} ms: {records:#?}"))
+    };
+    let alice = by("alice@example.com", 1000);
+    assert_eq!(alice["outcome"], "ok", "{alice}");
+    assert_eq!(alice["device_name"], "acme-bot");
+    by("alice@example.com", 500);
+    let carol = by("carol@example.com", 200);
+    assert_eq!(carol["outcome"], "ok", "{carol}");
+    assert!(
+        carol["bytes_from_device"].as_u64().unwrap() > 100,
+        "{carol}"
+    );
+    let _ = &a.tmp;
+}
+
+/// A tmux server of the test's own (its socket in a temporary directory).
+struct Tmux {
+    socket: PathBuf,
+}
+
+impl Tmux {
+    fn start(dir: &Path, width: u16, height: u16) -> Self {
+        let found = Command::new("tmux").arg("-V").output();
+        assert!(
+            found.is_ok_and(|o| o.status.success()),
+            "tmux is not installed: apt-get install tmux (scripts/setup-test-env installs it)"
+        );
+        let tmux = Self {
+            socket: dir.join("tmux.sock"),
+        };
+        tmux.ok(&[
+            "new-session",
+            "-d",
+            "-s",
+            "m87",
+            "-x",
+            &width.to_string(),
+            "-y",
+            &height.to_string(),
+            "env PS1='$ ' sh",
+        ]);
+        tmux
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn screen(&self) -> String {
+        self.ok(&["capture-pane", "-p", "-t", "m87"])
+    }
+
+    fn display(&self, format: &str) -> String {
+        self.ok(&["display", "-p", "-t", "m87", format])
+            .trim()
+            .to_owned()
+    }
+
+    fn type_line(&self, line: &str) {
+        self.ok(&["send-keys", "-t", "m87", "-l", line]);
+        self.ok(&["send-keys", "-t", "m87", "Enter"]);
+    }
+
+    /// Waits until the screen satisfies `done`; returns it.
+    fn wait(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let screen = self.screen();
+            if done(&screen) {
+                return screen;
+            }
+            assert!(Instant::now() < deadline, "never {what}; screen:\n{screen}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .arg("kill-server")
+            .output();
+    }
+}
+
+/// `cmd` as one shell command line, its environment spelled out.
+fn shell_line(cmd: &Command) -> String {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let mut parts = vec!["env".to_owned()];
+    // `env` takes its -u options before the assignments.
+    for (key, value) in cmd.get_envs() {
+        if value.is_none() {
+            parts.push(format!("-u {}", key.to_string_lossy()));
+        }
+    }
+    for (key, value) in cmd.get_envs() {
+        if let Some(v) = value {
+            let assignment = format!("{}={}", key.to_string_lossy(), v.to_string_lossy());
+            parts.push(quote(&assignment));
+        }
+    }
+    parts.push(quote(&cmd.get_program().to_string_lossy()));
+    parts.extend(cmd.get_args().map(|a| quote(&a.to_string_lossy())));
+    parts.join(" ")
+}
+
+/// The screen's lines, trailing blanks cut.
+fn last_line(screen: &str) -> String {
+    screen.lines().last().unwrap_or("").trim_end().to_owned()
+}
+
+#[test]
+fn the_live_view_draws_redraws_on_resize_and_restores_the_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"), "127.0.0.1:0");
+    let admin = M87::new(
+        &server.url,
+        &tmp.path().join("admin"),
+        Some(&server.admin_key()),
+    );
+    let (_runtime, _device) =
+        common::enrolled_device(&server, &admin, &tmp.path().join("dev"), "robot-1");
+    let tmux = Tmux::start(tmp.path(), 100, 30);
+    tmux.wait("a shell prompt", |s| s.contains('$'));
+    let command = admin.command(&["robot-1", "metrics", "--interval", "500ms"]);
+    tmux.type_line(&format!("{}; echo \"exit=$?\"", shell_line(&command)));
+
+    let screen = tmux.wait("the CPU line", |s| {
+        s.contains("CPU ") && s.contains("Processes") && s.contains("robot-1")
+    });
+    assert!(
+        screen.contains("Disks") && screen.contains("Network"),
+        "{screen}"
+    );
+    assert!(screen.contains("Mem "), "{screen}");
+    assert_eq!(tmux.display("#{alternate_on}"), "1");
+    // The bottom panel's lower border spans the 100 columns.
+    let bottom = last_line(&screen);
+    assert!(bottom.starts_with('└') && bottom.ends_with('┘'), "{screen}");
+    assert_eq!(bottom.chars().count(), 100, "{screen}");
+
+    tmux.ok(&["resize-window", "-t", "m87", "-x", "140", "-y", "40"]);
+    let screen = tmux.wait("a redraw at 140x40", |s| {
+        let bottom = last_line(s);
+        s.lines().count() == 40
+            && bottom.starts_with('└')
+            && bottom.chars().count() == 140
+            && s.contains("CPU ")
+    });
+    assert!(screen.contains("Processes"), "{screen}");
+
+    tmux.ok(&["send-keys", "-t", "m87", "q"]);
+    // The line the shell prints after m87 exits (not the typed command, which has "exit=$?").
+    let exited = |s: &str| s.lines().any(|l| l.starts_with("exit="));
+    let screen = tmux.wait("the view ended", exited);
+    assert!(screen.lines().any(|l| l.trim_end() == "exit=0"), "{screen}");
+    assert!(
+        !screen.contains("Processes"),
+        "the view is left on screen:\n{screen}"
+    );
+    assert_eq!(tmux.display("#{alternate_on}"), "0");
+    // The terminal is back in its normal mode: typed text echoes, Enter runs the line.
+    tmux.type_line("echo restored-$((6*7))");
+    let screen = tmux.wait("the typed line to run", |s| s.contains("restored-42"));
+    assert!(
+        screen.contains("echo restored-$((6*7))"),
+        "typed text did not echo:\n{screen}"
+    );
+
+    // Ctrl-C quits as well, with the same clean exit.
+    tmux.ok(&["send-keys", "-t", "m87", "clear", "Enter"]);
+    tmux.type_line(&format!("{}; echo \"ctrl-c=$?\"", shell_line(&command)));
+    tmux.wait("the view again", |s| s.contains("Processes"));
+    tmux.ok(&["send-keys", "-t", "m87", "C-c"]);
+    let screen = tmux.wait("the view ended by Ctrl-C", |s| {
+        s.lines().any(|l| l.starts_with("ctrl-c="))
+    });
+    assert!(
+        screen.lines().any(|l| l.trim_end() == "ctrl-c=0"),
+        "{screen}"
+    );
+    assert_eq!(tmux.display("#{alternate_on}"), "0");
+
+    // A terminal that goes away (the pane closed, as with a dropped SSH link) ends the view.
+    let pid_file = tmp.path().join("view.pid");
+    tmux.type_line(&format!(
+        "sh -c 'echo $$ > {}; exec \"$0\" \"$@\"' {}",
+        pid_file.display(),
+        shell_line(&command)
+    ));
+    tmux.wait("the view again", |s| s.contains("Processes"));
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    assert!(proc_dir.exists());
+    tmux.ok(&["kill-server"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proc_dir.exists() && !is_zombie(&proc_dir) {
+        assert!(
+            Instant::now() < deadline,
+            "m87 (pid {pid}) still runs after its terminal went away"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether the process has exited and waits for its parent to reap it.
+fn is_zombie(proc_dir: &Path) -> bool {
+    std::fs::read_to_string(proc_dir.join("stat")).is_ok_and(|stat| {
+        stat.rsplit(") ")
+            .next()
+            .is_some_and(|rest| rest.starts_with('Z'))
+    })
+}
