@@ -68,6 +68,7 @@ pub struct BoundForwards {
 /// Binds a listener for every spec on `bind`, in order; fails on the first that cannot be bound,
 /// naming its address. A spec's port 0 binds an ephemeral port ([`parse_specs`] never yields
 /// one; tests do).
+#[cfg(test)]
 pub async fn bind_listeners(
     specs: Vec<ForwardSpec>,
     bind: IpAddr,
@@ -218,6 +219,7 @@ impl BoundForwards {
 
 /// Binds every forward (failing before anything else if one cannot be bound), tells `ready`
 /// where each is listening, then forwards until `shutdown` completes. Prints nothing itself.
+#[cfg(test)]
 pub async fn run(
     opener: Arc<dyn ChannelOpener>,
     specs: Vec<ForwardSpec>,

@@ -355,8 +355,8 @@ mod tests {
         assert!(error(&long).contains("at most 107"), "{}", error(&long));
     }
 
-    #[test]
-    fn socket_files_are_private_and_removed_and_never_overwrite_files() {
+    #[tokio::test]
+    async fn socket_files_are_private_and_removed_and_never_overwrite_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.sock");
         let file = SocketFile::bind(&path).unwrap();
