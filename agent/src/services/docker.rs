@@ -129,13 +129,20 @@ mod tests {
         assert_eq!(places[0], Path::new("/var/run/docker.sock"));
         assert_eq!(places.last().unwrap(), Path::new("/run/podman/podman.sock"));
         let uid = rustix::process::getuid().as_raw();
-        assert!(places.contains(&PathBuf::from(format!("/run/user/{uid}/podman/podman.sock"))));
+        assert!(places.contains(&PathBuf::from(format!(
+            "/run/user/{uid}/podman/podman.sock"
+        ))));
         let message = no_socket_message();
         assert!(
-            message.starts_with("no Docker or Podman socket on this device (looked in /var/run/docker.sock, "),
+            message.starts_with(
+                "no Docker or Podman socket on this device (looked in /var/run/docker.sock, "
+            ),
             "{message}"
         );
-        assert!(message.ends_with("or give `m87 runtime run --docker-socket PATH`"), "{message}");
+        assert!(
+            message.ends_with("or give `m87 runtime run --docker-socket PATH`"),
+            "{message}"
+        );
     }
 
     #[tokio::test]

@@ -78,10 +78,20 @@ async fn connect_tcp(host: &str, port: u16) -> Result<TcpStream, String> {
 /// connects first, then sends `ChannelAccepted` and relays raw bytes both ways (half-closes
 /// passed on, as for TCP); a socket that is missing or refuses is `Refused { code:
 /// "unavailable" }` with a message naming the path and the system's error.
-pub async fn unix(path: &str, reader: FrameReader<BoxRead>, mut writer: BoxWrite) -> ChannelOutcome {
+pub async fn unix(
+    path: &str,
+    reader: FrameReader<BoxRead>,
+    mut writer: BoxWrite,
+) -> ChannelOutcome {
     match connect_unix(Path::new(path)).await {
         Ok(stream) => splice_unix(stream, path, reader, writer).await,
-        Err(e) => super::unavailable(&mut writer, format!("cannot connect to unix socket {path} on the device: {e}")).await,
+        Err(e) => {
+            super::unavailable(
+                &mut writer,
+                format!("cannot connect to unix socket {path} on the device: {e}"),
+            )
+            .await
+        }
     }
 }
 
@@ -469,7 +479,10 @@ mod tests {
         let Some(Control::Refused { message, .. }) = reader.control().await.unwrap() else {
             panic!("expected a refusal");
         };
-        assert!(message.contains("stale.sock") && message.contains("Connection refused"), "{message}");
+        assert!(
+            message.contains("stale.sock") && message.contains("Connection refused"),
+            "{message}"
+        );
     }
 
     /// Flows in memory: the test plays the tunnel.

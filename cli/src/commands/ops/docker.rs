@@ -174,7 +174,8 @@ struct SocketDir(PathBuf);
 
 impl SocketDir {
     fn create() -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!("m87-docker-{}", uuid::Uuid::new_v4().simple()));
+        let dir =
+            std::env::temp_dir().join(format!("m87-docker-{}", uuid::Uuid::new_v4().simple()));
         let socket_len = dir.join("docker.sock").as_os_str().len();
         if socket_len > MAX_SOCKET_PATH {
             anyhow::bail!(

@@ -265,8 +265,10 @@ impl BoundSocket {
             Self::Tcp(spec, listener) => accept_tcp(opener, Arc::new(spec), listener).await,
             Self::Unix(spec, file) => {
                 let spec = Arc::new(spec);
-                file.accept_each(|stream| forward_one(Arc::clone(&opener), Arc::clone(&spec), stream))
-                    .await;
+                file.accept_each(|stream| {
+                    forward_one(Arc::clone(&opener), Arc::clone(&spec), stream)
+                })
+                .await;
             }
         }
     }
@@ -312,10 +314,21 @@ mod tests {
 
     #[test]
     fn socket_specs_are_told_from_port_specs() {
-        for s in ["/tmp/a.sock:/run/b.sock", "8080:/run/app.sock", "./a.sock:/b", "/x"] {
+        for s in [
+            "/tmp/a.sock:/run/b.sock",
+            "8080:/run/app.sock",
+            "./a.sock:/b",
+            "/x",
+        ] {
             assert!(is_socket_spec(s), "{s}");
         }
-        for s in ["8080", "8080:80", "53/udp", "8080:[::1]:80/tcp", "8080:10.0.0.5:80"] {
+        for s in [
+            "8080",
+            "8080:80",
+            "53/udp",
+            "8080:[::1]:80/tcp",
+            "8080:10.0.0.5:80",
+        ] {
             assert!(!is_socket_spec(s), "{s}");
         }
     }
@@ -372,7 +385,10 @@ mod tests {
         drop(SocketFile::bind(&path).unwrap());
         std::fs::write(&path, "precious").unwrap();
         let err = SocketFile::bind(&path).unwrap_err().to_string();
-        assert!(err.contains("is not a socket; refusing to overwrite it"), "{err}");
+        assert!(
+            err.contains("is not a socket; refusing to overwrite it"),
+            "{err}"
+        );
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
     }
 
@@ -399,7 +415,9 @@ mod tests {
             local: LocalEnd::Path(local.clone()),
             remote_path: remote.to_str().unwrap().into(),
         };
-        let bound = BoundSocket::bind(spec, [127, 0, 0, 1].into()).await.unwrap();
+        let bound = BoundSocket::bind(spec, [127, 0, 0, 1].into())
+            .await
+            .unwrap();
         let task = tokio::spawn(bound.serve(Arc::new(LocalOpener::default())));
         let mut s = tokio::net::UnixStream::connect(&local).await.unwrap();
         s.write_all(b"through the tunnel").await.unwrap();
