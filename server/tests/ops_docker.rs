@@ -431,11 +431,25 @@ fn unix_socket_forwards_carry_many_connections_and_bulk_data() {
     unix_echo_server(&app);
     let local = tmp.path().join("local.sock");
     let port = free_port();
+    let missing = tmp.path().join("missing.sock");
     let specs = [
         format!("{}:{}", local.display(), app.display()),
         format!("{port}:{}", app.display()),
+        format!(
+            "{}:{}",
+            tmp.path().join("l2.sock").display(),
+            missing.display()
+        ),
     ];
-    let mut forward = Proc::spawn(admin.command(&["sock-dev", "forward", &specs[0], &specs[1]]));
+    let mut forward = Proc::spawn(
+        admin.command(
+            &[
+                &["sock-dev", "forward"][..],
+                &specs.iter().map(String::as_str).collect::<Vec<_>>(),
+            ]
+            .concat(),
+        ),
+    );
     forward
         .out
         .wait_for("press Ctrl-C to stop", Duration::from_secs(30));
@@ -496,6 +510,19 @@ fn unix_socket_forwards_carry_many_connections_and_bulk_data() {
     let (total, digest) = receiver.join().unwrap();
     assert_eq!(total, 100 << 20);
     assert_eq!(digest, sent.finalize());
+
+    // A socket missing on the device: that connection closes, the forward says why.
+    let mut s = UnixStream::connect(tmp.path().join("l2.sock")).unwrap();
+    let mut back = vec![];
+    let _ = s.read_to_end(&mut back);
+    assert!(back.is_empty());
+    forward.out.wait_for(
+        &format!(
+            "cannot forward to {0}: cannot connect to unix socket {0} on the device: No such file or directory",
+            missing.display()
+        ),
+        Duration::from_secs(10),
+    );
 
     // Ctrl-C: the forward ends and its local socket file is gone.
     let pid = forward.child.id().to_string();
