@@ -5,7 +5,8 @@
 //! (`$TMPDIR/m87-docker-…/docker.sock`, directory 0700, socket 0600) stands in for the
 //! device's, each connection docker makes to it is one `Channel::Docker` in the session, and
 //! `docker ARGS…` runs with `DOCKER_HOST=unix://…` and this terminal's stdin, stdout and
-//! stderr. Its exit code is ours. Ctrl-C in the terminal reaches docker (it is in the same
+//! stderr. docker starts while the session is granted and opened (its first connection waits
+//! for it; a refused grant stops docker before it says anything). Its exit code is ours. Ctrl-C in the terminal reaches docker (it is in the same
 //! process group); m87 ignores it and waits for docker, so docker decides what Ctrl-C means
 //! (`logs -f` stops, `compose up` stops its containers). SIGTERM to m87 is passed to docker.
 //! The socket directory is removed on every exit.
@@ -27,6 +28,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::remote::forward::unix::{MAX_SOCKET_PATH, SocketFile};
 use crate::remote::{ChannelOpener, OpenError};
 use crate::session::QuicSession;
+use std::future::Future;
 
 /// `docker` arguments.
 #[derive(Debug, clap::Args)]
@@ -57,14 +59,16 @@ pub async fn run(
     _output: crate::output::Output,
 ) -> anyhow::Result<i32> {
     let docker = find_program(OsStr::new("docker")).context(DOCKER_MISSING)?;
-    let grant = serde_json::json!({ "argv": args.args });
-    let session = Arc::new(QuicSession::open(client, device, Operation::Docker, grant).await?);
     let dir = SocketDir::create()?;
     let socket = SocketFile::bind(&dir.path().join("docker.sock"))?;
-    let opener: Arc<dyn ChannelOpener> = session.clone();
-    let code = run_docker(&docker, &args.args, socket, opener).await;
+    let grant = serde_json::json!({ "argv": args.args });
+    // docker starts while the session is granted and opened; its connections wait for it.
+    let opening = QuicSession::open(client, device, Operation::Docker, grant);
+    let (code, session) = run_docker(&docker, &args.args, socket, opening).await;
     drop(dir);
-    close(session).await;
+    if let Some(session) = session {
+        close(session).await;
+    }
     code
 }
 
@@ -79,50 +83,98 @@ async fn close(mut session: Arc<QuicSession>) {
     }
 }
 
-/// Runs `docker ARGS…` against `socket`, serving its connections, until docker exits.
+/// The session once it is open; docker's connections wait for it.
+type Ready = tokio::sync::watch::Receiver<Option<Arc<QuicSession>>>;
+
+/// Runs `docker ARGS…` against `socket` while `opening` opens the session, serving docker's
+/// connections in it, until docker exits. A refused grant stops docker (it is only waiting
+/// for its first answer) and is the error. Returns docker's exit code and the session.
 async fn run_docker(
     docker: &Path,
     args: &[String],
     socket: SocketFile,
-    opener: Arc<dyn ChannelOpener>,
-) -> anyhow::Result<i32> {
-    // Installed before docker starts, so a Ctrl-C never ends m87 before docker.
-    let mut interrupts = signal(SignalKind::interrupt()).context("cannot watch for Ctrl-C")?;
-    let mut terms = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
-    let mut command = tokio::process::Command::new(docker);
-    command
-        .args(args)
-        .env("DOCKER_HOST", format!("unix://{}", socket.path().display()));
-    for name in DOCKER_ENV_OVERRIDES {
-        command.env_remove(name);
-    }
-    let mut child = command
-        .spawn()
-        .with_context(|| format!("cannot start {}", docker.display()))?;
-    let pid = child.id().and_then(|id| i32::try_from(id).ok());
+    opening: impl Future<Output = anyhow::Result<QuicSession>>,
+) -> (anyhow::Result<i32>, Option<Arc<QuicSession>>) {
+    let (ready_tx, ready) = tokio::sync::watch::channel(None);
+    let mut child = match start_docker(docker, args, socket.path()) {
+        Ok(started) => started,
+        Err(e) => return (Err(e), None),
+    };
+    let pid = child.child.id().and_then(|id| i32::try_from(id).ok());
     let refusal = Arc::new(Refusal {
         pid,
         reported: Mutex::new(false),
     });
     let serving = socket.accept_each(|stream| {
-        let (opener, refusal) = (Arc::clone(&opener), Arc::clone(&refusal));
-        async move { serve_connection(opener.as_ref(), stream, &refusal).await }
+        let (ready, refusal) = (ready.clone(), Arc::clone(&refusal));
+        async move { serve_connection(ready, stream, &refusal).await }
     });
-    tokio::pin!(serving);
+    tokio::pin!(serving, opening);
+    let mut session = None;
     let status = loop {
         tokio::select! {
-            status = child.wait() => break status.context("waiting for docker")?,
+            opened = &mut opening, if session.is_none() => match opened {
+                Ok(opened) => {
+                    let opened = Arc::new(opened);
+                    ready_tx.send_replace(Some(Arc::clone(&opened)));
+                    session = Some(opened);
+                }
+                Err(e) => {
+                    send_signal(pid, rustix::process::Signal::KILL);
+                    let _ = child.child.wait().await;
+                    return (Err(e), None);
+                }
+            },
+            status = child.child.wait() => break status,
             () = &mut serving => {}
-            _ = interrupts.recv() => {} // docker got it too, from the terminal
-            _ = terms.recv() => send_signal(pid, rustix::process::Signal::TERM),
+            _ = child.interrupts.recv() => {} // docker got it too, from the terminal
+            _ = child.terms.recv() => send_signal(pid, rustix::process::Signal::TERM),
         }
     };
-    if refusal.was_reported() {
-        return Ok(1);
+    // docker may end without ever connecting (`docker --help`): the grant still completes.
+    if session.is_none() {
+        match opening.await {
+            Ok(opened) => session = Some(Arc::new(opened)),
+            Err(e) => return (Err(e), None),
+        }
     }
-    Ok(status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    let code = match status {
+        Err(e) => Err(anyhow::anyhow!("waiting for docker: {e}")),
+        Ok(_) if refusal.was_reported() => Ok(1),
+        Ok(status) => Ok(status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))),
+    };
+    (code, session)
+}
+
+/// docker, running, and the signals m87 watches meanwhile.
+struct Docker {
+    child: tokio::process::Child,
+    interrupts: tokio::signal::unix::Signal,
+    terms: tokio::signal::unix::Signal,
+}
+
+/// Starts `docker ARGS…` with `DOCKER_HOST` at `socket`.
+fn start_docker(docker: &Path, args: &[String], socket: &Path) -> anyhow::Result<Docker> {
+    // Installed before docker starts, so a Ctrl-C never ends m87 before docker.
+    let interrupts = signal(SignalKind::interrupt()).context("cannot watch for Ctrl-C")?;
+    let terms = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
+    let mut command = tokio::process::Command::new(docker);
+    command
+        .args(args)
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()));
+    for name in DOCKER_ENV_OVERRIDES {
+        command.env_remove(name);
+    }
+    let child = command
+        .spawn()
+        .with_context(|| format!("cannot start {}", docker.display()))?;
+    Ok(Docker {
+        child,
+        interrupts,
+        terms,
+    })
 }
 
 /// The first channel the device refused: told once, and docker is stopped (it would only
@@ -156,9 +208,15 @@ fn send_signal(pid: Option<i32>, signal: rustix::process::Signal) {
     }
 }
 
-/// One connection of docker's: its own channel, spliced until both directions end.
-async fn serve_connection(opener: &dyn ChannelOpener, mut local: UnixStream, refusal: &Refusal) {
-    match opener.open(Channel::Docker).await {
+/// One connection of docker's: once the session is open, its own channel, spliced until both
+/// directions end. Dropped unanswered if the session never opens.
+async fn serve_connection(mut ready: Ready, mut local: UnixStream, refusal: &Refusal) {
+    let session = match ready.wait_for(Option::is_some).await {
+        Ok(session) => session.clone(),
+        Err(_) => return,
+    };
+    let Some(session) = session else { return };
+    match session.open(Channel::Docker).await {
         Ok(opened) => {
             if let Err(e) = splice(&mut local, opened.reader, opened.writer).await {
                 tracing::debug!(error = %e, "docker connection broke");
