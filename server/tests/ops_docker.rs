@@ -164,6 +164,40 @@ fn m87_with_input(m87: &M87, tmpdir: &Path, args: &[&str], input: &[u8]) -> std:
     child.wait_with_output().unwrap()
 }
 
+/// `m87 ARGS` in a terminal of its own (`script` from util-linux), fed `input`; the terminal's
+/// output.
+fn in_terminal(m87: &M87, args: &[&str], input: &str) -> String {
+    let inner = m87.command(args);
+    let quote = |a: &std::ffi::OsStr| format!("'{}'", a.to_str().unwrap().replace('\'', "'\\''"));
+    let line: Vec<String> = std::iter::once(inner.get_program())
+        .chain(inner.get_args())
+        .map(quote)
+        .collect();
+    let mut cmd = Command::new(require("script", "bsdutils"));
+    cmd.args(["-qec", &line.join(" "), "/dev/null"]);
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn audit(m87: &M87, action: &str) -> Vec<Value> {
     serde_json::from_str(&m87.ok(&["audit", "--action", action, "--max", "100", "-o", "json"]))
         .unwrap()
@@ -249,6 +283,17 @@ fn docker_commands_run_against_the_device_engine() {
     assert!(out.status.success(), "{out:?}");
     let out = run(&["ps", "--format", "{{.Names}} {{.Image}}"], b"");
     assert_eq!(text(&out), format!("ticker {IMAGE}\n"), "{out:?}");
+    // exec -it: a terminal in the container, typed input reaches it.
+    let script = "tty; read x; echo got $x";
+    let out = in_terminal(
+        &admin,
+        &["box", "docker", "exec", "-it", "ticker", "sh", "-c", script],
+        "hello-tty\n",
+    );
+    assert!(
+        out.contains("/dev/pts/") && out.contains("got hello-tty"),
+        "{out}"
+    );
     let mut follow = admin.command(&["box", "docker", "logs", "-f", "ticker"]);
     follow.env("TMPDIR", &tmpdir).process_group(0);
     let mut follow = Proc::spawn(follow);
