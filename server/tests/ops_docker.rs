@@ -97,7 +97,9 @@ impl Dockerd {
         std::fs::create_dir_all(root.join("bin")).unwrap();
         std::fs::create_dir_all(root.join("tmp")).unwrap();
         std::fs::copy(&busybox, root.join("bin/busybox")).unwrap();
-        for applet in ["sh", "echo", "cat", "sleep", "touch", "test", "["] {
+        for applet in [
+            "sh", "echo", "cat", "sleep", "touch", "test", "[", "wc", "tty",
+        ] {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
         }
         let tar = dir.join("rootfs.tar");
@@ -264,6 +266,39 @@ fn docker_commands_run_against_the_device_engine() {
     assert_eq!(text(&out), "piped in", "{out:?}");
     let out = run(&[&image_args[..], &["sh", "-c", "exit 7"]].concat(), b"");
     assert_eq!(out.status.code(), Some(7), "{out:?}");
+
+    // build: the context (with 5 MB of data) is sent to the device's engine.
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let dockerfile = format!("FROM {IMAGE}\nCOPY hello.txt blob /\nRUN cat /hello.txt\n");
+    std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+    std::fs::write(ctx.join("hello.txt"), "from the build context\n").unwrap();
+    let blob: Vec<u8> = (0..5_000_000u32).map(|i| (i * 31 % 253) as u8).collect();
+    std::fs::write(ctx.join("blob"), &blob).unwrap();
+    let build = [
+        "build",
+        "--network",
+        "none",
+        "-t",
+        "m87-built:1",
+        ctx.to_str().unwrap(),
+    ];
+    let out = run(&build, b"");
+    assert!(out.status.success(), "{out:?}");
+    let out = run(
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "m87-built:1",
+            "sh",
+            "-c",
+            "cat /hello.txt; wc -c < /blob",
+        ],
+        b"",
+    );
+    assert_eq!(text(&out), "from the build context\n5000000\n", "{out:?}");
 
     // ps shows a running container; logs -f sees a line written after it started.
     let script =
