@@ -51,6 +51,10 @@ const DOCKER_ENV_OVERRIDES: [&str; 4] = [
     "DOCKER_TLS",
 ];
 
+/// How long the end of the session may take to go out once docker is done (QUIC's draining
+/// period after it is not waited for: docker's answer is already there).
+const CLOSE_WAIT: Duration = Duration::from_millis(20);
+
 /// Runs it; returns docker's exit code.
 pub async fn run(
     client: &m87_transport::http::ApiClient,
@@ -76,7 +80,7 @@ pub async fn run(
 async fn close(mut session: Arc<QuicSession>) {
     for _ in 0..200 {
         match Arc::try_unwrap(session) {
-            Ok(session) => return session.close().await,
+            Ok(session) => return session.close_within(CLOSE_WAIT).await,
             Err(still_shared) => session = still_shared,
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
