@@ -1,4 +1,5 @@
-//! TCP and UDP forwards: the device connects to `host:port` as it resolves it and relays.
+//! TCP, UDP and unix-socket forwards: the device connects to `host:port` as it resolves it (or
+//! to a unix socket's path) and relays.
 //!
 //! # TCP (`Channel::Forward`)
 //!
@@ -30,15 +31,26 @@
 //! 4. The flow lives as long as the stream: the client ends it by finishing (or resetting) its
 //!    side; the device ends it after [`UDP_IDLE_TIMEOUT`] without a datagram either way, by
 //!    finishing its side. Either way the device releases the flow id.
+//!
+//! # Unix sockets (`Channel::UnixForward`, and `Channel::Docker`)
+//!
+//! 1. Client → device: `Control::OpenChannel { channel: UnixForward { path } }`.
+//! 2. The device connects to the socket at `path` (at most [`CONNECT_TIMEOUT`]) and answers
+//!    itself: `Control::ChannelAccepted { flow: None }`, after which the stream carries **raw
+//!    bytes** both ways exactly as a TCP forward after its status frame (no status frame here);
+//!    or `Control::Refused { code: "unavailable", message }` naming the path and the error
+//!    (`cannot connect to unix socket /run/app.sock on the device: No such file or directory`).
+//! 3. Half-closes pass through; an error on either side ends both.
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
 use m87_events::tunnel::{Control, Frame};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::{TcpStream, UdpSocket, UnixStream};
 
 use super::{BoxRead, BoxWrite, ChannelOutcome, ServiceContext};
 use m87_transport::forward::{
@@ -62,18 +74,64 @@ async fn connect_tcp(host: &str, port: u16) -> Result<TcpStream, String> {
     }
 }
 
-/// A connection to the unix socket at `path`, spliced with the channel; answers
-/// `ChannelAccepted` itself, or refuses naming the missing socket.
+/// A connection to the unix socket at `path`, spliced with the channel. Answers itself: it
+/// connects first, then sends `ChannelAccepted` and relays raw bytes both ways (half-closes
+/// passed on, as for TCP); a socket that is missing or refuses is `Refused { code:
+/// "unavailable" }` with a message naming the path and the system's error.
 pub async fn unix(
-    _path: &str,
-    _reader: FrameReader<BoxRead>,
+    path: &str,
+    reader: FrameReader<BoxRead>,
     mut writer: BoxWrite,
 ) -> ChannelOutcome {
-    super::unavailable(
-        &mut writer,
-        "unix sockets are not forwarded by this runtime yet".into(),
-    )
-    .await
+    match connect_unix(Path::new(path)).await {
+        Ok(stream) => splice_unix(stream, path, reader, writer).await,
+        Err(e) => {
+            super::unavailable(
+                &mut writer,
+                format!("cannot connect to unix socket {path} on the device: {e}"),
+            )
+            .await
+        }
+    }
+}
+
+/// Connects to a unix socket, at most [`CONNECT_TIMEOUT`].
+pub(super) async fn connect_unix(path: &Path) -> io::Result<UnixStream> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(path)).await {
+        Ok(connected) => connected,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("timed out after {} s", CONNECT_TIMEOUT.as_secs()),
+        )),
+    }
+}
+
+/// Accepts the channel and splices the connected socket with it until both directions end.
+pub(super) async fn splice_unix(
+    mut stream: UnixStream,
+    path: &str,
+    reader: FrameReader<BoxRead>,
+    mut writer: BoxWrite,
+) -> ChannelOutcome {
+    if let Err(e) = super::accept(&mut writer).await {
+        return ChannelOutcome {
+            exit: None,
+            error: Some(format!("client disconnected: {e}")),
+        };
+    }
+    match splice(&mut stream, reader, writer).await {
+        Ok((to_client, to_target)) => {
+            tracing::debug!(path, to_client, to_target, "unix forward: connection ended");
+            ChannelOutcome::default()
+        }
+        Err(e) => {
+            tracing::debug!(path, error = %e, "unix forward: connection broke");
+            ChannelOutcome {
+                exit: None,
+                error: Some(format!("forward to {path} broke: {e}")),
+            }
+        }
+    }
 }
 
 /// A TCP connection to `host:port`, spliced with the channel (see the module docs for the
@@ -355,6 +413,76 @@ mod tests {
         );
         assert_eq!(reader.next().await.unwrap(), None);
         assert_eq!(task.await.unwrap().error, Some(message));
+    }
+
+    /// A unix socket server that answers each whole request in upper case, then closes.
+    fn upper_case_unix_server(path: &std::path::Path) {
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut request = vec![];
+                    s.read_to_end(&mut request).await.unwrap();
+                    s.write_all(&request.to_ascii_uppercase()).await.unwrap();
+                });
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn unix_accepts_then_relays_raw_bytes_with_half_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        upper_case_unix_server(&path);
+        let p = path.to_str().unwrap().to_owned();
+        let ((mut reader, mut w), task) = pipe(move |r, w| async move { unix(&p, r, w).await });
+        assert_eq!(
+            reader.control().await.unwrap(),
+            Some(Control::ChannelAccepted { flow: None })
+        );
+        let (mut r, leftover) = reader.into_parts();
+        assert!(leftover.is_empty());
+        w.write_all(b"hello socket").await.unwrap();
+        w.shutdown().await.unwrap();
+        let mut answer = vec![];
+        r.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"HELLO SOCKET");
+        assert_eq!(task.await.unwrap(), ChannelOutcome::default());
+    }
+
+    #[tokio::test]
+    async fn a_missing_unix_socket_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("nothing.sock").to_str().unwrap().to_owned();
+        let expected = format!(
+            "cannot connect to unix socket {p} on the device: No such file or directory (os error 2)"
+        );
+        let ((mut reader, _w), task) = pipe(move |r, w| async move { unix(&p, r, w).await });
+        assert_eq!(
+            reader.control().await.unwrap(),
+            Some(Control::Refused {
+                code: "unavailable".into(),
+                message: expected.clone()
+            })
+        );
+        assert_eq!(task.await.unwrap().error, Some(expected));
+    }
+
+    #[tokio::test]
+    async fn a_socket_nobody_listens_on_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let p = path.to_str().unwrap().to_owned();
+        let ((mut reader, _w), _task) = pipe(move |r, w| async move { unix(&p, r, w).await });
+        let Some(Control::Refused { message, .. }) = reader.control().await.unwrap() else {
+            panic!("expected a refusal");
+        };
+        assert!(
+            message.contains("stale.sock") && message.contains("Connection refused"),
+            "{message}"
+        );
     }
 
     /// Flows in memory: the test plays the tunnel.

@@ -59,7 +59,9 @@ enum DeviceOp {
     ///
     /// SPEC: `8080` (local 8080 → device 8080), `8080:80`, `8080:10.0.0.5:80` (a host the
     /// device reaches), ranges `8000-8010` or `8000-8010:9000-9010`, and `/udp` (default
-    /// `/tcp`). Each connection is its own stream in one session.
+    /// `/tcp`). Unix sockets on the device: `/tmp/app.sock:/run/app.sock` (a local socket file,
+    /// private to you, removed on exit) or `8080:/run/app.sock` (a local TCP port). Each
+    /// connection is its own stream in one session.
     Forward {
         /// One or more forward specs.
         #[arg(required = true)]
@@ -237,11 +239,8 @@ pub async fn run(args: Vec<String>, output: crate::output::Output) -> anyhow::Re
             Ok(remote::exec::exit_code(result?))
         }
         DeviceOp::Forward { specs, bind } => {
-            let specs = remote::forward::parse_specs(&specs)?;
-            let targets: Vec<serde_json::Value> = specs
-                .iter()
-                .map(|s| serde_json::json!({"host": s.remote_host, "port": s.remote_port, "proto": s.proto.as_str()}))
-                .collect();
+            let (ports, sockets) = remote::forward::parse_all(&specs)?;
+            let targets = remote::forward::grant_targets(&ports, &sockets);
             let session = std::sync::Arc::new(
                 QuicSession::open(
                     &client,
@@ -253,21 +252,19 @@ pub async fn run(args: Vec<String>, output: crate::output::Output) -> anyhow::Re
             );
             let name = session.device.name.to_string();
             let opener: std::sync::Arc<dyn remote::ChannelOpener> = session.clone();
-            remote::forward::run(
-                opener,
-                specs,
-                bind,
-                |bound| {
-                    for (spec, addr) in bound {
-                        println!("forwarding {addr} -> {name}:{}", spec.remote_display());
-                    }
-                    println!("press Ctrl-C to stop");
-                },
-                async {
+            let bound = remote::forward::bind_all(ports, sockets, bind).await?;
+            for (spec, addr) in bound.addrs() {
+                println!("forwarding {addr} -> {name}:{}", spec.remote_display());
+            }
+            for (local, remote_path) in bound.socket_addrs() {
+                println!("forwarding {local} -> {name}:{remote_path} (unix socket)");
+            }
+            println!("press Ctrl-C to stop");
+            bound
+                .serve(opener, async {
                     let _ = tokio::signal::ctrl_c().await;
-                },
-            )
-            .await?;
+                })
+                .await?;
             Ok(0)
         }
     }

@@ -11,11 +11,16 @@
 //! - UDP: `ChannelAccepted { flow }` names the flow; datagrams then carry the payloads, the
 //!   stream stays open for the flow's life and finishing it ends the flow.
 //!
+//! - Unix sockets on the device (`/local.sock:/remote.sock`, `8080:/run/app.sock`): after
+//!   `ChannelAccepted` the stream carries raw bytes at once; a missing socket is refused.
+//!
 //! - [`spec`]: parsing `8080`, `8080:80`, `8080:10.0.0.5:80`, ranges, `/udp`.
+//! - [`unix`]: unix-socket specs, the private local socket file, piping one connection.
 
 mod spec;
 #[cfg(test)]
 mod tests;
+pub mod unix;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -34,6 +39,7 @@ use tokio::task::JoinSet;
 
 use super::{ChannelOpener, OpenedChannel};
 pub use spec::{ForwardSpec, Proto, parse_specs};
+use unix::{BoundSocket, SocketSpec};
 
 /// How long the device may take to answer a TCP forward with its status frame (its own connect
 /// timeout, plus slack for the round trip).
@@ -42,7 +48,7 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(CONNECT_TIMEOUT.as_secs() +
 /// dropped, as a network would.
 const FLOW_QUEUE: usize = 256;
 /// Pause after a failed `accept` (out of file descriptors, …) before trying again.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// A bound local socket.
 #[derive(Debug)]
@@ -55,18 +61,70 @@ enum Listener {
 #[derive(Debug)]
 pub struct BoundForwards {
     listeners: Vec<(ForwardSpec, SocketAddr, Listener)>,
+    sockets: Vec<BoundSocket>,
     udp_idle: Duration,
 }
 
 /// Binds a listener for every spec on `bind`, in order; fails on the first that cannot be bound,
 /// naming its address. A spec's port 0 binds an ephemeral port ([`parse_specs`] never yields
 /// one; tests do).
+#[cfg(test)]
 pub async fn bind_listeners(
     specs: Vec<ForwardSpec>,
     bind: IpAddr,
 ) -> anyhow::Result<BoundForwards> {
-    if specs.is_empty() {
-        anyhow::bail!("nothing to forward: give at least one port");
+    bind_all(specs, vec![], bind).await
+}
+
+/// Port and unix-socket forwards parsed from the command line (see [`parse_all`]).
+pub type ParsedForwards = (Vec<ForwardSpec>, Vec<SocketSpec>);
+
+/// Parses forward specs of both kinds: unix sockets on the device ([`unix::is_socket_spec`])
+/// and ports ([`parse_specs`]). A local port or socket file used twice is an error.
+pub fn parse_all(specs: &[String]) -> anyhow::Result<ParsedForwards> {
+    let (socket_specs, port_specs): (Vec<String>, Vec<String>) =
+        specs.iter().cloned().partition(|s| unix::is_socket_spec(s));
+    let ports = parse_specs(&port_specs)?;
+    let mut sockets: Vec<SocketSpec> = Vec::with_capacity(socket_specs.len());
+    for spec in &socket_specs {
+        let parsed = unix::parse_socket_spec(spec)
+            .map_err(|why| anyhow::anyhow!("invalid forward {spec:?}: {why}"))?;
+        let taken = sockets.iter().any(|s| s.local == parsed.local)
+            || matches!(parsed.local, unix::LocalEnd::Port(p)
+                if ports.iter().any(|f| f.local_port == p && f.proto == Proto::Tcp));
+        if taken {
+            anyhow::bail!(
+                "invalid forward {spec:?}: local {} is forwarded twice",
+                parsed.local
+            );
+        }
+        sockets.push(parsed);
+    }
+    Ok((ports, sockets))
+}
+
+/// The grant's targets for these forwards: `{host, port, proto}` and `{path, proto: "unix"}`.
+pub fn grant_targets(ports: &[ForwardSpec], sockets: &[SocketSpec]) -> Vec<serde_json::Value> {
+    ports
+        .iter()
+        .map(|s| serde_json::json!({"host": s.remote_host, "port": s.remote_port, "proto": s.proto.as_str()}))
+        .chain(sockets.iter().map(SocketSpec::grant_target))
+        .collect()
+}
+
+/// Binds every port forward on `bind`, then every unix-socket forward's local end; fails on the
+/// first that cannot be bound, naming it (socket files bound so far are removed).
+pub async fn bind_all(
+    specs: Vec<ForwardSpec>,
+    socket_specs: Vec<SocketSpec>,
+    bind: IpAddr,
+) -> anyhow::Result<BoundForwards> {
+    if specs.is_empty() && socket_specs.is_empty() {
+        anyhow::bail!("nothing to forward: give at least one port or socket");
+    }
+    let mut sockets = Vec::with_capacity(socket_specs.len());
+    for spec in socket_specs {
+        sockets.push(BoundSocket::bind(spec, bind).await?);
     }
     let mut listeners = Vec::with_capacity(specs.len());
     for spec in specs {
@@ -90,6 +148,7 @@ pub async fn bind_listeners(
     }
     Ok(BoundForwards {
         listeners,
+        sockets,
         udp_idle: UDP_IDLE_TIMEOUT,
     })
 }
@@ -100,6 +159,17 @@ impl BoundForwards {
         self.listeners
             .iter()
             .map(|(spec, addr, _)| (spec.clone(), *addr))
+            .collect()
+    }
+
+    /// Each unix-socket forward: its local end as users see it, and the socket on the device.
+    pub fn socket_addrs(&self) -> Vec<(String, String)> {
+        self.sockets
+            .iter()
+            .map(|s| {
+                let (local, spec) = s.local_display();
+                (local, spec.remote_path.clone())
+            })
             .collect()
     }
 
@@ -128,6 +198,9 @@ impl BoundForwards {
                 }
             };
         }
+        for socket in self.sockets {
+            tasks.spawn(socket.serve(Arc::clone(&opener)));
+        }
         tokio::pin!(shutdown);
         tokio::select! {
             () = &mut shutdown => {}
@@ -146,6 +219,7 @@ impl BoundForwards {
 
 /// Binds every forward (failing before anything else if one cannot be bound), tells `ready`
 /// where each is listening, then forwards until `shutdown` completes. Prints nothing itself.
+#[cfg(test)]
 pub async fn run(
     opener: Arc<dyn ChannelOpener>,
     specs: Vec<ForwardSpec>,

@@ -249,7 +249,7 @@ impl fmt::Display for PortRange {
     }
 }
 
-fn parse_port(s: &str) -> Result<u16, String> {
+pub(super) fn parse_port(s: &str) -> Result<u16, String> {
     if s.is_empty() {
         return Err("a port is missing".to_owned());
     }

@@ -259,7 +259,7 @@ async fn a_port_that_cannot_be_bound_fails_before_anything_else() {
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "nothing to forward: give at least one port"
+        "nothing to forward: give at least one port or socket"
     );
 }
 
