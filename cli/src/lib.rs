@@ -159,13 +159,7 @@ async fn dispatch_local(command: Command, out: Output) -> anyhow::Result<()> {
                 name,
                 fingerprint,
                 docker_socket,
-            } => {
-                let services = m87_agent::services::ServiceSettings {
-                    docker_socket,
-                    runtime_log: None,
-                };
-                commands::runtime::run(email, org, name, fingerprint, services).await
-            }
+            } => commands::runtime::run(email, org, name, fingerprint, docker_socket).await,
             RuntimeCommand::Status => commands::runtime::status(out),
             RuntimeCommand::Logout => commands::runtime::logout(),
         },

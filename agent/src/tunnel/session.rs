@@ -379,71 +379,80 @@ fn allowed(claims: &SessionClaims, channel: &Channel) -> Result<(), String> {
                 );
             }
         }
-        Channel::Forward { host, port } | Channel::UdpForward { host, port } => {
-            let proto = if matches!(channel, Channel::UdpForward { .. }) {
-                "udp"
-            } else {
-                "tcp"
-            };
-            let ok = args
-                .get("targets")
-                .and_then(|t| t.as_array())
-                .is_some_and(|targets| {
-                    targets.iter().any(|t| {
-                        t.get("host").and_then(|h| h.as_str()) == Some(host.as_str())
-                            && t.get("port").and_then(|p| p.as_u64()) == Some(u64::from(*port))
-                            && t.get("proto").and_then(|p| p.as_str()).unwrap_or("tcp") == proto
-                    })
-                });
-            if !ok {
-                return Err(format!(
-                    "this session does not allow forwarding to {host}:{port}/{proto}"
-                ));
-            }
+        Channel::Forward { .. } | Channel::UdpForward { .. } | Channel::UnixForward { .. } => {
+            return forward_allowed(args, channel);
         }
         Channel::Files(f) => {
             if args.get("path").and_then(|p| p.as_str()) != Some(f.path()) {
                 return Err("this session was granted for another path".into());
             }
         }
-        Channel::UnixForward { path } => {
-            let ok = args
-                .get("targets")
-                .and_then(|t| t.as_array())
-                .is_some_and(|targets| {
-                    targets.iter().any(|t| {
-                        t.get("proto").and_then(|p| p.as_str()) == Some("unix")
-                            && t.get("path").and_then(|p| p.as_str()) == Some(path.as_str())
-                    })
-                });
-            if !ok {
-                return Err(format!("this session does not allow forwarding to {path}"));
-            }
+        Channel::Shell { .. } | Channel::Docker | Channel::Status => {}
+        Channel::Logs(_) | Channel::Serial(_) | Channel::List(_) | Channel::Metrics { .. } => {
+            return request_allowed(args, channel);
         }
-        Channel::Logs(r) if !same_request(args, r) => {
-            return Err("this session was granted for another log".into());
-        }
-        Channel::Serial(s) if !same_request(args, s) => {
-            return Err("this session was granted for another serial port or settings".into());
-        }
-        Channel::List(r) if !same_request(args, r) => {
-            return Err("this session was granted for another path".into());
-        }
-        Channel::Metrics { interval_ms }
-            if args.get("interval_ms").and_then(|i| i.as_u64())
-                != Some(u64::from(*interval_ms)) =>
-        {
-            return Err("this session was granted for another sampling interval".into());
-        }
-        Channel::Shell { .. }
-        | Channel::Docker
-        | Channel::Status
-        | Channel::Logs(_)
-        | Channel::Serial(_)
-        | Channel::List(_)
-        | Channel::Metrics { .. } => {}
     }
     Ok(())
+}
+
+/// Whether a forward's target is among the granted ones (host, port and protocol; or a unix
+/// socket's path).
+fn forward_allowed(args: &serde_json::Value, channel: &Channel) -> Result<(), String> {
+    let str_of =
+        |t: &serde_json::Value, k: &str| t.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let (wanted, shown): (Box<dyn Fn(&serde_json::Value) -> bool>, String) = match channel {
+        Channel::UnixForward { path } => (
+            Box::new(move |t| {
+                str_of(t, "proto").as_deref() == Some("unix")
+                    && str_of(t, "path").as_ref() == Some(path)
+            }),
+            path.clone(),
+        ),
+        Channel::Forward { host, port } | Channel::UdpForward { host, port } => {
+            let proto = if matches!(channel, Channel::UdpForward { .. }) {
+                "udp"
+            } else {
+                "tcp"
+            };
+            (
+                Box::new(move |t| {
+                    str_of(t, "host").as_ref() == Some(host)
+                        && t.get("port").and_then(|p| p.as_u64()) == Some(u64::from(*port))
+                        && str_of(t, "proto").as_deref().unwrap_or("tcp") == proto
+                }),
+                format!("{host}:{port}/{proto}"),
+            )
+        }
+        _ => return Err("not a forward".into()),
+    };
+    let ok = args
+        .get("targets")
+        .and_then(|t| t.as_array())
+        .is_some_and(|targets| targets.iter().any(|t| wanted(t)));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("this session does not allow forwarding to {shown}"))
+    }
+}
+
+/// Whether a logs, serial, ls or metrics channel asks for exactly what was granted.
+fn request_allowed(args: &serde_json::Value, channel: &Channel) -> Result<(), String> {
+    let (same, what) = match channel {
+        Channel::Logs(r) => (same_request(args, r), "another log"),
+        Channel::Serial(s) => (same_request(args, s), "another serial port or settings"),
+        Channel::List(r) => (same_request(args, r), "another path"),
+        Channel::Metrics { interval_ms } => (
+            args.get("interval_ms").and_then(|i| i.as_u64()) == Some(u64::from(*interval_ms)),
+            "another sampling interval",
+        ),
+        _ => (false, "another operation"),
+    };
+    if same {
+        Ok(())
+    } else {
+        Err(format!("this session was granted for {what}"))
+    }
 }
 
 async fn open_channel<W: AsyncWrite + Unpin + Send + 'static>(

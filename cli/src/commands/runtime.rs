@@ -71,7 +71,7 @@ pub async fn run(
     org: Option<OrgId>,
     name: Option<DeviceName>,
     fingerprint: Option<Fingerprint>,
-    services: m87_agent::services::ServiceSettings,
+    docker_socket: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
     let file = credentials_file()?;
     let creds = file.load()?;
@@ -92,6 +92,10 @@ pub async fn run(
     {
         file.update(|c| c.set_pin(&api_url, pin))?;
     }
+    let services = m87_agent::services::ServiceSettings {
+        docker_socket,
+        runtime_log: None,
+    };
     let opts = RunOptions {
         api_url,
         owner: owner(email, org)?,
