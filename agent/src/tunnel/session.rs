@@ -735,6 +735,63 @@ mod tests {
         );
     }
 
+    #[test]
+    fn device_operations_must_match_the_grant_too() {
+        use m87_events::tunnel::listing::ListRequest;
+        use m87_events::tunnel::logs::{LogSource, LogsRequest};
+        let unix = claims(
+            Operation::Forward,
+            serde_json::json!({"targets": [{"path": "/run/app.sock", "proto": "unix"}]}),
+        );
+        let sock = |p: &str| Channel::UnixForward { path: p.into() };
+        assert!(allowed(&unix, &sock("/run/app.sock")).is_ok());
+        assert!(allowed(&unix, &sock("/var/run/docker.sock")).is_err());
+        // A unix target does not open a TCP port of the same name.
+        let tcp = Channel::Forward {
+            host: "/run/app.sock".into(),
+            port: 0,
+        };
+        assert!(allowed(&unix, &tcp).is_err());
+
+        let runtime_log = LogsRequest {
+            source: LogSource::Runtime,
+            lines: Some(10),
+            since: None,
+            until: None,
+            follow: false,
+        };
+        let logs = claims(Operation::Logs, serde_json::to_value(&runtime_log).unwrap());
+        assert!(allowed(&logs, &Channel::Logs(runtime_log.clone())).is_ok());
+        let other_unit = LogsRequest {
+            source: LogSource::Unit {
+                name: "sshd".into(),
+            },
+            ..runtime_log
+        };
+        let err = allowed(&logs, &Channel::Logs(other_unit)).unwrap_err();
+        assert!(err.contains("another log"), "{err}");
+
+        let ls = claims(
+            Operation::List,
+            serde_json::json!({"path": "/tmp", "all": false}),
+        );
+        let list = |p: &str| {
+            Channel::List(ListRequest {
+                path: p.into(),
+                all: false,
+            })
+        };
+        assert!(allowed(&ls, &list("/tmp")).is_ok());
+        assert!(allowed(&ls, &list("/etc")).is_err());
+
+        let metrics = claims(Operation::Metrics, serde_json::json!({"interval_ms": 1000}));
+        assert!(allowed(&metrics, &Channel::Metrics { interval_ms: 1000 }).is_ok());
+        assert!(allowed(&metrics, &Channel::Metrics { interval_ms: 200 }).is_err());
+        // One operation's token never opens another's channel.
+        assert!(allowed(&metrics, &Channel::Status).is_err());
+        assert!(allowed(&ls, &Channel::Docker).is_err());
+    }
+
     #[tokio::test]
     async fn a_token_admitted_before_a_reconnect_is_refused_after_it() {
         let (signer, _) = m87_events::token::SessionSigner::generate().unwrap();
