@@ -287,6 +287,69 @@ mod tests {
     }
 
     #[test]
+    fn device_operations_need_their_arguments() {
+        use serde_json::json;
+        let d = device("user:a@example.com");
+        let open = |op, args| {
+            decide_open(
+                &d,
+                &user("a@example.com"),
+                SessionId::new(),
+                op,
+                args,
+                Utc::now(),
+            )
+        };
+        let serial = json!({"path": "/dev/ttyUSB0", "baud": 115200, "data_bits": 8,
+                            "parity": "none", "stop_bits": 1});
+        for (op, args) in [
+            (Operation::Docker, json!({"argv": ["ps"]})),
+            (Operation::Docker, json!({"argv": []})),
+            (
+                Operation::Logs,
+                json!({"source": {"type": "unit", "name": "nginx"}, "follow": true}),
+            ),
+            (Operation::Metrics, json!({"interval_ms": 1000})),
+            (Operation::Serial, serial.clone()),
+            (Operation::Status, Value::Null),
+            (Operation::List, json!({"path": "/var/log", "all": true})),
+            (
+                Operation::Forward,
+                json!({"targets": [{"path": "/run/app.sock", "proto": "unix"}]}),
+            ),
+        ] {
+            assert!(open(op, args.clone()).is_ok(), "{op:?} {args}");
+        }
+        let mut bad_baud = serial;
+        bad_baud["baud"] = json!(0);
+        for (op, args, says) in [
+            (Operation::Docker, json!({"argv": "ps"}), "docker needs"),
+            (
+                Operation::Logs,
+                json!({"source": {"type": "syslog"}}),
+                "logs needs",
+            ),
+            (
+                Operation::Metrics,
+                json!({"interval_ms": 10}),
+                "metrics needs",
+            ),
+            (Operation::Serial, bad_baud, "baud rate 0"),
+            (Operation::List, json!({"path": ""}), "ls needs a path"),
+            (
+                Operation::Forward,
+                json!({"targets": [{"path": "run.sock", "proto": "unix"}]}),
+                "forward needs",
+            ),
+        ] {
+            match open(op, args) {
+                Err(DomainError::Validation(m)) => assert!(m.contains(says), "{m}"),
+                other => panic!("{op:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn only_the_device_closes_once() {
         let d = device("user:a@example.com");
         let opened = decide_open(
