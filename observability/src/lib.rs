@@ -35,8 +35,12 @@ pub fn init_logging(default_filter: &str, format: LogFormat) {
 /// As [`init_logging`], and besides every event that passes `file_filter` (for example `info`)
 /// goes to `file` as one JSON object per line (`timestamp`, `level`, `fields`, `target`),
 /// whatever `RUST_LOG` says. A second call does nothing.
-pub fn init_logging_with_file<W>(default_filter: &str, format: LogFormat, file_filter: &str, file: W)
-where
+pub fn init_logging_with_file<W>(
+    default_filter: &str,
+    format: LogFormat,
+    file_filter: &str,
+    file: W,
+) where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
     use tracing_subscriber::Layer;

@@ -80,7 +80,9 @@ impl Acme {
         let out = self
             .alice
             .ok(&[&["acme-bot", "logs"], args, &["-o", "json"]].concat());
-        out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 }
 
@@ -113,7 +115,10 @@ fn audit_until(m87: &M87, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         if done(&records) {
             return records;
         }
-        assert!(Instant::now() < deadline, "records never matched: {records:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "records never matched: {records:#?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -133,7 +138,10 @@ fn the_runtime_log_shows_its_lines_the_last_n_and_a_time_window() {
         .find(|l| l.contains("tunnel connected to relay"))
         .unwrap_or_else(|| panic!("no tunnel line in:\n{table}"));
     let cols: Vec<&str> = connected.split_whitespace().collect();
-    assert!(cols[0].parse::<chrono::DateTime<chrono::Utc>>().is_ok(), "{connected}");
+    assert!(
+        cols[0].parse::<chrono::DateTime<chrono::Utc>>().is_ok(),
+        "{connected}"
+    );
     assert_eq!(cols[1..3], ["INFO", "m87_agent::console"], "{connected}");
 
     let all = a.json_lines(&[]);
@@ -158,16 +166,28 @@ fn the_runtime_log_shows_its_lines_the_last_n_and_a_time_window() {
     let after_text = after.to_rfc3339();
     let since = a.json_lines(&["--since", &after_text]);
     assert!(!since.is_empty());
-    assert!(messages(&since).iter().all(|m| !m.contains("tunnel connected")));
+    assert!(
+        messages(&since)
+            .iter()
+            .all(|m| !m.contains("tunnel connected"))
+    );
     let until = a.json_lines(&["--until", &after_text]);
-    assert!(messages(&until).iter().any(|m| m.contains("tunnel connected")));
+    assert!(
+        messages(&until)
+            .iter()
+            .any(|m| m.contains("tunnel connected"))
+    );
     for line in &until {
         let time: chrono::DateTime<chrono::Utc> = line["time"].as_str().unwrap().parse().unwrap();
         assert!(time < after, "{line}");
     }
     // Durations count back from now.
     let recent = a.json_lines(&["--since", "10m"]);
-    assert!(messages(&recent).iter().any(|m| m.contains("tunnel connected")));
+    assert!(
+        messages(&recent)
+            .iter()
+            .any(|m| m.contains("tunnel connected"))
+    );
 }
 
 #[test]
@@ -195,7 +215,10 @@ fn following_picks_up_new_lines_and_ctrl_c_stops_the_device_reading() {
         r.iter()
             .any(|x| x["args"]["follow"] == true && x["outcome"] != "open")
     });
-    let followed = records.iter().find(|x| x["args"]["follow"] == true).unwrap();
+    let followed = records
+        .iter()
+        .find(|x| x["args"]["follow"] == true)
+        .unwrap();
     assert_eq!(followed["args"]["lines"], 5);
     assert_eq!(followed["args"]["source"]["type"], "runtime");
     let _ = &a.runtime;
@@ -207,7 +230,8 @@ fn a_viewer_is_refused_and_a_read_is_recorded_with_its_arguments() {
     let a = acme(&dir.path().join("no-docker.sock"));
     let err = a.carol.fails(&["acme-bot", "logs"]);
     assert!(err.contains("viewer"), "{err}");
-    a.alice.ok(&["acme-bot", "logs", "-n", "3", "--since", "1h"]);
+    a.alice
+        .ok(&["acme-bot", "logs", "-n", "3", "--since", "1h"]);
     let records = audit_until(&a.alice, |r| {
         r.iter().any(|x| x["outcome"] == "refused") && r.iter().any(|x| x["outcome"] == "ok")
     });
@@ -249,7 +273,10 @@ fn fake_docker(socket: &Path) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
                 }
                 ("200 OK", body)
             } else {
-                ("404 Not Found", br#"{"message":"No such container"}"#.to_vec())
+                (
+                    "404 Not Found",
+                    br#"{"message":"No such container"}"#.to_vec(),
+                )
             };
             let head = format!(
                 "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
@@ -268,7 +295,9 @@ fn a_container_log_comes_through_the_devices_docker_api_and_bad_inputs_are_refus
     let socket = dir.path().join("docker.sock");
     let seen = fake_docker(&socket);
     let a = acme(&socket);
-    let out = a.alice.ok(&["acme-bot", "logs", "--container", "web", "-n", "2"]);
+    let out = a
+        .alice
+        .ok(&["acme-bot", "logs", "--container", "web", "-n", "2"]);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
         lines,
@@ -286,44 +315,57 @@ fn a_container_log_comes_through_the_devices_docker_api_and_bad_inputs_are_refus
         seen.lock().unwrap()
     );
 
-    let err = a.alice.fails(&["acme-bot", "logs", "--container", "nosuch"]);
+    let err = a
+        .alice
+        .fails(&["acme-bot", "logs", "--container", "nosuch"]);
     assert!(err.contains("no container named \"nosuch\""), "{err}");
     let err = a
         .alice
         .fails(&["acme-bot", "logs", "--unit", "x", "--container", "web"]);
-    assert!(err.contains("give one of --unit, --container or --runtime"), "{err}");
+    assert!(
+        err.contains("give one of --unit, --container or --runtime"),
+        "{err}"
+    );
     let err = a.alice.fails(&["acme-bot", "logs", "--since", "yesterday"]);
     assert!(err.contains("--since"), "{err}");
     let _ = a.tmp.path();
 }
 
-/// Makes sure a journald runs (this environment has no systemd as PID 1: it is started here,
-/// as root, on its usual sockets).
-fn journald() {
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// Whether a journald answers on its socket (a socket file left by a stopped one does not).
+fn journald_answers() -> bool {
+    std::os::unix::net::UnixDatagram::unbound().is_ok_and(|s| s.connect(JOURNAL_SOCKET).is_ok())
+}
+
+/// Makes sure a journald runs: this environment has no systemd as PID 1, so unless one is
+/// already running it is started here, as root, on its usual sockets, and stopped when the
+/// returned process is dropped.
+fn journald() -> Option<Proc> {
     let journalctl = Command::new("journalctl").arg("--version").output();
     assert!(
         journalctl.is_ok_and(|o| o.status.success()),
         "journalctl is missing: install Debian's package systemd (scripts/setup-test-env)"
     );
-    if Path::new("/run/systemd/journal/socket").exists() {
-        return;
+    if journald_answers() {
+        return None;
     }
     let daemon = Path::new("/lib/systemd/systemd-journald");
     assert!(
         daemon.exists(),
         "systemd-journald is missing: install Debian's package systemd (scripts/setup-test-env)"
     );
-    Command::new(daemon)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("starting systemd-journald (the test must run as root to start it)");
+    let started = Proc::spawn(Command::new(daemon));
     let deadline = Instant::now() + WAIT;
-    while !Path::new("/run/systemd/journal/socket").exists() {
-        assert!(Instant::now() < deadline, "systemd-journald did not start");
+    while !journald_answers() {
+        assert!(
+            Instant::now() < deadline,
+            "systemd-journald did not start (the test must run as root to start it): {}",
+            started.out.all()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
+    Some(started)
 }
 
 /// Writes `message` to the journal as a line about `unit` (a root process may name the unit
@@ -333,7 +375,9 @@ fn journal_line(unit: &str, message: &str) {
     let fields = dir.path().join("fields");
     std::fs::write(
         &fields,
-        format!("MESSAGE={message}\nOBJECT_SYSTEMD_UNIT={unit}\nPRIORITY=4\nSYSLOG_IDENTIFIER=demo\n"),
+        format!(
+            "MESSAGE={message}\nOBJECT_SYSTEMD_UNIT={unit}\nPRIORITY=4\nSYSLOG_IDENTIFIER=demo\n"
+        ),
     )
     .unwrap();
     let status = Command::new("logger")
@@ -345,7 +389,7 @@ fn journal_line(unit: &str, message: &str) {
 
 #[test]
 fn a_units_journal_is_read_with_journalctl() {
-    journald();
+    let _journald = journald();
     let unit = format!("m87-test-{}.service", std::process::id());
     journal_line(&unit, "first line");
     journal_line(&unit, "second line");
@@ -362,8 +406,13 @@ fn a_units_journal_is_read_with_journalctl() {
     assert_eq!(messages(&lines), ["first line", "second line"]);
     assert_eq!(lines[0]["level"], "warning");
     assert_eq!(lines[0]["source"], "demo");
-    assert_eq!(messages(&a.json_lines(&["--unit", &unit, "-n", "1"])), ["second line"]);
+    assert_eq!(
+        messages(&a.json_lines(&["--unit", &unit, "-n", "1"])),
+        ["second line"]
+    );
 
-    let err = a.alice.fails(&["acme-bot", "logs", "--unit", "m87-no-such-unit"]);
+    let err = a
+        .alice
+        .fails(&["acme-bot", "logs", "--unit", "m87-no-such-unit"]);
     assert!(err.contains("no unit named \"m87-no-such-unit\""), "{err}");
 }

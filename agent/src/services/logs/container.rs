@@ -143,7 +143,9 @@ pub async fn serve(
         let data = match frame {
             None => break,
             Some(Err(e)) => {
-                return Err(LogsError::Failed(format!("the Docker API stream broke: {e}")));
+                return Err(LogsError::Failed(format!(
+                    "the Docker API stream broke: {e}"
+                )));
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => data,

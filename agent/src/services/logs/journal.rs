@@ -148,7 +148,9 @@ pub async fn serve(
         .spawn()
         .map_err(|e| LogsError::Unavailable(format!("cannot run journalctl on the device: {e}")))?;
     let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err(LogsError::Unavailable("journalctl gave no output pipe".into()));
+        return Err(LogsError::Unavailable(
+            "journalctl gave no output pipe".into(),
+        ));
     };
     let mut sink = accepted(writer).await?;
     let mut lines = BufReader::new(stdout).lines();

@@ -39,11 +39,17 @@ pub fn rotating_writer(
     rotated: usize,
 ) -> std::io::Result<Mutex<RotatingFile>> {
     let dir = path.parent().ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, "the log path has no directory")
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the log path has no directory",
+        )
     })?;
     std::fs::create_dir_all(dir)?;
     // Fail here, with the reason, rather than losing every line later.
-    std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
     Ok(Mutex::new(FileRotate::new(
         path,
         AppendCount::new(rotated),
@@ -70,7 +76,7 @@ pub fn files_oldest_first(path: &Path) -> Vec<PathBuf> {
             Some((n, e.path()))
         })
         .collect();
-    rotated.sort_by(|a, b| b.0.cmp(&a.0));
+    rotated.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
     let mut all: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
     all.push(path.to_path_buf());
     all
@@ -109,9 +115,7 @@ pub fn parse_line(line: &str) -> LogLine {
         message.push_str(&format!(" {key}={value}"));
     }
     LogLine {
-        time: raw
-            .timestamp
-            .and_then(|t| t.parse::<DateTime<Utc>>().ok()),
+        time: raw.timestamp.and_then(|t| t.parse::<DateTime<Utc>>().ok()),
         level: raw.level.unwrap_or_default(),
         source: raw.target.unwrap_or_default(),
         message,

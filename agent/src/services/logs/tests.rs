@@ -118,7 +118,10 @@ fn a_runtime_line_keeps_time_level_source_and_fields() {
     assert_eq!(line.level, "INFO");
     assert_eq!(line.source, "m87_agent::x");
     assert_eq!(line.message, "hello n=1");
-    assert_eq!(line.time.unwrap().to_rfc3339(), "2026-01-01T10:00:00.500+00:00");
+    assert_eq!(
+        line.time.unwrap().to_rfc3339(),
+        "2026-01-01T10:00:00.500+00:00"
+    );
     let plain = parse_line("not json");
     assert_eq!((plain.time, plain.message.as_str()), (None, "not json"));
 }
@@ -141,7 +144,13 @@ fn the_writer_rotates_by_size_and_the_reader_reads_oldest_first() {
     assert_eq!(names, ["runtime.log.2", "runtime.log.1", "runtime.log"]);
     let all: Vec<String> = files
         .iter()
-        .flat_map(|f| std::fs::read_to_string(f).unwrap().lines().map(str::to_owned).collect::<Vec<_>>())
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
         .map(|l| parse_line(&l).message)
         .collect();
     // Three files of about one line each (each write passes 100 bytes): the newest three.
@@ -150,7 +159,10 @@ fn the_writer_rotates_by_size_and_the_reader_reads_oldest_first() {
 
 #[tokio::test]
 async fn without_a_log_file_the_runtime_log_is_unavailable() {
-    let mut client = start(request(LogSource::Runtime, None, false), ServiceSettings::default());
+    let mut client = start(
+        request(LogSource::Runtime, None, false),
+        ServiceSettings::default(),
+    );
     let refused = client.answer().await.unwrap_err();
     assert!(refused.contains("keeps no log file"), "{refused}");
 }
@@ -161,12 +173,20 @@ async fn the_last_lines_within_the_window_are_read_across_rotated_files() {
     let path = dir.path().join("runtime.log");
     std::fs::write(
         dir.path().join("runtime.log.1"),
-        format!("{}\n{}\n", json_line("2026-01-01T10:00:00Z", "a"), json_line("2026-01-01T10:01:00Z", "b")),
+        format!(
+            "{}\n{}\n",
+            json_line("2026-01-01T10:00:00Z", "a"),
+            json_line("2026-01-01T10:01:00Z", "b")
+        ),
     )
     .unwrap();
     std::fs::write(
         &path,
-        format!("{}\n{}\n", json_line("2026-01-01T10:02:00Z", "c"), json_line("2026-01-01T10:03:00Z", "d")),
+        format!(
+            "{}\n{}\n",
+            json_line("2026-01-01T10:02:00Z", "c"),
+            json_line("2026-01-01T10:03:00Z", "d")
+        ),
     )
     .unwrap();
     let all = request(LogSource::Runtime, None, false);
@@ -192,14 +212,24 @@ async fn the_last_lines_within_the_window_are_read_across_rotated_files() {
 async fn a_follower_sees_appended_lines_and_rotation_and_stops_when_the_client_leaves() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("runtime.log");
-    std::fs::write(&path, format!("{}\n", json_line("2026-01-01T10:00:00Z", "old"))).unwrap();
-    let mut client = start(request(LogSource::Runtime, Some(1), true), runtime_settings(&path));
+    std::fs::write(
+        &path,
+        format!("{}\n", json_line("2026-01-01T10:00:00Z", "old")),
+    )
+    .unwrap();
+    let mut client = start(
+        request(LogSource::Runtime, Some(1), true),
+        runtime_settings(&path),
+    );
     client.answer().await.unwrap();
     let (lines, _) = client.lines(Some(1)).await;
     assert_eq!(lines[0].message, "old n=1");
 
     let append = |text: &str| {
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         writeln!(f, "{}", json_line("2026-01-01T10:00:01Z", text)).unwrap();
     };
     append("appended");
@@ -215,7 +245,10 @@ async fn a_follower_sees_appended_lines_and_rotation_and_stops_when_the_client_l
     assert_eq!(messages, ["just before rotation n=1", "after rotation n=1"]);
 
     client.writer.shutdown().await.unwrap();
-    let outcome = tokio::time::timeout(LIMIT, client.service).await.unwrap().unwrap();
+    let outcome = tokio::time::timeout(LIMIT, client.service)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(outcome, ChannelOutcome::default());
 }
 
@@ -232,7 +265,10 @@ fn the_decoder_splits_frames_and_lines() {
         frames.extend_from_slice(&(text.len() as u32).to_be_bytes());
         frames.extend_from_slice(text.as_bytes());
     };
-    frame(1, "2026-01-01T10:00:00.123456789Z hello\n2026-01-01T10:00:01Z wor");
+    frame(
+        1,
+        "2026-01-01T10:00:00.123456789Z hello\n2026-01-01T10:00:01Z wor",
+    );
     frame(2, "2026-01-01T10:00:02Z oops\n");
     frame(1, "ld\n");
     let mut decoder = Decoder::new(false, "web");
@@ -247,14 +283,25 @@ fn the_decoder_splits_frames_and_lines() {
         .collect();
     assert_eq!(
         got,
-        [("stdout", "hello", "web"), ("stderr", "oops", "web"), ("stdout", "world", "web")]
+        [
+            ("stdout", "hello", "web"),
+            ("stderr", "oops", "web"),
+            ("stdout", "world", "web")
+        ]
     );
-    assert_eq!(decoder.lines[0].time.unwrap().timestamp_subsec_nanos(), 123_456_789);
+    assert_eq!(
+        decoder.lines[0].time.unwrap().timestamp_subsec_nanos(),
+        123_456_789
+    );
 
     let mut tty = Decoder::new(true, "t");
     tty.feed(b"2026-01-01T10:00:00Z one\r\nno time here");
     tty.finish();
-    let got: Vec<_> = tty.lines.iter().map(|l| (l.time.is_some(), l.message.as_str())).collect();
+    let got: Vec<_> = tty
+        .lines
+        .iter()
+        .map(|l| (l.time.is_some(), l.message.as_str()))
+        .collect();
     assert_eq!(got, [(true, "one"), (false, "no time here")]);
 }
 
@@ -290,14 +337,20 @@ async fn fake_docker(socket: &Path) -> Arc<std::sync::Mutex<Vec<String>>> {
                     ("200 OK", br#"{"Config":{"Tty":false}}"#.to_vec())
                 } else if target.starts_with("/containers/web/logs") {
                     let mut body = Vec::new();
-                    for (stream, text) in [(1u8, "2026-01-01T10:00:00Z first\n"), (2, "2026-01-01T10:00:01Z second\n")] {
+                    for (stream, text) in [
+                        (1u8, "2026-01-01T10:00:00Z first\n"),
+                        (2, "2026-01-01T10:00:01Z second\n"),
+                    ] {
                         body.extend_from_slice(&[stream, 0, 0, 0]);
                         body.extend_from_slice(&(text.len() as u32).to_be_bytes());
                         body.extend_from_slice(text.as_bytes());
                     }
                     ("200 OK", body)
                 } else {
-                    ("404 Not Found", br#"{"message":"No such container"}"#.to_vec())
+                    (
+                        "404 Not Found",
+                        br#"{"message":"No such container"}"#.to_vec(),
+                    )
                 };
                 let head = format!(
                     "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
@@ -324,12 +377,22 @@ async fn a_container_log_comes_through_the_docker_api() {
     let mut client = start(request(web, Some(2), false), settings.clone());
     client.answer().await.unwrap();
     let (lines, exit) = client.lines(None).await;
-    let got: Vec<_> = lines.iter().map(|l| (l.level.as_str(), l.message.as_str())).collect();
+    let got: Vec<_> = lines
+        .iter()
+        .map(|l| (l.level.as_str(), l.message.as_str()))
+        .collect();
     assert_eq!(got, [("stdout", "first"), ("stderr", "second")]);
     assert_eq!(exit, Some(ExitStatus::Code(0)));
-    assert!(seen.lock().unwrap().iter().any(|t| t.ends_with("timestamps=1&tail=2")));
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|t| t.ends_with("timestamps=1&tail=2"))
+    );
 
-    let nosuch = LogSource::Container { name: "nosuch".into() };
+    let nosuch = LogSource::Container {
+        name: "nosuch".into(),
+    };
     let mut client = start(request(nosuch, None, false), settings);
     let refused = client.answer().await.unwrap_err();
     assert_eq!(refused, "no container named \"nosuch\" on the device");

@@ -83,7 +83,13 @@ pub fn format_line(line: &LogLine) -> String {
         .time
         .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
         .unwrap_or_else(|| "-".to_owned());
-    let dash = |s: &str| if s.is_empty() { "-".to_owned() } else { s.to_owned() };
+    let dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
     format!(
         "{time} {:<5} {} {}",
         dash(&line.level),
@@ -184,7 +190,10 @@ mod tests {
         both.unit = Some("nginx".into());
         both.container = Some("web".into());
         let err = request(&both, now).unwrap_err().to_string();
-        assert_eq!(err, "give one of --unit, --container or --runtime, not several");
+        assert_eq!(
+            err,
+            "give one of --unit, --container or --runtime, not several"
+        );
         let mut unit = args();
         unit.unit = Some("nginx".into());
         unit.runtime = true;
