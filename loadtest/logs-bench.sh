@@ -106,7 +106,8 @@ measure() {
     sleep 0.02
   done
   t1=$(date +%s.%N)
-  kill -INT "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+  # TERM, not INT: a background job of a script starts with SIGINT ignored.
+  kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
   untrack "$pid"
   local got
   got=$(grep -c 'bench-line' "$out" || true)
@@ -131,7 +132,7 @@ mkdir -p "$(dirname "$REPORT")"
   echo
   echo "Machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr);" \
     "load average at the end $(loadavg) (the machine is shared with other builds)."
-  echo "Binaries: release build of this branch ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'))."
+  echo "Binaries: $BIN_DIR (commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'))."
   echo "Command: \`loadtest/logs-bench.sh\` with BENCH_LINES=$LINES BENCH_ROUNDS=$ROUNDS."
   echo
   echo "$LINES lines ($(awk -v b="$BYTES" 'BEGIN { printf "%.1f", b / 1048576 }') MiB, JSON as the runtime writes them) appended at once to"
@@ -150,7 +151,7 @@ mkdir -p "$(dirname "$REPORT")"
   done
   echo
   echo "Everything on loopback: m87-server (control plane + relay), \`m87 runtime run\` and the CLI on"
-  echo "one machine. The m87 follower polls the file every 200 ms, parses each line and sends it"
+  echo "one machine. The m87 follower is woken by inotify (and checks every 500 ms), parses each line and sends it"
   echo "re-encoded as a LogLine JSON object; exec+tail sends the raw bytes."
 } >"$REPORT"
 log "report: $REPORT"

@@ -16,6 +16,7 @@ use file_rotate::{ContentLimit, FileRotate};
 use m87_events::tunnel::logs::{LogLine, LogsRequest};
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncSeekExt, BufReader};
+use tokio::sync::mpsc;
 
 use super::{BoxWrite, ClientWatch, Ended, LogsError, Sink, accepted};
 
@@ -23,8 +24,9 @@ use super::{BoxWrite, ClientWatch, Ended, LogsError, Sink, accepted};
 pub const MAX_FILE_BYTES: usize = 10 * 1024 * 1024;
 /// Rotated files kept besides the current one.
 pub const ROTATED_FILES: usize = 2;
-/// How often a follower looks for new lines.
-pub const POLL: Duration = Duration::from_millis(200);
+/// How often a follower looks for new lines when no change notice arrived (inotify, through
+/// the `notify` crate, wakes it sooner; without it this is the only check).
+pub const POLL: Duration = Duration::from_millis(500);
 /// Longest line kept whole; longer ones are cut (the runtime writes far shorter ones).
 const MAX_LINE: usize = 64 * 1024;
 
@@ -160,6 +162,23 @@ pub async fn serve(
     follow(&path, current, request, &mut sink, &mut closed).await
 }
 
+/// Wakes a follower when something in the log's directory changes (lines appended, a file
+/// rotated); `None` when the system offers no such notices (the follower then polls).
+fn watch_changes(path: &Path) -> Option<(notify::RecommendedWatcher, mpsc::Receiver<()>)> {
+    use notify::Watcher;
+    let (tx, rx) = mpsc::channel(1);
+    let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+        // A full channel already holds a wake-up.
+        let _ = tx.try_send(());
+    })
+    .ok()?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    watcher
+        .watch(dir, notify::RecursiveMode::NonRecursive)
+        .ok()?;
+    Some((watcher, rx))
+}
+
 async fn follow(
     path: &Path,
     mut current: Option<Reader>,
@@ -167,6 +186,10 @@ async fn follow(
     sink: &mut Sink<'_>,
     closed: &mut ClientWatch,
 ) -> Result<Ended, LogsError> {
+    let (_watcher, mut changes) = match watch_changes(path) {
+        Some((w, rx)) => (Some(w), Some(rx)),
+        None => (None, None),
+    };
     loop {
         if let Some(reader) = current.as_mut() {
             while let Some(line) = reader.next_line().await {
@@ -182,8 +205,17 @@ async fn follow(
         if request.until.is_some_and(|u| Utc::now() >= u) {
             return Ok(Ended::Done);
         }
+        let changed = async {
+            match changes.as_mut() {
+                Some(rx) => {
+                    let _ = rx.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = closed.closed() => return Ok(Ended::ClientLeft),
+            _ = changed => {}
             _ = tokio::time::sleep(POLL) => {}
         }
         current = reopen_if_rotated(path, current).await;
