@@ -411,6 +411,22 @@ fn a_units_journal_is_read_with_journalctl() {
         ["second line"]
     );
 
+    // Following the unit: a line written after it started shows up; Ctrl-C ends it.
+    let mut follow = Proc::spawn(
+        a.alice
+            .command(&["acme-bot", "logs", "-f", "--unit", &unit, "-n", "1"]),
+    );
+    follow.out.wait_for("second line", WAIT);
+    journal_line(&unit, "third line");
+    let third = follow.out.wait_for("third line", WAIT);
+    assert!(third.contains(" warning demo third line"), "{third}");
+    let status = Command::new("kill")
+        .args(["-INT", &follow.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(follow.wait_exit(WAIT), 0, "{}", follow.out.all());
+
     let err = a
         .alice
         .fails(&["acme-bot", "logs", "--unit", "m87-no-such-unit"]);

@@ -410,3 +410,30 @@ async fn without_a_docker_socket_container_logs_are_unavailable() {
     let refused = client.answer().await.unwrap_err();
     assert!(refused.contains("cannot reach the Docker API"), "{refused}");
 }
+
+#[tokio::test]
+async fn a_slow_client_holds_the_reader_back_instead_of_lines_piling_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runtime.log");
+    let mut text = String::new();
+    for i in 0..20_000 {
+        text.push_str(&json_line("2026-01-01T10:00:00Z", &format!("line {i}")));
+        text.push('\n');
+    }
+    std::fs::write(&path, text).unwrap();
+    // The pipe holds 64 KiB; the log is about 2 MiB.
+    let mut client = start(
+        request(LogSource::Runtime, None, false),
+        runtime_settings(&path),
+    );
+    client.answer().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !client.service.is_finished(),
+        "the service must wait for the client, not buffer the log"
+    );
+    let (lines, exit) = client.lines(None).await;
+    assert_eq!(lines.len(), 20_000);
+    assert_eq!(lines[19_999].message, "line 19999 n=1");
+    assert_eq!(exit, Some(ExitStatus::Code(0)));
+}
