@@ -2,13 +2,14 @@
 # Logs benchmark: how many lines a second `m87 <device> logs -f` delivers through the tunnel,
 # next to what people would use instead on the same machine:
 #
-#   1. `m87 <device> logs -f -n 0 -o json` (the device reads its runtime log, JSON lines
+#   1. `m87 <device> logs -f -n 5 -o json` (the device reads its runtime log, JSON lines
 #      through the relay to the CLI);
-#   2. `m87 <device> exec -- tail -n 0 -F FILE` (the same file, raw bytes through the tunnel);
-#   3. `tail -n 0 -F FILE` locally (no tunnel at all: the ceiling).
+#   2. `m87 <device> exec -- tail -n 5 -F FILE` (the same file, raw bytes through the tunnel);
+#   3. `tail -n 5 -F FILE` locally (no tunnel at all: the ceiling).
 #
-# For each, a follower is started, then BENCH_LINES lines in the runtime log's own JSON format
-# are appended to the runtime's log file at once, and the time until the follower has printed
+# For each, the runtime's log file is emptied but for one start line, a follower is started and
+# waited for (it printed that line), then BENCH_LINES lines in the runtime log's own JSON format
+# are appended to the file at once, and the time until the follower has printed
 # the last of them is measured (lines/s = lines / that time). Rounds are interleaved; the median
 # is reported. Writes loadtest/reports/logs-<date>.md with the machine and every command.
 #
@@ -87,21 +88,31 @@ PY
 BYTES=$(stat -c %s "$D/lines.json")
 LAST=$(printf 'bench-line %07d' $((LINES - 1)))
 
-# measure NAME COMMAND...: starts the follower, appends the lines, prints the seconds until the
-# follower printed the last one.
+# measure NAME COMMAND...: empties the log file but for one start line, starts the follower
+# (asked for the last 5 lines), waits until it printed the start line (it is then past its first read
+# and following), appends the lines, prints the seconds until the follower printed the last one.
 measure() {
   local name=$1; shift
   local out=$D/$name.out
   : >"$out"
+  printf '{"timestamp":"%s","level":"INFO","fields":{"message":"bench-start %s"},"target":"bench"}\n' \
+    "$(date -u +%FT%T.%6NZ)" "$name" >"$FILE"
   "$@" >"$out" 2>"$D/$name.err" &
   local pid=$!
   PIDS+=("$pid")
-  sleep 3 # the follower is connected and past its first read
-  kill -0 "$pid" 2>/dev/null || { cat "$D/$name.err" >&2; die "$name exited early"; }
+  local i
+  for ((i = 0; i < 300; i++)); do
+    grep -q "bench-start $name" "$out" && break
+    kill -0 "$pid" 2>/dev/null || { cat "$D/$name.err" >&2; die "$name exited early"; }
+    sleep 0.1
+  done
+  grep -q "bench-start $name" "$out" || die "$name did not print the start line"
   local t0 t1
   t0=$(date +%s.%N)
   cat "$D/lines.json" >>"$FILE"
-  while ! tail -c 300 "$out" | grep -q "$LAST"; do
+  # The last 8 KiB: the runtime may log a few lines of its own (a session closing) after it.
+  # (No `tail | grep -q`: with pipefail a SIGPIPE in tail would make a match look like none.)
+  while [[ $(tail -c 8192 "$out") != *"$LAST"* ]]; do
     kill -0 "$pid" 2>/dev/null || { cat "$D/$name.err" >&2; die "$name exited early"; }
     sleep 0.02
   done
@@ -118,9 +129,9 @@ measure() {
 declare -A SECS
 for r in $(seq "$ROUNDS"); do
   log "round $r of $ROUNDS"
-  SECS[m87_logs]+="$(measure m87_logs "$M87" "$DEVICE" logs -f -n 0 -o json) "
-  SECS[m87_exec_tail]+="$(measure m87_exec_tail "$M87" "$DEVICE" exec -- tail -n 0 -F "$FILE") "
-  SECS[local_tail]+="$(measure local_tail tail -n 0 -F "$FILE") "
+  SECS[m87_logs]+="$(measure m87_logs "$M87" "$DEVICE" logs -f -n 5 -o json) "
+  SECS[m87_exec_tail]+="$(measure m87_exec_tail "$M87" "$DEVICE" exec -- tail -n 5 -F "$FILE") "
+  SECS[local_tail]+="$(measure local_tail tail -n 5 -F "$FILE") "
 done
 median() { tr ' ' '\n' | grep . | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 rate() { awk -v n="$LINES" -v s="$1" 'BEGIN { printf "%.0f", n / s }'; }
@@ -143,9 +154,9 @@ mkdir -p "$(dirname "$REPORT")"
   for k in m87_logs m87_exec_tail local_tail; do
     m=$(echo "${SECS[$k]}" | median)
     case $k in
-      m87_logs) label="\`m87 $DEVICE logs -f -n 0 -o json\`" ;;
-      m87_exec_tail) label="\`m87 $DEVICE exec -- tail -n 0 -F FILE\`" ;;
-      local_tail) label="\`tail -n 0 -F FILE\` (local, no tunnel)" ;;
+      m87_logs) label="\`m87 $DEVICE logs -f -n 5 -o json\`" ;;
+      m87_exec_tail) label="\`m87 $DEVICE exec -- tail -n 5 -F FILE\`" ;;
+      local_tail) label="\`tail -n 5 -F FILE\` (local, no tunnel)" ;;
     esac
     echo "| $label | ${SECS[$k]}| $m | $(rate "$m") | $(mbs "$m") |"
   done
