@@ -10,6 +10,25 @@
 //! - [`services`]: what runs behind each channel (exec, shell, forward, files).
 //! - [`tunnel`]: the device's tunnel to a relay and the sessions it serves.
 
+/// Prints a line for the person running the runtime (stdout) and writes it to the runtime's
+/// log too (an `info` event with target `m87_agent::console`), so `m87 <device> logs` shows it.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let line = format!($($arg)*);
+        println!("{line}");
+        tracing::info!(target: "m87_agent::console", "{line}");
+    }};
+}
+
+/// As [`say!`], on stderr and as a `warn` event.
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        let line = format!($($arg)*);
+        eprintln!("{line}");
+        tracing::warn!(target: "m87_agent::console", "{line}");
+    }};
+}
+
 pub mod backoff;
 pub mod runtime;
 pub mod services;

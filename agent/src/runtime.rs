@@ -243,7 +243,7 @@ pub async fn run(
 ) -> Result<(), RuntimeError> {
     let creds = match state.credentials.load()?.device {
         Some(c) => {
-            println!("using stored credentials for device {}", c.device_id);
+            say!("using stored credentials for device {}", c.device_id);
             c
         }
         None => match register_and_wait(&opts, &state, &mut shutdown).await? {
@@ -263,7 +263,7 @@ async fn register_and_wait(
     let device_id = state.device_id()?;
     let pending = match state.pending()? {
         Some(p) if p.api_url == client.base_url() && p.expires_at > Utc::now() => {
-            println!("resuming registration request {}", p.request_id);
+            say!("resuming registration request {}", p.request_id);
             p
         }
         _ => {
@@ -278,7 +278,7 @@ async fn register_and_wait(
             p
         }
     };
-    println!(
+    say!(
         "registration request {id} is waiting for approval; an approver runs: m87 devices approve {id}",
         id = pending.request_id
     );
@@ -310,7 +310,7 @@ async fn register(
         system_info: crate::sysinfo::collect(),
         claim_secret: claim_secret.clone(),
     };
-    println!(
+    say!(
         "registering device {device_id} ({name}) with {} as {owner}",
         client.base_url()
     );
@@ -320,7 +320,7 @@ async fn register(
             Ok(r) => break r,
             Err(e) if e.is_transient() => {
                 let wait = backoff.next_wait();
-                eprintln!(
+                say_err!(
                     "registration failed ({e}); retrying in {} s",
                     wait.as_secs()
                 );
@@ -358,7 +358,7 @@ async fn poll_until_decided(
         .poll_interval
         .unwrap_or(Duration::from_secs(pending.poll_interval_secs.max(1)));
     let minutes = (pending.expires_at - Utc::now()).num_minutes().max(0);
-    println!(
+    say!(
         "polling every {} s for up to {minutes} min",
         interval.as_secs()
     );
@@ -395,7 +395,7 @@ async fn poll_until_decided(
                             }
                         })?;
                         state.clear_pending()?;
-                        println!(
+                        say!(
                             "approved: device {} is enrolled; credentials saved to {}",
                             creds.device_id,
                             state.credentials.path().display()
@@ -432,7 +432,7 @@ async fn poll_until_decided(
             }
             Err(e) if e.is_transient() => {
                 let wait = backoff.next_wait();
-                eprintln!("polling failed ({e}); retrying in {} s", wait.as_secs());
+                say_err!("polling failed ({e}); retrying in {} s", wait.as_secs());
                 wait
             }
             Err(e) => return Err(e.into()),
@@ -442,7 +442,7 @@ async fn poll_until_decided(
             return Err(RuntimeError::Expired(pending.request_id));
         }
         if sleep_or_stop(wait, shutdown).await {
-            println!("stopped while waiting; the request stays pending and a restart resumes it");
+            say!("stopped while waiting; the request stays pending and a restart resumes it");
             return Ok(None);
         }
     }
@@ -506,7 +506,7 @@ async fn check_in(
             Ok(_) => {
                 backoff = Backoff::new();
                 if !announced {
-                    println!(
+                    say!(
                         "device {} is approved and checked in with {}",
                         creds.device_id,
                         client.base_url()
@@ -522,7 +522,7 @@ async fn check_in(
             }) => return Err(refused(message)),
             Err(e) => {
                 let wait = backoff.next_wait();
-                eprintln!(
+                say_err!(
                     "cannot check in with the server ({e}); retrying in {} s",
                     wait.as_secs()
                 );

@@ -33,26 +33,42 @@ use m87_observability::LogFormat;
 use output::Output;
 
 /// Logs go to stderr, filtered by RUST_LOG (default: warnings); M87_LOG_FORMAT=json gives JSON
-/// lines.
-fn init_tracing() {
+/// lines. `m87 runtime run` also keeps its log file (see `commands::runtime::open_log`); its
+/// path is returned.
+fn init_tracing(command: &Command) -> Option<std::path::PathBuf> {
     let json = std::env::var("M87_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let format = if json {
         LogFormat::Json
     } else {
         LogFormat::Human
     };
+    if let Command::Runtime {
+        command: RuntimeCommand::Run { .. },
+    } = command
+        && let Some((path, filter, writer)) = commands::runtime::open_log()
+    {
+        m87_observability::init_logging_with_file("warn", format, &filter, writer);
+        return Some(path);
+    }
     m87_observability::init_logging("warn", format);
+    None
 }
 
-async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+async fn dispatch(cli: Cli, runtime_log: Option<std::path::PathBuf>) -> anyhow::Result<i32> {
     let out = cli.output;
     if let Command::Device(args) = cli.command {
         return commands::remote::run(args, out).await;
     }
-    dispatch_local(cli.command, out).await.map(|()| 0)
+    dispatch_local(cli.command, out, runtime_log)
+        .await
+        .map(|()| 0)
 }
 
-async fn dispatch_local(command: Command, out: Output) -> anyhow::Result<()> {
+async fn dispatch_local(
+    command: Command,
+    out: Output,
+    runtime_log: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
     match command {
         Command::Device(_) => Ok(()),
         Command::Login {
@@ -159,7 +175,10 @@ async fn dispatch_local(command: Command, out: Output) -> anyhow::Result<()> {
                 name,
                 fingerprint,
                 docker_socket,
-            } => commands::runtime::run(email, org, name, fingerprint, docker_socket).await,
+            } => {
+                commands::runtime::run(email, org, name, fingerprint, docker_socket, runtime_log)
+                    .await
+            }
             RuntimeCommand::Status => commands::runtime::status(out),
             RuntimeCommand::Logout => commands::runtime::logout(),
         },
@@ -210,8 +229,8 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 async fn run_async(cli: Cli) -> ExitCode {
-    init_tracing();
-    match dispatch(cli).await {
+    let runtime_log = init_tracing(&cli.command);
+    match dispatch(cli, runtime_log).await {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
         Err(e) => {
             let message = format!("{e:#}");

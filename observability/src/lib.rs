@@ -5,6 +5,7 @@
 //! # Layout
 //!
 //! - [`init_logging`]: log lines to stderr, as text or JSON, filtered by `RUST_LOG`.
+//! - [`init_logging_with_file`]: the same, plus JSON lines to a file (the device runtime's log).
 //! - [`shutdown_signal`]: Ctrl-C or SIGTERM, logged, for every long-running role.
 
 /// How log lines are written.
@@ -29,6 +30,43 @@ pub fn init_logging(default_filter: &str, format: LogFormat) {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// As [`init_logging`], and besides every event that passes `file_filter` (for example `info`)
+/// goes to `file` as one JSON object per line (`timestamp`, `level`, `fields`, `target`),
+/// whatever `RUST_LOG` says. A second call does nothing.
+pub fn init_logging_with_file<W>(
+    default_filter: &str,
+    format: LogFormat,
+    file_filter: &str,
+    file: W,
+) where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let stderr = match format {
+        LogFormat::Human => stderr
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => stderr.json().with_filter(filter).boxed(),
+    };
+    let to_file = tracing_subscriber::fmt::layer()
+        .json()
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_ansi(false)
+        .with_writer(file)
+        .with_filter(tracing_subscriber::EnvFilter::new(file_filter));
+    let _ = tracing_subscriber::registry()
+        .with(stderr)
+        .with(to_file)
+        .try_init();
 }
 
 /// Completes on Ctrl-C or SIGTERM.

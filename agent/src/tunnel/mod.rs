@@ -86,7 +86,7 @@ pub async fn run(
                     backoff = crate::backoff::Backoff::new();
                 }
                 let wait = backoff.next_wait();
-                eprintln!(
+                say_err!(
                     "tunnel down ({reason}); reconnecting in {:.1} s",
                     wait.as_secs_f64()
                 );
@@ -156,7 +156,7 @@ async fn connect_once(
     };
     *last_relay = Some(relay.address.clone());
     let (endpoint, conn, send, link) = dial(relay, api_key).await?;
-    println!("tunnel connected to relay {}", relay.address);
+    say!("tunnel connected to relay {}", relay.address);
     let datagrams = Arc::new(QuicDatagrams::new(conn.clone()));
     let router = tokio::spawn(Arc::clone(&datagrams).route());
     let state = Arc::new(TunnelState {

@@ -63,6 +63,40 @@ fn shutdown_on_signal() -> watch::Receiver<bool> {
     rx
 }
 
+/// The runtime's log writer for `m87 runtime run`: `M87_RUNTIME_LOG` (`off`: none) or
+/// `<config dir>/logs/runtime.log`, rotated by size; with the path and the level filter
+/// (`M87_RUNTIME_LOG_LEVEL`, default `info`). `None` (after a warning) when it cannot be kept.
+pub fn open_log() -> Option<(
+    std::path::PathBuf,
+    String,
+    std::sync::Mutex<m87_agent::services::logs::RotatingFile>,
+)> {
+    use m87_agent::services::logs::runtime_file::{MAX_FILE_BYTES, ROTATED_FILES};
+    let path = match std::env::var("M87_RUNTIME_LOG") {
+        Ok(p) if p.trim().eq_ignore_ascii_case("off") => return None,
+        Ok(p) if !p.trim().is_empty() => std::path::PathBuf::from(p.trim()),
+        _ => match credentials_file() {
+            Ok(file) => file.dir().join("logs").join("runtime.log"),
+            Err(_) => return None,
+        },
+    };
+    let filter = std::env::var("M87_RUNTIME_LOG_LEVEL")
+        .ok()
+        .filter(|f| !f.trim().is_empty())
+        .unwrap_or_else(|| "info".to_owned());
+    match m87_agent::services::logs::rotating_writer(&path, MAX_FILE_BYTES, ROTATED_FILES) {
+        Ok(writer) => Some((path, filter, writer)),
+        Err(e) => {
+            eprintln!(
+                "warning: cannot keep the runtime log at {} ({e}); running without it (set \
+                 M87_RUNTIME_LOG to a writable path)",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
 /// `m87 runtime run`. A `fingerprint` (or `M87_API_FINGERPRINT`) pins the server's
 /// certificate; it is stored for the server with the device's key (at approval, or now when
 /// the device is enrolled), so later runs check it without being told again.
@@ -72,6 +106,7 @@ pub async fn run(
     name: Option<DeviceName>,
     fingerprint: Option<Fingerprint>,
     docker_socket: Option<std::path::PathBuf>,
+    runtime_log: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
     let file = credentials_file()?;
     let creds = file.load()?;
@@ -94,7 +129,7 @@ pub async fn run(
     }
     let services = m87_agent::services::ServiceSettings {
         docker_socket,
-        runtime_log: None,
+        runtime_log,
     };
     let opts = RunOptions {
         api_url,

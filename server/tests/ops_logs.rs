@@ -1,0 +1,434 @@
+//! `m87 <device> logs` through the real binaries: the runtime's own log (all of it, the last
+//! N lines, a time window, following it until Ctrl-C), a container's log through a Docker API
+//! socket, a unit's journal through journalctl (journald started here if it is not running),
+//! bad inputs, and the audit trail (a viewer refused, a read recorded with its arguments).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{M87, Proc, Server, request_id_of, user};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Acme {
+    tmp: tempfile::TempDir,
+    _server: Server,
+    runtime: Proc,
+    alice: M87,
+    carol: M87,
+    device: M87,
+}
+
+/// An organization `acme` (alice its admin, carol a viewer) and its device `acme-bot`, whose
+/// runtime offers the Docker API socket `docker`.
+fn acme(docker: &Path) -> Acme {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"), "127.0.0.1:0");
+    let root = M87::new(
+        &server.url,
+        &tmp.path().join("root"),
+        Some(&server.admin_key()),
+    );
+    let alice = user(&server, &root, &tmp.path().join("a"), "alice@example.com");
+    let carol = user(&server, &root, &tmp.path().join("c"), "carol@example.com");
+    alice.ok(&["org", "create", "acme", "--name", "Acme"]);
+    alice.ok(&[
+        "org",
+        "members",
+        "add",
+        "acme",
+        "carol@example.com",
+        "--role",
+        "viewer",
+    ]);
+    let device = M87::new(&server.url, &tmp.path().join("dev"), None);
+    let runtime = device.runtime(&[
+        "--org",
+        "acme",
+        "--name",
+        "acme-bot",
+        "--docker-socket",
+        docker.to_str().unwrap(),
+    ]);
+    let request_id = request_id_of(&runtime);
+    alice.ok(&["devices", "approve", &request_id]);
+    runtime.out.wait_for("tunnel connected to relay", WAIT);
+    Acme {
+        tmp,
+        _server: server,
+        runtime,
+        alice,
+        carol,
+        device,
+    }
+}
+
+impl Acme {
+    fn log_file(&self) -> PathBuf {
+        self.device.config_dir.join("logs/runtime.log")
+    }
+
+    /// `alice: m87 acme-bot logs ARGS -o json`, as parsed lines.
+    fn json_lines(&self, args: &[&str]) -> Vec<Value> {
+        let out = self
+            .alice
+            .ok(&[&["acme-bot", "logs"], args, &["-o", "json"]].concat());
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+fn messages(lines: &[Value]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Polls until `done` holds for the text of `path`.
+fn file_until(path: &Path, what: &str, done: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if done(&text) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}; the file holds:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Polls `m87 audit --action logs -o json` until `done` holds for its records.
+fn audit_until(m87: &M87, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = m87.ok(&["audit", "--action", "logs", "-o", "json"]);
+        let records: Vec<Value> = serde_json::from_str(&out).unwrap();
+        if done(&records) {
+            return records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "records never matched: {records:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_runtime_log_shows_its_lines_the_last_n_and_a_time_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = acme(&dir.path().join("no-docker.sock"));
+    // The runtime keeps its log where the docs say, as JSON lines.
+    file_until(&a.log_file(), "no tunnel line in the log file", |t| {
+        t.contains("tunnel connected to relay")
+    });
+
+    let table = a.alice.ok(&["acme-bot", "logs"]);
+    let connected = table
+        .lines()
+        .find(|l| l.contains("tunnel connected to relay"))
+        .unwrap_or_else(|| panic!("no tunnel line in:\n{table}"));
+    let cols: Vec<&str> = connected.split_whitespace().collect();
+    assert!(
+        cols[0].parse::<chrono::DateTime<chrono::Utc>>().is_ok(),
+        "{connected}"
+    );
+    assert_eq!(cols[1..3], ["INFO", "m87_agent::console"], "{connected}");
+
+    let all = a.json_lines(&[]);
+    let tunnel = all
+        .iter()
+        .find(|l| l["message"].as_str().unwrap().contains("tunnel connected"))
+        .unwrap();
+    assert_eq!(tunnel["level"], "INFO");
+    let t: chrono::DateTime<chrono::Utc> = tunnel["time"].as_str().unwrap().parse().unwrap();
+
+    // -n 2: exactly the last two, the newest being this very session's opening.
+    let last = a.json_lines(&["-n", "2"]);
+    assert_eq!(last.len(), 2, "{last:#?}");
+    let newest = last[1]["message"].as_str().unwrap();
+    assert!(
+        newest.contains("session accepted") && newest.contains("op=logs"),
+        "{last:#?}"
+    );
+    // A window: since just after the tunnel line leaves it out; until that instant keeps
+    // it and nothing later.
+    let after = t + chrono::Duration::milliseconds(1);
+    let after_text = after.to_rfc3339();
+    let since = a.json_lines(&["--since", &after_text]);
+    assert!(!since.is_empty());
+    assert!(
+        messages(&since)
+            .iter()
+            .all(|m| !m.contains("tunnel connected"))
+    );
+    let until = a.json_lines(&["--until", &after_text]);
+    assert!(
+        messages(&until)
+            .iter()
+            .any(|m| m.contains("tunnel connected"))
+    );
+    for line in &until {
+        let time: chrono::DateTime<chrono::Utc> = line["time"].as_str().unwrap().parse().unwrap();
+        assert!(time < after, "{line}");
+    }
+    // Durations count back from now.
+    let recent = a.json_lines(&["--since", "10m"]);
+    assert!(
+        messages(&recent)
+            .iter()
+            .any(|m| m.contains("tunnel connected"))
+    );
+}
+
+#[test]
+fn following_picks_up_new_lines_and_ctrl_c_stops_the_device_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = acme(&dir.path().join("no-docker.sock"));
+    let mut follow = Proc::spawn(a.alice.command(&["acme-bot", "logs", "-f", "-n", "5"]));
+    follow.out.wait_for("op=logs", WAIT);
+    // Something new on the device after the follower started: an exec session.
+    a.alice.ok(&["acme-bot", "exec", "--", "true"]);
+    follow.out.wait_for("op=exec", WAIT);
+
+    let status = Command::new("kill")
+        .args(["-INT", &follow.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(follow.wait_exit(WAIT), 0, "{}", follow.out.all());
+    // The device's reader noticed the closed stream and stopped...
+    file_until(&a.log_file(), "the device never stopped reading", |t| {
+        t.contains("logs reader stopped: the client closed the stream")
+    });
+    // ...and the session is closed on the record.
+    let records = audit_until(&a.alice, |r| {
+        r.iter()
+            .any(|x| x["args"]["follow"] == true && x["outcome"] != "open")
+    });
+    let followed = records
+        .iter()
+        .find(|x| x["args"]["follow"] == true)
+        .unwrap();
+    assert_eq!(followed["args"]["lines"], 5);
+    assert_eq!(followed["args"]["source"]["type"], "runtime");
+    let _ = &a.runtime;
+}
+
+#[test]
+fn a_viewer_is_refused_and_a_read_is_recorded_with_its_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = acme(&dir.path().join("no-docker.sock"));
+    let err = a.carol.fails(&["acme-bot", "logs"]);
+    assert!(err.contains("viewer"), "{err}");
+    a.alice
+        .ok(&["acme-bot", "logs", "-n", "3", "--since", "1h"]);
+    let records = audit_until(&a.alice, |r| {
+        r.iter().any(|x| x["outcome"] == "refused") && r.iter().any(|x| x["outcome"] == "ok")
+    });
+    let refused = records.iter().find(|x| x["outcome"] == "refused").unwrap();
+    assert_eq!(refused["user"], "carol@example.com");
+    let ok = records.iter().find(|x| x["outcome"] == "ok").unwrap();
+    assert_eq!(ok["user"], "alice@example.com");
+    assert_eq!(ok["args"]["lines"], 3);
+    assert_eq!(ok["args"]["source"]["type"], "runtime");
+    assert!(ok["args"]["since"].is_string(), "{ok}");
+}
+
+/// A Docker API on a unix socket that knows one container, `web`, with two log lines
+/// (stdout and stderr, in the API's frame format); every other container is unknown. Returns
+/// the request targets it saw.
+fn fake_docker(socket: &Path) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = std::sync::Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut buf = vec![0u8; 8192];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let target = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+            record.lock().unwrap().push(target.clone());
+            let (status, body) = if target == "/containers/web/json" {
+                ("200 OK", br#"{"Config":{"Tty":false}}"#.to_vec())
+            } else if target.starts_with("/containers/web/logs") {
+                let mut body = Vec::new();
+                for (stream, text) in [
+                    (1u8, "2026-01-01T10:00:00.000000001Z listening on :80\n"),
+                    (2, "2026-01-01T10:00:01Z warning: no cache\n"),
+                ] {
+                    body.extend_from_slice(&[stream, 0, 0, 0]);
+                    body.extend_from_slice(&(text.len() as u32).to_be_bytes());
+                    body.extend_from_slice(text.as_bytes());
+                }
+                ("200 OK", body)
+            } else {
+                (
+                    "404 Not Found",
+                    br#"{"message":"No such container"}"#.to_vec(),
+                )
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(&body);
+        }
+    });
+    seen
+}
+
+#[test]
+fn a_container_log_comes_through_the_devices_docker_api_and_bad_inputs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("docker.sock");
+    let seen = fake_docker(&socket);
+    let a = acme(&socket);
+    let out = a
+        .alice
+        .ok(&["acme-bot", "logs", "--container", "web", "-n", "2"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "2026-01-01T10:00:00.000Z stdout web listening on :80",
+            "2026-01-01T10:00:01.000Z stderr web warning: no cache",
+        ]
+    );
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|t| t == "/containers/web/logs?stdout=1&stderr=1&timestamps=1&tail=2"),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+
+    let err = a
+        .alice
+        .fails(&["acme-bot", "logs", "--container", "nosuch"]);
+    assert!(err.contains("no container named \"nosuch\""), "{err}");
+    let err = a
+        .alice
+        .fails(&["acme-bot", "logs", "--unit", "x", "--container", "web"]);
+    assert!(
+        err.contains("give one of --unit, --container or --runtime"),
+        "{err}"
+    );
+    let err = a.alice.fails(&["acme-bot", "logs", "--since", "yesterday"]);
+    assert!(err.contains("--since"), "{err}");
+    let _ = a.tmp.path();
+}
+
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// Whether a journald answers on its socket (a socket file left by a stopped one does not).
+fn journald_answers() -> bool {
+    std::os::unix::net::UnixDatagram::unbound().is_ok_and(|s| s.connect(JOURNAL_SOCKET).is_ok())
+}
+
+/// Makes sure a journald runs: this environment has no systemd as PID 1, so unless one is
+/// already running it is started here, as root, on its usual sockets, and stopped when the
+/// returned process is dropped.
+fn journald() -> Option<Proc> {
+    let journalctl = Command::new("journalctl").arg("--version").output();
+    assert!(
+        journalctl.is_ok_and(|o| o.status.success()),
+        "journalctl is missing: install Debian's package systemd (scripts/setup-test-env)"
+    );
+    if journald_answers() {
+        return None;
+    }
+    let daemon = Path::new("/lib/systemd/systemd-journald");
+    assert!(
+        daemon.exists(),
+        "systemd-journald is missing: install Debian's package systemd (scripts/setup-test-env)"
+    );
+    let started = Proc::spawn(Command::new(daemon));
+    let deadline = Instant::now() + WAIT;
+    while !journald_answers() {
+        assert!(
+            Instant::now() < deadline,
+            "systemd-journald did not start (the test must run as root to start it): {}",
+            started.out.all()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(started)
+}
+
+/// Writes `message` to the journal as a line about `unit` (a root process may name the unit
+/// its message is about, which `journalctl -u` shows).
+fn journal_line(unit: &str, message: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let fields = dir.path().join("fields");
+    std::fs::write(
+        &fields,
+        format!(
+            "MESSAGE={message}\nOBJECT_SYSTEMD_UNIT={unit}\nPRIORITY=4\nSYSLOG_IDENTIFIER=demo\n"
+        ),
+    )
+    .unwrap();
+    let status = Command::new("logger")
+        .arg(format!("--journald={}", fields.display()))
+        .status()
+        .expect("logger is missing: install Debian's package bsdutils");
+    assert!(status.success());
+}
+
+#[test]
+fn a_units_journal_is_read_with_journalctl() {
+    let _journald = journald();
+    let unit = format!("m87-test-{}.service", std::process::id());
+    journal_line(&unit, "first line");
+    journal_line(&unit, "second line");
+    let dir = tempfile::tempdir().unwrap();
+    let a = acme(&dir.path().join("no-docker.sock"));
+    let deadline = Instant::now() + WAIT;
+    let lines = loop {
+        let lines = a.json_lines(&["--unit", &unit]);
+        if lines.len() >= 2 || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(messages(&lines), ["first line", "second line"]);
+    assert_eq!(lines[0]["level"], "warning");
+    assert_eq!(lines[0]["source"], "demo");
+    assert_eq!(
+        messages(&a.json_lines(&["--unit", &unit, "-n", "1"])),
+        ["second line"]
+    );
+
+    // Following the unit: a line written after it started shows up; Ctrl-C ends it.
+    let mut follow = Proc::spawn(
+        a.alice
+            .command(&["acme-bot", "logs", "-f", "--unit", &unit, "-n", "1"]),
+    );
+    follow.out.wait_for("second line", WAIT);
+    journal_line(&unit, "third line");
+    let third = follow.out.wait_for("third line", WAIT);
+    assert!(third.contains(" warning demo third line"), "{third}");
+    let status = Command::new("kill")
+        .args(["-INT", &follow.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(follow.wait_exit(WAIT), 0, "{}", follow.out.all());
+
+    let err = a
+        .alice
+        .fails(&["acme-bot", "logs", "--unit", "m87-no-such-unit"]);
+    assert!(err.contains("no unit named \"m87-no-such-unit\""), "{err}");
+}
