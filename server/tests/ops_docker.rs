@@ -239,6 +239,61 @@ fn docker_commands_run_against_the_device_engine() {
     );
     assert_empty(&tmpdir);
 
+    // `m87 <device> logs --container`: the same container's log, read by the runtime through
+    // the device's Docker API (not the docker CLI): all of it, the last line, and following.
+    let out = admin.ok(&["box", "logs", "--container", "ticker"]);
+    assert!(
+        out.contains("ready") && out.contains("after-start"),
+        "{out}"
+    );
+    let out = admin.ok(&[
+        "box",
+        "logs",
+        "--container",
+        "ticker",
+        "-n",
+        "1",
+        "-o",
+        "json",
+    ]);
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert_eq!(lines[0]["message"], "after-start", "{out}");
+    assert!(
+        lines[0]["time"].is_string(),
+        "docker's timestamps are kept: {out}"
+    );
+    let mut follow = Proc::spawn(admin.command(&["box", "logs", "-f", "--container", "ticker"]));
+    follow.out.wait_for("after-start", Duration::from_secs(30));
+    let out = engine.docker(&[
+        "exec",
+        "ticker",
+        "sh",
+        "-c",
+        "echo later-line > /proc/1/fd/1",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    follow.out.wait_for("later-line", Duration::from_secs(30));
+    let pid = follow.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(
+        follow.wait_exit(Duration::from_secs(30)),
+        0,
+        "{}",
+        follow.out.all()
+    );
+    let err = admin.fails(&["box", "logs", "--container", "no-such-box"]);
+    assert!(err.contains("no container named \"no-such-box\""), "{err}");
+
     // Without a local docker CLI: one line naming it, before anything is granted.
     let bare = tmp.path().join("no-docker");
     std::fs::create_dir_all(&bare).unwrap();
