@@ -40,6 +40,29 @@ fn help_explains_the_commands() {
 }
 
 #[test]
+fn device_help_lists_every_operation_with_an_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = m87(dir.path(), &["robot-1", "--help"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (list, examples) = text.split_once("Examples:").expect("an Examples section");
+    for op in [
+        "exec", "shell", "forward", "docker", "logs", "metrics", "serial", "status", "ls", "audit",
+        "access",
+    ] {
+        assert!(
+            list.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{op} "))),
+            "no line for {op}: {text}"
+        );
+        assert!(
+            examples.contains(&format!("m87 robot-1 {op} ")),
+            "no example of {op}: {text}"
+        );
+    }
+}
+
+#[test]
 fn bad_arguments_are_refused_before_anything_happens() {
     let dir = tempfile::tempdir().unwrap();
     let out = m87(dir.path(), &["runtime", "run", "--email", "not-an-email"]);

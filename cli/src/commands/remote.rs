@@ -9,11 +9,29 @@ use crate::context::user_client;
 use crate::remote;
 use crate::session::QuicSession;
 
+/// One example per operation, under the list of operations.
+const EXAMPLES: &str = "\
+Examples:
+  m87 robot-1 exec -- uname -a                    run a command; its exit code is m87's
+  m87 robot-1 shell                               a login shell
+  m87 robot-1 forward 8080:80 9000:/run/app.sock  ports and unix sockets
+  m87 robot-1 docker ps                           your docker CLI against the device's engine
+  m87 robot-1 logs -f --unit nginx                a unit's journal (or --container, the runtime's)
+  m87 robot-1 metrics                             live load; -o json --count 3 for scripts
+  m87 robot-1 serial /dev/ttyUSB0 --link ./tty    a local pty for picocom, screen, flashers
+  m87 robot-1 status                              exit 0 healthy, 1 degraded/offline, 2 error
+  m87 robot-1 ls -la /var/log                     list a directory
+  m87 robot-1 audit --since 2h                    who did what on it
+  m87 robot-1 access add user:bob@example.com     share it
+
+See `m87 <device> <operation> --help` for each; docs/operations.md for who may use which.";
+
 /// Operations on one device.
 #[derive(Debug, Parser)]
 #[command(
     name = "m87 <device>",
-    about = "Operate one device (by name, id or unique prefix)"
+    about = "Operate one device (by name, id or unique prefix)",
+    after_help = EXAMPLES
 )]
 pub struct DeviceCli {
     /// How to print results (also accepted before the device name).
@@ -25,8 +43,10 @@ pub struct DeviceCli {
 
 #[derive(Debug, Subcommand)]
 enum DeviceOp {
-    /// Run a command: `m87 <device> exec [-i] [-t] -- CMD ARGS…`. Its stdout and stderr arrive
-    /// separately; its exit code (or 128 + signal) becomes this command's exit code.
+    /// Run a command: `m87 <device> exec [-i] [-t] -- CMD ARGS…`.
+    ///
+    /// Its stdout and stderr arrive separately; its exit code (or 128 + signal) becomes this
+    /// command's exit code.
     Exec {
         /// Stream this terminal's standard input to the command.
         #[arg(short = 'i', long = "interactive")]
@@ -38,9 +58,10 @@ enum DeviceOp {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
-    /// An interactive login shell in a pseudo-terminal. The local terminal is in raw mode while
-    /// it runs (Ctrl-C goes to the remote side) and is restored on every exit; the remote exit
-    /// status becomes this command's.
+    /// An interactive login shell in a pseudo-terminal.
+    ///
+    /// The local terminal is in raw mode while it runs (Ctrl-C goes to the remote side) and is
+    /// restored on every exit; the remote exit status becomes this command's.
     Shell,
     /// Who did what on this device, newest first (see `m87 audit --help`).
     ///
