@@ -395,12 +395,15 @@ fn allowed(claims: &SessionClaims, channel: &Channel) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether a granted forward target is the one a channel asks for.
+type TargetMatch<'a> = dyn Fn(&serde_json::Value) -> bool + 'a;
+
 /// Whether a forward's target is among the granted ones (host, port and protocol; or a unix
 /// socket's path).
 fn forward_allowed(args: &serde_json::Value, channel: &Channel) -> Result<(), String> {
     let str_of =
         |t: &serde_json::Value, k: &str| t.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-    let (wanted, shown): (Box<dyn Fn(&serde_json::Value) -> bool>, String) = match channel {
+    let (wanted, shown): (Box<TargetMatch<'_>>, String) = match channel {
         Channel::UnixForward { path } => (
             Box::new(move |t| {
                 str_of(t, "proto").as_deref() == Some("unix")
@@ -428,7 +431,7 @@ fn forward_allowed(args: &serde_json::Value, channel: &Channel) -> Result<(), St
     let ok = args
         .get("targets")
         .and_then(|t| t.as_array())
-        .is_some_and(|targets| targets.iter().any(|t| wanted(t)));
+        .is_some_and(|targets| targets.iter().any(&*wanted));
     if ok {
         Ok(())
     } else {
