@@ -12,63 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{M87, Proc, Server, request_id_of, user};
+use common::{Acme, Proc, acme_with, audit_until};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-struct Acme {
-    tmp: tempfile::TempDir,
-    _server: Server,
-    runtime: Proc,
-    alice: M87,
-    carol: M87,
-    device: M87,
-}
-
-/// An organization `acme` (alice its admin, carol a viewer) and its device `acme-bot`, whose
-/// runtime offers the Docker API socket `docker`.
-fn acme(docker: &Path) -> Acme {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("data"), "127.0.0.1:0");
-    let root = M87::new(
-        &server.url,
-        &tmp.path().join("root"),
-        Some(&server.admin_key()),
-    );
-    let alice = user(&server, &root, &tmp.path().join("a"), "alice@example.com");
-    let carol = user(&server, &root, &tmp.path().join("c"), "carol@example.com");
-    alice.ok(&["org", "create", "acme", "--name", "Acme"]);
-    alice.ok(&[
-        "org",
-        "members",
-        "add",
-        "acme",
-        "carol@example.com",
-        "--role",
-        "viewer",
-    ]);
-    let device = M87::new(&server.url, &tmp.path().join("dev"), None);
-    let runtime = device.runtime(&[
-        "--org",
-        "acme",
-        "--name",
-        "acme-bot",
-        "--docker-socket",
-        docker.to_str().unwrap(),
-    ]);
-    let request_id = request_id_of(&runtime);
-    alice.ok(&["devices", "approve", &request_id]);
-    runtime.out.wait_for("tunnel connected to relay", WAIT);
-    Acme {
-        tmp,
-        _server: server,
-        runtime,
-        alice,
-        carol,
-        device,
-    }
-}
 
 impl Acme {
     fn log_file(&self) -> PathBuf {
@@ -106,27 +53,15 @@ fn file_until(path: &Path, what: &str, done: impl Fn(&str) -> bool) {
     }
 }
 
-/// Polls `m87 audit --action logs -o json` until `done` holds for its records.
-fn audit_until(m87: &M87, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let out = m87.ok(&["audit", "--action", "logs", "-o", "json"]);
-        let records: Vec<Value> = serde_json::from_str(&out).unwrap();
-        if done(&records) {
-            return records;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "records never matched: {records:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+/// [`Acme`] whose runtime offers `docker` as its Docker API socket.
+fn docker_acme(docker: &Path) -> Acme {
+    acme_with(&["--docker-socket", docker.to_str().unwrap()])
 }
 
 #[test]
 fn the_runtime_log_shows_its_lines_the_last_n_and_a_time_window() {
     let dir = tempfile::tempdir().unwrap();
-    let a = acme(&dir.path().join("no-docker.sock"));
+    let a = docker_acme(&dir.path().join("no-docker.sock"));
     // The runtime keeps its log where the docs say, as JSON lines.
     file_until(&a.log_file(), "no tunnel line in the log file", |t| {
         t.contains("tunnel connected to relay")
@@ -193,7 +128,7 @@ fn the_runtime_log_shows_its_lines_the_last_n_and_a_time_window() {
 #[test]
 fn following_picks_up_new_lines_and_ctrl_c_stops_the_device_reading() {
     let dir = tempfile::tempdir().unwrap();
-    let a = acme(&dir.path().join("no-docker.sock"));
+    let a = docker_acme(&dir.path().join("no-docker.sock"));
     let mut follow = Proc::spawn(a.alice.command(&["acme-bot", "logs", "-f", "-n", "5"]));
     follow.out.wait_for("op=logs", WAIT);
     // Something new on the device after the follower started: an exec session.
@@ -211,7 +146,7 @@ fn following_picks_up_new_lines_and_ctrl_c_stops_the_device_reading() {
         t.contains("logs reader stopped: the client closed the stream")
     });
     // ...and the session is closed on the record.
-    let records = audit_until(&a.alice, |r| {
+    let records = audit_until(&a.alice, "logs", |r| {
         r.iter()
             .any(|x| x["args"]["follow"] == true && x["outcome"] != "open")
     });
@@ -227,12 +162,12 @@ fn following_picks_up_new_lines_and_ctrl_c_stops_the_device_reading() {
 #[test]
 fn a_viewer_is_refused_and_a_read_is_recorded_with_its_arguments() {
     let dir = tempfile::tempdir().unwrap();
-    let a = acme(&dir.path().join("no-docker.sock"));
+    let a = docker_acme(&dir.path().join("no-docker.sock"));
     let err = a.carol.fails(&["acme-bot", "logs"]);
     assert!(err.contains("viewer"), "{err}");
     a.alice
         .ok(&["acme-bot", "logs", "-n", "3", "--since", "1h"]);
-    let records = audit_until(&a.alice, |r| {
+    let records = audit_until(&a.alice, "logs", |r| {
         r.iter().any(|x| x["outcome"] == "refused") && r.iter().any(|x| x["outcome"] == "ok")
     });
     let refused = records.iter().find(|x| x["outcome"] == "refused").unwrap();
@@ -294,7 +229,7 @@ fn a_container_log_comes_through_the_devices_docker_api_and_bad_inputs_are_refus
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("docker.sock");
     let seen = fake_docker(&socket);
-    let a = acme(&socket);
+    let a = docker_acme(&socket);
     let out = a
         .alice
         .ok(&["acme-bot", "logs", "--container", "web", "-n", "2"]);
@@ -394,7 +329,7 @@ fn a_units_journal_is_read_with_journalctl() {
     journal_line(&unit, "first line");
     journal_line(&unit, "second line");
     let dir = tempfile::tempdir().unwrap();
-    let a = acme(&dir.path().join("no-docker.sock"));
+    let a = docker_acme(&dir.path().join("no-docker.sock"));
     let deadline = Instant::now() + WAIT;
     let lines = loop {
         let lines = a.json_lines(&["--unit", &unit]);

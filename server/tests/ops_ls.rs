@@ -6,70 +6,8 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::{M87, Proc, Server, request_id_of, user};
+use common::{acme, audit_until};
 use serde_json::Value;
-
-struct Acme {
-    tmp: tempfile::TempDir,
-    _server: Server,
-    alice: M87,
-    bob: M87,
-    carol: M87,
-    _runtime: Proc,
-}
-
-/// Organization `acme`: alice its admin, bob a member, carol a viewer; the device `acme-bot`
-/// approved by alice and connected.
-fn acme() -> Acme {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("data"), "127.0.0.1:0");
-    let root = M87::new(
-        &server.url,
-        &tmp.path().join("root"),
-        Some(&server.admin_key()),
-    );
-    let alice = user(&server, &root, &tmp.path().join("a"), "alice@example.com");
-    let bob = user(&server, &root, &tmp.path().join("b"), "bob@example.com");
-    let carol = user(&server, &root, &tmp.path().join("c"), "carol@example.com");
-    alice.ok(&["org", "create", "acme", "--name", "Acme"]);
-    for (who, role) in [
-        ("bob@example.com", "member"),
-        ("carol@example.com", "viewer"),
-    ] {
-        alice.ok(&["org", "members", "add", "acme", who, "--role", role]);
-    }
-    let device = M87::new(&server.url, &tmp.path().join("dev"), None);
-    let runtime = device.runtime(&["--org", "acme", "--name", "acme-bot"]);
-    let request_id = request_id_of(&runtime);
-    alice.ok(&["devices", "approve", &request_id]);
-    runtime
-        .out
-        .wait_for("tunnel connected to relay", Duration::from_secs(30));
-    Acme {
-        tmp,
-        _server: server,
-        alice,
-        bob,
-        carol,
-        _runtime: runtime,
-    }
-}
-
-/// Polls `m87 audit --action ls -o json` (as alice, the org's admin) until `done` holds.
-fn ls_records(a: &Acme, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = a.alice.ok(&["audit", "--action", "ls", "-o", "json"]);
-        let r: Vec<Value> = serde_json::from_str(&out).unwrap();
-        if done(&r) {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "records never matched: {r:#?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 #[test]
 fn a_directory_is_listed_plain_long_and_as_json() {
@@ -141,7 +79,7 @@ fn a_directory_is_listed_plain_long_and_as_json() {
     );
 
     // The listing is on the record with its arguments.
-    let records = ls_records(&a, |r| {
+    let records = audit_until(&a.alice, "ls", |r| {
         r.iter()
             .any(|x| x["args"]["all"] == true && x["outcome"] != "open")
     });
@@ -166,7 +104,9 @@ fn a_missing_path_is_a_clear_error_and_a_viewer_is_refused() {
 
     let err = a.carol.fails(&["acme-bot", "ls", "/"]);
     assert!(err.contains("viewers"), "{err}");
-    let records = ls_records(&a, |r| r.iter().any(|x| x["user"] == "carol@example.com"));
+    let records = audit_until(&a.alice, "ls", |r| {
+        r.iter().any(|x| x["user"] == "carol@example.com")
+    });
     let refused = records
         .iter()
         .find(|r| r["user"] == "carol@example.com")

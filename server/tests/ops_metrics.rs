@@ -11,53 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{M87, Proc, Server, request_id_of, user};
+use common::{M87, Server, acme, audit_until};
 use serde_json::Value;
-
-/// Organization `acme`: alice its admin, carol a viewer; the device `acme-bot` approved.
-struct Acme {
-    tmp: tempfile::TempDir,
-    _server: Server,
-    alice: M87,
-    carol: M87,
-    _runtime: Proc,
-}
-
-fn acme() -> Acme {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("data"), "127.0.0.1:0");
-    let root = M87::new(
-        &server.url,
-        &tmp.path().join("root"),
-        Some(&server.admin_key()),
-    );
-    let alice = user(&server, &root, &tmp.path().join("a"), "alice@example.com");
-    let carol = user(&server, &root, &tmp.path().join("c"), "carol@example.com");
-    alice.ok(&["org", "create", "acme", "--name", "Acme"]);
-    alice.ok(&[
-        "org",
-        "members",
-        "add",
-        "acme",
-        "carol@example.com",
-        "--role",
-        "viewer",
-    ]);
-    let device = M87::new(&server.url, &tmp.path().join("dev"), None);
-    let runtime = device.runtime(&["--org", "acme", "--name", "acme-bot"]);
-    let request_id = request_id_of(&runtime);
-    alice.ok(&["devices", "approve", &request_id]);
-    runtime
-        .out
-        .wait_for("tunnel connected to relay", Duration::from_secs(30));
-    Acme {
-        tmp,
-        _server: server,
-        alice,
-        carol,
-        _runtime: runtime,
-    }
-}
 
 /// Checks that a sample has every field, with figures a real machine has.
 fn assert_sane(sample: &Value) {
@@ -106,20 +61,6 @@ fn assert_sane(sample: &Value) {
         assert!(p["pid"].as_u64().unwrap() > 0);
         assert!(p["name"].is_string() && p["cpu_percent"].as_f64().unwrap() >= 0.0);
         assert!(p["memory_bytes"].is_u64());
-    }
-}
-
-/// `m87 audit --action metrics -o json` once every session is closed, with at least `n`.
-fn metrics_records(m87: &M87, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = m87.ok(&["audit", "--action", "metrics", "-o", "json"]);
-        let records: Vec<Value> = serde_json::from_str(&out).unwrap_or_default();
-        if records.len() >= n && records.iter().all(|r| r["outcome"] != "open") {
-            return records;
-        }
-        assert!(Instant::now() < deadline, "metrics records: {out}");
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -183,7 +124,9 @@ fn json_samples_text_lines_a_viewer_and_the_audit_trail() {
     let err = a.carol.fails(&["acme-bot", "exec", "--", "true"]);
     assert!(err.contains("viewers"), "{err}");
 
-    let records = metrics_records(&a.alice, 3);
+    let records = audit_until(&a.alice, "metrics", |r| {
+        r.len() >= 3 && r.iter().all(|x| x["outcome"] != "open")
+    });
     let by = |user: &str, ms: u64| {
         records
             .iter()

@@ -13,56 +13,10 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{M87, Proc, Server, request_id_of, user};
+use common::{Proc, acme, audit_until};
 use serde_json::Value;
-
-struct Acme {
-    tmp: tempfile::TempDir,
-    _server: Server,
-    alice: M87,
-    bob: M87,
-    carol: M87,
-    _runtime: Proc,
-}
-
-/// Organization `acme`: alice its admin, bob a member, carol a viewer; the device `acme-bot`
-/// approved by alice and connected.
-fn acme() -> Acme {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("data"), "127.0.0.1:0");
-    let root = M87::new(
-        &server.url,
-        &tmp.path().join("root"),
-        Some(&server.admin_key()),
-    );
-    let alice = user(&server, &root, &tmp.path().join("a"), "alice@example.com");
-    let bob = user(&server, &root, &tmp.path().join("b"), "bob@example.com");
-    let carol = user(&server, &root, &tmp.path().join("c"), "carol@example.com");
-    alice.ok(&["org", "create", "acme", "--name", "Acme"]);
-    for (who, role) in [
-        ("bob@example.com", "member"),
-        ("carol@example.com", "viewer"),
-    ] {
-        alice.ok(&["org", "members", "add", "acme", who, "--role", role]);
-    }
-    let device = M87::new(&server.url, &tmp.path().join("dev"), None);
-    let runtime = device.runtime(&["--org", "acme", "--name", "acme-bot"]);
-    let request_id = request_id_of(&runtime);
-    alice.ok(&["devices", "approve", &request_id]);
-    runtime
-        .out
-        .wait_for("tunnel connected to relay", Duration::from_secs(30));
-    Acme {
-        tmp,
-        _server: server,
-        alice,
-        bob,
-        carol,
-        _runtime: runtime,
-    }
-}
 
 /// A socat pty pair linked at `dir/devtty` (the device's "port") and `dir/peer`.
 fn port_pair(dir: &Path) -> (Proc, PathBuf, PathBuf) {
@@ -110,19 +64,6 @@ fn read_exactly(tty: &std::fs::File, n: usize) -> Vec<u8> {
 /// Every byte value, twice, in an order that is not sorted.
 fn all_bytes() -> Vec<u8> {
     (0..512u32).map(|i| (i * 7 % 256) as u8).collect()
-}
-
-fn serial_records(a: &Acme, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = a.alice.ok(&["audit", "--action", "serial", "-o", "json"]);
-        let r: Vec<Value> = serde_json::from_str(&out).unwrap();
-        if done(&r) {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "records never matched: {r:#?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]
@@ -230,7 +171,7 @@ fn bytes_pass_unchanged_both_ways_through_a_linked_pty_at_two_baud_rates() {
     );
 
     // The sessions are on the record with their settings.
-    let records = serial_records(&a, |r| {
+    let records = audit_until(&a.alice, "serial", |r| {
         r.iter().filter(|x| x["outcome"] != "open").count() >= 3
     });
     for baud in [9600, 115200] {
@@ -300,7 +241,7 @@ fn bad_ports_bad_settings_and_viewers_are_refused() {
     let err = a.carol.fails(&["acme-bot", "serial", "/dev/ttyS0"]);
     assert!(err.contains("viewers"), "{err}");
 
-    let records = serial_records(&a, |r| {
+    let records = audit_until(&a.alice, "serial", |r| {
         r.iter().any(|x| x["user"] == "carol@example.com")
             && r.iter()
                 .any(|x| x["user"] == "bob@example.com" && x["outcome"] != "open")

@@ -9,57 +9,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{M87, Proc, Server, request_id_of, user};
+use common::{M87, acme};
 use serde_json::Value;
-
-struct Acme {
-    _tmp: tempfile::TempDir,
-    _server: Server,
-    alice: M87,
-    bob: M87,
-    carol: M87,
-    eve: M87,
-    runtime: Proc,
-}
-
-/// Organization `acme`: alice its admin, bob a member, carol a viewer; eve a stranger; the
-/// device `acme-bot` approved by alice and connected.
-fn acme() -> Acme {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("data"), "127.0.0.1:0");
-    let root = M87::new(
-        &server.url,
-        &tmp.path().join("root"),
-        Some(&server.admin_key()),
-    );
-    let alice = user(&server, &root, &tmp.path().join("a"), "alice@example.com");
-    let bob = user(&server, &root, &tmp.path().join("b"), "bob@example.com");
-    let carol = user(&server, &root, &tmp.path().join("c"), "carol@example.com");
-    let eve = user(&server, &root, &tmp.path().join("e"), "eve@example.com");
-    alice.ok(&["org", "create", "acme", "--name", "Acme"]);
-    for (who, role) in [
-        ("bob@example.com", "member"),
-        ("carol@example.com", "viewer"),
-    ] {
-        alice.ok(&["org", "members", "add", "acme", who, "--role", role]);
-    }
-    let device = M87::new(&server.url, &tmp.path().join("dev"), None);
-    let runtime = device.runtime(&["--org", "acme", "--name", "acme-bot"]);
-    let request_id = request_id_of(&runtime);
-    alice.ok(&["devices", "approve", &request_id]);
-    runtime
-        .out
-        .wait_for("tunnel connected to relay", Duration::from_secs(30));
-    Acme {
-        _tmp: tmp,
-        _server: server,
-        alice,
-        bob,
-        carol,
-        eve,
-        runtime,
-    }
-}
 
 fn run(m87: &M87, args: &[&str]) -> (i32, String, String) {
     let out = m87.run(args);

@@ -379,3 +379,88 @@ pub fn udp_echo_server() -> u16 {
     });
     port
 }
+
+/// Organization `acme` (alice its admin, bob a member, carol a viewer), eve a stranger, and the
+/// device `acme-bot`, approved by alice and connected. The server, the runtime and the
+/// temporary directory live as long as this.
+pub struct Acme {
+    pub tmp: tempfile::TempDir,
+    pub server: Server,
+    /// The platform admin.
+    pub root: M87,
+    pub alice: M87,
+    pub bob: M87,
+    pub carol: M87,
+    pub eve: M87,
+    /// The device's own `m87` (its config dir).
+    pub device: M87,
+    pub runtime: Proc,
+}
+
+/// [`Acme`], its runtime started with nothing more than its owner and name.
+pub fn acme() -> Acme {
+    acme_with(&[])
+}
+
+/// [`Acme`], its runtime started with `runtime_args` besides its owner and name.
+pub fn acme_with(runtime_args: &[&str]) -> Acme {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"), "127.0.0.1:0");
+    let root = M87::new(
+        &server.url,
+        &tmp.path().join("root"),
+        Some(&server.admin_key()),
+    );
+    let alice = user(&server, &root, &tmp.path().join("a"), "alice@example.com");
+    let bob = user(&server, &root, &tmp.path().join("b"), "bob@example.com");
+    let carol = user(&server, &root, &tmp.path().join("c"), "carol@example.com");
+    let eve = user(&server, &root, &tmp.path().join("e"), "eve@example.com");
+    alice.ok(&["org", "create", "acme", "--name", "Acme"]);
+    for (who, role) in [
+        ("bob@example.com", "member"),
+        ("carol@example.com", "viewer"),
+    ] {
+        alice.ok(&["org", "members", "add", "acme", who, "--role", role]);
+    }
+    let device = M87::new(&server.url, &tmp.path().join("dev"), None);
+    let args = [&["--org", "acme", "--name", "acme-bot"], runtime_args].concat();
+    let runtime = device.runtime(&args);
+    let request_id = request_id_of(&runtime);
+    alice.ok(&["devices", "approve", &request_id]);
+    runtime
+        .out
+        .wait_for("tunnel connected to relay", Duration::from_secs(30));
+    Acme {
+        tmp,
+        server,
+        root,
+        alice,
+        bob,
+        carol,
+        eve,
+        device,
+        runtime,
+    }
+}
+
+/// Polls `m87 audit --action ACTION -o json`, as `m87`, until `done` holds of the records
+/// (at most 20 s), and returns them.
+pub fn audit_until(
+    m87: &M87,
+    action: &str,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = m87.ok(&["audit", "--action", action, "-o", "json"]);
+        let records: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        if done(&records) {
+            return records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the {action} records never matched: {records:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
