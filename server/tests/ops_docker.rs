@@ -328,6 +328,8 @@ fn docker_commands_run_against_the_device_engine() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(hi["device_name"], "box");
+    let table = admin.ok(&["audit", "--action", "docker"]);
+    assert!(table.contains("docker run --rm --network none"), "{table}");
     assert_eq!(hi["outcome"], "ok", "{hi:#}");
     assert!(
         records
@@ -585,5 +587,11 @@ fn unix_socket_forwards_carry_many_connections_and_bulk_data() {
             .iter()
             .any(|t| t["path"] == app.to_str().unwrap() && t["proto"] == "unix"),
         "{records:#?}"
+    );
+    // ...and the table shows it by its path.
+    let table = admin.ok(&["audit", "--action", "forward"]);
+    assert!(
+        table.contains(&format!("{} (unix)", app.display())),
+        "{table}"
     );
 }

@@ -183,16 +183,28 @@ fn what(r: &AuditRecord) -> String {
             .and_then(|v| v.as_array())
             .map(|t| {
                 t.iter()
-                    .map(|t| {
-                        format!(
+                    .map(|t| match t.get("proto").and_then(|v| v.as_str()) {
+                        Some("unix") => {
+                            let path = t.get("path").and_then(|v| v.as_str()).unwrap_or("?");
+                            format!("{path} (unix)")
+                        }
+                        proto => format!(
                             "{}:{}/{}",
                             t.get("host").and_then(|v| v.as_str()).unwrap_or("?"),
                             t.get("port").and_then(|v| v.as_u64()).unwrap_or(0),
-                            t.get("proto").and_then(|v| v.as_str()).unwrap_or("tcp")
-                        )
+                            proto.unwrap_or("tcp")
+                        ),
                     })
                     .collect::<Vec<_>>()
                     .join(", ")
+            })
+            .unwrap_or_default(),
+        "docker" => a
+            .get("argv")
+            .and_then(|v| v.as_array())
+            .map(|argv| {
+                let words: Vec<&str> = argv.iter().filter_map(|w| w.as_str()).collect();
+                format!("docker {}", words.join(" "))
             })
             .unwrap_or_default(),
         "shell" if r.recorded => "(recorded)".into(),
