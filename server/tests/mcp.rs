@@ -92,7 +92,16 @@ async fn an_agent_lists_runs_and_copies_as_its_user_and_it_is_audited() {
     let (mut child, logs) = spawn_mcp(&a.bob, &[]);
     let transport = (child.stdout.take().unwrap(), child.stdin.take().unwrap());
     let client: Client = ().serve(transport).await.expect("MCP initialization");
-    assert_eq!(client.peer_info().unwrap().server_info.clone().unwrap().name, "m87");
+    assert_eq!(
+        client
+            .peer_info()
+            .unwrap()
+            .server_info
+            .clone()
+            .unwrap()
+            .name,
+        "m87"
+    );
 
     // The tools, read-only ones and destructive ones marked as such.
     let tools = client.list_all_tools().await.unwrap();
@@ -144,7 +153,10 @@ async fn an_agent_lists_runs_and_copies_as_its_user_and_it_is_audited() {
     let argv = json!(["sh", "-c", "echo started; sleep 30"]);
     let args = json!({"device": "acme-bot", "argv": argv, "timeout_secs": 1});
     let slow = call(&client, "exec", args).await;
-    assert!(error_text(&slow).contains("did not end within 1 s"), "{slow}");
+    assert!(
+        error_text(&slow).contains("did not end within 1 s"),
+        "{slow}"
+    );
     assert_eq!(slow["structuredContent"]["stdout"], "started\n");
 
     // An unknown device: the CLI's message, and the server goes on.
@@ -295,7 +307,9 @@ async fn a_viewer_reads_status_but_exec_and_access_changes_are_refused_with_the_
     assert_eq!(text, cli.trim());
 
     // The server goes on: status is the viewer's to read.
-    let status = ok(raw.call("device_status", json!({"device": "acme-bot"})).await);
+    let status = ok(raw
+        .call("device_status", json!({"device": "acme-bot"}))
+        .await);
     assert_eq!(status["device"], "acme-bot", "{status}");
     assert_eq!(status["online"], true);
     assert_eq!(status["healthy"], true, "{status}");
@@ -307,9 +321,14 @@ async fn a_viewer_reads_status_but_exec_and_access_changes_are_refused_with_the_
     // An access change the viewer may not make: the CLI's message again.
     let args = json!({"org": "acme", "email": "bob@example.com", "role": "viewer"});
     let text = error_text(&raw.call("set_org_member_role", args).await);
-    let cli = a
-        .carol
-        .fails(&["org", "members", "role", "acme", "bob@example.com", "viewer"]);
+    let cli = a.carol.fails(&[
+        "org",
+        "members",
+        "role",
+        "acme",
+        "bob@example.com",
+        "viewer",
+    ]);
     assert_eq!(text, cli.trim());
 
     // Bad arguments are the tool's error too, naming what is wrong.
@@ -331,5 +350,8 @@ async fn a_viewer_reads_status_but_exec_and_access_changes_are_refused_with_the_
         .unwrap();
     let logs = logs.await.unwrap();
     assert!(status.success(), "{status}: {logs}");
-    assert!(logs.contains("serving the Model Context Protocol"), "{logs}");
+    assert!(
+        logs.contains("serving the Model Context Protocol"),
+        "{logs}"
+    );
 }

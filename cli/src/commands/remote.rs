@@ -216,7 +216,9 @@ async fn access(
                 }
             }
         }
-        AccessOp::Add { scope } => println!("{}", change_access(client, device, &scope, true).await?),
+        AccessOp::Add { scope } => {
+            println!("{}", change_access(client, device, &scope, true).await?)
+        }
         AccessOp::Remove { scope } => {
             println!("{}", change_access(client, device, &scope, false).await?)
         }

@@ -192,7 +192,11 @@ mod tests {
     async fn captured_output_is_capped_and_stdin_arrives() {
         let opener = LocalOpener::default();
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-        let argv = vec!["sh".into(), "-c".into(), "cat; echo oops >&2; exit 4".into()];
+        let argv = vec![
+            "sh".into(),
+            "-c".into(),
+            "cat; echo oops >&2; exit 4".into(),
+        ];
         let c = capture(&opener, argv, b"0123456789".to_vec(), 4, deadline)
             .await
             .unwrap();

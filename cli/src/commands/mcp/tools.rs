@@ -60,7 +60,11 @@ impl M87Tools {
     /// Is a device up and healthy (the status operation, as `m87 <device> status -o json`):
     /// online, healthy, the runtime's report (OS, uptime, load, memory, disks, interfaces,
     /// relay) and the checks made of it. Viewers may use it.
-    #[tool(annotations(title = "Device status", read_only_hint = true, open_world_hint = false))]
+    #[tool(annotations(
+        title = "Device status",
+        read_only_hint = true,
+        open_world_hint = false
+    ))]
     async fn device_status(&self, Parameters(p): Parameters<OnDevice>) -> CallToolResult {
         answer(device_status(p).await)
     }
@@ -100,7 +104,11 @@ impl M87Tools {
 
     /// Who did what on which device, when, and how it ended (as `m87 audit -o json`),
     /// newest first: sessions (exec, shell, cp, …) and control changes (approve, access, …).
-    #[tool(annotations(title = "Read the audit trail", read_only_hint = true, open_world_hint = false))]
+    #[tool(annotations(
+        title = "Read the audit trail",
+        read_only_hint = true,
+        open_world_hint = false
+    ))]
     async fn read_audit(&self, Parameters(p): Parameters<ReadAudit>) -> CallToolResult {
         answer(read_audit(p).await)
     }
@@ -235,9 +243,14 @@ async fn device_status(p: OnDevice) -> anyhow::Result<Value> {
 /// Runs it; the result, and whether it timed out.
 async fn exec(p: Exec) -> anyhow::Result<(Value, bool)> {
     if p.argv.is_empty() {
-        anyhow::bail!("argv is empty: name the program and its arguments, e.g. [\"uname\", \"-a\"]");
+        anyhow::bail!(
+            "argv is empty: name the program and its arguments, e.g. [\"uname\", \"-a\"]"
+        );
     }
-    let timeout = p.timeout_secs.unwrap_or(EXEC_TIMEOUT.0).clamp(1, EXEC_TIMEOUT.1);
+    let timeout = p
+        .timeout_secs
+        .unwrap_or(EXEC_TIMEOUT.0)
+        .clamp(1, EXEC_TIMEOUT.1);
     let client = client()?;
     let grant = json!({ "argv": p.argv });
     let session = QuicSession::open(&client, &p.device, Operation::Exec, grant).await?;
@@ -323,11 +336,15 @@ fn decision(d: &m87_events::api::DecisionResponse) -> Value {
 }
 
 async fn approve(p: Approve) -> anyhow::Result<Value> {
-    Ok(decision(&devices::approve_request(&client()?, &p.request).await?))
+    Ok(decision(
+        &devices::approve_request(&client()?, &p.request).await?,
+    ))
 }
 
 async fn reject(p: Reject) -> anyhow::Result<Value> {
-    Ok(decision(&devices::reject_target(&client()?, &p.device).await?))
+    Ok(decision(
+        &devices::reject_target(&client()?, &p.device).await?,
+    ))
 }
 
 async fn member_role(p: OrgMemberRole, add: bool) -> anyhow::Result<Value> {
