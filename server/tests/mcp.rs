@@ -82,6 +82,14 @@ fn ok(result: Value) -> Value {
     result["structuredContent"].clone()
 }
 
+/// Whether a process of this machine has exactly this command line (NUL-separated).
+fn running(cmdline: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .any(|p| std::fs::read(p.path().join("cmdline")).is_ok_and(|c| c == cmdline.as_bytes()))
+}
+
 fn sha256(path: &std::path::Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
 }
@@ -150,7 +158,7 @@ async fn an_agent_lists_runs_and_copies_as_its_user_and_it_is_audited() {
     assert_eq!(long["exit_code"], 0);
 
     // A command past its timeout is stopped: a tool error with what it printed.
-    let argv = json!(["sh", "-c", "echo started; sleep 30"]);
+    let argv = json!(["sh", "-c", "echo started; exec sleep 31337"]);
     let args = json!({"device": "acme-bot", "argv": argv, "timeout_secs": 1});
     let slow = call(&client, "exec", args).await;
     assert!(
@@ -158,6 +166,16 @@ async fn an_agent_lists_runs_and_copies_as_its_user_and_it_is_audited() {
         "{slow}"
     );
     assert_eq!(slow["structuredContent"]["stdout"], "started\n");
+    assert!(slow["structuredContent"]["exit_code"].is_null(), "{slow}");
+    // ... and it is stopped on the device (which runs on this machine).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while running("sleep\031337\0") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the timed-out command still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // An unknown device: the CLI's message, and the server goes on.
     let args = json!({"device": "no-such-bot", "argv": ["true"]});
