@@ -13,7 +13,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{M87, acme, audit_until};
+use common::{M87, acme, audit_until, request_id_of};
 use rmcp::model::CallToolRequestParams;
 use rmcp::service::RunningService;
 use rmcp::{RoleClient, ServiceExt};
@@ -82,12 +82,16 @@ fn ok(result: Value) -> Value {
     result["structuredContent"].clone()
 }
 
-/// Whether a process of this machine has exactly this command line (NUL-separated).
-fn running(cmdline: &str) -> bool {
+/// Whether a process of this machine runs exactly `argv`.
+fn running(argv: &[&str]) -> bool {
+    let cmdline: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .any(|p| std::fs::read(p.path().join("cmdline")).is_ok_and(|c| c == cmdline.as_bytes()))
+        .any(|p| std::fs::read(p.path().join("cmdline")).is_ok_and(|c| c == cmdline))
 }
 
 fn sha256(path: &std::path::Path) -> String {
@@ -169,7 +173,7 @@ async fn an_agent_lists_runs_and_copies_as_its_user_and_it_is_audited() {
     assert!(slow["structuredContent"]["exit_code"].is_null(), "{slow}");
     // ... and it is stopped on the device (which runs on this machine).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while running("sleep\031337\0") {
+    while running(&["sleep", "31337"]) {
         assert!(
             std::time::Instant::now() < deadline,
             "the timed-out command still runs"
@@ -372,4 +376,72 @@ async fn a_viewer_reads_status_but_exec_and_access_changes_are_refused_with_the_
         logs.contains("serving the Model Context Protocol"),
         "{logs}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_approves_shares_and_changes_roles_through_mcp() {
+    let a = acme();
+    let second = M87::new(&a.server.url, &a.tmp.path().join("dev2"), None);
+    let runtime = second.runtime(&["--org", "acme", "--name", "acme-two"]);
+    let request_id = request_id_of(&runtime);
+    let (mut child, _logs) = spawn_mcp(&a.alice, &[]);
+    let transport = (child.stdout.take().unwrap(), child.stdin.take().unwrap());
+    let client: Client = ().serve(transport).await.expect("MCP initialization");
+
+    let approved = ok(call(&client, "approve_device", json!({"request": "acme-two"})).await);
+    assert_eq!(approved["decision"]["status"], "approved", "{approved}");
+    assert_eq!(approved["decision"]["request_id"], request_id.as_str());
+    let two = |who: &M87| {
+        who.devices()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "acme-two" && d["status"] == "approved")
+    };
+    assert!(two(&a.bob), "bob sees the approved device");
+
+    // Sharing with eve, then not.
+    let scope = json!({"device": "acme-bot", "scope": "user:eve@example.com"});
+    let shared = ok(call(&client, "share_device", scope.clone()).await);
+    assert_eq!(
+        shared["message"],
+        "acme-bot is now shared with user:eve@example.com"
+    );
+    assert_eq!(a.eve.devices()[0]["name"], "acme-bot");
+    ok(call(&client, "unshare_device", scope).await);
+    assert_eq!(a.eve.devices(), json!([]));
+
+    // A role change, as `m87 org members list` shows it.
+    let args = json!({"org": "acme", "email": "carol@example.com", "role": "member"});
+    let changed = ok(call(&client, "set_org_member_role", args).await);
+    assert_eq!(
+        changed["message"],
+        "carol@example.com is now member in acme"
+    );
+    let members: Value = serde_json::from_str(
+        &a.alice
+            .ok(&["org", "members", "list", "acme", "-o", "json"]),
+    )
+    .unwrap();
+    let carol = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["email"] == "carol@example.com")
+        .unwrap();
+    assert_eq!(carol["role"], "member", "{members}");
+
+    // Rejecting an approved device removes it.
+    let removed = ok(call(&client, "reject_device", json!({"device": "acme-two"})).await);
+    assert_eq!(removed["decision"]["status"], "removed", "{removed}");
+    assert!(!two(&a.bob), "the removed device is gone");
+
+    // Each change is on the trail as alice's.
+    for action in ["approve", "access", "remove"] {
+        audit_until(&a.alice, action, |r| {
+            r.iter().any(|r| r["user"] == "alice@example.com")
+        });
+    }
+    drop(runtime);
+    client.cancel().await.unwrap();
 }
