@@ -353,10 +353,19 @@ async fn a_viewer_reads_status_but_exec_and_access_changes_are_refused_with_the_
     ]);
     assert_eq!(text, cli.trim());
 
-    // Bad arguments are the tool's error too, naming what is wrong.
+    // Bad arguments are the tool's error too, naming what is wrong, and the schema says what
+    // is right.
+    let tools = raw.request("tools/list", json!({})).await;
+    let add = tools["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "add_org_member")
+        .unwrap();
+    assert!(add["inputSchema"].to_string().contains("viewer"), "{add}");
     let args = json!({"org": "acme", "email": "bob@example.com", "role": "boss"});
     let text = error_text(&raw.call("add_org_member", args).await);
-    assert!(text.contains("invalid role"), "{text}");
+    assert!(text.contains("unknown variant `boss`"), "{text}");
 
     // The refused exec is on the trail as carol's.
     let records = audit_until(&a.alice, "exec", |r| {

@@ -11,9 +11,59 @@ pub struct ListDevices {
     /// Only devices whose name contains this (ignoring case).
     #[serde(default)]
     pub name: Option<String>,
-    /// Only rows with this status: pending, approved, rejected, expired or removed.
+    /// Only rows with this status.
     #[serde(default)]
-    pub status: Option<String>,
+    pub status: Option<StatusArg>,
+}
+
+/// A device's or request's status.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusArg {
+    /// Waiting for an approver.
+    Pending,
+    /// Part of the fleet.
+    Approved,
+    /// Refused by an approver.
+    Rejected,
+    /// Not decided in time.
+    Expired,
+    /// Was part of the fleet and was removed.
+    Removed,
+}
+
+impl From<StatusArg> for m87_events::api::DeviceStatus {
+    fn from(s: StatusArg) -> Self {
+        match s {
+            StatusArg::Pending => Self::Pending,
+            StatusArg::Approved => Self::Approved,
+            StatusArg::Rejected => Self::Rejected,
+            StatusArg::Expired => Self::Expired,
+            StatusArg::Removed => Self::Removed,
+        }
+    }
+}
+
+/// A role in an organization.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RoleArg {
+    /// Approves devices, manages members and access; operates devices.
+    Admin,
+    /// Operates devices: shell, exec, forward, files.
+    Member,
+    /// Reads status, logs, metrics and audit only.
+    Viewer,
+}
+
+impl From<RoleArg> for m87_events::Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Admin => Self::Admin,
+            RoleArg::Member => Self::Member,
+            RoleArg::Viewer => Self::Viewer,
+        }
+    }
 }
 
 /// A tool that acts on one device.
@@ -115,8 +165,8 @@ pub struct OrgMemberRole {
     pub org: String,
     /// The user's email.
     pub email: String,
-    /// admin, member or viewer.
-    pub role: String,
+    /// The role.
+    pub role: RoleArg,
 }
 
 /// `remove_org_member`.

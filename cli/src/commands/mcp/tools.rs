@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use m87_events::api::{DeviceListQuery, DeviceStatus};
+use m87_events::api::DeviceListQuery;
 use m87_events::token::Operation;
 use m87_events::{Email, OrgId, Role, Scope};
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -217,19 +217,9 @@ fn client() -> anyhow::Result<m87_transport::http::ApiClient> {
 }
 
 async fn list_devices(p: ListDevices) -> anyhow::Result<Value> {
-    let status = match p.status {
-        Some(s) => Some(
-            serde_json::from_value::<DeviceStatus>(Value::String(s.clone())).map_err(|_| {
-                anyhow::anyhow!(
-                    "invalid status {s:?}: use pending, approved, rejected, expired or removed"
-                )
-            })?,
-        ),
-        None => None,
-    };
     let query = DeviceListQuery {
         name: p.name,
-        status,
+        status: p.status.map(Into::into),
     };
     let rows = devices::listing(&client()?, &query).await?;
     Ok(json!({ "devices": rows }))
@@ -350,7 +340,7 @@ async fn reject(p: Reject) -> anyhow::Result<Value> {
 async fn member_role(p: OrgMemberRole, add: bool) -> anyhow::Result<Value> {
     let org: OrgId = parse("organization id", &p.org)?;
     let email: Email = parse("email", &p.email)?;
-    let role: Role = parse("role (admin, member or viewer)", &p.role)?;
+    let role: Role = p.role.into();
     let client = client()?;
     let message = if add {
         orgs::add_member(&client, &org, &email, role).await?
