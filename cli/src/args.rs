@@ -508,7 +508,10 @@ impl ServiceRegistration {
         push("--email", self.email.as_ref().map(ToString::to_string));
         push("--org", self.org.as_ref().map(ToString::to_string));
         push("--name", self.name.as_ref().map(ToString::to_string));
-        push("--fingerprint", self.fingerprint.as_ref().map(ToString::to_string));
+        push(
+            "--fingerprint",
+            self.fingerprint.as_ref().map(ToString::to_string),
+        );
         push(
             "--docker-socket",
             self.docker_socket.as_ref().map(|p| p.display().to_string()),

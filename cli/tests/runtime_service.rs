@@ -40,9 +40,8 @@ fn verify(unit: &Path, user: bool) -> Output {
         cmd.arg("--user").env("XDG_RUNTIME_DIR", runtime_dir.path());
     }
     cmd.args(["verify", "--man=no"]).arg(unit);
-    cmd.output().unwrap_or_else(|e| {
-        panic!("systemd-analyze is needed (Debian package systemd): {e}")
-    })
+    cmd.output()
+        .unwrap_or_else(|e| panic!("systemd-analyze is needed (Debian package systemd): {e}"))
 }
 
 fn printed_unit(system: bool) -> (String, String) {
@@ -86,7 +85,10 @@ fn the_system_unit_passes_systemd_analyze_verify() {
     std::fs::write(&file, &unit).unwrap();
     let out = verify(&file, false);
     let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "verify failed:\n{stdout}{stderr}\n{unit}");
+    assert!(
+        out.status.success(),
+        "verify failed:\n{stdout}{stderr}\n{unit}"
+    );
     assert!(
         !stderr.contains("m87-runtime.service:"),
         "verify warns about the unit:\n{stderr}"
@@ -97,7 +99,8 @@ fn the_system_unit_passes_systemd_analyze_verify() {
 fn the_user_unit_passes_systemd_analyze_verify() {
     let (unit, path) = printed_unit(false);
     assert!(
-        path.trim().ends_with("/.config/systemd/user/m87-runtime.service"),
+        path.trim()
+            .ends_with("/.config/systemd/user/m87-runtime.service"),
         "{path}"
     );
     assert!(!unit.contains("User="), "{unit}");
@@ -107,7 +110,10 @@ fn the_user_unit_passes_systemd_analyze_verify() {
     std::fs::write(&file, &unit).unwrap();
     let out = verify(&file, true);
     let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "verify failed:\n{stdout}{stderr}\n{unit}");
+    assert!(
+        out.status.success(),
+        "verify failed:\n{stdout}{stderr}\n{unit}"
+    );
     assert!(
         !stderr.contains("m87-runtime.service:"),
         "verify warns about the unit:\n{stderr}"
@@ -118,9 +124,13 @@ fn the_user_unit_passes_systemd_analyze_verify() {
 fn without_a_reachable_systemd_the_commands_say_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let out = m87(&state, dir.path(), &["runtime", "enable", "--email", "me@example.com"])
-        .output()
-        .unwrap();
+    let out = m87(
+        &state,
+        dir.path(),
+        &["runtime", "enable", "--email", "me@example.com"],
+    )
+    .output()
+    .unwrap();
     let (_, err) = text(&out);
     assert!(!out.status.success());
     if Path::new("/run/systemd/system").is_dir() {
@@ -128,15 +138,21 @@ fn without_a_reachable_systemd_the_commands_say_what_to_do() {
         assert!(err.contains("no systemd user manager"), "{err}");
     } else {
         assert!(
-            err.contains("systemd is not running here; run `m87 runtime run` under your own supervisor"),
+            err.contains(
+                "systemd is not running here; run `m87 runtime run` under your own supervisor"
+            ),
             "{err}"
         );
     }
     assert!(
-        !dir.path().join(".config/systemd/user/m87-runtime.service").exists(),
+        !dir.path()
+            .join(".config/systemd/user/m87-runtime.service")
+            .exists(),
         "nothing is written when systemd cannot take it"
     );
-    let out = m87(&state, dir.path(), &["runtime", "start"]).output().unwrap();
+    let out = m87(&state, dir.path(), &["runtime", "start"])
+        .output()
+        .unwrap();
     let (_, err) = text(&out);
     assert!(!out.status.success());
     assert!(err.contains("no m87-runtime.service is installed"), "{err}");
@@ -155,23 +171,31 @@ fn a_second_runtime_on_the_same_state_directory_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     // Nothing listens on port 1: the first runtime keeps retrying its registration.
-    let mut first = m87(&state, dir.path(), &["runtime", "run", "--email", "me@example.com"])
-        .env("M87_API_URL", "https://127.0.0.1:1")
-        .env("M87_RUNTIME_LOG", "off")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = m87(
+        &state,
+        dir.path(),
+        &["runtime", "run", "--email", "me@example.com"],
+    )
+    .env("M87_API_URL", "https://127.0.0.1:1")
+    .env("M87_RUNTIME_LOG", "off")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !state.join("runtime-state.json").exists() {
         assert!(Instant::now() < deadline, "the first runtime never started");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let out = m87(&state, dir.path(), &["runtime", "run", "--email", "me@example.com"])
-        .env("M87_API_URL", "https://127.0.0.1:1")
-        .env("M87_RUNTIME_LOG", "off")
-        .output()
-        .unwrap();
+    let out = m87(
+        &state,
+        dir.path(),
+        &["runtime", "run", "--email", "me@example.com"],
+    )
+    .env("M87_API_URL", "https://127.0.0.1:1")
+    .env("M87_RUNTIME_LOG", "off")
+    .output()
+    .unwrap();
     let (_, err) = text(&out);
     assert!(!out.status.success(), "the second runtime ran: {err}");
     assert!(
@@ -194,5 +218,8 @@ fn a_second_runtime_on_the_same_state_directory_refuses_to_start() {
         .output()
         .unwrap();
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(status["runtime"]["running"], false, "a killed runtime holds nothing: {status}");
+    assert_eq!(
+        status["runtime"]["running"], false,
+        "a killed runtime holds nothing: {status}"
+    );
 }

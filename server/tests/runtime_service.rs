@@ -25,7 +25,10 @@ fn wait_for_status(device: &M87, what: &str, done: impl Fn(&Value) -> bool) -> V
         if done(&s) {
             return s;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {s}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {s}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -34,7 +37,11 @@ fn wait_for_status(device: &M87, what: &str, done: impl Fn(&Value) -> bool) -> V
 fn status_shows_the_enrolment_the_tunnel_and_the_relay() {
     let tmp = tempfile::tempdir().unwrap();
     let mut server = Server::start(&tmp.path().join("data"), "127.0.0.1:0");
-    let admin = M87::new(&server.url, &tmp.path().join("admin"), Some(&server.admin_key()));
+    let admin = M87::new(
+        &server.url,
+        &tmp.path().join("admin"),
+        Some(&server.admin_key()),
+    );
     let device = M87::new(&server.url, &tmp.path().join("device"), None);
     let mut runtime = device.runtime(&["--email", "admin@localhost", "--name", "svc-1"]);
     let request_id = request_id_of(&runtime);
@@ -77,7 +84,11 @@ fn status_shows_the_enrolment_the_tunnel_and_the_relay() {
         s["tunnel"]["connected"] == false
     });
     assert_eq!(down["runtime"]["running"], true);
-    assert_eq!(down["tunnel"]["relay"], relay.as_str(), "the last relay is named");
+    assert_eq!(
+        down["tunnel"]["relay"],
+        relay.as_str(),
+        "the last relay is named"
+    );
     assert!(down["tunnel"]["last_error"].is_string(), "{down}");
     let table = device.ok(&["runtime", "status"]);
     assert!(table.contains("tunnel       down since "), "{table}");
@@ -86,8 +97,14 @@ fn status_shows_the_enrolment_the_tunnel_and_the_relay() {
     runtime.kill();
     let gone = status(&device);
     assert_eq!(gone["runtime"]["running"], false, "{gone}");
-    assert_eq!(gone["tunnel"]["connected"], false, "a dead runtime's file is not believed");
+    assert_eq!(
+        gone["tunnel"]["connected"], false,
+        "a dead runtime's file is not believed"
+    );
     assert_eq!(gone["status"], "approved");
     let table = device.ok(&["runtime", "status"]);
-    assert!(table.contains("runtime      not running on this state directory"), "{table}");
+    assert!(
+        table.contains("runtime      not running on this state directory"),
+        "{table}"
+    );
 }

@@ -47,25 +47,37 @@ impl Sandbox {
         let deadline = Instant::now() + WAIT;
         // The launcher execs unshare, whose one child execs systemd.
         let systemd = loop {
-            let children = std::fs::read_to_string(format!(
-                "/proc/{0}/task/{0}/children",
-                launcher.id()
-            ))
-            .unwrap_or_default();
-            if let Some(pid) = children.split_whitespace().next().and_then(|p| p.parse().ok()) {
+            let children =
+                std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", launcher.id()))
+                    .unwrap_or_default();
+            if let Some(pid) = children
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse().ok())
+            {
                 break pid;
             }
-            assert!(Instant::now() < deadline, "the sandbox's systemd never started");
+            assert!(
+                Instant::now() < deadline,
+                "the sandbox's systemd never started"
+            );
             std::thread::sleep(Duration::from_millis(100));
         };
-        let sandbox = Self { name, launcher, systemd };
+        let sandbox = Self {
+            name,
+            launcher,
+            systemd,
+        };
         loop {
             let out = sandbox.run(&["systemctl", "is-system-running"], &[]);
             let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
             if state == "running" || state == "degraded" {
                 return sandbox;
             }
-            assert!(Instant::now() < deadline, "the sandbox's systemd is {state:?}");
+            assert!(
+                Instant::now() < deadline,
+                "the sandbox's systemd is {state:?}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -74,7 +86,16 @@ impl Sandbox {
     fn run(&self, argv: &[&str], env: &[(&str, &str)]) -> Output {
         // Nothing in a test waits on the sandbox for long; a hang fails instead of blocking.
         let mut cmd = Command::new("timeout");
-        cmd.args(["60", "nsenter", "-t", &self.systemd.to_string(), "-m", "-p", "--", "env"]);
+        cmd.args([
+            "60",
+            "nsenter",
+            "-t",
+            &self.systemd.to_string(),
+            "-m",
+            "-p",
+            "--",
+            "env",
+        ]);
         for (k, v) in env {
             cmd.arg(format!("{k}={v}"));
         }
@@ -85,7 +106,9 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         // SIGKILL to a PID namespace's init ends every process in it.
-        let _ = Command::new("kill").args(["-KILL", &self.systemd.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.systemd.to_string()])
+            .status();
         let _ = self.launcher.wait();
         let _ = Command::new(sandbox_script())
             .args(["cleanup", &self.name])
@@ -117,23 +140,38 @@ fn m87_in(sandbox: &Sandbox, server: &Server, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     );
-    assert!(out.status.success(), "m87 {args:?} failed:\n{stdout}{stderr}");
+    assert!(
+        out.status.success(),
+        "m87 {args:?} failed:\n{stdout}{stderr}"
+    );
     stdout
 }
 
 fn status(sandbox: &Sandbox, server: &Server) -> Value {
-    serde_json::from_str(&m87_in(sandbox, server, &["runtime", "status", "--system", "-o", "json"]))
-        .unwrap()
+    serde_json::from_str(&m87_in(
+        sandbox,
+        server,
+        &["runtime", "status", "--system", "-o", "json"],
+    ))
+    .unwrap()
 }
 
-fn wait_status(sandbox: &Sandbox, server: &Server, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+fn wait_status(
+    sandbox: &Sandbox,
+    server: &Server,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + WAIT;
     loop {
         let s = status(sandbox, server);
         if ok(&s) {
             return s;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {s}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {s}"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
 }
@@ -150,14 +188,32 @@ fn pending_request(admin: &M87, name: &str) -> Option<String> {
 fn the_system_service_enrols_reports_stops_and_logs_out_under_a_real_systemd() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("data"), "127.0.0.1:0");
-    let admin = M87::new(&server.url, &tmp.path().join("admin"), Some(&server.admin_key()));
+    let admin = M87::new(
+        &server.url,
+        &tmp.path().join("admin"),
+        Some(&server.admin_key()),
+    );
     let sandbox = Sandbox::boot("system");
 
-    let out = m87_in(&sandbox, &server, &[
-        "runtime", "enable", "--now", "--system", "--email", "admin@localhost", "--name", "sd-1",
-    ]);
+    let out = m87_in(
+        &sandbox,
+        &server,
+        &[
+            "runtime",
+            "enable",
+            "--now",
+            "--system",
+            "--email",
+            "admin@localhost",
+            "--name",
+            "sd-1",
+        ],
+    );
     assert!(out.contains("created the system user `m87`"), "{out}");
-    assert!(out.contains("enabled and started m87-runtime.service"), "{out}");
+    assert!(
+        out.contains("enabled and started m87-runtime.service"),
+        "{out}"
+    );
     let deadline = Instant::now() + WAIT;
     let request = loop {
         if let Some(r) = pending_request(&admin, "sd-1") {
@@ -168,7 +224,9 @@ fn the_system_service_enrols_reports_stops_and_logs_out_under_a_real_systemd() {
     };
     admin.ok(&["devices", "approve", &request]);
 
-    let up = wait_status(&sandbox, &server, "the tunnel", |s| s["tunnel"]["connected"] == true);
+    let up = wait_status(&sandbox, &server, "the tunnel", |s| {
+        s["tunnel"]["connected"] == true
+    });
     assert_eq!(up["status"], "approved");
     assert_eq!(up["config_dir"], "/var/lib/m87");
     assert_eq!(up["service"]["mode"], "system");
@@ -179,29 +237,57 @@ fn the_system_service_enrols_reports_stops_and_logs_out_under_a_real_systemd() {
     assert!(up["tunnel"]["relay"].is_string(), "{up}");
 
     // Sessions run as the dedicated user, without a way to gain privileges.
-    let who = admin.ok(&["sd-1", "exec", "--", "sh", "-c", "id -un; grep NoNewPrivs /proc/self/status"]);
+    let who = admin.ok(&[
+        "sd-1",
+        "exec",
+        "--",
+        "sh",
+        "-c",
+        "id -un; grep NoNewPrivs /proc/self/status",
+    ]);
     assert!(who.starts_with("m87\n"), "{who}");
     assert!(who.contains("NoNewPrivs:\t1"), "{who}");
 
-    assert!(m87_in(&sandbox, &server, &["runtime", "stop"]).contains("stopped m87-runtime.service"));
+    assert!(
+        m87_in(&sandbox, &server, &["runtime", "stop"]).contains("stopped m87-runtime.service")
+    );
     let stopped = status(&sandbox, &server);
-    assert_eq!(stopped["service"]["state"]["active"], "inactive", "{stopped}");
+    assert_eq!(
+        stopped["service"]["state"]["active"], "inactive",
+        "{stopped}"
+    );
     assert_eq!(stopped["runtime"]["running"], false, "{stopped}");
     m87_in(&sandbox, &server, &["runtime", "start"]);
-    wait_status(&sandbox, &server, "the tunnel after start", |s| s["tunnel"]["connected"] == true);
+    wait_status(&sandbox, &server, "the tunnel after start", |s| {
+        s["tunnel"]["connected"] == true
+    });
 
     // logout stops the service, then forgets the key.
     let out = m87_in(&sandbox, &server, &["runtime", "logout", "--system"]);
-    let stop_at = out.find("stopped m87-runtime.service").unwrap_or_else(|| panic!("{out}"));
-    let removed_at = out.find("removed this device's credentials").unwrap_or_else(|| panic!("{out}"));
+    let stop_at = out
+        .find("stopped m87-runtime.service")
+        .unwrap_or_else(|| panic!("{out}"));
+    let removed_at = out
+        .find("removed this device's credentials")
+        .unwrap_or_else(|| panic!("{out}"));
     assert!(stop_at < removed_at, "{out}");
     let after = status(&sandbox, &server);
     assert_eq!(after["service"]["state"]["active"], "inactive", "{after}");
     assert_eq!(after["status"], "not registered", "{after}");
 
-    let out = m87_in(&sandbox, &server, &["runtime", "disable", "--now", "--system"]);
-    assert!(out.contains("stopped and removed m87-runtime.service"), "{out}");
-    let gone = sandbox.run(&["test", "-e", "/etc/systemd/system/m87-runtime.service"], &[]);
+    let out = m87_in(
+        &sandbox,
+        &server,
+        &["runtime", "disable", "--now", "--system"],
+    );
+    assert!(
+        out.contains("stopped and removed m87-runtime.service"),
+        "{out}"
+    );
+    let gone = sandbox.run(
+        &["test", "-e", "/etc/systemd/system/m87-runtime.service"],
+        &[],
+    );
     assert!(!gone.status.success(), "the unit file is removed");
     assert_eq!(status(&sandbox, &server)["service"], Value::Null);
 }
@@ -210,7 +296,13 @@ fn the_system_service_enrols_reports_stops_and_logs_out_under_a_real_systemd() {
 fn m87_as(sandbox: &Sandbox, server: &Server, uid: &str, args: &[&str]) -> String {
     let m87 = bin("m87");
     let (reuid, regid) = (format!("--reuid={uid}"), format!("--regid={uid}"));
-    let mut argv = vec!["setpriv", &reuid, &regid, "--init-groups", m87.to_str().unwrap()];
+    let mut argv = vec![
+        "setpriv",
+        &reuid,
+        &regid,
+        "--init-groups",
+        m87.to_str().unwrap(),
+    ];
     argv.extend_from_slice(args);
     let pin = pin_of(&server.url).expect("the server's pin");
     let runtime_dir = format!("/run/user/{uid}");
@@ -228,7 +320,10 @@ fn m87_as(sandbox: &Sandbox, server: &Server, uid: &str, args: &[&str]) -> Strin
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     );
-    assert!(out.status.success(), "m87 {args:?} as {uid} failed:\n{stdout}{stderr}");
+    assert!(
+        out.status.success(),
+        "m87 {args:?} as {uid} failed:\n{stdout}{stderr}"
+    );
     stdout
 }
 
@@ -237,9 +332,22 @@ fn m87_as(sandbox: &Sandbox, server: &Server, uid: &str, args: &[&str]) -> Strin
 fn a_user_service_runs_as_its_user_under_a_real_systemd() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("data"), "127.0.0.1:0");
-    let admin = M87::new(&server.url, &tmp.path().join("admin"), Some(&server.admin_key()));
+    let admin = M87::new(
+        &server.url,
+        &tmp.path().join("admin"),
+        Some(&server.admin_key()),
+    );
     let sandbox = Sandbox::boot("user");
-    let made = sandbox.run(&["useradd", "--create-home", "--home-dir", "/tmp/home-dev", "dev"], &[]);
+    let made = sandbox.run(
+        &[
+            "useradd",
+            "--create-home",
+            "--home-dir",
+            "/tmp/home-dev",
+            "dev",
+        ],
+        &[],
+    );
     assert!(made.status.success(), "{made:?}");
     let uid = String::from_utf8_lossy(&sandbox.run(&["id", "-u", "dev"], &[]).stdout)
         .trim()
@@ -248,25 +356,46 @@ fn a_user_service_runs_as_its_user_under_a_real_systemd() {
     let started = sandbox.run(&["systemctl", "start", &format!("user@{uid}.service")], &[]);
     assert!(started.status.success(), "{started:?}");
 
-    let out = m87_as(&sandbox, &server, &uid, &[
-        "runtime", "enable", "--now", "--email", "admin@localhost", "--name", "sd-user",
-    ]);
-    assert!(out.contains("wrote /tmp/home-dev/.config/systemd/user/m87-runtime.service"), "{out}");
+    let out = m87_as(
+        &sandbox,
+        &server,
+        &uid,
+        &[
+            "runtime",
+            "enable",
+            "--now",
+            "--email",
+            "admin@localhost",
+            "--name",
+            "sd-user",
+        ],
+    );
+    assert!(
+        out.contains("wrote /tmp/home-dev/.config/systemd/user/m87-runtime.service"),
+        "{out}"
+    );
     assert!(out.contains("loginctl enable-linger dev"), "{out}");
     let deadline = Instant::now() + WAIT;
     let request = loop {
         if let Some(r) = pending_request(&admin, "sd-user") {
             break r;
         }
-        assert!(Instant::now() < deadline, "the user service never registered");
+        assert!(
+            Instant::now() < deadline,
+            "the user service never registered"
+        );
         std::thread::sleep(Duration::from_millis(250));
     };
     admin.ok(&["devices", "approve", &request]);
     let deadline = Instant::now() + WAIT;
     let up = loop {
-        let s: Value =
-            serde_json::from_str(&m87_as(&sandbox, &server, &uid, &["runtime", "status", "-o", "json"]))
-                .unwrap();
+        let s: Value = serde_json::from_str(&m87_as(
+            &sandbox,
+            &server,
+            &uid,
+            &["runtime", "status", "-o", "json"],
+        ))
+        .unwrap();
         if s["tunnel"]["connected"] == true {
             break s;
         }

@@ -224,7 +224,11 @@ fn print_service(service: Option<&crate::service::ServiceReport>) {
     match (&s.state, &s.error) {
         (Some(u), _) => {
             let pid = u.main_pid.map(|p| format!(", pid {p}")).unwrap_or_default();
-            let since = u.since.as_ref().map(|t| format!(" since {t}")).unwrap_or_default();
+            let since = u
+                .since
+                .as_ref()
+                .map(|t| format!(" since {t}"))
+                .unwrap_or_default();
             println!(
                 "service      {} ({} unit): {} ({}){since}{pid}, {}",
                 crate::service::UNIT_NAME,
@@ -261,11 +265,18 @@ fn print_live(current: Option<&m87_agent::live::LiveState>) {
         (false, None) => println!("tunnel       not connected yet"),
         (false, Some(_)) => println!(
             "tunnel       down since {since}{}",
-            t.last_error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+            t.last_error
+                .as_ref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
         ),
     }
     if let Some(relay) = &t.relay {
-        let id = t.relay_id.as_ref().map(|i| format!(" ({i})")).unwrap_or_default();
+        let id = t
+            .relay_id
+            .as_ref()
+            .map(|i| format!(" ({i})"))
+            .unwrap_or_default();
         let last = if t.connected { "" } else { " (last)" };
         println!("relay        {relay}{id}{last}");
     }
@@ -281,7 +292,10 @@ pub fn logout(system: bool) -> anyhow::Result<()> {
     let file = m87_transport::credentials::CredentialsFile::in_dir(&target.config_dir);
     let live = m87_agent::live::read(file.dir())?;
     if live.running {
-        let pid = live.state.map(|s| format!(" (pid {})", s.pid)).unwrap_or_default();
+        let pid = live
+            .state
+            .map(|s| format!(" (pid {})", s.pid))
+            .unwrap_or_default();
         eprintln!(
             "warning: a runtime{pid} still runs on {}; it keeps the key it holds until it stops",
             file.dir().display()

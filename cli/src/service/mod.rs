@@ -123,7 +123,10 @@ pub fn enable(opts: &EnableOptions) -> anyhow::Result<()> {
     args.push(UNIT_NAME);
     systemd::systemctl(spec.mode, &args)?;
     let started = if opts.now { " and started" } else { "" };
-    println!("enabled{started} {UNIT_NAME}; its state is in {}", spec.config_dir.display());
+    println!(
+        "enabled{started} {UNIT_NAME}; its state is in {}",
+        spec.config_dir.display()
+    );
     explain_after_enable(&spec);
     Ok(())
 }
@@ -131,7 +134,10 @@ pub fn enable(opts: &EnableOptions) -> anyhow::Result<()> {
 fn explain_after_enable(spec: &UnitSpec) {
     let u = user_flag(spec.mode);
     println!("follow it with: journalctl {u}-u {UNIT_NAME} -f   (or: m87 runtime status)");
-    if spec.systemd_version.is_some_and(|v| v < unit::BACKOFF_SINCE) {
+    if spec
+        .systemd_version
+        .is_some_and(|v| v < unit::BACKOFF_SINCE)
+    {
         println!(
             "note: systemd {} restarts a failed runtime every 5 s (at most 10 times in 5 min); \
              growing delays need systemd 254 or newer",
@@ -148,8 +154,7 @@ fn explain_after_enable(spec: &UnitSpec) {
 }
 
 fn lingering() -> bool {
-    std::env::var("USER")
-        .is_ok_and(|u| Path::new("/var/lib/systemd/linger").join(u).exists())
+    std::env::var("USER").is_ok_and(|u| Path::new("/var/lib/systemd/linger").join(u).exists())
 }
 
 /// Creates the dedicated user when missing; true when it was created.
@@ -164,10 +169,20 @@ fn ensure_system_user() -> anyhow::Result<bool> {
         return Ok(false);
     }
     // Its login shell is the shell remote sessions get.
-    let shell = if Path::new("/bin/bash").exists() { "/bin/bash" } else { "/bin/sh" };
+    let shell = if Path::new("/bin/bash").exists() {
+        "/bin/bash"
+    } else {
+        "/bin/sh"
+    };
     let status = Command::new("useradd")
         .args(["--system", "--user-group", "--no-create-home", "--home-dir"])
-        .args([SYSTEM_STATE_DIR, "--shell", shell, "--comment", "m87 device runtime"])
+        .args([
+            SYSTEM_STATE_DIR,
+            "--shell",
+            shell,
+            "--comment",
+            "m87 device runtime",
+        ])
         .arg(SYSTEM_USER)
         .status()
         .context("running useradd (package passwd) to create the m87 user")?;
@@ -179,7 +194,11 @@ fn ensure_system_user() -> anyhow::Result<bool> {
 
 /// The installed unit a command means: `--system`'s, else the user's, else the system's.
 fn installed_mode(system: bool) -> anyhow::Result<Mode> {
-    let candidates: &[Mode] = if system { &[Mode::System] } else { &[Mode::User, Mode::System] };
+    let candidates: &[Mode] = if system {
+        &[Mode::System]
+    } else {
+        &[Mode::User, Mode::System]
+    };
     for mode in candidates {
         if systemd::installed(*mode) {
             return Ok(*mode);
@@ -260,7 +279,9 @@ fn unit_config_dir(mode: Mode) -> Option<PathBuf> {
     let text = std::fs::read_to_string(systemd::unit_path(mode).ok()?).ok()?;
     text.lines().find_map(|l| {
         let v = l.strip_prefix("Environment=\"M87_CONFIG_DIR=")?;
-        Some(PathBuf::from(v.strip_suffix('"')?.replace("%%", "%").replace("$$", "$")))
+        Some(PathBuf::from(
+            v.strip_suffix('"')?.replace("%%", "%").replace("$$", "$"),
+        ))
     })
 }
 
@@ -275,15 +296,24 @@ pub fn target(system: bool) -> anyhow::Result<Target> {
     let own = own_config_dir()?;
     for mode in [Mode::User, Mode::System] {
         if systemd::installed(mode) && unit_config_dir(mode).as_deref() == Some(&own) {
-            return Ok(Target { mode: Some(mode), config_dir: own });
+            return Ok(Target {
+                mode: Some(mode),
+                config_dir: own,
+            });
         }
     }
     let named = std::env::var_os("M87_CONFIG_DIR").is_some_and(|d| !d.is_empty());
     if !named && !systemd::installed(Mode::User) && systemd::installed(Mode::System) {
         let config_dir = unit_config_dir(Mode::System).unwrap_or(SYSTEM_STATE_DIR.into());
-        return Ok(Target { mode: Some(Mode::System), config_dir });
+        return Ok(Target {
+            mode: Some(Mode::System),
+            config_dir,
+        });
     }
-    Ok(Target { mode: None, config_dir: own })
+    Ok(Target {
+        mode: None,
+        config_dir: own,
+    })
 }
 
 /// The unit's part of `m87 runtime status`.

@@ -11,7 +11,8 @@ use anyhow::{Context, bail};
 use super::unit::{Mode, UNIT_NAME};
 
 /// The message for a machine whose init is not systemd.
-pub const NOT_RUNNING: &str = "systemd is not running here; run `m87 runtime run` under your own supervisor";
+pub const NOT_RUNNING: &str =
+    "systemd is not running here; run `m87 runtime run` under your own supervisor";
 
 /// Whether systemd is the running init (as `sd_booted()` decides it).
 pub fn booted() -> bool {

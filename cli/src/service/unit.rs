@@ -65,7 +65,11 @@ pub fn render(spec: &UnitSpec) -> String {
         u,
         "# Written by `m87 runtime enable`; `m87 runtime disable --now` removes it.\n\
          # Keep local changes in a drop-in (`systemctl {}edit {UNIT_NAME}`): enable rewrites this file.",
-        if spec.mode == Mode::User { "--user " } else { "" }
+        if spec.mode == Mode::User {
+            "--user "
+        } else {
+            ""
+        }
     );
     u.push_str("[Unit]\nDescription=m87 device runtime\n");
     if spec.mode == Mode::System {
@@ -86,7 +90,10 @@ pub fn render(spec: &UnitSpec) -> String {
     exec.extend(spec.args.iter().cloned());
     let exec: Vec<String> = exec.iter().map(|w| quote(w)).collect();
     let _ = writeln!(u, "ExecStart={}", exec.join(" "));
-    let config = ("M87_CONFIG_DIR".to_owned(), spec.config_dir.display().to_string());
+    let config = (
+        "M87_CONFIG_DIR".to_owned(),
+        spec.config_dir.display().to_string(),
+    );
     for (k, v) in std::iter::once(&config).chain(spec.env.iter()) {
         let _ = writeln!(u, "Environment={}", quote(&format!("{k}={v}")));
     }
@@ -140,14 +147,20 @@ mod tests {
         ));
         assert!(text.contains("Environment=\"M87_CONFIG_DIR=/var/lib/m87\"\n"));
         assert!(text.contains("NoNewPrivileges=yes\n") && text.contains("PrivateTmp=yes\n"));
-        assert!(!text.contains("RestartSteps"), "systemd 252 does not know it");
+        assert!(
+            !text.contains("RestartSteps"),
+            "systemd 252 does not know it"
+        );
         assert!(text.contains("WantedBy=multi-user.target"));
     }
 
     #[test]
     fn backoff_keys_only_where_systemd_knows_them() {
         let text = render(&spec(Mode::User, Some(254)));
-        assert!(text.contains("RestartSteps=6\nRestartMaxDelaySec=5min\n"), "{text}");
+        assert!(
+            text.contains("RestartSteps=6\nRestartMaxDelaySec=5min\n"),
+            "{text}"
+        );
         assert!(!text.contains("User="), "a user unit runs as its user");
         assert!(text.contains("WantedBy=default.target"));
     }
