@@ -258,8 +258,21 @@ fn the_system_service_enrols_reports_stops_and_logs_out_under_a_real_systemd() {
     );
     assert_eq!(stopped["runtime"]["running"], false, "{stopped}");
     m87_in(&sandbox, &server, &["runtime", "start"]);
-    wait_status(&sandbox, &server, "the tunnel after start", |s| {
+    let started = wait_status(&sandbox, &server, "the tunnel after start", |s| {
         s["tunnel"]["connected"] == true
+    });
+    // Enabling again rewrites the unit and restarts the running service with it.
+    let out = m87_in(
+        &sandbox,
+        &server,
+        &["runtime", "enable", "--now", "--system", "--name", "sd-1"],
+    );
+    assert!(!out.contains("created the system user"), "{out}");
+    let unit = sandbox.run(&["cat", "/etc/systemd/system/m87-runtime.service"], &[]);
+    let unit = String::from_utf8_lossy(&unit.stdout).into_owned();
+    assert!(!unit.contains("--email"), "the unit was rewritten: {unit}");
+    wait_status(&sandbox, &server, "the restarted runtime", |s| {
+        s["tunnel"]["connected"] == true && s["runtime"]["pid"] != started["runtime"]["pid"]
     });
 
     // logout stops the service, then forgets the key.

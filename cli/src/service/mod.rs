@@ -116,12 +116,13 @@ pub fn enable(opts: &EnableOptions) -> anyhow::Result<()> {
     systemd::write_atomically(&path, &text)?;
     println!("wrote {}", path.display());
     systemd::systemctl(spec.mode, &["daemon-reload"])?;
-    let mut args = vec!["enable"];
+    systemd::systemctl(spec.mode, &["enable", UNIT_NAME])?;
     if opts.now {
-        args.push("--now");
+        // `restart` starts it, or restarts one already running so it runs this unit.
+        systemd::systemctl(spec.mode, &["restart", UNIT_NAME])?;
+    } else if systemd::state(spec.mode).is_ok_and(|s| s.active == "active") {
+        println!("it is running with its old settings until `m87 runtime restart`");
     }
-    args.push(UNIT_NAME);
-    systemd::systemctl(spec.mode, &args)?;
     let started = if opts.now { " and started" } else { "" };
     println!(
         "enabled{started} {UNIT_NAME}; its state is in {}",
