@@ -151,7 +151,7 @@ pub fn status(output: Output, system: bool) -> anyhow::Result<()> {
     let target = crate::service::target(system)?;
     let file = m87_transport::credentials::CredentialsFile::in_dir(&target.config_dir);
     let state = RuntimeState::new(file.clone());
-    let device = file.load()?.device;
+    let device = file.load().with_context(|| system_hint(&target))?.device;
     let pending = state.pending()?;
     let device_id = state.existing_device_id()?;
     let status = if device.is_some() {
@@ -213,6 +213,18 @@ pub fn status(output: Output, system: bool) -> anyhow::Result<()> {
             println!("config dir   {}", file.dir().display());
             Ok(())
         }
+    }
+}
+
+/// What to say when the state directory cannot be read.
+fn system_hint(target: &crate::service::Target) -> String {
+    match target.mode {
+        Some(crate::service::Mode::System) => format!(
+            "reading the system service's state in {} (run with sudo, or give --system only \
+             as root)",
+            target.config_dir.display()
+        ),
+        _ => format!("reading the state in {}", target.config_dir.display()),
     }
 }
 

@@ -110,6 +110,9 @@ pub fn enable(opts: &EnableOptions) -> anyhow::Result<()> {
         );
     }
     systemd::require_manager(spec.mode)?;
+    if spec.mode == Mode::System {
+        require_runnable_by_others(&spec.exe)?;
+    }
     if spec.mode == Mode::System && ensure_system_user()? {
         println!("created the system user `{SYSTEM_USER}` (home {SYSTEM_STATE_DIR})");
     }
@@ -156,6 +159,28 @@ fn explain_after_enable(spec: &UnitSpec) {
 
 fn lingering() -> bool {
     std::env::var("USER").is_ok_and(|u| Path::new("/var/lib/systemd/linger").join(u).exists())
+}
+
+/// The `m87` user must be able to run the binary: it and every directory above it open to
+/// others (a binary under /root or a 0700 home is not).
+fn require_runnable_by_others(exe: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for path in exe.ancestors().filter(|p| !p.as_os_str().is_empty()) {
+        let mode = std::fs::metadata(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o001 == 0 {
+            bail!(
+                "the `{SYSTEM_USER}` user could not run {} ({} is closed to other users): \
+                 install m87 to /usr/local/bin (install.sh does) and run `sudo \
+                 /usr/local/bin/m87 runtime enable --system …` from there",
+                exe.display(),
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Creates the dedicated user when missing; true when it was created.
