@@ -257,7 +257,9 @@ async fn run_async(cli: Cli) -> ExitCode {
                 Some(h) => eprintln!("error: {message} ({h})"),
                 None => eprintln!("error: {message}"),
             }
-            ExitCode::FAILURE
+            // A runtime that restarting cannot help has its own code (the service's unit
+            // does not restart on it).
+            commands::runtime::exit_code(&e).map_or(ExitCode::FAILURE, ExitCode::from)
         }
     }
 }

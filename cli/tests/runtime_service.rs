@@ -70,6 +70,7 @@ fn the_system_unit_passes_systemd_analyze_verify() {
         "Environment=\"M87_API_URL=https://m87.example:8443\"\n",
         "Environment=\"M87_APPROVAL_POLL_SECS=2\"\n",
         "Restart=on-failure\n",
+        "RestartPreventExitStatus=78\n",
         "NoNewPrivileges=yes\n",
         "PrivateTmp=yes\n",
         "WantedBy=multi-user.target\n",
@@ -221,5 +222,21 @@ fn a_second_runtime_on_the_same_state_directory_refuses_to_start() {
     assert_eq!(
         status["runtime"]["running"], false,
         "a killed runtime holds nothing: {status}"
+    );
+}
+
+#[test]
+fn a_runtime_that_restarting_cannot_help_exits_with_the_code_the_unit_does_not_restart_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = m87(&dir.path().join("state"), dir.path(), &["runtime", "run"])
+        .env("M87_API_URL", "https://127.0.0.1:1")
+        .env("M87_RUNTIME_LOG", "off")
+        .output()
+        .unwrap();
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("give --email EMAIL, --org ID or OWNER_REFERENCE"),
+        "{err}"
     );
 }

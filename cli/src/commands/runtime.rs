@@ -97,6 +97,20 @@ pub fn open_log() -> Option<(
     }
 }
 
+/// The exit status of `m87 runtime run` when restarting cannot help (the device was removed,
+/// its key is refused, its request was rejected, no owner was given): the service's unit
+/// names it in `RestartPreventExitStatus=` so systemd leaves it failed instead of retrying.
+pub const FINAL_EXIT: u8 = crate::service::unit::FINAL_EXIT;
+
+/// [`FINAL_EXIT`] for the runtime's final errors; `None` for any other error.
+pub fn exit_code(err: &anyhow::Error) -> Option<u8> {
+    use m87_agent::runtime::RuntimeError as E;
+    match err.downcast_ref::<E>()? {
+        E::NoOwner | E::Rejected(_) | E::Removed | E::KeyRefused(_) => Some(FINAL_EXIT),
+        _ => None,
+    }
+}
+
 /// `m87 runtime run`. A `fingerprint` (or `M87_API_FINGERPRINT`) pins the server's
 /// certificate; it is stored for the server with the device's key (at approval, or now when
 /// the device is enrolled), so later runs check it without being told again.

@@ -9,6 +9,9 @@ pub const UNIT_NAME: &str = "m87-runtime.service";
 pub const SYSTEM_USER: &str = "m87";
 /// The state directory of a `--system` service (systemd's `StateDirectory=m87`).
 pub const SYSTEM_STATE_DIR: &str = "/var/lib/m87";
+/// The exit status of a runtime that restarting cannot help (`RestartPreventExitStatus=`):
+/// EX_CONFIG from sysexits.h.
+pub const FINAL_EXIT: u8 = 78;
 /// The first systemd version with `RestartSteps=` and `RestartMaxDelaySec=`.
 pub const BACKOFF_SINCE: u32 = 254;
 
@@ -98,6 +101,8 @@ pub fn render(spec: &UnitSpec) -> String {
         let _ = writeln!(u, "Environment={}", quote(&format!("{k}={v}")));
     }
     u.push_str("Restart=on-failure\nRestartSec=5s\n");
+    // The device was removed, its key refused, its request rejected: restarting cannot help.
+    let _ = writeln!(u, "RestartPreventExitStatus={FINAL_EXIT}");
     if spec.systemd_version.is_some_and(|v| v >= BACKOFF_SINCE) {
         u.push_str("RestartSteps=6\nRestartMaxDelaySec=5min\n");
     }
