@@ -6,6 +6,7 @@
 //!
 //! - [`sysinfo`]: what the device tells about itself.
 //! - [`backoff`]: exponential backoff with jitter for every retry loop.
+//! - [`live`]: the state-directory lock and the live state `m87 runtime status` reads.
 //! - [`runtime`]: register, wait for approval, receive the key once, stay enrolled.
 //! - [`services`]: what runs behind each channel (exec, shell, forward, files).
 //! - [`tunnel`]: the device's tunnel to a relay and the sessions it serves.
@@ -30,6 +31,7 @@ macro_rules! say_err {
 }
 
 pub mod backoff;
+pub mod live;
 pub mod runtime;
 pub mod services;
 pub mod sysinfo;

@@ -45,6 +45,9 @@ pub struct RunOptions {
     pub services: crate::services::ServiceSettings,
 }
 
+/// The lock error, re-exported for callers that match on it.
+pub use crate::live::LiveError;
+
 /// Why the runtime stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -77,6 +80,9 @@ pub enum RuntimeError {
     /// State files failed.
     #[error(transparent)]
     Credentials(#[from] CredentialsError),
+    /// Another runtime holds the state directory, or its lock cannot be taken.
+    #[error(transparent)]
+    Lock(#[from] LiveError),
     /// The server refused something in a way retrying will not fix.
     #[error("{0}")]
     Api(#[from] ApiError),
@@ -241,22 +247,28 @@ pub async fn run(
     state: RuntimeState,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), RuntimeError> {
+    // Held until this function returns: one runtime per state directory.
+    let live = crate::live::Live::acquire(state.credentials.dir())?;
     let creds = match state.credentials.load()?.device {
         Some(c) => {
             say!("using stored credentials for device {}", c.device_id);
             c
         }
-        None => match register_and_wait(&opts, &state, &mut shutdown).await? {
+        None => match register_and_wait(&opts, &state, &live, &mut shutdown).await? {
             Some(c) => c,
             None => return Ok(()),
         },
     };
-    stay_enrolled(&opts, creds, &mut shutdown).await
+    live.phase(crate::live::Phase::Enrolled);
+    let result = stay_enrolled(&opts, creds, &live, &mut shutdown).await;
+    live.disconnected(result.as_ref().err().map(ToString::to_string));
+    result
 }
 
 async fn register_and_wait(
     opts: &RunOptions,
     state: &RuntimeState,
+    live: &crate::live::Live,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<DeviceCredentials>, RuntimeError> {
     let client = ApiClient::with_trust(&opts.api_url, None, opts.server_trust)?;
@@ -282,6 +294,7 @@ async fn register_and_wait(
         "registration request {id} is waiting for approval; an approver runs: m87 devices approve {id}",
         id = pending.request_id
     );
+    live.phase(crate::live::Phase::Pending);
     poll_until_decided(opts, state, &client, pending, shutdown).await
 }
 
@@ -451,6 +464,7 @@ async fn poll_until_decided(
 async fn stay_enrolled(
     opts: &RunOptions,
     creds: DeviceCredentials,
+    live: &crate::live::Live,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), RuntimeError> {
     let client = ApiClient::with_trust(
@@ -463,6 +477,7 @@ async fn stay_enrolled(
         creds.api_key.clone(),
         creds.device_id.clone(),
         opts.services.clone(),
+        live.clone(),
         shutdown.clone(),
     );
     tokio::pin!(tunnel);

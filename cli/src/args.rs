@@ -418,8 +418,111 @@ pub(crate) enum RuntimeCommand {
         #[arg(long, env = "M87_DOCKER_SOCKET", value_name = "PATH")]
         docker_socket: Option<std::path::PathBuf>,
     },
-    /// Show this device's registration state.
-    Status,
-    /// Remove this device's credentials (the device id is kept).
-    Logout,
+    /// Show the runtime's service (when installed), its enrolment, its tunnel and relay.
+    Status {
+        /// The system service's state (/var/lib/m87) rather than your own.
+        #[arg(long)]
+        system: bool,
+    },
+    /// Remove this device's credentials (the device id is kept); stops the service first.
+    Logout {
+        /// The system service's credentials (/var/lib/m87) rather than your own.
+        #[arg(long)]
+        system: bool,
+    },
+    /// Install the runtime as the systemd service m87-runtime.service (your user's service;
+    /// `--system`: a system service under the dedicated user `m87`, as root). Takes the
+    /// options of `m87 runtime run`, used when the device registers.
+    ///
+    /// Environment passed on to the service when set: M87_API_URL, M87_API_FINGERPRINT,
+    /// M87_TRUST_INVALID_CERT, OWNER_REFERENCE, M87_APPROVAL_POLL_SECS, M87_CHECK_INTERVAL_SECS,
+    /// M87_RUNTIME_LOG, M87_RUNTIME_LOG_LEVEL, M87_WORKER_THREADS. See docs/runtime-service.md.
+    Enable {
+        /// Start it now too.
+        #[arg(long)]
+        now: bool,
+        /// A system service (/etc/systemd/system, user `m87`, state in /var/lib/m87).
+        #[arg(long)]
+        system: bool,
+        /// Print the unit and where it would go; change nothing.
+        #[arg(long)]
+        print: bool,
+        /// The server's URL (M87_API_URL in the unit).
+        #[arg(long, env = "M87_API_URL", value_name = "URL")]
+        api_url: Option<String>,
+        #[command(flatten)]
+        registration: ServiceRegistration,
+    },
+    /// Stop starting the service at boot; `--now` also stops it and removes the unit.
+    Disable {
+        /// Also stop it and remove its unit file.
+        #[arg(long)]
+        now: bool,
+        /// The system service.
+        #[arg(long)]
+        system: bool,
+    },
+    /// Start the installed service.
+    Start {
+        /// The system service.
+        #[arg(long)]
+        system: bool,
+    },
+    /// Stop the installed service.
+    Stop {
+        /// The system service.
+        #[arg(long)]
+        system: bool,
+    },
+    /// Restart the installed service.
+    Restart {
+        /// The system service.
+        #[arg(long)]
+        system: bool,
+    },
+}
+
+/// The registration options `m87 runtime enable` writes into the service's command line.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServiceRegistration {
+    /// Register under this user's scope.
+    #[arg(long, conflicts_with = "org")]
+    pub(crate) email: Option<Email>,
+    /// Register under this organization's scope.
+    #[arg(long)]
+    pub(crate) org: Option<OrgId>,
+    /// The device's name (default: the host name).
+    #[arg(long)]
+    pub(crate) name: Option<DeviceName>,
+    /// Trust the server by its certificate's SHA-256 (SHA256:AB:CD:…).
+    #[arg(long, value_name = "SHA256:…")]
+    pub(crate) fingerprint: Option<Fingerprint>,
+    /// The Docker API socket the runtime reaches.
+    #[arg(long, env = "M87_DOCKER_SOCKET", value_name = "PATH")]
+    pub(crate) docker_socket: Option<std::path::PathBuf>,
+}
+
+impl ServiceRegistration {
+    /// The options as arguments of `m87 runtime run`.
+    pub(crate) fn run_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut push = |flag: &str, value: Option<String>| {
+            if let Some(v) = value {
+                args.push(flag.to_owned());
+                args.push(v);
+            }
+        };
+        push("--email", self.email.as_ref().map(ToString::to_string));
+        push("--org", self.org.as_ref().map(ToString::to_string));
+        push("--name", self.name.as_ref().map(ToString::to_string));
+        push(
+            "--fingerprint",
+            self.fingerprint.as_ref().map(ToString::to_string),
+        );
+        push(
+            "--docker-socket",
+            self.docker_socket.as_ref().map(|p| p.display().to_string()),
+        );
+        args
+    }
 }

@@ -7,6 +7,7 @@
 //! - `commands`: one module per command group (login, devices, api-keys, files, orgs, runtime,
 //!   and the `m87 <device> …` operations).
 //! - `remote`: the operations on a device over a relay session (exec, shell, forward, cp, sync).
+//! - `service`: the runtime as a systemd service (`m87 runtime enable|disable|start|stop|…`).
 //! - `session`: asking the control plane for a session and opening it on a relay.
 //! - `auth`: OpenID Connect sign-in and the stored login session.
 //! - `context`: the server, the credentials and the HTTP client a command works with.
@@ -19,6 +20,7 @@ mod commands;
 mod context;
 mod output;
 mod remote;
+mod service;
 mod session;
 
 use std::process::ExitCode;
@@ -180,8 +182,25 @@ async fn dispatch_local(
                 commands::runtime::run(email, org, name, fingerprint, docker_socket, runtime_log)
                     .await
             }
-            RuntimeCommand::Status => commands::runtime::status(out),
-            RuntimeCommand::Logout => commands::runtime::logout(),
+            RuntimeCommand::Status { system } => commands::runtime::status(out, system),
+            RuntimeCommand::Logout { system } => commands::runtime::logout(system),
+            RuntimeCommand::Enable {
+                now,
+                system,
+                print,
+                api_url,
+                registration,
+            } => service::enable(&service::EnableOptions {
+                now,
+                system,
+                print,
+                api_url,
+                run_args: registration.run_args(),
+            }),
+            RuntimeCommand::Disable { now, system } => service::disable(now, system),
+            RuntimeCommand::Start { system } => service::control("start", system),
+            RuntimeCommand::Stop { system } => service::control("stop", system),
+            RuntimeCommand::Restart { system } => service::control("restart", system),
         },
     }
 }
@@ -239,7 +258,9 @@ async fn run_async(cli: Cli) -> ExitCode {
                 Some(h) => eprintln!("error: {message} ({h})"),
                 None => eprintln!("error: {message}"),
             }
-            ExitCode::FAILURE
+            // A runtime that restarting cannot help has its own code (the service's unit
+            // does not restart on it).
+            commands::runtime::exit_code(&e).map_or(ExitCode::FAILURE, ExitCode::from)
         }
     }
 }

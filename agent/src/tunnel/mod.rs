@@ -55,10 +55,12 @@ pub async fn run(
     api_key: String,
     device_id: DeviceId,
     settings: crate::services::ServiceSettings,
+    live: crate::live::Live,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), TunnelError> {
-    // The device operations' settings and the metrics sampler outlive each connection.
-    let shared: Shared = (Arc::new(settings), Arc::default());
+    // The device operations' settings, the metrics sampler and the live state outlive each
+    // connection.
+    let shared: Shared = (Arc::new(settings), Arc::default(), live.clone());
     let mut backoff = crate::backoff::Backoff::new();
     // The relay of the last attempt: after a failure the next attempt prefers another one.
     let mut last_relay: Option<String> = None;
@@ -80,6 +82,7 @@ pub async fn run(
             Ok(()) => return Ok(()),
             Err(Failure::Fatal(reason)) => return Err(TunnelError::KeyRefused(reason)),
             Err(Failure::Retry(reason)) => {
+                live.disconnected(Some(reason.clone()));
                 // A tunnel that stayed up a while starts its backoff afresh, so the first retry
                 // after losing a relay comes within a second.
                 if started.elapsed() > std::time::Duration::from_secs(10) {
@@ -120,10 +123,12 @@ fn choose_relay<'a>(relays: &'a [RelayEndpoint], avoid: Option<&str>) -> Option<
     pool.get(i).copied()
 }
 
-/// What every connection's services share: the settings and the metrics sampler.
+/// What every connection shares: the services' settings, the metrics sampler, and the live
+/// state `m87 runtime status` reads.
 type Shared = (
     Arc<crate::services::ServiceSettings>,
     Arc<crate::services::metrics::Hub>,
+    crate::live::Live,
 );
 
 enum Failure {
@@ -157,6 +162,7 @@ async fn connect_once(
     *last_relay = Some(relay.address.clone());
     let (endpoint, conn, send, link) = dial(relay, api_key).await?;
     say!("tunnel connected to relay {}", relay.address);
+    shared.2.connected(&relay.address, link.relay_id.clone());
     let datagrams = Arc::new(QuicDatagrams::new(conn.clone()));
     let router = tokio::spawn(Arc::clone(&datagrams).route());
     let state = Arc::new(TunnelState {

@@ -97,6 +97,20 @@ pub fn open_log() -> Option<(
     }
 }
 
+/// The exit status of `m87 runtime run` when restarting cannot help (the device was removed,
+/// its key is refused, its request was rejected, no owner was given): the service's unit
+/// names it in `RestartPreventExitStatus=` so systemd leaves it failed instead of retrying.
+pub const FINAL_EXIT: u8 = crate::service::unit::FINAL_EXIT;
+
+/// [`FINAL_EXIT`] for the runtime's final errors; `None` for any other error.
+pub fn exit_code(err: &anyhow::Error) -> Option<u8> {
+    use m87_agent::runtime::RuntimeError as E;
+    match err.downcast_ref::<E>()? {
+        E::NoOwner | E::Rejected(_) | E::Removed | E::KeyRefused(_) => Some(FINAL_EXIT),
+        _ => None,
+    }
+}
+
 /// `m87 runtime run`. A `fingerprint` (or `M87_API_FINGERPRINT`) pins the server's
 /// certificate; it is stored for the server with the device's key (at approval, or now when
 /// the device is enrolled), so later runs check it without being told again.
@@ -145,11 +159,13 @@ pub async fn run(
     Ok(())
 }
 
-/// `m87 runtime status`.
-pub fn status(output: Output) -> anyhow::Result<()> {
-    let file = credentials_file()?;
+/// `m87 runtime status`: the service (when a unit is installed), the enrolment, and what the
+/// running runtime publishes about its tunnel and relay.
+pub fn status(output: Output, system: bool) -> anyhow::Result<()> {
+    let target = crate::service::target(system)?;
+    let file = m87_transport::credentials::CredentialsFile::in_dir(&target.config_dir);
     let state = RuntimeState::new(file.clone());
-    let device = file.load()?.device;
+    let device = file.load().with_context(|| system_hint(&target))?.device;
     let pending = state.pending()?;
     let device_id = state.existing_device_id()?;
     let status = if device.is_some() {
@@ -159,6 +175,11 @@ pub fn status(output: Output) -> anyhow::Result<()> {
     } else {
         "not registered"
     };
+    let service = crate::service::report(&target);
+    let live = m87_agent::live::read(file.dir())?;
+    // The live state is the running runtime's; a file left by a stopped one says nothing.
+    let current = live.state.as_ref().filter(|_| live.running);
+    let tunnel = current.map(|s| &s.tunnel);
     match output {
         Output::Json => print_json(&serde_json::json!({
             "status": status,
@@ -168,8 +189,24 @@ pub fn status(output: Output) -> anyhow::Result<()> {
             "request_id": pending.as_ref().map(|p| p.request_id),
             "expires_at": pending.as_ref().map(|p| p.expires_at),
             "config_dir": file.dir(),
+            "service": service,
+            "runtime": {
+                "running": live.running,
+                "pid": current.map(|s| s.pid),
+                "version": current.map(|s| s.version.clone()),
+                "started_at": current.map(|s| s.started_at),
+                "phase": current.map(|s| s.phase),
+            },
+            "tunnel": {
+                "connected": tunnel.is_some_and(|t| t.connected),
+                "since": tunnel.and_then(|t| t.since),
+                "relay": tunnel.and_then(|t| t.relay.clone()),
+                "relay_id": tunnel.and_then(|t| t.relay_id.clone()),
+                "last_error": tunnel.and_then(|t| t.last_error.clone()),
+            },
         })),
         Output::Table => {
+            print_service(service.as_ref());
             println!("status       {status}");
             println!(
                 "device id    {}",
@@ -186,15 +223,110 @@ pub fn status(output: Output) -> anyhow::Result<()> {
                 println!("request      {}", p.request_id);
                 println!("expires      {}", when(&p.expires_at));
             }
+            print_live(current);
             println!("config dir   {}", file.dir().display());
             Ok(())
         }
     }
 }
 
-/// `m87 runtime logout`.
-pub fn logout() -> anyhow::Result<()> {
-    let file = credentials_file()?;
+/// What to say when the state directory cannot be read.
+fn system_hint(target: &crate::service::Target) -> String {
+    match target.mode {
+        Some(crate::service::Mode::System) => format!(
+            "reading the system service's state in {} (run with sudo, or give --system only \
+             as root)",
+            target.config_dir.display()
+        ),
+        _ => format!("reading the state in {}", target.config_dir.display()),
+    }
+}
+
+fn print_service(service: Option<&crate::service::ServiceReport>) {
+    let Some(s) = service else {
+        println!("service      not installed (m87 runtime enable installs it)");
+        return;
+    };
+    match (&s.state, &s.error) {
+        (Some(u), _) => {
+            let pid = u.main_pid.map(|p| format!(", pid {p}")).unwrap_or_default();
+            let since = u
+                .since
+                .as_ref()
+                .map(|t| format!(" since {t}"))
+                .unwrap_or_default();
+            println!(
+                "service      {} ({} unit): {} ({}){since}{pid}, {}",
+                crate::service::UNIT_NAME,
+                s.mode,
+                u.active,
+                u.sub,
+                u.enabled
+            );
+        }
+        (None, error) => println!(
+            "service      {} installed at {} ({})",
+            crate::service::UNIT_NAME,
+            s.unit_path.display(),
+            error.as_deref().unwrap_or("state unknown")
+        ),
+    }
+}
+
+fn print_live(current: Option<&m87_agent::live::LiveState>) {
+    let Some(s) = current else {
+        println!("runtime      not running on this state directory");
+        return;
+    };
+    println!(
+        "runtime      running (pid {}, version {}) since {}",
+        s.pid,
+        s.version,
+        when(&s.started_at)
+    );
+    let t = &s.tunnel;
+    let since = t.since.as_ref().map(when).unwrap_or_else(|| "-".into());
+    match (t.connected, &t.relay) {
+        (true, _) => println!("tunnel       connected since {since}"),
+        (false, None) => println!("tunnel       not connected yet"),
+        (false, Some(_)) => println!(
+            "tunnel       down since {since}{}",
+            t.last_error
+                .as_ref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        ),
+    }
+    if let Some(relay) = &t.relay {
+        let id = t
+            .relay_id
+            .as_ref()
+            .map(|i| format!(" ({i})"))
+            .unwrap_or_default();
+        let last = if t.connected { "" } else { " (last)" };
+        println!("relay        {relay}{id}{last}");
+    }
+}
+
+/// `m87 runtime logout`: stops the service first when it runs on these credentials, so no
+/// running runtime keeps using the key.
+pub fn logout(system: bool) -> anyhow::Result<()> {
+    let target = crate::service::target(system)?;
+    if let Some(done) = crate::service::stop_before_logout(&target)? {
+        println!("{done}");
+    }
+    let file = m87_transport::credentials::CredentialsFile::in_dir(&target.config_dir);
+    let live = m87_agent::live::read(file.dir())?;
+    if live.running {
+        let pid = live
+            .state
+            .map(|s| format!(" (pid {})", s.pid))
+            .unwrap_or_default();
+        eprintln!(
+            "warning: a runtime{pid} still runs on {}; it keeps the key it holds until it stops",
+            file.dir().display()
+        );
+    }
     if RuntimeState::new(file.clone()).logout()? {
         println!(
             "removed this device's credentials from {}",
