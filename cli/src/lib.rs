@@ -18,6 +18,7 @@ mod auth;
 mod commands;
 mod context;
 mod output;
+mod profile;
 mod remote;
 mod session;
 
@@ -26,11 +27,15 @@ use std::process::ExitCode;
 pub use args::Cli;
 use args::{
     ApiKeysCommand, AuditCommand, Command, DevicePolicyCommand, DevicesCommand, MembersCommand,
-    OrgCommand, OrgPolicyCommand, RuntimeCommand,
+    OrgCommand, OrgPolicyCommand, ProfileCommand, RuntimeCommand,
 };
 use m87_events::api::DeviceListQuery;
 use m87_observability::LogFormat;
 use output::Output;
+
+/// Warnings, except the certificate verifier's own log line on a TLS failure: the error that
+/// follows says what failed and what to do (`RUST_LOG` still shows it).
+const DEFAULT_LOG_FILTER: &str = "warn,rustls_platform_verifier=off";
 
 /// Logs go to stderr, filtered by RUST_LOG (default: warnings); M87_LOG_FORMAT=json gives JSON
 /// lines. `m87 runtime run` also keeps its log file (see `commands::runtime::open_log`); its
@@ -47,10 +52,10 @@ fn init_tracing(command: &Command) -> Option<std::path::PathBuf> {
     } = command
         && let Some((path, filter, writer)) = commands::runtime::open_log()
     {
-        m87_observability::init_logging_with_file("warn", format, &filter, writer);
+        m87_observability::init_logging_with_file(DEFAULT_LOG_FILTER, format, &filter, writer);
         return Some(path);
     }
-    m87_observability::init_logging("warn", format);
+    m87_observability::init_logging(DEFAULT_LOG_FILTER, format);
     None
 }
 
@@ -58,6 +63,9 @@ async fn dispatch(cli: Cli, runtime_log: Option<std::path::PathBuf>) -> anyhow::
     let out = cli.output;
     if let Command::Device(args) = cli.command {
         return commands::remote::run(args, out).await;
+    }
+    if let Command::Version { device } = &cli.command {
+        return commands::version::run(device.as_deref(), out).await;
     }
     dispatch_local(cli.command, out, runtime_log)
         .await
@@ -70,7 +78,20 @@ async fn dispatch_local(
     runtime_log: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
     match command {
-        Command::Device(_) => Ok(()),
+        Command::Device(_) | Command::Version { .. } => Ok(()),
+        // --- profiles, completions (i13-cli) ---
+        Command::Profile { command } => match command {
+            ProfileCommand::Add {
+                name,
+                api_url,
+                fingerprint,
+            } => commands::profile::add(&name, &api_url, fingerprint),
+            ProfileCommand::Use { name } => commands::profile::use_profile(&name),
+            ProfileCommand::List => commands::profile::list(out),
+            ProfileCommand::Remove { name } => commands::profile::remove(&name),
+        },
+        Command::Completion { shell } => commands::version::completion(shell),
+        // --- end i13-cli ---
         Command::Login {
             api_key,
             api_url,
@@ -229,6 +250,7 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 async fn run_async(cli: Cli) -> ExitCode {
+    profile::select(cli.profile.clone());
     let runtime_log = init_tracing(&cli.command);
     match dispatch(cli, runtime_log).await {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),

@@ -37,6 +37,9 @@ pub struct DeviceCli {
     /// How to print results (also accepted before the device name).
     #[arg(long, short = 'o', global = true, value_enum)]
     output: Option<crate::output::Output>,
+    /// Use this profile (also accepted before the device name; see `m87 profile`).
+    #[arg(long, global = true, value_name = "NAME")]
+    profile: Option<crate::profile::ProfileName>,
     #[command(subcommand)]
     op: DeviceOp,
 }
@@ -206,6 +209,10 @@ pub async fn run(args: Vec<String>, output: crate::output::Output) -> anyhow::Re
     let Some((device, rest)) = args.split_first() else {
         anyhow::bail!("name a device: m87 <device> exec|shell|forward …");
     };
+    if let Some(message) = crate::commands::suggest::misspelled(device).await {
+        eprintln!("error: {message}");
+        return Ok(2);
+    }
     let mut argv = vec![format!("m87 {device}")];
     argv.extend(rest.iter().cloned());
     let cli = match DeviceCli::try_parse_from(&argv) {
@@ -216,6 +223,7 @@ pub async fn run(args: Vec<String>, output: crate::output::Output) -> anyhow::Re
         }
     };
     let output = cli.output.unwrap_or(output);
+    crate::profile::select(cli.profile.clone());
     let client = user_client()?;
     match cli.op {
         DeviceOp::Access { command } => access(&client, device, command, output).await,
