@@ -256,6 +256,7 @@ pub async fn run(args: Vec<String>, output: crate::output::Output) -> anyhow::Re
             } else {
                 remote::exec::run(&session, command, stdin).await
             };
+            let result = session.explain(result);
             session.close().await;
             Ok(remote::exec::exit_code(result?))
         }
@@ -263,7 +264,7 @@ pub async fn run(args: Vec<String>, output: crate::output::Output) -> anyhow::Re
             let session =
                 QuicSession::open(&client, device, Operation::Shell, serde_json::Value::Null)
                     .await?;
-            let result = remote::shell::shell(&session).await;
+            let result = session.explain(remote::shell::shell(&session).await);
             session.close().await;
             Ok(remote::exec::exit_code(result?))
         }
