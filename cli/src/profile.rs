@@ -208,7 +208,7 @@ pub fn load(name: &ProfileName) -> anyhow::Result<Option<Profile>> {
 /// The error for a profile that does not exist.
 pub fn unknown(name: &ProfileName, source: &str) -> anyhow::Error {
     anyhow::anyhow!(
-        "no profile {name:?} (chosen by {source}): `m87 profile list` shows the profiles, \
+        "no profile \"{name}\" (chosen by {source}): `m87 profile list` shows the profiles, \
          `m87 profile add {name} --api-url URL` creates it"
     )
 }
@@ -256,7 +256,7 @@ pub fn create(name: &ProfileName, api_url: &str) -> anyhow::Result<Profile> {
         bail!("the default profile always exists; choose another name");
     }
     if load(name)?.is_some() {
-        bail!("profile {name:?} exists: `m87 profile remove {name}` first to replace it");
+        bail!("profile \"{name}\" exists: `m87 profile remove {name}` first to replace it");
     }
     let dir = profile_dir(name)?;
     let config = ProfileConfig {
