@@ -55,7 +55,11 @@ pub fn user_api_url() -> anyhow::Result<String> {
         return Ok(url);
     }
     let creds = credentials_file()?.load()?;
-    match creds.user.map(|u| u.api_url).or(creds.oauth.map(|o| o.api_url)) {
+    match creds
+        .user
+        .map(|u| u.api_url)
+        .or(creds.oauth.map(|o| o.api_url))
+    {
         Some(url) => Ok(url),
         None => profile_api_url(),
     }

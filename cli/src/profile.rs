@@ -169,7 +169,10 @@ pub fn chosen() -> anyhow::Result<(ProfileName, Source)> {
     if let Ok(env) = std::env::var("M87_PROFILE")
         && !env.trim().is_empty()
     {
-        let name = env.trim().parse().map_err(|e| anyhow::anyhow!("M87_PROFILE: {e}"))?;
+        let name = env
+            .trim()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("M87_PROFILE: {e}"))?;
         return Ok((name, Source::Env));
     }
     match stored_choice()? {
@@ -302,7 +305,17 @@ mod tests {
         for good in ["default", "prod", "eu-west_2", "7"] {
             assert!(good.parse::<ProfileName>().is_ok(), "{good}");
         }
-        for bad in ["", "Prod", "../x", "a/b", "-x", "_x", ".", "a b", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "Prod",
+            "../x",
+            "a/b",
+            "-x",
+            "_x",
+            ".",
+            "a b",
+            &"x".repeat(64),
+        ] {
             let err = bad.parse::<ProfileName>().unwrap_err();
             assert!(err.contains("invalid profile name"), "{bad}: {err}");
         }

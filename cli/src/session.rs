@@ -251,7 +251,10 @@ fn ended_because(e: &quinn::ConnectionError) -> Option<String> {
             if c.error_code == quinn::VarInt::from_u32(CLOSE_SESSION_ENDED) && !reason.is_empty() {
                 Some(format!("the session ended: {reason}"))
             } else if reason.is_empty() {
-                Some(format!("the relay ended the session (code {})", c.error_code))
+                Some(format!(
+                    "the relay ended the session (code {})",
+                    c.error_code
+                ))
             } else {
                 Some(format!("the relay ended the session: {reason}"))
             }
@@ -284,7 +287,10 @@ mod ended_tests {
             Some("the relay ended the session: relay shutting down")
         );
         let lost = ended_because(&quinn::ConnectionError::TimedOut).unwrap_or_default();
-        assert!(lost.starts_with("the connection to the relay was lost"), "{lost}");
+        assert!(
+            lost.starts_with("the connection to the relay was lost"),
+            "{lost}"
+        );
         assert_eq!(ended_because(&quinn::ConnectionError::LocallyClosed), None);
     }
 }

@@ -45,7 +45,11 @@ fn help_shows_the_device_operations_with_examples() {
         for op in ["exec", "shell", "forward", "cp"] {
             assert!(help.contains(&format!("\n  {op}")), "no {op}: {help}");
         }
-        for example in ["m87 robot-1 exec -- ", "m87 robot-1 shell", "m87 robot-1 forward "] {
+        for example in [
+            "m87 robot-1 exec -- ",
+            "m87 robot-1 shell",
+            "m87 robot-1 forward ",
+        ] {
             assert!(help.contains(example), "no {example}: {help}");
         }
     }
@@ -76,7 +80,10 @@ fn global_flags_after_a_device_operation_and_sync_e() {
     ] {
         let out = m87(dir.path(), args);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
-        assert!(text(&out.stderr).contains("not logged in"), "{args:?}: {out:?}");
+        assert!(
+            text(&out.stderr).contains("not logged in"),
+            "{args:?}: {out:?}"
+        );
     }
     // `-o` after `exec --` belongs to the command.
     let out = m87(dir.path(), &["robot-1", "exec", "--", "ls", "-o", "json"]);
@@ -123,12 +130,21 @@ fn version_says_what_it_could_not_reach() {
         format!("cli      {}", env!("CARGO_PKG_VERSION"))
     );
     let server = lines.next().unwrap();
-    assert!(server.starts_with("server   unknown") && server.contains("cannot reach"), "{said}");
+    assert!(
+        server.starts_with("server   unknown") && server.contains("cannot reach"),
+        "{said}"
+    );
     let out = m87(dir.path(), &["version", "robot-1", "-o", "json"]);
     assert!(out.status.success(), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["cli"], env!("CARGO_PKG_VERSION"));
-    assert!(v["server"]["error"].as_str().unwrap().contains("cannot reach"), "{v}");
+    assert!(
+        v["server"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach"),
+        "{v}"
+    );
     assert!(v["runtime"]["error"].is_string(), "{v}");
 }
 
@@ -142,27 +158,89 @@ fn profiles_refuse_bad_input_and_change_nothing() {
         let err = text(&out.stderr);
         assert!(err.contains(says), "{args:?}: {err}");
     };
-    fails(&["profile", "add", "Bad/Name", "--api-url", "https://x.example"], 2, "invalid profile name");
-    fails(&["profile", "add", "ok", "--api-url", "ftp://x.example"], 1, "https://");
-    fails(&["profile", "add", "default", "--api-url", "https://x.example"], 1, "always exists");
+    fails(
+        &[
+            "profile",
+            "add",
+            "Bad/Name",
+            "--api-url",
+            "https://x.example",
+        ],
+        2,
+        "invalid profile name",
+    );
+    fails(
+        &["profile", "add", "ok", "--api-url", "ftp://x.example"],
+        1,
+        "https://",
+    );
+    fails(
+        &[
+            "profile",
+            "add",
+            "default",
+            "--api-url",
+            "https://x.example",
+        ],
+        1,
+        "always exists",
+    );
     assert!(!cfg.join("profiles").exists());
-    let out = m87(cfg, &["profile", "add", "prod", "--api-url", "https://m87.example/"]);
+    let out = m87(
+        cfg,
+        &[
+            "profile",
+            "add",
+            "prod",
+            "--api-url",
+            "https://m87.example/",
+        ],
+    );
     assert!(out.status.success(), "{out:?}");
-    fails(&["profile", "add", "prod", "--api-url", "https://other.example"], 1, "exists");
+    fails(
+        &[
+            "profile",
+            "add",
+            "prod",
+            "--api-url",
+            "https://other.example",
+        ],
+        1,
+        "exists",
+    );
     fails(&["profile", "use", "nope"], 1, "no profile \"nope\"");
     fails(&["profile", "remove", "nope"], 1, "no profile \"nope\"");
     fails(&["profile", "remove", "default"], 1, "cannot be removed");
-    fails(&["--profile", "nope", "devices", "list"], 1, "m87 profile add nope");
-    fails(&["devices", "list", "--profile", "nope"], 1, "no profile \"nope\"");
-    fails(&["--profile", "../etc", "status"], 2, "invalid profile name");
+    fails(
+        &["--profile", "nope", "devices", "list"],
+        1,
+        "m87 profile add nope",
+    );
+    fails(
+        &["devices", "list", "--profile", "nope"],
+        1,
+        "no profile \"nope\"",
+    );
+    fails(
+        &["--profile", "../etc", "status"],
+        2,
+        "invalid profile name",
+    );
     assert!(!cfg.join("current-profile").exists());
     let out = m87_env(cfg, &["devices", "list"], &[("M87_PROFILE", "nope")]);
     assert!(text(&out.stderr).contains("M87_PROFILE"), "{out:?}");
 
     // A profile in use by M87_PROFILE cannot be removed.
-    let out = m87_env(cfg, &["profile", "remove", "prod"], &[("M87_PROFILE", "prod")]);
+    let out = m87_env(
+        cfg,
+        &["profile", "remove", "prod"],
+        &[("M87_PROFILE", "prod")],
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("M87_PROFILE names it"), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("M87_PROFILE names it"),
+        "{out:?}"
+    );
     assert!(cfg.join("profiles/prod/profile.json").exists());
 
     // The list, for scripts: default first, the server of each.
@@ -175,9 +253,16 @@ fn profiles_refuse_bad_input_and_change_nothing() {
     assert_eq!(list[1]["login"], "-");
 
     // The device runtime's credentials are not per profile.
-    let out = m87_env(cfg, &["runtime", "status", "-o", "json"], &[("M87_PROFILE", "prod")]);
+    let out = m87_env(
+        cfg,
+        &["runtime", "status", "-o", "json"],
+        &[("M87_PROFILE", "prod")],
+    );
     assert!(out.status.success(), "{out:?}");
     // A not-logged-in profile names itself in the hint.
     let out = m87(cfg, &["--profile", "prod", "devices", "list"]);
-    assert!(text(&out.stderr).contains("m87 --profile prod login"), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("m87 --profile prod login"),
+        "{out:?}"
+    );
 }

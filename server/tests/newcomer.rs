@@ -50,7 +50,10 @@ fn typos_global_flags_sync_exclude_and_prefixes() {
     let dst = format!("stauts:{}", remote.display());
     admin.ok(&["sync", "-e", "*.log", src.to_str().unwrap(), &dst]);
     assert!(remote.join("index.html").exists());
-    assert!(!remote.join("debug.log").exists(), "the excluded file was sent");
+    assert!(
+        !remote.join("debug.log").exists(),
+        "the excluded file was sent"
+    );
 
     // A rejected request named like the device does not make its prefix ambiguous.
     let other = M87::new(&server.url, &tmp.path().join("dev2"), None);
@@ -83,8 +86,8 @@ fn a_revoked_member_is_told_why_the_session_ended() {
     assert!(!said.contains("stream error"), "{said}");
 
     // A viewer reads the versions of the CLI, the server and the device's runtime.
-    let v: Value = serde_json::from_str(&a.carol.ok(&["version", "acme-bot", "-o", "json"]))
-        .unwrap();
+    let v: Value =
+        serde_json::from_str(&a.carol.ok(&["version", "acme-bot", "-o", "json"])).unwrap();
     let version = env!("CARGO_PKG_VERSION");
     assert_eq!(v["cli"], version, "{v}");
     assert_eq!(v["server"]["version"], version, "{v}");
@@ -103,7 +106,10 @@ fn a_revoked_member_is_told_why_the_session_ended() {
     a.alice.ok(&["devices", "reject", "acme-bot"]);
     assert_ne!(exec.wait_exit(Duration::from_secs(20)), 0);
     let said = exec.out.all();
-    assert!(said.contains("the session ended: the device was removed"), "{said}");
+    assert!(
+        said.contains("the session ended: the device was removed"),
+        "{said}"
+    );
     drop(a.runtime);
 }
 
@@ -117,8 +123,7 @@ async fn the_login_hint_names_oidc_and_tls_failures_read_as_one_line() {
         ("OAUTH_AUDIENCE", DEFAULT_AUDIENCE),
     ];
     let data = tmp.path().join("data");
-    let server =
-        tokio::task::block_in_place(|| Server::start_with_env(&data, "127.0.0.1:0", &env));
+    let server = tokio::task::block_in_place(|| Server::start_with_env(&data, "127.0.0.1:0", &env));
     let nobody = M87::new(&server.url, &tmp.path().join("nobody"), None);
     let err = tokio::task::block_in_place(|| nobody.fails(&["devices", "list"]));
     assert!(
@@ -138,7 +143,13 @@ async fn the_login_hint_names_oidc_and_tls_failures_read_as_one_line() {
 
     // The server's certificate is not trusted: one line that says what to do.
     let out = std::process::Command::new(common::bin("m87"))
-        .args(["login", "--api-key", "m87u_x", "--api-url", &plain_server.url])
+        .args([
+            "login",
+            "--api-key",
+            "m87u_x",
+            "--api-url",
+            &plain_server.url,
+        ])
         .env("M87_CONFIG_DIR", tmp.path().join("tls"))
         .env_remove("M87_API_FINGERPRINT")
         .env_remove("M87_TRUST_INVALID_CERT")

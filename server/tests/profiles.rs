@@ -42,7 +42,11 @@ fn ok(config: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
 
 fn fails(config: &Path, args: &[&str]) -> String {
     let out = m87(config, args, &[]);
-    assert_eq!(out.status.code(), Some(1), "m87 {args:?} should fail: {out:?}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "m87 {args:?} should fail: {out:?}"
+    );
     String::from_utf8(out.stderr).unwrap()
 }
 
@@ -73,16 +77,36 @@ fn two_servers_side_by_side_with_their_own_credentials() {
     // `default`: logged in to server one as before profiles existed.
     ok(
         &cfg,
-        &["login", "--api-key", &one.admin_key(), "--api-url", &one.url, "--fingerprint", &one.fingerprint],
+        &[
+            "login",
+            "--api-key",
+            &one.admin_key(),
+            "--api-url",
+            &one.url,
+            "--fingerprint",
+            &one.fingerprint,
+        ],
         &[],
     );
     // `lab`: server two.
     ok(
         &cfg,
-        &["profile", "add", "lab", "--api-url", &two.url, "--fingerprint", &two.fingerprint],
+        &[
+            "profile",
+            "add",
+            "lab",
+            "--api-url",
+            &two.url,
+            "--fingerprint",
+            &two.fingerprint,
+        ],
         &[],
     );
-    ok(&cfg, &["--profile", "lab", "login", "--api-key", &two.admin_key()], &[]);
+    ok(
+        &cfg,
+        &["--profile", "lab", "login", "--api-key", &two.admin_key()],
+        &[],
+    );
 
     let default_creds = cfg.join("credentials.json");
     let lab_creds = cfg.join("profiles/lab/credentials.json");
@@ -103,25 +127,43 @@ fn two_servers_side_by_side_with_their_own_credentials() {
     let list = ["devices", "list", "-o", "json"];
     assert_eq!(device_names(&json(&cfg, &list, &[])), ["one-bot"]);
     assert_eq!(
-        device_names(&json(&cfg, &["devices", "list", "--profile", "lab", "-o", "json"], &[])),
+        device_names(&json(
+            &cfg,
+            &["devices", "list", "--profile", "lab", "-o", "json"],
+            &[]
+        )),
         ["two-bot"]
     );
-    assert_eq!(device_names(&json(&cfg, &list, &[("M87_PROFILE", "lab")])), ["two-bot"]);
+    assert_eq!(
+        device_names(&json(&cfg, &list, &[("M87_PROFILE", "lab")])),
+        ["two-bot"]
+    );
     let status = json(&cfg, &["status", "-o", "json"], &[("M87_PROFILE", "lab")]);
     assert_eq!(status["profile"], "lab");
     assert_eq!(status["server"], two.url.as_str());
     let text = ok(&cfg, &["status"], &[]);
-    assert!(text.contains("profile:") && text.contains("default"), "{text}");
+    assert!(
+        text.contains("profile:") && text.contains("default"),
+        "{text}"
+    );
     assert!(text.contains(&one.url), "{text}");
     // A device operation under a profile given after the operation.
-    let hello = ok(&cfg, &["two-bot", "exec", "--profile", "lab", "--", "echo", "hi"], &[]);
+    let hello = ok(
+        &cfg,
+        &["two-bot", "exec", "--profile", "lab", "--", "echo", "hi"],
+        &[],
+    );
     assert_eq!(hello.trim(), "hi");
 
     // `use` switches; the list marks it; the flag still wins.
     ok(&cfg, &["profile", "use", "lab"], &[]);
     assert_eq!(device_names(&json(&cfg, &list, &[])), ["two-bot"]);
     assert_eq!(
-        device_names(&json(&cfg, &["--profile", "default", "devices", "list", "-o", "json"], &[])),
+        device_names(&json(
+            &cfg,
+            &["--profile", "default", "devices", "list", "-o", "json"],
+            &[]
+        )),
         ["one-bot"]
     );
     let profiles = json(&cfg, &["profile", "list", "-o", "json"], &[]);
@@ -138,10 +180,20 @@ fn two_servers_side_by_side_with_their_own_credentials() {
     // Logging out of one profile leaves the other logged in.
     ok(&cfg, &["logout"], &[]);
     let l: Value = serde_json::from_slice(&std::fs::read(&lab_creds).unwrap()).unwrap();
-    assert!(l.get("user").is_none() && l["servers"].get(&two.url).is_some(), "{l}");
+    assert!(
+        l.get("user").is_none() && l["servers"].get(&two.url).is_some(),
+        "{l}"
+    );
     let d: Value = serde_json::from_slice(&std::fs::read(&default_creds).unwrap()).unwrap();
     assert!(d.get("user").is_some(), "{d}");
-    assert_eq!(device_names(&json(&cfg, &["--profile", "default", "devices", "list", "-o", "json"], &[])), ["one-bot"]);
+    assert_eq!(
+        device_names(&json(
+            &cfg,
+            &["--profile", "default", "devices", "list", "-o", "json"],
+            &[]
+        )),
+        ["one-bot"]
+    );
 
     // Removing the profile in use is refused, and changes nothing.
     let err = fails(&cfg, &["profile", "remove", "lab"]);

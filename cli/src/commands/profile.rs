@@ -10,12 +10,18 @@ use crate::output::{Output, print_json, print_table};
 use crate::profile::{self, Profile, ProfileName, Source};
 
 /// `m87 profile add NAME --api-url URL [--fingerprint SHA256:…]`.
-pub fn add(name: &ProfileName, api_url: &str, fingerprint: Option<Fingerprint>) -> anyhow::Result<()> {
+pub fn add(
+    name: &ProfileName,
+    api_url: &str,
+    fingerprint: Option<Fingerprint>,
+) -> anyhow::Result<()> {
     let url = api_url.trim().trim_end_matches('/').to_owned();
     check_api_url(&url, allow_http_loopback_from_env())?;
     let created = profile::create(name, &url)?;
     if let Some(pin) = fingerprint {
-        created.credentials_file()?.update(|c| c.set_pin(&url, pin))?;
+        created
+            .credentials_file()?
+            .update(|c| c.set_pin(&url, pin))?;
     }
     println!(
         "added profile {name} for {url}; log in with `m87 --profile {name} login`, \
@@ -35,7 +41,10 @@ pub fn use_profile(name: &ProfileName) -> anyhow::Result<()> {
         && !env.trim().is_empty()
         && env.trim() != name.as_str()
     {
-        eprintln!("note: M87_PROFILE={} is set and wins over this choice", env.trim());
+        eprintln!(
+            "note: M87_PROFILE={} is set and wins over this choice",
+            env.trim()
+        );
     }
     Ok(())
 }

@@ -15,8 +15,7 @@ pub fn close_command(word: &str) -> Option<String> {
         .get_subcommands()
         .filter(|c| !c.is_hide_set())
         .flat_map(|c| {
-            std::iter::once(c.get_name().to_owned())
-                .chain(c.get_all_aliases().map(str::to_owned))
+            std::iter::once(c.get_name().to_owned()).chain(c.get_all_aliases().map(str::to_owned))
         })
         .map(|name| (strsim::damerau_levenshtein(&word, &name), name))
         .filter(|(d, _)| *d > 0 && *d <= limit)

@@ -47,7 +47,11 @@ impl Part {
     }
 
     fn line(&self) -> String {
-        let of = self.of.as_deref().map(|o| format!(" ({o})")).unwrap_or_default();
+        let of = self
+            .of
+            .as_deref()
+            .map(|o| format!(" ({o})"))
+            .unwrap_or_default();
         match (&self.version, &self.error) {
             (Some(v), _) => format!("{v}{of}"),
             (None, Some(e)) => format!("unknown{of}: {e}"),
@@ -95,8 +99,13 @@ async fn runtime_version(client: &ApiClient, device: &str) -> anyhow::Result<Str
     if !d.online {
         anyhow::bail!("{} is offline", d.name);
     }
-    let session = QuicSession::open(client, d.id.as_str(), Operation::Status, serde_json::Value::Null)
-        .await?;
+    let session = QuicSession::open(
+        client,
+        d.id.as_str(),
+        Operation::Status,
+        serde_json::Value::Null,
+    )
+    .await?;
     let fetched = crate::commands::ops::status::fetch(&session).await;
     session.close().await;
     Ok(fetched?.0.runtime_version)
@@ -126,7 +135,8 @@ pub async fn run(device: Option<&str>, out: Output) -> anyhow::Result<i32> {
         }
         Err(e) => (
             Part::from_result(None, Err(e)),
-            device.map(|d| Part::from_result(Some(d.to_owned()), Err(anyhow::anyhow!("no server")))),
+            device
+                .map(|d| Part::from_result(Some(d.to_owned()), Err(anyhow::anyhow!("no server")))),
         ),
     };
     let versions = Versions {
