@@ -168,7 +168,7 @@ pub(crate) enum Command {
     #[command(verbatim_doc_comment)]
     Profile {
         #[command(subcommand)]
-        command: ProfileCommand,
+        command: crate::commands::profile::ProfileCommand,
     },
     /// Print a completion script: `m87 completion bash > /etc/bash_completion.d/m87`,
     /// `m87 completion zsh > "${fpath[1]}/_m87"`, `m87 completion fish >
@@ -176,7 +176,7 @@ pub(crate) enum Command {
     Completion {
         /// bash, zsh or fish.
         #[arg(value_enum)]
-        shell: CompletionShell,
+        shell: crate::commands::version::CompletionShell,
     },
     /// The versions of this CLI, of the server and, for a device, of its runtime.
     Version {
@@ -187,48 +187,6 @@ pub(crate) enum Command {
     /// `m87 <device> exec|shell|forward …`: operate one device (see `m87 <device> --help`).
     #[command(external_subcommand)]
     Device(Vec<String>),
-}
-
-/// `m87 profile …`.
-#[derive(Debug, Subcommand)]
-pub(crate) enum ProfileCommand {
-    /// Add a profile for a server (it starts logged out).
-    Add {
-        /// Its name: lowercase letters, digits, '-' and '_'.
-        name: crate::profile::ProfileName,
-        /// The server.
-        #[arg(long)]
-        api_url: String,
-        /// Trust the server by its certificate's SHA-256 (SHA256:AB:CD:…), stored in this
-        /// profile's credentials.
-        #[arg(long, value_name = "SHA256:…")]
-        fingerprint: Option<Fingerprint>,
-    },
-    /// Use this profile from now on (M87_PROFILE and --profile still win).
-    Use {
-        /// The profile.
-        name: crate::profile::ProfileName,
-    },
-    /// The profiles, the one in use marked with `*`.
-    #[command(alias = "ls")]
-    List,
-    /// Remove a profile and its stored login (not the one in use, never `default`).
-    #[command(alias = "rm")]
-    Remove {
-        /// The profile.
-        name: crate::profile::ProfileName,
-    },
-}
-
-/// A shell to complete for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum CompletionShell {
-    /// Bash.
-    Bash,
-    /// Zsh.
-    Zsh,
-    /// Fish.
-    Fish,
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,6 +10,8 @@
 //! - `session`: asking the control plane for a session and opening it on a relay.
 //! - `auth`: OpenID Connect sign-in and the stored login session.
 //! - `context`: the server, the credentials and the HTTP client a command works with.
+//! - `profile`: which profile is in use (`--profile`, `M87_PROFILE`, `m87 profile use`) and
+//!   where its credentials file is.
 //! - `output`: tables or JSON.
 //! - [`run`]: start the async runtime and dispatch the command.
 
@@ -27,8 +29,9 @@ use std::process::ExitCode;
 pub use args::Cli;
 use args::{
     ApiKeysCommand, AuditCommand, Command, DevicePolicyCommand, DevicesCommand, MembersCommand,
-    OrgCommand, OrgPolicyCommand, ProfileCommand, RuntimeCommand,
+    OrgCommand, OrgPolicyCommand, RuntimeCommand,
 };
+use commands::profile::ProfileCommand;
 use m87_events::api::DeviceListQuery;
 use m87_observability::LogFormat;
 use output::Output;

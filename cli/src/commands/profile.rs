@@ -9,6 +9,37 @@ use serde::Serialize;
 use crate::output::{Output, print_json, print_table};
 use crate::profile::{self, Profile, ProfileName, Source};
 
+/// `m87 profile …`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum ProfileCommand {
+    /// Add a profile for a server (it starts logged out).
+    Add {
+        /// Its name: lowercase letters, digits, '-' and '_'.
+        name: ProfileName,
+        /// The server.
+        #[arg(long)]
+        api_url: String,
+        /// Trust the server by its certificate's SHA-256 (SHA256:AB:CD:…), stored in this
+        /// profile's credentials.
+        #[arg(long, value_name = "SHA256:…")]
+        fingerprint: Option<Fingerprint>,
+    },
+    /// Use this profile from now on (M87_PROFILE and --profile still win).
+    Use {
+        /// The profile.
+        name: ProfileName,
+    },
+    /// The profiles, the one in use marked with `*`.
+    #[command(alias = "ls")]
+    List,
+    /// Remove a profile and its stored login (not the one in use, never `default`).
+    #[command(alias = "rm")]
+    Remove {
+        /// The profile.
+        name: ProfileName,
+    },
+}
+
 /// `m87 profile add NAME --api-url URL [--fingerprint SHA256:…]`.
 pub fn add(
     name: &ProfileName,

@@ -11,7 +11,6 @@ use m87_events::token::Operation;
 use m87_transport::http::ApiClient;
 use serde::Serialize;
 
-use crate::args::CompletionShell;
 use crate::output::{Output, print_json};
 use crate::session::QuicSession;
 
@@ -154,6 +153,17 @@ pub async fn run(device: Option<&str>, out: Output) -> anyhow::Result<i32> {
         println!("runtime  {}", r.line());
     }
     Ok(0)
+}
+
+/// A shell to complete for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum CompletionShell {
+    /// Bash.
+    Bash,
+    /// Zsh.
+    Zsh,
+    /// Fish.
+    Fish,
 }
 
 /// `m87 completion SHELL`: the completion script on standard output.
