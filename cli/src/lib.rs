@@ -93,7 +93,10 @@ async fn dispatch_local(
             ProfileCommand::List => commands::profile::list(out),
             ProfileCommand::Remove { name } => commands::profile::remove(&name),
         },
-        Command::Completion { shell } => commands::version::completion(shell),
+        Command::Completion { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            commands::version::completion(shell, &mut command)
+        }
         // --- end i13-cli ---
         Command::Login {
             api_key,

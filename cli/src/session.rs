@@ -111,6 +111,11 @@ impl QuicSession {
         ended_because(&self.conn.close_reason()?)
     }
 
+    /// Waits until the session's connection closes; then why, as [`Self::ended_because`].
+    pub async fn closed(&self) -> Option<String> {
+        ended_because(&self.conn.closed().await)
+    }
+
     /// `result`, its error replaced by why the session ended when the relay or the network
     /// ended it (instead of "stream error: connection lost").
     pub fn explain<T>(&self, result: anyhow::Result<T>) -> anyhow::Result<T> {

@@ -268,34 +268,51 @@ pub async fn run(args: Vec<String>, output: crate::output::Output) -> anyhow::Re
             session.close().await;
             Ok(remote::exec::exit_code(result?))
         }
-        DeviceOp::Forward { specs, bind } => {
-            let (ports, sockets) = remote::forward::parse_all(&specs)?;
-            let targets = remote::forward::grant_targets(&ports, &sockets);
-            let session = std::sync::Arc::new(
-                QuicSession::open(
-                    &client,
-                    device,
-                    Operation::Forward,
-                    serde_json::json!({ "targets": targets }),
-                )
-                .await?,
-            );
-            let name = session.device.name.to_string();
-            let opener: std::sync::Arc<dyn remote::ChannelOpener> = session.clone();
-            let bound = remote::forward::bind_all(ports, sockets, bind).await?;
-            for (spec, addr) in bound.addrs() {
-                println!("forwarding {addr} -> {name}:{}", spec.remote_display());
-            }
-            for (local, remote_path) in bound.socket_addrs() {
-                println!("forwarding {local} -> {name}:{remote_path} (unix socket)");
-            }
-            println!("press Ctrl-C to stop");
-            bound
-                .serve(opener, async {
-                    let _ = tokio::signal::ctrl_c().await;
-                })
-                .await?;
-            Ok(0)
-        }
+        DeviceOp::Forward { specs, bind } => forward(&client, device, &specs, bind).await,
     }
+}
+
+/// `m87 <device> forward`: until Ctrl-C, or until the relay ends the session (then says why).
+async fn forward(
+    client: &m87_transport::http::ApiClient,
+    device: &str,
+    specs: &[String],
+    bind: std::net::IpAddr,
+) -> anyhow::Result<i32> {
+    let (ports, sockets) = remote::forward::parse_all(specs)?;
+    let targets = remote::forward::grant_targets(&ports, &sockets);
+    let session = std::sync::Arc::new(
+        QuicSession::open(
+            client,
+            device,
+            Operation::Forward,
+            serde_json::json!({ "targets": targets }),
+        )
+        .await?,
+    );
+    let name = session.device.name.to_string();
+    let opener: std::sync::Arc<dyn remote::ChannelOpener> = session.clone();
+    let bound = remote::forward::bind_all(ports, sockets, bind).await?;
+    for (spec, addr) in bound.addrs() {
+        println!("forwarding {addr} -> {name}:{}", spec.remote_display());
+    }
+    for (local, remote_path) in bound.socket_addrs() {
+        println!("forwarding {local} -> {name}:{remote_path} (unix socket)");
+    }
+    println!("press Ctrl-C to stop");
+    // Until Ctrl-C, or until the relay ends the session (then say why).
+    let (ended_tx, mut ended_rx) = tokio::sync::oneshot::channel();
+    let watched = std::sync::Arc::clone(&session);
+    bound
+        .serve(opener, async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                why = watched.closed() => { let _ = ended_tx.send(why); }
+            }
+        })
+        .await?;
+    if let Ok(Some(why)) = ended_rx.try_recv() {
+        anyhow::bail!(why);
+    }
+    Ok(0)
 }

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use clap::CommandFactory;
 use m87_events::api::{DeviceStatus, DeviceSummary, Health};
 use m87_events::token::Operation;
 use m87_transport::http::ApiClient;
@@ -167,13 +166,12 @@ pub(crate) enum CompletionShell {
 }
 
 /// `m87 completion SHELL`: the completion script on standard output.
-pub fn completion(shell: CompletionShell) -> anyhow::Result<()> {
+pub fn completion(shell: CompletionShell, command: &mut clap::Command) -> anyhow::Result<()> {
     let shell = match shell {
         CompletionShell::Bash => clap_complete::Shell::Bash,
         CompletionShell::Zsh => clap_complete::Shell::Zsh,
         CompletionShell::Fish => clap_complete::Shell::Fish,
     };
-    let mut command = crate::args::Cli::command();
-    clap_complete::generate(shell, &mut command, "m87", &mut std::io::stdout());
+    clap_complete::generate(shell, command, "m87", &mut std::io::stdout());
     Ok(())
 }
