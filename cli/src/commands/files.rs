@@ -112,6 +112,7 @@ pub async fn cp(src: &str, dst: &str, recursive: bool, output: Output) -> anyhow
     } else {
         remote::cp::pull(&session, &t.remote, &t.local, recursive, progress).await
     };
+    let result = session.explain(result);
     session.close().await;
     let stats = result?;
     let secs = started.elapsed().as_secs_f64().max(0.001);
