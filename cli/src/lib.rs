@@ -217,7 +217,7 @@ fn hint(err: &anyhow::Error) -> Option<&'static str> {
         .downcast_ref::<m87_transport::http::ApiError>()?
         .status()?
     {
-        401 => Some("check M87_API_KEY, or run `m87 login --api-key KEY`"),
+        401 => Some("check M87_API_KEY, or log in again: `m87 login` or `m87 login --api-key KEY`"),
         _ => None,
     }
 }

@@ -17,6 +17,8 @@ pub fn close_command(word: &str) -> Option<String> {
         .flat_map(|c| {
             std::iter::once(c.get_name().to_owned()).chain(c.get_all_aliases().map(str::to_owned))
         })
+        // clap adds `help` only when it builds the command.
+        .chain(std::iter::once("help".to_owned()))
         .map(|name| (strsim::damerau_levenshtein(&word, &name), name))
         .filter(|(d, _)| *d > 0 && *d <= limit)
         .min_by_key(|(d, _)| *d)
@@ -56,6 +58,7 @@ mod tests {
         assert_eq!(close_command("devics").as_deref(), Some("devices"));
         assert_eq!(close_command("logni").as_deref(), Some("login"));
         assert_eq!(close_command("stauts").as_deref(), Some("status"));
+        assert_eq!(close_command("hepl").as_deref(), Some("help"));
         assert_eq!(close_command("robot-1"), None);
         assert_eq!(close_command("pi"), None);
         assert_eq!(close_command("devices"), None);
