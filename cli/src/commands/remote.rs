@@ -204,11 +204,29 @@ async fn access(
     Ok(0)
 }
 
+/// A valid `--profile NAME` (or `--profile=NAME`) among `args` before any `--`, so that a
+/// mistyped command (which does not parse) is still checked against that profile's server.
+fn profile_in(args: &[String]) -> Option<crate::profile::ProfileName> {
+    let mut args = args.iter().take_while(|a| a.as_str() != "--");
+    while let Some(arg) = args.next() {
+        let value = match arg.strip_prefix("--profile") {
+            Some("") => args.next().map(String::as_str),
+            Some(rest) => rest.strip_prefix('='),
+            None => None,
+        };
+        if let Some(name) = value {
+            return name.parse().ok();
+        }
+    }
+    None
+}
+
 /// Parses `args` (the device first) and runs the operation; returns the exit code.
 pub async fn run(args: Vec<String>, output: crate::output::Output) -> anyhow::Result<i32> {
     let Some((device, rest)) = args.split_first() else {
         anyhow::bail!("name a device: m87 <device> exec|shell|forward …");
     };
+    crate::profile::select(profile_in(rest));
     if let Some(message) = crate::commands::suggest::misspelled(device).await {
         eprintln!("error: {message}");
         return Ok(2);
@@ -315,4 +333,20 @@ async fn forward(
         anyhow::bail!(why);
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_profile_flag_is_found_before_the_remote_command() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let name = |a: &[&str]| profile_in(&args(a)).map(|p| p.to_string());
+        assert_eq!(name(&["list", "--profile", "lab"]).as_deref(), Some("lab"));
+        assert_eq!(name(&["list", "--profile=lab"]).as_deref(), Some("lab"));
+        assert_eq!(name(&["exec", "--", "x", "--profile", "lab"]), None);
+        assert_eq!(name(&["list", "--profile", "Bad/"]), None);
+        assert_eq!(name(&["list"]), None);
+    }
 }
