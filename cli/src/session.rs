@@ -246,6 +246,9 @@ async fn connect_any(
 /// reason says why.
 const CLOSE_SESSION_ENDED: u32 = 4;
 
+/// The relay's close code when it shuts down (relay-node `io::CLOSE_SHUTDOWN`).
+const CLOSE_SHUTDOWN: u32 = 0;
+
 /// What a closed session's connection tells a person.
 fn ended_because(e: &quinn::ConnectionError) -> Option<String> {
     use quinn::ConnectionError as E;
@@ -255,6 +258,15 @@ fn ended_because(e: &quinn::ConnectionError) -> Option<String> {
             let reason = String::from_utf8_lossy(&c.reason).trim().to_owned();
             if c.error_code == quinn::VarInt::from_u32(CLOSE_SESSION_ENDED) && !reason.is_empty() {
                 Some(format!("the session ended: {reason}"))
+            } else if c.error_code == quinn::VarInt::from_u32(CLOSE_SHUTDOWN) {
+                Some(format!(
+                    "the relay was lost ({}); run the command again",
+                    if reason.is_empty() {
+                        "it shut down"
+                    } else {
+                        &reason
+                    }
+                ))
             } else if reason.is_empty() {
                 Some(format!(
                     "the relay ended the session (code {})",
@@ -289,7 +301,11 @@ mod ended_tests {
         );
         assert_eq!(
             ended_because(&closed(0, b"relay shutting down")).as_deref(),
-            Some("the relay ended the session: relay shutting down")
+            Some("the relay was lost (relay shutting down); run the command again")
+        );
+        assert_eq!(
+            ended_because(&closed(9, b"")).as_deref(),
+            Some("the relay ended the session (code 9)")
         );
         let lost = ended_because(&quinn::ConnectionError::TimedOut).unwrap_or_default();
         assert!(

@@ -263,3 +263,25 @@ async fn the_login_hint_names_oidc_and_tls_failures_read_as_one_line() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("--fingerprint"), "{err}");
 }
+
+#[test]
+fn a_session_through_a_relay_that_goes_away_says_so() {
+    let mut a = acme();
+    let mut exec = Proc::spawn(a.bob.command(&[
+        "acme-bot",
+        "exec",
+        "--",
+        "sh",
+        "-c",
+        "echo started; sleep 60",
+    ]));
+    exec.out.wait_for("started", Duration::from_secs(30));
+    a.server.stop();
+    assert_ne!(exec.wait_exit(Duration::from_secs(60)), 0);
+    let said = exec.out.all();
+    assert!(
+        said.contains("error: the relay was lost (relay shutting down); run the command again"),
+        "{said}"
+    );
+    assert!(!said.contains("stream error"), "{said}");
+}
