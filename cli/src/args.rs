@@ -157,6 +157,13 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: RuntimeCommand,
     },
+    /// Serve the Model Context Protocol on stdin/stdout, for AI agents (Claude, VS Code, …).
+    ///
+    /// Tools to list devices and read their status, run commands, copy files, read the audit
+    /// trail, approve or reject devices and change access — each as the same CLI command, under
+    /// the same grants, roles and audit.
+    #[command(after_long_help = crate::commands::mcp::HELP)]
+    Mcp,
     // --- profiles, completions, version (i13-cli) ---
     /// Several servers or accounts side by side, each with its own credentials file.
     ///

@@ -195,6 +195,7 @@ async fn dispatch_local(
             }) => commands::audit::export(&format, since.as_deref(), until.as_deref()).await,
             None => commands::audit::fleet(filters, device, out).await,
         },
+        Command::Mcp => commands::mcp::run().await,
         Command::Runtime { command } => match command {
             RuntimeCommand::Run {
                 email,

@@ -464,6 +464,23 @@ pub async fn fleet(
     list(&client, &filters, device.as_deref(), output).await
 }
 
+/// The records `m87 audit [--device D] … -o json` prints (one page, newest first): what
+/// `m87 mcp` answers.
+pub(crate) async fn records(
+    client: &ApiClient,
+    filters: &AuditFilters,
+    device: Option<&str>,
+) -> anyhow::Result<Vec<AuditRecord>> {
+    let device = match device {
+        Some(d) => Some(device_id(client, d).await?.0),
+        None => None,
+    };
+    let q = query(filters, device.as_deref(), Utc::now())?;
+    let max = format!("max={}", filters.max);
+    let page: AuditPage = client.get(&path(&q, &[max])).await?;
+    Ok(page.records)
+}
+
 /// `m87 <device> audit …`: one device. A device the caller no longer sees is named by its id:
 /// their own records on it stay readable; with none, it answers as if it did not exist.
 pub async fn device(device: &str, filters: AuditFilters, output: Output) -> anyhow::Result<()> {

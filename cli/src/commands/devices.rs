@@ -47,7 +47,7 @@ pub(crate) fn encode(value: &str) -> String {
 /// requests wait per owner scope (table output; JSON prints the rows only).
 pub async fn list(query: &DeviceListQuery, output: Output) -> anyhow::Result<()> {
     let client = user_client()?;
-    let devices: Vec<DeviceSummary> = client.get(&list_path(query)).await?;
+    let devices = listing(&client, query).await?;
     match output {
         Output::Json => print_json(&devices),
         Output::Table => {
@@ -77,6 +77,14 @@ pub async fn list(query: &DeviceListQuery, output: Output) -> anyhow::Result<()>
             Ok(())
         }
     }
+}
+
+/// The devices and requests the caller sees, with the query's filters (`devices list`).
+pub(crate) async fn listing(
+    client: &ApiClient,
+    query: &DeviceListQuery,
+) -> anyhow::Result<Vec<DeviceSummary>> {
+    Ok(client.get(&list_path(query)).await?)
 }
 
 fn row(d: &DeviceSummary) -> Vec<String> {
@@ -245,13 +253,16 @@ pub async fn show(wanted: &str, output: Output) -> anyhow::Result<()> {
     }
 }
 
-/// `m87 devices approve`.
-pub async fn approve(wanted: &str, output: Output) -> anyhow::Result<()> {
-    let client = user_client()?;
+/// Approves the pending request `wanted` names (request id, or the pending device's name, id
+/// or unique prefix).
+pub(crate) async fn approve_request(
+    client: &ApiClient,
+    wanted: &str,
+) -> anyhow::Result<DecisionResponse> {
     let request_id = match wanted.parse::<RequestId>() {
         Ok(id) => id,
         Err(_) => {
-            let devices = fetch(&client).await?;
+            let devices = fetch(client).await?;
             let pending: Vec<DeviceSummary> = devices
                 .into_iter()
                 .filter(|d| d.status == DeviceStatus::Pending)
@@ -262,21 +273,41 @@ pub async fn approve(wanted: &str, output: Output) -> anyhow::Result<()> {
             }
         }
     };
-    let decision: DecisionResponse = client
+    Ok(client
         .post(
             &format!("/v1/registrations/{request_id}/approve"),
             &serde_json::json!({}),
         )
-        .await?;
+        .await?)
+}
+
+/// `m87 devices approve`.
+pub async fn approve(wanted: &str, output: Output) -> anyhow::Result<()> {
+    let decision = approve_request(&user_client()?, wanted).await?;
     match output {
         Output::Json => print_json(&decision),
         Output::Table => {
-            println!(
-                "approved request {} : device {} is enrolled",
-                decision.request_id, decision.device_id
-            );
+            println!("{}", decision_message(&decision));
             Ok(())
         }
+    }
+}
+
+/// What `approve` and `reject` say of a decision.
+pub(crate) fn decision_message(decision: &DecisionResponse) -> String {
+    match decision.status {
+        DeviceStatus::Removed => format!(
+            "removed device {}; its key no longer works",
+            decision.device_id
+        ),
+        DeviceStatus::Approved => format!(
+            "approved request {} : device {} is enrolled",
+            decision.request_id, decision.device_id
+        ),
+        _ => format!(
+            "rejected request {} of device {}",
+            decision.request_id, decision.device_id
+        ),
     }
 }
 
@@ -288,10 +319,12 @@ enum Target {
     Device(DeviceId, Option<RequestId>),
 }
 
-/// `m87 devices reject`: rejects a pending request, or removes an approved device.
-pub async fn reject(wanted: &str, output: Output) -> anyhow::Result<()> {
-    let client = user_client()?;
-    let devices = fetch(&client).await?;
+/// Rejects the pending request `wanted` names, or removes the approved device it names.
+pub(crate) async fn reject_target(
+    client: &ApiClient,
+    wanted: &str,
+) -> anyhow::Result<DecisionResponse> {
+    let devices = fetch(client).await?;
     let target = match resolve(&devices, wanted)? {
         Some(d) if d.status == DeviceStatus::Pending => Target::Request(d.request_id),
         Some(d) if d.status == DeviceStatus::Approved => {
@@ -305,7 +338,7 @@ pub async fn reject(wanted: &str, output: Output) -> anyhow::Result<()> {
             _ => bail!("no device or registration request matches {wanted:?}"),
         },
     };
-    let decision = match target {
+    Ok(match target {
         Target::Request(id) => {
             client
                 .post::<_, DecisionResponse>(
@@ -322,21 +355,16 @@ pub async fn reject(wanted: &str, output: Output) -> anyhow::Result<()> {
                 status: DeviceStatus::Removed,
             }
         }
-    };
+    })
+}
+
+/// `m87 devices reject`: rejects a pending request, or removes an approved device.
+pub async fn reject(wanted: &str, output: Output) -> anyhow::Result<()> {
+    let decision = reject_target(&user_client()?, wanted).await?;
     match output {
         Output::Json => print_json(&decision),
         Output::Table => {
-            if decision.status == DeviceStatus::Removed {
-                println!(
-                    "removed device {}; its key no longer works",
-                    decision.device_id
-                );
-            } else {
-                println!(
-                    "rejected request {} of device {}",
-                    decision.request_id, decision.device_id
-                );
-            }
+            println!("{}", decision_message(&decision));
             Ok(())
         }
     }

@@ -32,11 +32,15 @@ fn side(arg: &str) -> Side {
 }
 
 /// Which way, and the two ends.
-struct Transfer {
-    device: String,
-    remote: String,
-    local: PathBuf,
-    to_device: bool,
+pub(crate) struct Transfer {
+    /// The device (name, id or unique prefix).
+    pub device: String,
+    /// The path on the device.
+    pub remote: String,
+    /// The path on this machine.
+    pub local: PathBuf,
+    /// From this machine to the device (else the other way).
+    pub to_device: bool,
 }
 
 fn transfer(src: &str, dst: &str) -> anyhow::Result<Transfer> {
@@ -90,22 +94,36 @@ fn check_local_source(local: &std::path::Path, recursive: bool) -> anyhow::Resul
     Ok(())
 }
 
-/// `m87 cp`.
-pub async fn cp(src: &str, dst: &str, recursive: bool, output: Output) -> anyhow::Result<()> {
-    let t = transfer(src, dst)?;
+/// What a copy moved.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Copied {
+    /// Files copied.
+    pub files: u64,
+    /// Bytes moved, both ways.
+    pub bytes: u64,
+    /// How long it took.
+    pub seconds: f64,
+}
+
+/// One copy between this machine and a device, as `m87 cp` (and `m87 mcp`) does it: the
+/// session is granted for exactly this transfer and recorded in the audit.
+pub(crate) async fn copy(
+    client: &m87_transport::http::ApiClient,
+    t: &Transfer,
+    recursive: bool,
+    progress: bool,
+) -> anyhow::Result<Copied> {
     if t.to_device {
         // Refuse here what the copy would refuse, before a session is granted and recorded.
         check_local_source(&t.local, recursive)?;
     }
-    let client = user_client()?;
     let args = serde_json::json!({
         "path": t.remote,
         "direction": if t.to_device { "to_device" } else { "from_device" },
         "recursive": recursive,
         "local": t.local.display().to_string(),
     });
-    let session = QuicSession::open(&client, &t.device, Operation::Copy, args).await?;
-    let progress = output == Output::Table && std::io::stderr().is_terminal();
+    let session = QuicSession::open(client, &t.device, Operation::Copy, args).await?;
     let started = Instant::now();
     let result = if t.to_device {
         remote::cp::push(&session, &t.local, &t.remote, recursive, progress).await
@@ -115,19 +133,29 @@ pub async fn cp(src: &str, dst: &str, recursive: bool, output: Output) -> anyhow
     let result = session.explain(result);
     session.close().await;
     let stats = result?;
-    let secs = started.elapsed().as_secs_f64().max(0.001);
-    let bytes = stats.bytes_sent + stats.bytes_received;
+    Ok(Copied {
+        files: stats.files,
+        bytes: stats.bytes_sent + stats.bytes_received,
+        seconds: started.elapsed().as_secs_f64().max(0.001),
+    })
+}
+
+/// `m87 cp`.
+pub async fn cp(src: &str, dst: &str, recursive: bool, output: Output) -> anyhow::Result<()> {
+    let t = transfer(src, dst)?;
+    if t.to_device {
+        check_local_source(&t.local, recursive)?;
+    }
+    let client = user_client()?;
+    let progress = output == Output::Table && std::io::stderr().is_terminal();
+    let copied = copy(&client, &t, recursive, progress).await?;
     match output {
-        Output::Json => print_json(&serde_json::json!({
-            "files": stats.files,
-            "bytes": bytes,
-            "seconds": secs,
-        })),
+        Output::Json => print_json(&copied),
         Output::Table => {
+            let (files, bytes, secs) = (copied.files, copied.bytes, copied.seconds);
             println!(
-                "copied {} file{} ({}) in {secs:.1} s ({}/s)",
-                stats.files,
-                if stats.files == 1 { "" } else { "s" },
+                "copied {files} file{} ({}) in {secs:.1} s ({}/s)",
+                if files == 1 { "" } else { "s" },
                 human(bytes),
                 human((bytes as f64 / secs) as u64)
             );

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod devices;
 pub mod files;
 pub mod login;
+pub mod mcp;
 pub mod ops;
 pub mod orgs;
 pub mod policy;

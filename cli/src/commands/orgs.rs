@@ -2,6 +2,7 @@
 
 use m87_events::api::{CreateOrgRequest, MemberRequest, MemberSummary, OrgSummary, RoleRequest};
 use m87_events::{Email, OrgId, Role};
+use m87_transport::http::ApiClient;
 
 use crate::context::user_client;
 use crate::output::{Output, print_json, print_table};
@@ -59,9 +60,14 @@ pub async fn delete(id: OrgId) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `m87 org members add`.
-pub async fn add(org: OrgId, email: Email, role: Role) -> anyhow::Result<()> {
-    user_client()?
+/// Adds `email` to `org` with `role`; returns what `m87 org members add` says.
+pub(crate) async fn add_member(
+    client: &ApiClient,
+    org: &OrgId,
+    email: &Email,
+    role: Role,
+) -> anyhow::Result<String> {
+    client
         .post_no_content(
             &format!("/v1/orgs/{org}/members"),
             &MemberRequest {
@@ -70,28 +76,52 @@ pub async fn add(org: OrgId, email: Email, role: Role) -> anyhow::Result<()> {
             },
         )
         .await?;
-    println!("added {email} to {org} as {}", role.as_str());
-    Ok(())
+    Ok(format!("added {email} to {org} as {}", role.as_str()))
 }
 
-/// `m87 org members remove`.
-pub async fn remove(org: OrgId, email: Email) -> anyhow::Result<()> {
-    user_client()?
+/// Removes `email` from `org`; returns what `m87 org members remove` says.
+pub(crate) async fn remove_member(
+    client: &ApiClient,
+    org: &OrgId,
+    email: &Email,
+) -> anyhow::Result<String> {
+    client
         .delete(&format!("/v1/orgs/{org}/members/{email}"))
         .await?;
-    println!("removed {email} from {org}");
-    Ok(())
+    Ok(format!("removed {email} from {org}"))
 }
 
-/// `m87 org members role`.
-pub async fn role(org: OrgId, email: Email, role: Role) -> anyhow::Result<()> {
-    user_client()?
+/// Gives `email` the `role` in `org`; returns what `m87 org members role` says.
+pub(crate) async fn set_role(
+    client: &ApiClient,
+    org: &OrgId,
+    email: &Email,
+    role: Role,
+) -> anyhow::Result<String> {
+    client
         .put_no_content(
             &format!("/v1/orgs/{org}/members/{email}"),
             &RoleRequest { role },
         )
         .await?;
-    println!("{email} is now {} in {org}", role.as_str());
+    Ok(format!("{email} is now {} in {org}", role.as_str()))
+}
+
+/// `m87 org members add`.
+pub async fn add(org: OrgId, email: Email, role: Role) -> anyhow::Result<()> {
+    println!("{}", add_member(&user_client()?, &org, &email, role).await?);
+    Ok(())
+}
+
+/// `m87 org members remove`.
+pub async fn remove(org: OrgId, email: Email) -> anyhow::Result<()> {
+    println!("{}", remove_member(&user_client()?, &org, &email).await?);
+    Ok(())
+}
+
+/// `m87 org members role`.
+pub async fn role(org: OrgId, email: Email, role: Role) -> anyhow::Result<()> {
+    println!("{}", set_role(&user_client()?, &org, &email, role).await?);
     Ok(())
 }
 

@@ -152,53 +152,78 @@ enum AccessOp {
     },
 }
 
+/// The approved device `device` names among those the caller sees.
+async fn approved_device(
+    client: &m87_transport::http::ApiClient,
+    device: &str,
+) -> anyhow::Result<m87_events::api::DeviceSummary> {
+    let devices: Vec<m87_events::api::DeviceSummary> = client.get("/v1/devices").await?;
+    let approved: Vec<_> = devices
+        .into_iter()
+        .filter(|d| d.status == m87_events::api::DeviceStatus::Approved)
+        .collect();
+    match crate::commands::devices::resolve(&approved, device)?.cloned() {
+        Some(d) => Ok(d),
+        None => anyhow::bail!("device {device:?} not found"),
+    }
+}
+
+/// Shares `device` with `scope` (`share`) or stops sharing it; returns what
+/// `m87 <device> access add|remove` says.
+pub(crate) async fn change_access(
+    client: &m87_transport::http::ApiClient,
+    device: &str,
+    scope: &m87_events::Scope,
+    share: bool,
+) -> anyhow::Result<String> {
+    let d = approved_device(client, device).await?;
+    if share {
+        let request = m87_events::api::AccessRequest {
+            scope: scope.clone(),
+        };
+        client
+            .post_no_content(&format!("/v1/devices/{}/access", d.id), &request)
+            .await?;
+        Ok(format!("{} is now shared with {scope}", d.name))
+    } else {
+        client
+            .delete(&format!("/v1/devices/{}/access/{scope}", d.id))
+            .await?;
+        Ok(format!("{} is no longer shared with {scope}", d.name))
+    }
+}
+
 async fn access(
     client: &m87_transport::http::ApiClient,
     device: &str,
     op: AccessOp,
     output: crate::output::Output,
 ) -> anyhow::Result<i32> {
-    let devices: Vec<m87_events::api::DeviceSummary> = client.get("/v1/devices").await?;
-    let approved: Vec<_> = devices
-        .into_iter()
-        .filter(|d| d.status == m87_events::api::DeviceStatus::Approved)
-        .collect();
-    let Some(d) = crate::commands::devices::resolve(&approved, device)?.cloned() else {
-        anyhow::bail!("device {device:?} not found");
-    };
     match op {
-        AccessOp::List => match output {
-            crate::output::Output::Json => {
-                crate::output::print_json(
-                    &serde_json::json!({"owner_scope": d.owner_scope, "allowed_scopes": d.allowed_scopes}),
-                )?;
+        AccessOp::List => {
+            let d = approved_device(client, device).await?;
+            match output {
+                crate::output::Output::Json => {
+                    crate::output::print_json(
+                        &serde_json::json!({"owner_scope": d.owner_scope, "allowed_scopes": d.allowed_scopes}),
+                    )?;
+                }
+                crate::output::Output::Table => {
+                    let mut rows = vec![vec![d.owner_scope.to_string(), "owner".to_owned()]];
+                    rows.extend(
+                        d.allowed_scopes
+                            .iter()
+                            .map(|s| vec![s.to_string(), "shared".to_owned()]),
+                    );
+                    crate::output::print_table(&["SCOPE", "ACCESS"], &rows);
+                }
             }
-            crate::output::Output::Table => {
-                let mut rows = vec![vec![d.owner_scope.to_string(), "owner".to_owned()]];
-                rows.extend(
-                    d.allowed_scopes
-                        .iter()
-                        .map(|s| vec![s.to_string(), "shared".to_owned()]),
-                );
-                crate::output::print_table(&["SCOPE", "ACCESS"], &rows);
-            }
-        },
+        }
         AccessOp::Add { scope } => {
-            client
-                .post_no_content(
-                    &format!("/v1/devices/{}/access", d.id),
-                    &m87_events::api::AccessRequest {
-                        scope: scope.clone(),
-                    },
-                )
-                .await?;
-            println!("{} is now shared with {scope}", d.name);
+            println!("{}", change_access(client, device, &scope, true).await?)
         }
         AccessOp::Remove { scope } => {
-            client
-                .delete(&format!("/v1/devices/{}/access/{scope}", d.id))
-                .await?;
-            println!("{} is no longer shared with {scope}", d.name);
+            println!("{}", change_access(client, device, &scope, false).await?)
         }
     }
     Ok(0)

@@ -84,6 +84,84 @@ pub async fn run(
     }
 }
 
+/// What a command run by [`capture`] printed and how it ended.
+#[derive(Debug)]
+pub struct Captured {
+    /// Its standard output, at most the cap.
+    pub stdout: Vec<u8>,
+    /// Its standard error, at most the cap.
+    pub stderr: Vec<u8>,
+    /// Bytes of standard output beyond the cap, read and dropped.
+    pub stdout_dropped: u64,
+    /// Bytes of standard error beyond the cap, read and dropped.
+    pub stderr_dropped: u64,
+    /// How it ended; `None` when it was still running at the deadline.
+    pub status: Option<ExitStatus>,
+    /// An error the device reported besides the exit status.
+    pub error: Option<String>,
+}
+
+/// Appends `d` to `buf` up to `cap` bytes; counts the rest in `dropped`.
+fn keep(buf: &mut Vec<u8>, dropped: &mut u64, d: &[u8], cap: usize) {
+    let room = cap.saturating_sub(buf.len()).min(d.len());
+    buf.extend_from_slice(&d[..room]);
+    *dropped += (d.len() - room) as u64;
+}
+
+/// Runs `argv` on the device for a program rather than a terminal (`m87 mcp`): sends `stdin`
+/// then end-of-file, keeps at most `cap` bytes of each output stream, and stops waiting at
+/// `deadline` (the caller then ends the session, which ends the command).
+pub async fn capture(
+    opener: &dyn ChannelOpener,
+    argv: Vec<String>,
+    stdin: Vec<u8>,
+    cap: usize,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<Captured> {
+    let OpenedChannel {
+        mut reader,
+        mut writer,
+        ..
+    } = opener.open(Channel::Exec { argv, tty: None }).await?;
+    let input = tokio::spawn(async move {
+        for chunk in stdin.chunks(64 * 1024) {
+            let data = Frame::Data(Bytes::copy_from_slice(chunk));
+            if write_frame(&mut writer, &data).await.is_err() {
+                return writer;
+            }
+        }
+        let _ = write_frame(&mut writer, &Frame::Eof).await;
+        writer
+    });
+    let mut c = Captured {
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        stdout_dropped: 0,
+        stderr_dropped: 0,
+        status: None,
+        error: None,
+    };
+    loop {
+        let Ok(frame) = tokio::time::timeout_at(deadline, reader.next()).await else {
+            break;
+        };
+        match frame {
+            Ok(Some(Frame::Data(d))) => keep(&mut c.stdout, &mut c.stdout_dropped, &d, cap),
+            Ok(Some(Frame::Stderr(d))) => keep(&mut c.stderr, &mut c.stderr_dropped, &d, cap),
+            Ok(Some(Frame::Exit(s))) => c.status = Some(s),
+            Ok(Some(Frame::Error(m))) => c.error = Some(m),
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) => anyhow::bail!("the session broke: {e}"),
+        }
+    }
+    input.abort();
+    if let (None, Some(m)) = (&c.status, &c.error) {
+        anyhow::bail!("{m}");
+    }
+    Ok(c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +186,36 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(exit_code(s), 137);
+    }
+
+    #[tokio::test]
+    async fn captured_output_is_capped_and_stdin_arrives() {
+        let opener = LocalOpener::default();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        let argv = vec![
+            "sh".into(),
+            "-c".into(),
+            "cat; echo oops >&2; exit 4".into(),
+        ];
+        let c = capture(&opener, argv, b"0123456789".to_vec(), 4, deadline)
+            .await
+            .unwrap();
+        assert_eq!(c.stdout, b"0123");
+        assert_eq!(c.stdout_dropped, 6);
+        assert_eq!(c.stderr, b"oops");
+        assert_eq!(c.stderr_dropped, 1);
+        assert_eq!(c.status.map(exit_code), Some(4));
+    }
+
+    #[tokio::test]
+    async fn a_command_past_its_deadline_has_no_status() {
+        let opener = LocalOpener::default();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(300);
+        let argv = vec!["sh".into(), "-c".into(), "echo started; sleep 30".into()];
+        let c = capture(&opener, argv, Vec::new(), 1024, deadline)
+            .await
+            .unwrap();
+        assert_eq!(c.stdout, b"started\n");
+        assert!(c.status.is_none());
     }
 }

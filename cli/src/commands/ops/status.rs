@@ -39,11 +39,60 @@ pub async fn run(
     }
 }
 
-async fn status(
+/// What `status` found.
+pub(crate) enum Found {
+    /// The device is not connected.
+    Offline(DeviceSummary),
+    /// The device answered.
+    Online {
+        /// The device.
+        device: DeviceSummary,
+        /// Its report.
+        report: Box<StatusReport>,
+        /// The checks made of it.
+        checks: Vec<Check>,
+    },
+}
+
+impl Found {
+    /// Every check passed (an offline device is not healthy).
+    pub(crate) fn healthy(&self) -> bool {
+        match self {
+            Found::Offline(_) => false,
+            Found::Online { checks, .. } => checks.iter().all(|c| c.ok),
+        }
+    }
+
+    /// What `status -o json` prints.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        match self {
+            Found::Offline(d) => serde_json::json!({
+                "device": d.name,
+                "online": false,
+                "healthy": false,
+                "last_seen": d.last_seen,
+            }),
+            Found::Online {
+                device,
+                report,
+                checks,
+            } => serde_json::json!({
+                "device": device.name,
+                "online": true,
+                "healthy": self.healthy(),
+                "report": report,
+                "checks": checks,
+            }),
+        }
+    }
+}
+
+/// The status operation on `device` (name, id or unique prefix): its report and checks, or
+/// that it is offline (then without a session).
+pub(crate) async fn find(
     client: &m87_transport::http::ApiClient,
     device: &str,
-    output: Output,
-) -> anyhow::Result<i32> {
+) -> anyhow::Result<Found> {
     let devices: Vec<DeviceSummary> = client.get("/v1/devices").await?;
     let approved: Vec<DeviceSummary> = devices
         .into_iter()
@@ -53,8 +102,7 @@ async fn status(
         anyhow::bail!("device {device:?} not found (see m87 devices list)");
     };
     if !d.online {
-        print_offline(&d, output)?;
-        return Ok(DEGRADED);
+        return Ok(Found::Offline(d));
     }
     let server_version = client
         .get::<Health>("/v1/health")
@@ -72,16 +120,31 @@ async fn status(
     session.close().await;
     let (report, round_trip) = fetched?;
     let checks = checks(&report, round_trip, server_version.as_deref());
-    let healthy = checks.iter().all(|c| c.ok);
-    match output {
-        Output::Json => crate::output::print_json(&serde_json::json!({
-            "device": d.name,
-            "online": true,
-            "healthy": healthy,
-            "report": report,
-            "checks": checks,
-        }))?,
-        Output::Table => print_report(&d, &report, &checks, healthy),
+    Ok(Found::Online {
+        device: d,
+        report: Box::new(report),
+        checks,
+    })
+}
+
+async fn status(
+    client: &m87_transport::http::ApiClient,
+    device: &str,
+    output: Output,
+) -> anyhow::Result<i32> {
+    let found = find(client, device).await?;
+    let healthy = found.healthy();
+    match (&found, output) {
+        (_, Output::Json) => crate::output::print_json(&found.to_json())?,
+        (Found::Offline(d), Output::Table) => print_offline(d),
+        (
+            Found::Online {
+                device,
+                report,
+                checks,
+            },
+            Output::Table,
+        ) => print_report(device, report, checks, healthy),
     }
     Ok(if healthy { HEALTHY } else { DEGRADED })
 }
@@ -109,23 +172,12 @@ pub async fn fetch(opener: &dyn ChannelOpener) -> anyhow::Result<(StatusReport, 
     }
 }
 
-fn print_offline(d: &DeviceSummary, output: Output) -> anyhow::Result<()> {
-    let last_seen = d
+fn print_offline(d: &DeviceSummary) {
+    let seen = d
         .last_seen
-        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string());
-    match output {
-        Output::Json => crate::output::print_json(&serde_json::json!({
-            "device": d.name,
-            "online": false,
-            "healthy": false,
-            "last_seen": d.last_seen,
-        })),
-        Output::Table => {
-            let seen = last_seen.unwrap_or_else(|| "never".to_owned());
-            println!("{}: offline (last seen {seen})", d.name);
-            Ok(())
-        }
-    }
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| "never".to_owned());
+    println!("{}: offline (last seen {seen})", d.name);
 }
 
 fn print_report(d: &DeviceSummary, r: &StatusReport, checks: &[Check], healthy: bool) {
