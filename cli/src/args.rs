@@ -6,6 +6,27 @@ use m87_transport::tls::Fingerprint;
 
 use crate::output::Output;
 
+/// The heart of the tool, under the list of commands in `m87 --help`.
+const DEVICE_HELP: &str = "\
+Operate one device: m87 <device> <operation>   (a name, id or unique prefix)
+  exec      run a command; its exit code is m87's
+  shell     an interactive login shell
+  forward   local ports (and unix sockets) to the device
+  cp, sync  copy and sync files: m87 cp FILE robot-1:/tmp/
+  docker, logs, metrics, serial, status, ls, audit, access
+  (`m87 <device> --help` lists them all)
+
+Examples:
+  m87 login                                 sign in (or: m87 login --api-key KEY)
+  m87 devices list                          your fleet
+  m87 robot-1 exec -- uname -a              run a command on robot-1
+  m87 robot-1 shell                         a shell on it
+  m87 robot-1 forward 8080:80               its port 80 on localhost:8080
+  m87 cp ./app.tar robot-1:/srv/            copy a file to it
+  m87 sync -e '*.log' ./site robot-1:/srv/site
+  m87 robot-1 status -o json                is it healthy (for scripts)
+  m87 --profile staging devices list        another server or account (m87 profile)";
+
 /// Secure, outbound-only access to fleets of Linux devices.
 ///
 /// The server comes from M87_API_URL (or the one stored by `m87 login`); the key from
@@ -14,11 +35,15 @@ use crate::output::Output;
 /// M87_TRUST_INVALID_CERT=true accepts any server certificate (emergencies only; relays stay
 /// pinned).
 #[derive(Debug, Parser)]
-#[command(name = "m87", version, about, long_about)]
+#[command(name = "m87", version, about, long_about, after_help = DEVICE_HELP)]
 pub struct Cli {
     /// How to print results: aligned tables, or JSON for scripts.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
     pub(crate) output: Output,
+
+    /// Use this profile's server and credentials (also M87_PROFILE; see `m87 profile`).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub(crate) profile: Option<crate::profile::ProfileName>,
 
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -91,7 +116,7 @@ pub(crate) enum Command {
         #[arg(long)]
         delete: bool,
         /// Leave paths matching this glob alone (repeatable).
-        #[arg(long = "exclude", value_name = "PATTERN")]
+        #[arg(short = 'e', long = "exclude", value_name = "PATTERN")]
         excludes: Vec<String>,
         /// Show what would change, change nothing.
         #[arg(short = 'n', long)]
@@ -139,6 +164,33 @@ pub(crate) enum Command {
     /// the same grants, roles and audit.
     #[command(after_long_help = crate::commands::mcp::HELP)]
     Mcp,
+    // --- profiles, completions, version (i13-cli) ---
+    /// Several servers or accounts side by side, each with its own credentials file.
+    ///
+    /// Examples:
+    ///   m87 profile add staging --api-url https://m87.staging.example
+    ///   m87 --profile staging login
+    ///   m87 profile use staging        (the default from now on; M87_PROFILE overrides it)
+    ///   m87 profile list
+    #[command(verbatim_doc_comment)]
+    Profile {
+        #[command(subcommand)]
+        command: crate::commands::profile::ProfileCommand,
+    },
+    /// Print a completion script: `m87 completion bash > /etc/bash_completion.d/m87`,
+    /// `m87 completion zsh > "${fpath[1]}/_m87"`, `m87 completion fish >
+    /// ~/.config/fish/completions/m87.fish`.
+    Completion {
+        /// bash, zsh or fish.
+        #[arg(value_enum)]
+        shell: crate::commands::version::CompletionShell,
+    },
+    /// The versions of this CLI, of the server and, for a device, of its runtime.
+    Version {
+        /// A device (name, id or unique prefix) whose runtime version to ask for.
+        device: Option<String>,
+    },
+    // --- end i13-cli ---
     /// `m87 <device> exec|shell|forward …`: operate one device (see `m87 <device> --help`).
     #[command(external_subcommand)]
     Device(Vec<String>),

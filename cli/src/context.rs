@@ -16,7 +16,7 @@
 //! against the system's roots; `M87_TRUST_INVALID_CERT` skips the check (with a warning) only
 //! where no pin is known, and never for relays.
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use m87_transport::credentials::{Credentials, CredentialsFile, OAuthCredentials};
 use m87_transport::http::{
     ApiClient, ServerTrust, api_fingerprint_from_env, api_url_from_env, trust_invalid_cert_from_env,
@@ -29,22 +29,40 @@ use crate::auth::session::{self, Freshness};
 /// The server used when nothing else says which.
 pub const DEFAULT_API_URL: &str = "https://127.0.0.1:8085";
 
-/// The credentials file in the configuration directory.
+/// The user's credentials file: the one of the profile in use (see [`crate::profile`]).
 pub fn credentials_file() -> anyhow::Result<CredentialsFile> {
-    CredentialsFile::default_location().context("locating the configuration directory")
+    crate::profile::active()?.credentials_file()
 }
 
-/// The API URL for user commands: `M87_API_URL`, else the one stored at login, else the default.
+pub use crate::profile::runtime_credentials_file;
+
+/// The server of the profile in use before any login: `M87_API_URL`, else the profile's
+/// (`m87 profile add --api-url`), else the default.
+pub fn profile_api_url() -> anyhow::Result<String> {
+    if let Some(url) = api_url_from_env() {
+        return Ok(url);
+    }
+    Ok(crate::profile::active()?
+        .config
+        .api_url
+        .unwrap_or_else(|| DEFAULT_API_URL.to_owned()))
+}
+
+/// The API URL for user commands: `M87_API_URL`, else the one stored at login, else the
+/// profile's, else the default.
 pub fn user_api_url() -> anyhow::Result<String> {
     if let Some(url) = api_url_from_env() {
         return Ok(url);
     }
     let creds = credentials_file()?.load()?;
-    Ok(creds
+    match creds
         .user
         .map(|u| u.api_url)
         .or(creds.oauth.map(|o| o.api_url))
-        .unwrap_or_else(|| DEFAULT_API_URL.to_owned()))
+    {
+        Some(url) => Ok(url),
+        None => profile_api_url(),
+    }
 }
 
 /// How to check the certificate of the server at `api_url`: `explicit` (a `--fingerprint`),
@@ -134,7 +152,7 @@ pub fn user_session() -> anyhow::Result<UserSession> {
         });
     }
     let Some(oauth) = creds.oauth.clone() else {
-        bail!("not logged in: run `m87 login --api-key KEY` or set M87_API_KEY");
+        bail!("{}", not_logged_in(&creds));
     };
     if let Some(url) = api_url_from_env()
         && url != oauth.api_url
@@ -163,4 +181,35 @@ pub fn user_session() -> anyhow::Result<UserSession> {
 /// A client acting as the user (see [`user_session`]).
 pub fn user_client() -> anyhow::Result<ApiClient> {
     Ok(user_session()?.client)
+}
+
+/// "not logged in", with how to log in: `m87 login` when the server offers OpenID Connect
+/// sign-in (`GET /v1/auth/config`, asked for at most 3 s), else an API key.
+fn not_logged_in(creds: &Credentials) -> String {
+    let profile = crate::profile::active()
+        .ok()
+        .filter(|p| !p.name.is_default())
+        .map(|p| format!("--profile {} ", p.name))
+        .unwrap_or_default();
+    let issuer = profile_api_url().ok().and_then(|url| {
+        let client = api_client(&url, None, creds).ok()?;
+        let ask = async move {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(3),
+                client.get::<m87_events::api::AuthConfig>("/v1/auth/config"),
+            )
+            .await
+        };
+        match session::block_on(ask) {
+            Ok(Ok(Ok(config))) => Some(config.issuer),
+            _ => None,
+        }
+    });
+    match issuer {
+        Some(issuer) => format!(
+            "not logged in: run `m87 {profile}login` (signs in with {issuer}), or \
+             `m87 {profile}login --api-key KEY`, or set M87_API_KEY"
+        ),
+        None => format!("not logged in: run `m87 {profile}login --api-key KEY` or set M87_API_KEY"),
+    }
 }

@@ -11,6 +11,8 @@
 //! - `session`: asking the control plane for a session and opening it on a relay.
 //! - `auth`: OpenID Connect sign-in and the stored login session.
 //! - `context`: the server, the credentials and the HTTP client a command works with.
+//! - `profile`: which profile is in use (`--profile`, `M87_PROFILE`, `m87 profile use`) and
+//!   where its credentials file is.
 //! - `output`: tables or JSON.
 //! - [`run`]: start the async runtime and dispatch the command.
 
@@ -19,6 +21,7 @@ mod auth;
 mod commands;
 mod context;
 mod output;
+mod profile;
 mod remote;
 mod service;
 mod session;
@@ -30,9 +33,14 @@ use args::{
     ApiKeysCommand, AuditCommand, Command, DevicePolicyCommand, DevicesCommand, MembersCommand,
     OrgCommand, OrgPolicyCommand, RuntimeCommand,
 };
+use commands::profile::ProfileCommand;
 use m87_events::api::DeviceListQuery;
 use m87_observability::LogFormat;
 use output::Output;
+
+/// Warnings, except the certificate verifier's own log line on a TLS failure: the error that
+/// follows says what failed and what to do (`RUST_LOG` still shows it).
+const DEFAULT_LOG_FILTER: &str = "warn,rustls_platform_verifier=off";
 
 /// Logs go to stderr, filtered by RUST_LOG (default: warnings); M87_LOG_FORMAT=json gives JSON
 /// lines. `m87 runtime run` also keeps its log file (see `commands::runtime::open_log`); its
@@ -49,10 +57,10 @@ fn init_tracing(command: &Command) -> Option<std::path::PathBuf> {
     } = command
         && let Some((path, filter, writer)) = commands::runtime::open_log()
     {
-        m87_observability::init_logging_with_file("warn", format, &filter, writer);
+        m87_observability::init_logging_with_file(DEFAULT_LOG_FILTER, format, &filter, writer);
         return Some(path);
     }
-    m87_observability::init_logging("warn", format);
+    m87_observability::init_logging(DEFAULT_LOG_FILTER, format);
     None
 }
 
@@ -60,6 +68,9 @@ async fn dispatch(cli: Cli, runtime_log: Option<std::path::PathBuf>) -> anyhow::
     let out = cli.output;
     if let Command::Device(args) = cli.command {
         return commands::remote::run(args, out).await;
+    }
+    if let Command::Version { device } = &cli.command {
+        return commands::version::run(device.as_deref(), out).await;
     }
     dispatch_local(cli.command, out, runtime_log)
         .await
@@ -72,7 +83,23 @@ async fn dispatch_local(
     runtime_log: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
     match command {
-        Command::Device(_) => Ok(()),
+        Command::Device(_) | Command::Version { .. } => Ok(()),
+        // --- profiles, completions (i13-cli) ---
+        Command::Profile { command } => match command {
+            ProfileCommand::Add {
+                name,
+                api_url,
+                fingerprint,
+            } => commands::profile::add(&name, &api_url, fingerprint),
+            ProfileCommand::Use { name } => commands::profile::use_profile(&name),
+            ProfileCommand::List => commands::profile::list(out),
+            ProfileCommand::Remove { name } => commands::profile::remove(&name),
+        },
+        Command::Completion { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            commands::version::completion(shell, &mut command)
+        }
+        // --- end i13-cli ---
         Command::Login {
             api_key,
             api_url,
@@ -210,7 +237,7 @@ fn hint(err: &anyhow::Error) -> Option<&'static str> {
         .downcast_ref::<m87_transport::http::ApiError>()?
         .status()?
     {
-        401 => Some("check M87_API_KEY, or run `m87 login --api-key KEY`"),
+        401 => Some("check M87_API_KEY, or log in again: `m87 login` or `m87 login --api-key KEY`"),
         _ => None,
     }
 }
@@ -249,6 +276,7 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 async fn run_async(cli: Cli) -> ExitCode {
+    profile::select(cli.profile.clone());
     let runtime_log = init_tracing(&cli.command);
     match dispatch(cli, runtime_log).await {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),

@@ -104,6 +104,27 @@ impl QuicSession {
     }
 
     /// Ends the session.
+    /// Why the session ended when the relay or the network ended it: the relay's reason
+    /// (access revoked, device removed, device disconnected, relay shutting down), or that the
+    /// connection to the relay was lost. `None` while it is open or when this side closed it.
+    pub fn ended_because(&self) -> Option<String> {
+        ended_because(&self.conn.close_reason()?)
+    }
+
+    /// Waits until the session's connection closes; then why, as [`Self::ended_because`].
+    pub async fn closed(&self) -> Option<String> {
+        ended_because(&self.conn.closed().await)
+    }
+
+    /// `result`, its error replaced by why the session ended when the relay or the network
+    /// ended it (instead of "stream error: connection lost").
+    pub fn explain<T>(&self, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        result.map_err(|e| match self.ended_because() {
+            Some(why) => anyhow::anyhow!(why),
+            None => e,
+        })
+    }
+
     pub async fn close(self) {
         self.conn.close(quinn::VarInt::from_u32(0), b"done");
         self._endpoint.wait_idle().await;
@@ -219,4 +240,78 @@ async fn connect_any(
         }
     }
     anyhow::bail!("reaching the relay: {}", failures.join("; "))
+}
+
+/// The relay's close code for a session it ended (relay-node `io::CLOSE_SESSION_ENDED`); its
+/// reason says why.
+const CLOSE_SESSION_ENDED: u32 = 4;
+
+/// The relay's close code when it shuts down (relay-node `io::CLOSE_SHUTDOWN`).
+const CLOSE_SHUTDOWN: u32 = 0;
+
+/// What a closed session's connection tells a person.
+fn ended_because(e: &quinn::ConnectionError) -> Option<String> {
+    use quinn::ConnectionError as E;
+    match e {
+        E::LocallyClosed => None,
+        E::ApplicationClosed(c) => {
+            let reason = String::from_utf8_lossy(&c.reason).trim().to_owned();
+            if c.error_code == quinn::VarInt::from_u32(CLOSE_SESSION_ENDED) && !reason.is_empty() {
+                Some(format!("the session ended: {reason}"))
+            } else if c.error_code == quinn::VarInt::from_u32(CLOSE_SHUTDOWN) {
+                Some(format!(
+                    "the relay was lost ({}); run the command again",
+                    if reason.is_empty() {
+                        "it shut down"
+                    } else {
+                        &reason
+                    }
+                ))
+            } else if reason.is_empty() {
+                Some(format!(
+                    "the relay ended the session (code {})",
+                    c.error_code
+                ))
+            } else {
+                Some(format!("the relay ended the session: {reason}"))
+            }
+        }
+        E::TimedOut | E::Reset | E::ConnectionClosed(_) | E::TransportError(_) => Some(format!(
+            "the connection to the relay was lost ({e}); run the command again"
+        )),
+        other => Some(format!("the session ended: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod ended_tests {
+    use super::*;
+
+    #[test]
+    fn a_relay_close_reads_as_its_reason() {
+        let closed = |code: u32, reason: &'static [u8]| {
+            quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+                error_code: quinn::VarInt::from_u32(code),
+                reason: Bytes::from_static(reason),
+            })
+        };
+        assert_eq!(
+            ended_because(&closed(4, b"access to this device was revoked")).as_deref(),
+            Some("the session ended: access to this device was revoked")
+        );
+        assert_eq!(
+            ended_because(&closed(0, b"relay shutting down")).as_deref(),
+            Some("the relay was lost (relay shutting down); run the command again")
+        );
+        assert_eq!(
+            ended_because(&closed(9, b"")).as_deref(),
+            Some("the relay ended the session (code 9)")
+        );
+        let lost = ended_because(&quinn::ConnectionError::TimedOut).unwrap_or_default();
+        assert!(
+            lost.starts_with("the connection to the relay was lost"),
+            "{lost}"
+        );
+        assert_eq!(ended_because(&quinn::ConnectionError::LocallyClosed), None);
+    }
 }

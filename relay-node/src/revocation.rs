@@ -65,6 +65,12 @@ pub fn watch_revocations(
             tokio::select! {
                 event = feed.recv() => match event {
                     Ok(e) => {
+                        if let DomainEvent::DeviceRemoved(r) = &e.event {
+                            // Its sessions first, so their users learn why.
+                            for s in relay.sessions().iter().filter(|s| s.device == r.device_id) {
+                                relay.end_session(s, "device_removed", "the device was removed");
+                            }
+                        }
                         if let DomainEvent::DeviceRemoved(r) = &e.event
                             && registry.disconnect(&r.device_id, "the device was removed")
                         {

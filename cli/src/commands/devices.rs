@@ -140,8 +140,10 @@ pub(crate) fn resolve<'a>(
         })
         .collect();
     let candidates = if exact.is_empty() {
+        // A prefix names only live rows: rejected, expired and removed ones are history.
         devices
             .iter()
+            .filter(|d| matches!(d.status, DeviceStatus::Pending | DeviceStatus::Approved))
             .filter(|d| {
                 d.request_id.to_string().starts_with(wanted)
                     || d.id.as_str().starts_with(wanted)

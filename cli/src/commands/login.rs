@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use m87_events::api::{AuthConfig, WhoAmI};
 use m87_transport::credentials::{CredentialsFile, OAuthCredentials, UserCredentials};
 use m87_transport::http::{
-    ApiClient, ServerTrust, api_fingerprint_from_env, api_url_from_env, trust_invalid_cert_from_env,
+    ApiClient, ServerTrust, api_fingerprint_from_env, trust_invalid_cert_from_env,
 };
 use m87_transport::tls::Fingerprint;
 use serde::Serialize;
@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::auth::http::OidcHttp;
 use crate::auth::oidc::{self, Prompt, Target};
 use crate::auth::session;
-use crate::context::{DEFAULT_API_URL, UserAuth, credentials_file, server_trust, user_session};
+use crate::context::{UserAuth, credentials_file, server_trust, user_session};
 use crate::output::Output;
 
 /// The server to log in to and how to check its certificate.
@@ -38,8 +38,7 @@ pub async fn login(
     let url = api_url
         .map(|u| u.trim().trim_end_matches('/').to_owned())
         .filter(|u| !u.is_empty())
-        .or_else(api_url_from_env)
-        .unwrap_or_else(|| DEFAULT_API_URL.to_owned());
+        .map_or_else(crate::context::profile_api_url, Ok)?;
     let new_pin = match fingerprint {
         Some(pin) => Some(pin),
         None => api_fingerprint_from_env()?,
@@ -392,6 +391,7 @@ enum AuthReport {
 
 #[derive(Debug, Serialize)]
 struct StatusReport {
+    profile: String,
     server: String,
     #[serde(flatten)]
     me: WhoAmI,
@@ -444,6 +444,7 @@ pub async fn status(out: Output) -> anyhow::Result<()> {
         }
     };
     let report = StatusReport {
+        profile: crate::profile::active()?.name.to_string(),
         server: session.client.base_url().to_owned(),
         me,
         auth,
@@ -456,7 +457,10 @@ pub async fn status(out: Output) -> anyhow::Result<()> {
 }
 
 fn print_status(report: &StatusReport, now: DateTime<Utc>) {
-    let mut rows: Vec<(&str, String)> = vec![("server", report.server.clone())];
+    let mut rows: Vec<(&str, String)> = vec![
+        ("profile", report.profile.clone()),
+        ("server", report.server.clone()),
+    ];
     let who = match (&report.me.email, &report.me.device_id) {
         (Some(email), _) => email.to_string(),
         (None, Some(device)) => format!("device {device}"),

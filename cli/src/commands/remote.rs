@@ -37,6 +37,9 @@ pub struct DeviceCli {
     /// How to print results (also accepted before the device name).
     #[arg(long, short = 'o', global = true, value_enum)]
     output: Option<crate::output::Output>,
+    /// Use this profile (also accepted before the device name; see `m87 profile`).
+    #[arg(long, global = true, value_name = "NAME")]
+    profile: Option<crate::profile::ProfileName>,
     #[command(subcommand)]
     op: DeviceOp,
 }
@@ -226,11 +229,33 @@ async fn access(
     Ok(0)
 }
 
+/// A valid `--profile NAME` (or `--profile=NAME`) among `args` before any `--`, so that a
+/// mistyped command (which does not parse) is still checked against that profile's server.
+fn profile_in(args: &[String]) -> Option<crate::profile::ProfileName> {
+    let mut args = args.iter().take_while(|a| a.as_str() != "--");
+    while let Some(arg) = args.next() {
+        let value = match arg.strip_prefix("--profile") {
+            Some("") => args.next().map(String::as_str),
+            Some(rest) => rest.strip_prefix('='),
+            None => None,
+        };
+        if let Some(name) = value {
+            return name.parse().ok();
+        }
+    }
+    None
+}
+
 /// Parses `args` (the device first) and runs the operation; returns the exit code.
 pub async fn run(args: Vec<String>, output: crate::output::Output) -> anyhow::Result<i32> {
     let Some((device, rest)) = args.split_first() else {
         anyhow::bail!("name a device: m87 <device> exec|shell|forward …");
     };
+    crate::profile::select(profile_in(rest));
+    if let Some(message) = crate::commands::suggest::misspelled(device).await {
+        eprintln!("error: {message}");
+        return Ok(2);
+    }
     let mut argv = vec![format!("m87 {device}")];
     argv.extend(rest.iter().cloned());
     let cli = match DeviceCli::try_parse_from(&argv) {
@@ -241,6 +266,7 @@ pub async fn run(args: Vec<String>, output: crate::output::Output) -> anyhow::Re
         }
     };
     let output = cli.output.unwrap_or(output);
+    crate::profile::select(cli.profile.clone());
     let client = user_client()?;
     match cli.op {
         DeviceOp::Access { command } => access(&client, device, command, output).await,
@@ -273,6 +299,7 @@ pub async fn run(args: Vec<String>, output: crate::output::Output) -> anyhow::Re
             } else {
                 remote::exec::run(&session, command, stdin).await
             };
+            let result = session.explain(result);
             session.close().await;
             Ok(remote::exec::exit_code(result?))
         }
@@ -280,38 +307,71 @@ pub async fn run(args: Vec<String>, output: crate::output::Output) -> anyhow::Re
             let session =
                 QuicSession::open(&client, device, Operation::Shell, serde_json::Value::Null)
                     .await?;
-            let result = remote::shell::shell(&session).await;
+            let result = session.explain(remote::shell::shell(&session).await);
             session.close().await;
             Ok(remote::exec::exit_code(result?))
         }
-        DeviceOp::Forward { specs, bind } => {
-            let (ports, sockets) = remote::forward::parse_all(&specs)?;
-            let targets = remote::forward::grant_targets(&ports, &sockets);
-            let session = std::sync::Arc::new(
-                QuicSession::open(
-                    &client,
-                    device,
-                    Operation::Forward,
-                    serde_json::json!({ "targets": targets }),
-                )
-                .await?,
-            );
-            let name = session.device.name.to_string();
-            let opener: std::sync::Arc<dyn remote::ChannelOpener> = session.clone();
-            let bound = remote::forward::bind_all(ports, sockets, bind).await?;
-            for (spec, addr) in bound.addrs() {
-                println!("forwarding {addr} -> {name}:{}", spec.remote_display());
+        DeviceOp::Forward { specs, bind } => forward(&client, device, &specs, bind).await,
+    }
+}
+
+/// `m87 <device> forward`: until Ctrl-C, or until the relay ends the session (then says why).
+async fn forward(
+    client: &m87_transport::http::ApiClient,
+    device: &str,
+    specs: &[String],
+    bind: std::net::IpAddr,
+) -> anyhow::Result<i32> {
+    let (ports, sockets) = remote::forward::parse_all(specs)?;
+    let targets = remote::forward::grant_targets(&ports, &sockets);
+    let session = std::sync::Arc::new(
+        QuicSession::open(
+            client,
+            device,
+            Operation::Forward,
+            serde_json::json!({ "targets": targets }),
+        )
+        .await?,
+    );
+    let name = session.device.name.to_string();
+    let opener: std::sync::Arc<dyn remote::ChannelOpener> = session.clone();
+    let bound = remote::forward::bind_all(ports, sockets, bind).await?;
+    for (spec, addr) in bound.addrs() {
+        println!("forwarding {addr} -> {name}:{}", spec.remote_display());
+    }
+    for (local, remote_path) in bound.socket_addrs() {
+        println!("forwarding {local} -> {name}:{remote_path} (unix socket)");
+    }
+    println!("press Ctrl-C to stop");
+    // Until Ctrl-C, or until the relay ends the session (then say why).
+    let (ended_tx, mut ended_rx) = tokio::sync::oneshot::channel();
+    let watched = std::sync::Arc::clone(&session);
+    bound
+        .serve(opener, async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                why = watched.closed() => { let _ = ended_tx.send(why); }
             }
-            for (local, remote_path) in bound.socket_addrs() {
-                println!("forwarding {local} -> {name}:{remote_path} (unix socket)");
-            }
-            println!("press Ctrl-C to stop");
-            bound
-                .serve(opener, async {
-                    let _ = tokio::signal::ctrl_c().await;
-                })
-                .await?;
-            Ok(0)
-        }
+        })
+        .await?;
+    if let Ok(Some(why)) = ended_rx.try_recv() {
+        anyhow::bail!(why);
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_profile_flag_is_found_before_the_remote_command() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let name = |a: &[&str]| profile_in(&args(a)).map(|p| p.to_string());
+        assert_eq!(name(&["list", "--profile", "lab"]).as_deref(), Some("lab"));
+        assert_eq!(name(&["list", "--profile=lab"]).as_deref(), Some("lab"));
+        assert_eq!(name(&["exec", "--", "x", "--profile", "lab"]), None);
+        assert_eq!(name(&["list", "--profile", "Bad/"]), None);
+        assert_eq!(name(&["list"]), None);
     }
 }

@@ -9,7 +9,7 @@ use m87_transport::http::{api_fingerprint_from_env, api_url_from_env};
 use m87_transport::tls::Fingerprint;
 use tokio::sync::watch;
 
-use crate::context::{DEFAULT_API_URL, credentials_file, server_trust};
+use crate::context::{DEFAULT_API_URL, runtime_credentials_file as credentials_file, server_trust};
 use crate::output::{Output, print_json, when};
 
 fn seconds_from_env(name: &str) -> anyhow::Result<Option<Duration>> {
