@@ -132,6 +132,14 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: RuntimeCommand,
     },
+    /// Replace this m87 with the release the server serves (the binaries install.sh installs).
+    ///
+    /// The manifest's signature and the binary's SHA-256 are checked; the download resumes
+    /// after an interruption and is renamed over the binary in one step.
+    Update {
+        #[command(flatten)]
+        args: UpdateArgs,
+    },
     /// `m87 <device> exec|shell|forward …`: operate one device (see `m87 <device> --help`).
     #[command(external_subcommand)]
     Device(Vec<String>),
@@ -415,4 +423,21 @@ pub(crate) enum RuntimeCommand {
     Status,
     /// Remove this device's credentials (the device id is kept).
     Logout,
+    /// Replace the runtime's binary with the release its server serves, then restart
+    /// m87-runtime.service when it is installed.
+    Update {
+        #[command(flatten)]
+        args: UpdateArgs,
+    },
+}
+
+/// `m87 update` and `m87 runtime update`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct UpdateArgs {
+    /// Only say whether a newer release is served; change nothing.
+    #[arg(long)]
+    pub(crate) check: bool,
+    /// The binary to replace (default: this one).
+    #[arg(long, env = "M87_UPDATE_PATH", value_name = "PATH")]
+    pub(crate) path: Option<std::path::PathBuf>,
 }

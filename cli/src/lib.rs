@@ -181,7 +181,18 @@ async fn dispatch_local(
             }
             RuntimeCommand::Status => commands::runtime::status(out),
             RuntimeCommand::Logout => commands::runtime::logout(),
+            RuntimeCommand::Update { args } => {
+                commands::update::runtime_update(update_options(args), out).await
+            }
         },
+        Command::Update { args } => commands::update::update(update_options(args), out).await,
+    }
+}
+
+fn update_options(args: args::UpdateArgs) -> commands::update::Options {
+    commands::update::Options {
+        check: args.check,
+        path: args.path,
     }
 }
 
