@@ -55,7 +55,8 @@ case "$arch" in
 esac
 [ "$(uname -s)" = Linux ] || die "m87 runs on Linux, not $(uname -s); nothing was changed"
 if [ "$SERVICE" = yes ]; then
-  [ -d /run/systemd/system ] || die "systemd is not running here, so the runtime cannot be installed as a service; run again with --no-service to install the binary only (then start it with: m87 runtime run --email ...); nothing was changed"
+  # M87_SYSTEMD_DIR: only for tests of this script.
+  [ -d "${M87_SYSTEMD_DIR:-/run/systemd/system}" ] || die "systemd is not running here, so the runtime cannot be installed as a service; run again with --no-service to install the binary only (then start it with: m87 runtime run --email ...); nothing was changed"
   [ -n "$EMAIL$ORG" ] || die "say whose device this is: --email you@example.com (or --org ID); nothing was changed"
 fi
 command -v curl >/dev/null 2>&1 || die "curl is needed to download m87; install it (apt-get install curl); nothing was changed"

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use m87_events::release::{Manifest, SignedManifest};
@@ -121,14 +121,20 @@ fn safe_host(host: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
 }
 
-async fn install_sh(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn install_sh(
+    State(s): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let c = config(&s)?;
     let url = match &c.public_url {
         Some(u) => u.clone(),
         None => {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
+            // HTTP/2 carries the host in the URI's authority, HTTP/1.1 in `Host`.
+            let host = uri
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
                 .filter(|h| safe_host(h))
                 .ok_or_else(|| ApiError::bad_request("a Host header (host[:port]) is needed"))?;
             format!("https://{host}")
