@@ -56,7 +56,10 @@ fn write_pubkey_pin(
 ) -> Option<String> {
     use base64::Engine;
     use sha2::Digest;
-    let signing = provider.key_provider.load_private_key(key.clone_key()).ok()?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key.clone_key())
+        .ok()?;
     let spki = signing.public_key()?;
     let pin = format!(
         "sha256//{}",

@@ -80,13 +80,11 @@ impl Manifest {
             if a.target.is_empty() || !a.target.chars().all(is_name_char) {
                 return bad(format!("target {:?}", a.target));
             }
-            if a.file.is_empty() || a.file.starts_with('.') || !a.file.chars().all(is_name_char)
-            {
+            if a.file.is_empty() || a.file.starts_with('.') || !a.file.chars().all(is_name_char) {
                 return bad(format!("file name {:?}", a.file));
             }
             let hex_ok = a.sha256.len() == 64
-                && a
-                    .sha256
+                && a.sha256
                     .chars()
                     .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
             if !hex_ok {

@@ -14,9 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use release_support::{
-    m87_bytes, pubkey_pin, release_dir, server_with, sha256_file, target,
-};
+use release_support::{m87_bytes, pubkey_pin, release_dir, server_with, sha256_file, target};
 
 /// `curl -fsS --pinnedpubkey PIN -k URL/install.sh | sh -s -- ARGS`, with `path_prefix` put
 /// in front of PATH (a fake `uname`) and `env` set for the script.
@@ -100,7 +98,10 @@ fn the_script_names_this_server_and_its_pins() {
     assert!(out.status.success(), "{}", stderr(&out));
     let script = String::from_utf8(out.stdout).unwrap();
     assert!(script.starts_with("#!/bin/sh"));
-    assert!(script.contains(&format!("URL='{}'", server.url)), "{script}");
+    assert!(
+        script.contains(&format!("URL='{}'", server.url)),
+        "{script}"
+    );
     assert!(script.contains(&format!("PIN='{pin}'")));
     assert!(script.contains(&format!("FINGERPRINT='{}'", server.fingerprint)));
     // A wrong pin is refused by curl: the script is never run from an impostor.
@@ -162,7 +163,12 @@ fn without_systemd_the_script_says_so_before_anything_changes() {
     let out = one_liner(
         &server.url,
         &pubkey_pin(&server),
-        &["--root", root.to_str().unwrap(), "--email", "me@example.com"],
+        &[
+            "--root",
+            root.to_str().unwrap(),
+            "--email",
+            "me@example.com",
+        ],
         None,
         &[("M87_SYSTEMD_DIR", no_systemd.to_str().unwrap())],
     );
@@ -208,7 +214,16 @@ fn the_binary_route_resumes_with_range_and_the_manifest_is_signed() {
     let pin = pubkey_pin(&server);
     let url = format!("{}/releases/{}/m87", server.url, target());
     let out = Command::new("curl")
-        .args(["-fsS", "-k", "--pinnedpubkey", &pin, "-D", "-", "-r", "100000-"])
+        .args([
+            "-fsS",
+            "-k",
+            "--pinnedpubkey",
+            &pin,
+            "-D",
+            "-",
+            "-r",
+            "100000-",
+        ])
         .arg(&url)
         .output()
         .unwrap();
@@ -217,11 +232,23 @@ fn the_binary_route_resumes_with_range_and_the_manifest_is_signed() {
     let split = text.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
     let headers = String::from_utf8_lossy(&text[..split]).to_lowercase();
     assert!(headers.contains(" 206"), "{headers}");
-    assert!(headers.contains("content-range: bytes 100000-199999/200000"), "{headers}");
+    assert!(
+        headers.contains("content-range: bytes 100000-199999/200000"),
+        "{headers}"
+    );
     assert_eq!(&text[split + 4..], &body[100_000..]);
     // Past the end: 416.
     let out = Command::new("curl")
-        .args(["-sS", "-k", "--pinnedpubkey", &pin, "-o", "/dev/null", "-w", "%{http_code}"])
+        .args([
+            "-sS",
+            "-k",
+            "--pinnedpubkey",
+            &pin,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
         .args(["-r", "200000-"])
         .arg(&url)
         .output()
@@ -240,9 +267,15 @@ fn the_binary_route_resumes_with_range_and_the_manifest_is_signed() {
     // An unknown target is a 404 naming what is served.
     let out = Command::new("curl")
         .args(["-sS", "-k", "--pinnedpubkey", &pin])
-        .arg(format!("{}/releases/mips-unknown-linux-musl/m87", server.url))
+        .arg(format!(
+            "{}/releases/mips-unknown-linux-musl/m87",
+            server.url
+        ))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("no m87 binary for mips-unknown-linux-musl"), "{text}");
+    assert!(
+        text.contains("no m87 binary for mips-unknown-linux-musl"),
+        "{text}"
+    );
 }

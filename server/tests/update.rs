@@ -82,7 +82,11 @@ fn update_replaces_the_binary_with_the_served_release() {
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("to 99.0.0"), "{stdout}");
     assert_eq!(sha256_file(&s.binary), sha256_file(&s.served));
-    assert!(leftovers(&s.binary).is_empty(), "{:?}", leftovers(&s.binary));
+    assert!(
+        leftovers(&s.binary).is_empty(),
+        "{:?}",
+        leftovers(&s.binary)
+    );
     // The server's release key was remembered for next time.
     let keys = std::fs::read_to_string(s.cli.config_dir.join("release-keys.json")).unwrap();
     assert!(keys.contains(&s.server.url), "{keys}");
@@ -121,7 +125,11 @@ fn a_binary_that_does_not_match_the_signed_manifest_is_refused() {
         "{stderr}"
     );
     assert_eq!(sha256_file(&s.binary), before);
-    assert!(leftovers(&s.binary).is_empty(), "{:?}", leftovers(&s.binary));
+    assert!(
+        leftovers(&s.binary).is_empty(),
+        "{:?}",
+        leftovers(&s.binary)
+    );
 }
 
 #[test]
@@ -183,8 +191,13 @@ fn a_manifest_signed_by_another_key_is_refused() {
 #[test]
 fn runtime_update_checks_with_the_devices_key_and_replaces_the_binary() {
     let s = setup(None);
-    let admin = M87::new(&s.server.url, &s._dir.path().join("admin"), Some(&s.server.admin_key()));
-    let (mut runtime, device) = enrolled_device(&s.server, &admin, &s._dir.path().join("dev"), "dev-1");
+    let admin = M87::new(
+        &s.server.url,
+        &s._dir.path().join("admin"),
+        Some(&s.server.admin_key()),
+    );
+    let (mut runtime, device) =
+        enrolled_device(&s.server, &admin, &s._dir.path().join("dev"), "dev-1");
     let out = device.run(&["runtime", "update", "--path", s.binary.to_str().unwrap()]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");

@@ -103,7 +103,11 @@ async fn read_manifest(dir: &Path) -> Result<Manifest, ApiError> {
     };
     Manifest::parse(&bytes).map_err(|e| {
         tracing::error!(path = %path.display(), error = %e, "the release manifest is invalid");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "bad_release", e.to_string())
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "bad_release",
+            e.to_string(),
+        )
     })
 }
 
@@ -159,7 +163,10 @@ fn parse_range(value: &str, size: u64) -> Result<(u64, u64), ()> {
     let first: u64 = first.trim().parse().map_err(|_| ())?;
     let last = match last.trim() {
         "" => size.saturating_sub(1),
-        l => l.parse::<u64>().map_err(|_| ())?.min(size.saturating_sub(1)),
+        l => l
+            .parse::<u64>()
+            .map_err(|_| ())?
+            .min(size.saturating_sub(1)),
     };
     if first >= size || last < first {
         return Err(());
@@ -175,11 +182,18 @@ async fn binary(
     let c = config(&s)?;
     let manifest = read_manifest(&c.dir).await?;
     let artifact = manifest.artifact(&target).ok_or_else(|| {
-        let have: Vec<&str> = manifest.artifacts.iter().map(|a| a.target.as_str()).collect();
+        let have: Vec<&str> = manifest
+            .artifacts
+            .iter()
+            .map(|a| a.target.as_str())
+            .collect();
         ApiError::new(
             StatusCode::NOT_FOUND,
             "no_release",
-            format!("no m87 binary for {target}; this server has: {}", have.join(", ")),
+            format!(
+                "no m87 binary for {target}; this server has: {}",
+                have.join(", ")
+            ),
         )
     })?;
     let path = c.dir.join(&artifact.file);
@@ -209,7 +223,10 @@ async fn binary(
     let mut response = Response::new(Body::from_stream(chunks(file.take(length))));
     *response.status_mut() = status;
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     if status == StatusCode::PARTIAL_CONTENT

@@ -150,7 +150,9 @@ fn print_report(report: &Report, check: bool, out: Output) -> anyhow::Result<()>
     if report.updated {
         println!("updated {path} from m87 {current} to {available}");
     } else if report.newer && check {
-        println!("m87 {available} is available (this is {current}); run `m87 update` to install it");
+        println!(
+            "m87 {available} is available (this is {current}); run `m87 update` to install it"
+        );
     } else if report.newer {
         println!("m87 {available} is available (this is {current})");
     } else {
@@ -183,7 +185,9 @@ fn restart_service() -> anyhow::Result<Option<&'static str>> {
         .status()
         .context("running systemctl restart")?;
     if !status.success() {
-        bail!("systemctl restart {RUNTIME_UNIT} failed ({status}); see `journalctl -u {RUNTIME_UNIT}`");
+        bail!(
+            "systemctl restart {RUNTIME_UNIT} failed ({status}); see `journalctl -u {RUNTIME_UNIT}`"
+        );
     }
     Ok(Some(scope))
 }
