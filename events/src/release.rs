@@ -12,6 +12,7 @@ use std::cmp::Ordering;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::token::{SessionSigner, SessionVerifier};
 
@@ -23,7 +24,7 @@ pub const SIGNATURE_CONTEXT: &[u8] = b"m87 release manifest v1\n";
 pub const MAX_MANIFEST_BYTES: usize = 64 * 1024;
 
 /// A release: its version and one binary per target.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Manifest {
     /// The version of `m87` these binaries are (`0.1.0`).
     pub version: String,
@@ -32,7 +33,7 @@ pub struct Manifest {
 }
 
 /// One binary of a release.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Artifact {
     /// The Rust target it runs on (`x86_64-unknown-linux-musl`).
     pub target: String,
@@ -106,7 +107,7 @@ fn is_name_char(c: char) -> bool {
 
 /// `GET /v1/releases`: the manifest, the exact bytes that were signed, the signature and the
 /// key that made it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SignedManifest {
     /// The manifest, for reading (scripts); clients that verify use `payload`.
     pub manifest: Manifest,

@@ -70,6 +70,12 @@ impl ReleasesConfig {
     }
 }
 
+/// The OpenAPI path of the manifest (merged into the API's document); `/install.sh` and the
+/// binaries are files, not API.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(releases))]
+pub struct ReleasesApiDoc;
+
 /// The routes.
 pub fn router() -> axum::Router<AppState> {
     axum::Router::new()
@@ -111,6 +117,9 @@ async fn read_manifest(dir: &Path) -> Result<Manifest, ApiError> {
     })
 }
 
+/// The release manifest, signed with the control plane's session-signing key.
+#[utoipa::path(get, path = "/v1/releases", tag = "meta",
+    responses((status = 200, body = SignedManifest), (status = 404, description = "no release is published")))]
 async fn releases(State(s): State<AppState>) -> Result<Json<SignedManifest>, ApiError> {
     let manifest = read_manifest(&config(&s)?.dir).await?;
     Ok(Json(s.cp.sign_release(&manifest)))
@@ -155,11 +164,18 @@ async fn install_sh(
         .into_response())
 }
 
-/// A `Range: bytes=N-` or `bytes=N-M` header, as (first, last) within `size`; `Err` when it
-/// cannot be satisfied.
+/// A `Range: bytes=N-`, `bytes=N-M` or `bytes=-N` (the last N) header, as (first, last) within
+/// `size`; `Err` when it cannot be satisfied (several ranges are not served).
 fn parse_range(value: &str, size: u64) -> Result<(u64, u64), ()> {
     let spec = value.trim().strip_prefix("bytes=").ok_or(())?;
     let (first, last) = spec.split_once('-').ok_or(())?;
+    if first.trim().is_empty() {
+        let n: u64 = last.trim().parse().map_err(|_| ())?;
+        if n == 0 || size == 0 {
+            return Err(());
+        }
+        return Ok((size.saturating_sub(n), size - 1));
+    }
     let first: u64 = first.trim().parse().map_err(|_| ())?;
     let last = match last.trim() {
         "" => size.saturating_sub(1),
@@ -264,7 +280,9 @@ mod tests {
         assert_eq!(parse_range("bytes=0-9", 100), Ok((0, 9)));
         assert_eq!(parse_range("bytes=90-200", 100), Ok((90, 99)));
         assert_eq!(parse_range("bytes=100-", 100), Err(()));
-        assert_eq!(parse_range("bytes=-5", 100), Err(()));
+        assert_eq!(parse_range("bytes=-5", 100), Ok((95, 99)));
+        assert_eq!(parse_range("bytes=-500", 100), Ok((0, 99)));
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), Err(()));
         assert_eq!(parse_range("items=0-1", 100), Err(()));
     }
 
