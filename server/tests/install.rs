@@ -2,8 +2,9 @@
 //! `curl --pinnedpubkey … -k https://SERVER/install.sh | sh -s -- …` into a temporary root. The
 //! server serves this test's own `m87` as the release; the installed binary's SHA-256 matches.
 //! An unsupported architecture, a missing systemd and a binary that does not match the signed
-//! manifest each stop the script with a clear message before anything is written. The binary
-//! route honours `Range`.
+//! manifest each stop the script with a clear message before anything is written. With
+//! systemd, the script starts `m87 runtime enable --now [--system] --email …` with the server's
+//! URL and fingerprint (checked with a stand-in binary). The binary route honours `Range`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -178,6 +179,60 @@ fn without_systemd_the_script_says_so_before_anything_changes() {
     assert!(err.contains("--no-service"), "{err}");
     assert!(err.contains("nothing was changed"), "{err}");
     assert!(!root.exists(), "install.sh wrote into the root");
+}
+
+#[test]
+fn with_systemd_the_script_enables_the_runtime_service() {
+    require_curl();
+    let dir = tempfile::tempdir().unwrap();
+    // A stand-in m87 that writes down how it was started (`m87 runtime enable` is the service
+    // part of m87; here only what install.sh asks of it is checked).
+    let record = dir.path().join("started-with");
+    let stand_in = format!(
+        "#!/bin/sh\n{{ echo \"$*\"; echo \"url=$M87_API_URL\"; echo \"pin=$M87_API_FINGERPRINT\"; }} > '{}'\n",
+        record.display()
+    );
+    let releases = release_dir(dir.path(), "0.1.0", stand_in.as_bytes(), None);
+    let server = server_with(dir.path(), &releases);
+    let systemd = dir.path().join("run-systemd-system");
+    std::fs::create_dir_all(&systemd).unwrap();
+    let root = dir.path().join("root");
+    let out = one_liner(
+        &server.url,
+        &pubkey_pin(&server),
+        &[
+            "--root",
+            root.to_str().unwrap(),
+            "--email",
+            "me@example.com",
+            "--name",
+            "robot-1",
+        ],
+        None,
+        &[("M87_SYSTEMD_DIR", systemd.to_str().unwrap())],
+    );
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let started = std::fs::read_to_string(&record).unwrap();
+    let system = if rustix::process::geteuid().is_root() {
+        " --system"
+    } else {
+        ""
+    };
+    assert!(
+        started.starts_with(&format!(
+            "runtime enable --now{system} --email me@example.com --name robot-1\n"
+        )),
+        "{started}"
+    );
+    assert!(
+        started.contains(&format!("url={}\n", server.url)),
+        "{started}"
+    );
+    assert!(
+        started.contains(&format!("pin={}\n", server.fingerprint)),
+        "{started}"
+    );
 }
 
 #[test]
