@@ -56,10 +56,11 @@ async fn fetch_once(
     size: u64,
     staged: &Path,
 ) -> anyhow::Result<()> {
-    let have = std::fs::metadata(staged).map(|m| m.len()).unwrap_or(0);
+    let mut have = std::fs::metadata(staged).map(|m| m.len()).unwrap_or(0);
     if have > size {
+        // Longer than the release: not a prefix of it; start again.
         std::fs::remove_file(staged).with_context(|| format!("removing {}", staged.display()))?;
-        return Box::pin(fetch_once(client, path, size, staged)).await;
+        have = 0;
     }
     if have == size {
         return Ok(());
