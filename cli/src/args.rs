@@ -191,6 +191,14 @@ pub(crate) enum Command {
         device: Option<String>,
     },
     // --- end i13-cli ---
+    /// Replace this m87 with the release the server serves (the binaries install.sh installs).
+    ///
+    /// The manifest's signature and the binary's SHA-256 are checked; the download resumes
+    /// after an interruption and is renamed over the binary in one step.
+    Update {
+        #[command(flatten)]
+        args: UpdateArgs,
+    },
     /// `m87 <device> exec|shell|forward …`: operate one device (see `m87 <device> --help`).
     #[command(external_subcommand)]
     Device(Vec<String>),
@@ -532,6 +540,13 @@ pub(crate) enum RuntimeCommand {
         #[arg(long)]
         system: bool,
     },
+    Update {
+        #[command(flatten)]
+        args: UpdateArgs,
+        /// The system service's runtime (/var/lib/m87, as root) rather than your own.
+        #[arg(long)]
+        system: bool,
+    },
 }
 
 /// The registration options `m87 runtime enable` writes into the service's command line.
@@ -577,4 +592,15 @@ impl ServiceRegistration {
         );
         args
     }
+}
+
+/// `m87 update` and `m87 runtime update`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct UpdateArgs {
+    /// Only say whether a newer release is served; change nothing.
+    #[arg(long)]
+    pub(crate) check: bool,
+    /// The binary to replace (default: this one).
+    #[arg(long, env = "M87_UPDATE_PATH", value_name = "PATH")]
+    pub(crate) path: Option<std::path::PathBuf>,
 }

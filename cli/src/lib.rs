@@ -228,7 +228,18 @@ async fn dispatch_local(
             RuntimeCommand::Start { system } => service::control("start", system),
             RuntimeCommand::Stop { system } => service::control("stop", system),
             RuntimeCommand::Restart { system } => service::control("restart", system),
+            RuntimeCommand::Update { args, system } => {
+                commands::update::runtime_update(update_options(args), system, out).await
+            }
         },
+        Command::Update { args } => commands::update::update(update_options(args), out).await,
+    }
+}
+
+fn update_options(args: args::UpdateArgs) -> commands::update::Options {
+    commands::update::Options {
+        check: args.check,
+        path: args.path,
     }
 }
 

@@ -438,6 +438,7 @@ pub struct Platform {
     pub jwt: Option<Arc<crate::auth::JwtValidator>>,
     relay_secret: Option<String>,
     http_limits: tls::HttpLimits,
+    releases: crate::api::releases::ReleasesConfig,
     stop: watch::Sender<bool>,
 }
 
@@ -516,8 +517,20 @@ impl Platform {
             jwt,
             relay_secret: config.fleet.as_ref().map(|f| f.relay_secret.clone()),
             http_limits: config.http_limits.clone(),
+            releases: crate::api::releases::ReleasesConfig::from_env(&config.data_dir),
             stop,
         })
+    }
+
+    /// Where releases are served from; for a self-signed certificate with its pins, which
+    /// `install.sh` carries.
+    fn release_config(&self) -> crate::api::releases::ReleasesConfig {
+        let mut config = self.releases.clone();
+        if self.tls.self_signed {
+            config.tls_pin = self.tls.tls_pin.clone();
+            config.fingerprint = Some(format!("SHA256:{}", self.tls.fingerprint));
+        }
+        config
     }
 
     /// A receiver that turns true when the platform stops.
@@ -546,6 +559,7 @@ impl Platform {
         if let Some(secret) = &self.relay_secret {
             state = state.with_relay_secret(secret);
         }
+        state = state.with_releases(self.release_config());
         // The internal relay API is part of this app: one listener, one set of limits.
         tls::serve_https(
             listener,

@@ -38,6 +38,37 @@ pub struct TlsMaterial {
     pub cert_path: PathBuf,
     /// Whether m87 made it itself.
     pub self_signed: bool,
+    /// curl's `--pinnedpubkey` value for the key (`sha256//` + base64 SHA-256 of its
+    /// SubjectPublicKeyInfo), also written to [`PUBKEY_PIN_FILE`]: what `install.sh` users of
+    /// a self-signed server pin.
+    pub tls_pin: Option<String>,
+}
+
+/// Where, in the data directory, the key pin for curl is written at every start
+/// (`sha256//…` and a newline): `curl --pinnedpubkey "$(cat …)" -k https://SERVER/install.sh`.
+pub const PUBKEY_PIN_FILE: &str = "tls/pubkey-pin";
+
+/// curl's `--pinnedpubkey` value for `key`, written to [`PUBKEY_PIN_FILE`].
+fn write_pubkey_pin(
+    data_dir: &Path,
+    provider: &rustls::crypto::CryptoProvider,
+    key: &PrivateKeyDer<'static>,
+) -> Option<String> {
+    use base64::Engine;
+    use sha2::Digest;
+    let signing = provider
+        .key_provider
+        .load_private_key(key.clone_key())
+        .ok()?;
+    let spki = signing.public_key()?;
+    let pin = format!(
+        "sha256//{}",
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(spki.as_ref()))
+    );
+    if let Err(e) = std::fs::write(data_dir.join(PUBKEY_PIN_FILE), format!("{pin}\n")) {
+        tracing::warn!(error = %e, "could not write {PUBKEY_PIN_FILE}");
+    }
+    Some(pin)
 }
 
 /// The certificate fingerprint and private file writes, shared with the rest of m87.
@@ -91,6 +122,7 @@ pub fn load_or_create(
     let key = PrivateKeyDer::from_pem_file(&key_path)
         .with_context(|| format!("reading private key {}", key_path.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls_pin = write_pubkey_pin(data_dir, &provider, &key);
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("configuring TLS versions")?
@@ -103,6 +135,7 @@ pub fn load_or_create(
         fingerprint,
         cert_path,
         self_signed,
+        tls_pin,
     })
 }
 

@@ -14,6 +14,7 @@
 //! - [`audit`]: the audit trail's hash chain and the action and outcome names of events.
 //! - [`secret`]: constant-time comparison of shared secrets.
 //! - [`policy`]: the session-recording policy of organizations and devices (REST bodies).
+//! - [`release`]: the signed release manifest `m87 update` and `install.sh` read.
 //! - [`asciicast`]: terminal recordings as asciicast v2: a capped writer and a reader.
 
 pub mod admission;
@@ -24,6 +25,7 @@ pub mod domain;
 pub mod envelope;
 pub mod ids;
 pub mod policy;
+pub mod release;
 pub mod secret;
 pub mod token;
 pub mod tunnel;

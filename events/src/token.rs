@@ -212,6 +212,12 @@ impl SessionSigner {
         }
     }
 
+    /// Signs arbitrary bytes (the release manifest, [`crate::release`], which puts its own
+    /// context string in front so a signature is never valid for another kind of message).
+    pub fn sign_bytes(&self, message: &[u8]) -> Vec<u8> {
+        self.key.sign(message).as_ref().to_vec()
+    }
+
     /// Signs `claims` into a token.
     pub fn sign(&self, claims: &SessionClaims) -> String {
         let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
@@ -239,6 +245,14 @@ impl SessionVerifier {
             return Err(KeyError);
         }
         Ok(Self { public_key })
+    }
+
+    /// Whether `signature` is this key's Ed25519 signature of `message` (see
+    /// [`SessionSigner::sign_bytes`]).
+    pub fn verify_bytes(&self, message: &[u8], signature: &[u8]) -> bool {
+        UnparsedPublicKey::new(&ED25519, &self.public_key)
+            .verify(message, signature)
+            .is_ok()
     }
 
     /// Checks signature, lifetime and (when given) the device; returns the claims.

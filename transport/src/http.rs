@@ -369,6 +369,35 @@ impl ApiClient {
         self.send_raw(request, &url).await.map(|_| ())
     }
 
+    /// `GET path` from byte `offset` on (`Range: bytes=offset-` when `offset` > 0), for large
+    /// downloads: the response with its body still to read, after checking its status. The
+    /// answer is `206 Partial Content` when the server resumed, `200 OK` when it sent the whole
+    /// body again. Allowed an hour in all (not the usual minute); read it chunk by chunk.
+    pub async fn get_from(&self, path: &str, offset: u64) -> Result<reqwest::Response, ApiError> {
+        let url = self.url(path);
+        let mut request = self.http.get(&url).timeout(Duration::from_secs(3600));
+        if offset > 0 {
+            request = request.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+        }
+        let request = match &self.key {
+            Some(k) => request.bearer_auth(k),
+            None => request,
+        };
+        let response = request.send().await.map_err(|e| ApiError::Network {
+            url: url.clone(),
+            reason: describe(&e),
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        Err(ApiError::Status {
+            status: status.as_u16(),
+            code: "http_error".into(),
+            message: format!("{url}: server answered {status}"),
+        })
+    }
+
     /// `GET path`, the body as it came.
     pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ApiError> {
         let url = self.url(path);

@@ -14,4 +14,5 @@ pub mod recording;
 pub mod remote;
 pub mod runtime;
 pub mod suggest;
+pub mod update;
 pub mod version;

@@ -9,6 +9,7 @@
 //!   registration.
 //! - [`routes`]: the handlers and the OpenAPI document.
 //! - [`recording`]: recording policies, recording upload (devices) and read.
+//! - [`releases`]: `GET /install.sh`, the signed release manifest and the `m87` binaries.
 
 pub mod audit;
 pub mod client_addr;
@@ -17,6 +18,7 @@ pub mod extract;
 pub mod internal;
 pub mod ratelimit;
 pub mod recording;
+pub mod releases;
 pub mod routes;
 
 use std::sync::Arc;
@@ -44,6 +46,8 @@ pub struct AppState {
     pub jwt: Option<Arc<crate::auth::JwtValidator>>,
     /// The fleet's relay secret, which opens the internal relay API (none on one machine).
     pub relay_secret: Option<Arc<str>>,
+    /// Where the published `m87` releases are (none: the release routes answer 404).
+    pub releases: Option<Arc<releases::ReleasesConfig>>,
 }
 
 impl AppState {
@@ -73,12 +77,19 @@ impl AppState {
             trusted_proxies,
             jwt: None,
             relay_secret: None,
+            releases: None,
         }
     }
 
     /// With OIDC access tokens accepted besides API keys.
     pub fn with_jwt(mut self, jwt: Arc<crate::auth::JwtValidator>) -> Self {
         self.jwt = Some(jwt);
+        self
+    }
+
+    /// With `m87` releases served from `config`.
+    pub fn with_releases(mut self, config: releases::ReleasesConfig) -> Self {
+        self.releases = Some(Arc::new(config));
         self
     }
 
@@ -95,6 +106,7 @@ pub fn app(state: AppState) -> Router {
         .merge(audit::router())
         .merge(internal::router())
         .merge(recording::router())
+        .merge(releases::router())
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }

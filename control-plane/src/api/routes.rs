@@ -83,6 +83,7 @@ async fn health() -> Json<Health> {
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     let mut doc = ApiDoc::openapi();
     doc.merge(super::recording::RecordingApiDoc::openapi());
+    doc.merge(super::releases::ReleasesApiDoc::openapi());
     Json(doc)
 }
 

@@ -149,6 +149,15 @@ impl ControlPlane {
         self.sessions.signer.verifier()
     }
 
+    /// `manifest` signed with the session-signing key (`GET /v1/releases`): clients verify
+    /// it with the same public key that verifies session tokens.
+    pub fn sign_release(
+        &self,
+        manifest: &m87_events::release::Manifest,
+    ) -> m87_events::release::SignedManifest {
+        m87_events::release::SignedManifest::sign(&self.sessions.signer, manifest)
+    }
+
     fn relays(&self) -> Vec<RelayEndpoint> {
         self.sessions
             .relays
