@@ -62,7 +62,8 @@ pub fn has_terminal(operation: Operation, args: &serde_json::Value) -> bool {
         | Operation::Metrics
         | Operation::Serial
         | Operation::Status
-        | Operation::List => false,
+        | Operation::List
+        | Operation::Ssh => false,
     }
 }
 
