@@ -28,6 +28,7 @@ use args::{
     ApiKeysCommand, AuditCommand, Command, DevicePolicyCommand, DevicesCommand, MembersCommand,
     OrgCommand, OrgPolicyCommand, RuntimeCommand,
 };
+use args::SshCommand;
 use m87_events::api::DeviceListQuery;
 use m87_observability::LogFormat;
 use output::Output;
@@ -59,6 +60,9 @@ async fn dispatch(cli: Cli, runtime_log: Option<std::path::PathBuf>) -> anyhow::
     if let Command::Device(args) = cli.command {
         return commands::remote::run(args, out).await;
     }
+    if let Command::SshProxy { host, user } = cli.command {
+        return Ok(commands::ssh::proxy(&host, user).await);
+    }
     dispatch_local(cli.command, out, runtime_log)
         .await
         .map(|()| 0)
@@ -70,7 +74,11 @@ async fn dispatch_local(
     runtime_log: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
     match command {
-        Command::Device(_) => Ok(()),
+        Command::Device(_) | Command::SshProxy { .. } => Ok(()),
+        Command::Ssh { command } => match command {
+            SshCommand::Enable => commands::ssh::enable(),
+            SshCommand::Disable => commands::ssh::disable(),
+        },
         Command::Login {
             api_key,
             api_url,

@@ -11,3 +11,4 @@ pub mod policy;
 pub mod recording;
 pub mod remote;
 pub mod runtime;
+pub mod ssh;

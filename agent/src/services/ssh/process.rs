@@ -51,7 +51,7 @@ pub(super) async fn run(mut channel: Channel<Msg>, job: Job) {
                 rows: 24,
                 term: String::new(),
             });
-            pty(channel, argv(&job), tty).await;
+            pty(channel, argv(&job), tty, &job.ctx).await;
         }
     }
 }
@@ -191,16 +191,20 @@ async fn exec_input(
 }
 
 /// The PTY shell (or `exec` with a terminal), through the PTY service.
-async fn pty(mut channel: Channel<Msg>, argv: Option<Vec<String>>, tty: Tty) {
+async fn pty(mut channel: Channel<Msg>, argv: Option<Vec<String>>, tty: Tty, ctx: &ServiceContext) {
     let (ours, theirs) = tokio::io::duplex(PTY_PIPE);
     let (their_read, their_write) = tokio::io::split(theirs);
-    let service = tokio::spawn(crate::services::shell::run_pty(
-        argv,
-        tty,
-        FrameReader::new(Box::new(their_read) as BoxRead),
-        Box::new(their_write),
-        None,
-    ));
+    let recorder = ctx.recorder.clone();
+    let service = tokio::spawn(async move {
+        crate::services::shell::run_pty(
+            argv,
+            tty,
+            FrameReader::new(Box::new(their_read) as BoxRead),
+            Box::new(their_write),
+            recorder.as_deref(),
+        )
+        .await
+    });
     let (our_read, mut our_write) = tokio::io::split(ours);
     let mut frames = FrameReader::new(Box::new(our_read) as BoxRead);
     let mut out = channel.make_writer();
