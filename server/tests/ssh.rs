@@ -182,7 +182,12 @@ fn scp_sftp_and_rsync_move_files_intact_and_their_paths_are_audited() {
     std::fs::write(local.join("blob"), &blob).unwrap();
     let run = |program: &str, args: &[&str]| {
         let out = client.tool(program, args).stdin(Stdio::null()).output().unwrap();
-        assert!(out.status.success(), "{program} {args:?}: {}", text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}\nruntime:\n{}",
+            text(&out.stderr),
+            a.runtime.out.all()
+        );
     };
 
     // scp both ways (OpenSSH 9's scp speaks SFTP).

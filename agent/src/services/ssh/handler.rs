@@ -262,7 +262,8 @@ impl russh::server::Handler for SshHandler {
         };
         let _ = session.channel_success(id);
         self.ctx.note("sftp", self.account.home.display().to_string());
-        sftp::serve(channel, self.account.home.clone(), self.ctx.clone());
+        let home = self.account.home.clone();
+        sftp::serve(channel, session.handle(), home, self.ctx.clone());
         Ok(())
     }
 }

@@ -20,8 +20,92 @@ use crate::services::ServiceContext;
 /// Largest read answered at once (OpenSSH asks for 32 KiB to 256 KiB).
 const MAX_READ: u32 = 256 * 1024;
 
+/// The channel's stream; when the SFTP server lets go of it (its client ended), the channel
+/// ends as sshd ends it: exit status 0, EOF, then close (`scp` checks that status).
+struct Watched {
+    stream: Option<russh::ChannelStream<Msg>>,
+    id: russh::ChannelId,
+    handle: russh::server::Handle,
+}
+
+impl Watched {
+    fn inner(&mut self) -> std::io::Result<&mut russh::ChannelStream<Msg>> {
+        self.stream
+            .as_mut()
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotConnected))
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let (stream, id, handle) = (self.stream.take(), self.id, self.handle.clone());
+        // The stream closes the channel when dropped: the status must go out before.
+        tokio::spawn(async move {
+            let _ = handle.exit_status_request(id, 0).await;
+            let _ = handle.eof(id).await;
+            drop(stream);
+        });
+    }
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.inner() {
+            Ok(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.inner() {
+            Ok(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.inner() {
+            Ok(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.inner() {
+            Ok(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+}
+
 /// Starts the subsystem on a session channel.
-pub(super) fn serve(channel: Channel<Msg>, home: PathBuf, ctx: ServiceContext) {
+pub(super) fn serve(
+    channel: Channel<Msg>,
+    handle: russh::server::Handle,
+    home: PathBuf,
+    ctx: ServiceContext,
+) {
+    let stream = Watched {
+        id: channel.id(),
+        stream: Some(channel.into_stream()),
+        handle,
+    };
     let handler = Sftp {
         home,
         ctx,
@@ -31,11 +115,7 @@ pub(super) fn serve(channel: Channel<Msg>, home: PathBuf, ctx: ServiceContext) {
     let config = russh_sftp::server::Config {
         max_client_packet_len: 512 * 1024,
     };
-    tokio::spawn(russh_sftp::server::run_with_config(
-        channel.into_stream(),
-        handler,
-        config,
-    ));
+    tokio::spawn(russh_sftp::server::run_with_config(stream, handler, config));
 }
 
 /// An open handle.
