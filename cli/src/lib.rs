@@ -24,11 +24,11 @@ mod session;
 use std::process::ExitCode;
 
 pub use args::Cli;
+use args::SshCommand;
 use args::{
     ApiKeysCommand, AuditCommand, Command, DevicePolicyCommand, DevicesCommand, MembersCommand,
     OrgCommand, OrgPolicyCommand, RuntimeCommand,
 };
-use args::SshCommand;
 use m87_events::api::DeviceListQuery;
 use m87_observability::LogFormat;
 use output::Output;

@@ -41,7 +41,11 @@ impl<'a> Client<'a> {
     fn enable(who: &'a M87, home: &Path) -> Self {
         need("ssh", "openssh-client");
         let out = Self::m87(who, home, &["ssh", "enable"]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Self {
             who,
             home: home.to_path_buf(),
@@ -79,7 +83,10 @@ impl<'a> Client<'a> {
         let config = self.config();
         let mut all = vec!["-F", config.to_str().unwrap(), "-o", "BatchMode=yes"];
         all.extend_from_slice(args);
-        self.tool("ssh", &all).stdin(Stdio::null()).output().unwrap()
+        self.tool("ssh", &all)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
     }
 }
 
@@ -120,9 +127,17 @@ fn ssh_runs_commands_with_their_exit_codes_and_they_are_audited() {
 
     let out = client.ssh(&["acme-bot.m87", "uname", "-a"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).starts_with("Linux "), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).starts_with("Linux "),
+        "{}",
+        text(&out.stdout)
+    );
     // No host-key prompt, no warning: the key was written before the first byte.
-    assert!(!text(&out.stderr).contains("authenticity"), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("authenticity"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let out = client.ssh(&["acme-bot.m87", "echo out; echo err >&2; exit 7"]);
     assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
@@ -142,7 +157,11 @@ fn ssh_runs_commands_with_their_exit_codes_and_they_are_audited() {
     // An unknown subsystem is refused; the connection survives it (the exit is ssh's own).
     let out = client.ssh(&["-s", "acme-bot.m87", "no-such-subsystem"]);
     assert_ne!(out.status.code(), Some(0));
-    assert!(text(&out.stderr).contains("subsystem request failed"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("subsystem request failed"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let details = ssh_details(&a.alice, |d| has(d, "ssh_exec", "exit 7"));
     assert!(has(&details, "ssh_exec", "uname -a"), "{details:?}");
@@ -158,10 +177,17 @@ fn an_unknown_device_fails_at_once_with_m87s_reason() {
     let client = Client::enable(&a.bob, &a.tmp.path().join("home"));
     let started = Instant::now();
     let out = client.ssh(&["no-such-device.m87", "true"]);
-    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(out.status.code(), Some(255));
     let err = text(&out.stderr);
-    assert!(err.contains("m87: device \"no-such-device\" not found"), "{err}");
+    assert!(
+        err.contains("m87: device \"no-such-device\" not found"),
+        "{err}"
+    );
     drop(a.runtime);
 }
 
@@ -181,7 +207,11 @@ fn scp_sftp_and_rsync_move_files_intact_and_their_paths_are_audited() {
     let blob: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(local.join("blob"), &blob).unwrap();
     let run = |program: &str, args: &[&str]| {
-        let out = client.tool(program, args).stdin(Stdio::null()).output().unwrap();
+        let out = client
+            .tool(program, args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "{program} {args:?}: {}\nruntime:\n{}",
@@ -192,10 +222,30 @@ fn scp_sftp_and_rsync_move_files_intact_and_their_paths_are_audited() {
 
     // scp both ways (OpenSSH 9's scp speaks SFTP).
     let up = format!("acme-bot.m87:{}/blob", remote.display());
-    run("scp", &["-F", config, "-o", "BatchMode=yes", local.join("blob").to_str().unwrap(), &up]);
+    run(
+        "scp",
+        &[
+            "-F",
+            config,
+            "-o",
+            "BatchMode=yes",
+            local.join("blob").to_str().unwrap(),
+            &up,
+        ],
+    );
     assert_eq!(sha256(&remote.join("blob")), sha256(&local.join("blob")));
     let back = local.join("blob.back");
-    run("scp", &["-F", config, "-o", "BatchMode=yes", &up, back.to_str().unwrap()]);
+    run(
+        "scp",
+        &[
+            "-F",
+            config,
+            "-o",
+            "BatchMode=yes",
+            &up,
+            back.to_str().unwrap(),
+        ],
+    );
     assert_eq!(sha256(&back), sha256(&local.join("blob")));
 
     // sftp in batch mode: mkdir, put, rename, ls, rm.
@@ -211,13 +261,31 @@ fn scp_sftp_and_rsync_move_files_intact_and_their_paths_are_audited() {
     )
     .unwrap();
     let out = client
-        .tool("sftp", &["-F", config, "-o", "BatchMode=yes", "-b", batch.to_str().unwrap(), "acme-bot.m87"])
+        .tool(
+            "sftp",
+            &[
+                "-F",
+                config,
+                "-o",
+                "BatchMode=yes",
+                "-b",
+                batch.to_str().unwrap(),
+                "acme-bot.m87",
+            ],
+        )
         .stdin(Stdio::null())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("renamed"), "{}", text(&out.stdout));
-    assert_eq!(sha256(&remote.join("made/renamed")), sha256(&local.join("blob")));
+    assert!(
+        text(&out.stdout).contains("renamed"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        sha256(&remote.join("made/renamed")),
+        sha256(&local.join("blob"))
+    );
     assert!(!remote.join("blob").exists());
 
     // rsync -a -e ssh of a tree.
@@ -228,8 +296,14 @@ fn scp_sftp_and_rsync_move_files_intact_and_their_paths_are_audited() {
     let ssh = format!("ssh -F {config} -o BatchMode=yes");
     let dest = format!("acme-bot.m87:{}/", remote.display());
     run("rsync", &["-a", "-e", &ssh, tree.to_str().unwrap(), &dest]);
-    assert_eq!(std::fs::read_to_string(remote.join("tree/a/b/two")).unwrap(), "two\n");
-    assert_eq!(std::fs::read_to_string(remote.join("tree/a/one")).unwrap(), "one\n");
+    assert_eq!(
+        std::fs::read_to_string(remote.join("tree/a/b/two")).unwrap(),
+        "two\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(remote.join("tree/a/one")).unwrap(),
+        "one\n"
+    );
 
     let details = ssh_details(&a.alice, |d| has(d, "ssh_exec", "rsync --server"));
     for (kind, target) in [
@@ -274,7 +348,16 @@ fn ssh_local_forward_reaches_a_device_side_http_server() {
     let mut forward = Proc::spawn({
         let mut c = client.tool(
             "ssh",
-            &["-F", config.to_str().unwrap(), "-o", "BatchMode=yes", "-N", "-L", &spec, "acme-bot.m87"],
+            &[
+                "-F",
+                config.to_str().unwrap(),
+                "-o",
+                "BatchMode=yes",
+                "-N",
+                "-L",
+                &spec,
+                "acme-bot.m87",
+            ],
         );
         c.stdin(Stdio::null());
         c
@@ -289,12 +372,18 @@ fn ssh_local_forward_reaches_a_device_side_http_server() {
                 break answer;
             }
         }
-        assert!(Instant::now() < deadline, "the forward never answered: {}", forward.out.all());
+        assert!(
+            Instant::now() < deadline,
+            "the forward never answered: {}",
+            forward.out.all()
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(body.ends_with("hello through ssh -L\n"), "{body}");
     forward.kill();
-    let details = ssh_details(&a.alice, |d| has(d, "ssh_forward", &format!("127.0.0.1:{target}")));
+    let details = ssh_details(&a.alice, |d| {
+        has(d, "ssh_forward", &format!("127.0.0.1:{target}"))
+    });
     assert!(!details.is_empty());
     drop(a.runtime);
 }
@@ -307,7 +396,14 @@ fn a_removed_members_ssh_session_ends() {
     let mut session = Proc::spawn({
         let mut c = client.tool(
             "ssh",
-            &["-F", config.to_str().unwrap(), "-o", "BatchMode=yes", "acme-bot.m87", "echo started; sleep 60"],
+            &[
+                "-F",
+                config.to_str().unwrap(),
+                "-o",
+                "BatchMode=yes",
+                "acme-bot.m87",
+                "echo started; sleep 60",
+            ],
         );
         c.stdin(Stdio::null());
         c
@@ -320,7 +416,10 @@ fn a_removed_members_ssh_session_ends() {
     let records = audit_until(&a.alice, "ssh", |r| {
         r.iter().any(|x| x["reason"] == "access_revoked")
     });
-    let cut = records.iter().find(|x| x["reason"] == "access_revoked").unwrap();
+    let cut = records
+        .iter()
+        .find(|x| x["reason"] == "access_revoked")
+        .unwrap();
     assert_eq!(cut["user"], "bob@example.com", "{cut}");
     assert_eq!(cut["outcome"], "failed", "{cut}");
     drop(a.runtime);
@@ -337,12 +436,27 @@ impl Tmux {
         let tmux = Self {
             socket: dir.join("tmux.sock"),
         };
-        tmux.ok(&["new-session", "-d", "-s", "m87", "-x", "100", "-y", "30", "env PS1='$ ' sh"]);
+        tmux.ok(&[
+            "new-session",
+            "-d",
+            "-s",
+            "m87",
+            "-x",
+            "100",
+            "-y",
+            "30",
+            "env PS1='$ ' sh",
+        ]);
         tmux
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux").arg("-S").arg(&self.socket).args(args).output().unwrap();
+        let out = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "tmux {args:?}: {}", text(&out.stderr));
         text(&out.stdout)
     }
@@ -367,7 +481,11 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        let _ = Command::new("tmux").arg("-S").arg(&self.socket).arg("kill-server").output();
+        let _ = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .arg("kill-server")
+            .output();
     }
 }
 
@@ -382,7 +500,11 @@ fn shell_line(cmd: &Command) -> String {
     }
     for (key, value) in cmd.get_envs() {
         if let Some(v) = value {
-            parts.push(quote(&format!("{}={}", key.to_string_lossy(), v.to_string_lossy())));
+            parts.push(quote(&format!(
+                "{}={}",
+                key.to_string_lossy(),
+                v.to_string_lossy()
+            )));
         }
     }
     parts.push(quote(&cmd.get_program().to_string_lossy()));
@@ -402,7 +524,9 @@ fn an_interactive_shell_in_a_real_terminal_resizes_takes_ctrl_c_and_exits_with_i
     tmux.type_line("export PS1='remote> '");
     tmux.wait("the remote prompt", |s| s.contains("remote> "));
     tmux.type_line("echo tty=$(tty) size=$(stty size)");
-    tmux.wait("the terminal and its size", |s| s.contains("tty=/dev/pts/") && s.contains("size=30 100"));
+    tmux.wait("the terminal and its size", |s| {
+        s.contains("tty=/dev/pts/") && s.contains("size=30 100")
+    });
     tmux.ok(&["resize-window", "-t", "m87", "-x", "120", "-y", "40"]);
     std::thread::sleep(Duration::from_millis(500));
     tmux.type_line("echo resized=$(stty size)");

@@ -252,7 +252,8 @@ impl russh::server::Handler for SshHandler {
     ) -> Result<(), Self::Error> {
         if name != "sftp" {
             // Refused at the SSH level; the channel and the connection stay open.
-            self.ctx.note("ssh_refused", format!("subsystem {}", super::short(name)));
+            self.ctx
+                .note("ssh_refused", format!("subsystem {}", super::short(name)));
             let _ = session.channel_failure(id);
             return Ok(());
         }
@@ -261,7 +262,8 @@ impl russh::server::Handler for SshHandler {
             return Ok(());
         };
         let _ = session.channel_success(id);
-        self.ctx.note("sftp", self.account.home.display().to_string());
+        self.ctx
+            .note("sftp", self.account.home.display().to_string());
         let home = self.account.home.clone();
         sftp::serve(channel, session.handle(), home, self.ctx.clone());
         Ok(())

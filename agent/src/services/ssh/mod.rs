@@ -55,10 +55,7 @@ pub async fn serve(
         };
     }
     let (inner, leftover) = reader.into_parts();
-    let stream = tokio::io::join(
-        std::io::Cursor::new(leftover.freeze()).chain(inner),
-        writer,
-    );
+    let stream = tokio::io::join(std::io::Cursor::new(leftover.freeze()).chain(inner), writer);
     let config = Arc::new(config(key));
     let account = Account::current();
     let handler = handler::SshHandler::new(account, requested, ctx.clone());

@@ -98,7 +98,9 @@ async fn finish(channel: &Channel<Msg>, status: ExitStatus) {
         ExitStatus::Code(c) => c,
         ExitStatus::Signal(s) => 128 + s,
     };
-    let _ = channel.exit_status(u32::try_from(code).unwrap_or(255)).await;
+    let _ = channel
+        .exit_status(u32::try_from(code).unwrap_or(255))
+        .await;
     let _ = channel.eof().await;
     let _ = channel.close().await;
 }
@@ -128,7 +130,10 @@ async fn exec(channel: &mut Channel<Msg>, command: &str, job: &Job) {
         }
     };
     let pid = child.id().unwrap_or(0);
-    let out = child.stdout.take().map(|o| copy_out(o, channel.make_writer()));
+    let out = child
+        .stdout
+        .take()
+        .map(|o| copy_out(o, channel.make_writer()));
     let err = child
         .stderr
         .take()

@@ -448,9 +448,7 @@ impl russh_sftp::server::Handler for Sftp {
     }
 
     async fn readlink(&mut self, id: u32, path: String) -> Result<Name, Self::Error> {
-        let target = tokio::fs::read_link(self.path(&path))
-            .await
-            .map_err(fail)?;
+        let target = tokio::fs::read_link(self.path(&path)).await.map_err(fail)?;
         Ok(Name {
             id,
             files: vec![File::dummy(target.display().to_string())],

@@ -26,7 +26,9 @@ pub enum ConfigError {
         text: String,
     },
     /// A BEGIN without END (or the reverse).
-    #[error("{file} has an unfinished m87 block (a `# BEGIN m87` without `# END m87`); fix it by hand")]
+    #[error(
+        "{file} has an unfinished m87 block (a `# BEGIN m87` without `# END m87`); fix it by hand"
+    )]
     Unbalanced {
         /// The config file.
         file: String,
@@ -50,7 +52,9 @@ pub fn block(exe: &Path, known_hosts: &Path) -> String {
 
 /// The line range (start, end inclusive, 0-based) of m87's block, if any.
 fn find_block(lines: &[&str], file: &str) -> Result<Option<(usize, usize)>, ConfigError> {
-    let begin = lines.iter().position(|l| l.trim_start().starts_with("# BEGIN m87"));
+    let begin = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with("# BEGIN m87"));
     let end = lines.iter().position(|l| l.trim() == END);
     match (begin, end) {
         (None, None) => Ok(None),
@@ -146,7 +150,10 @@ mod tests {
     use super::*;
 
     fn ours() -> String {
-        block(Path::new("/usr/bin/m87"), Path::new("/home/a/.config/m87/known_hosts"))
+        block(
+            Path::new("/usr/bin/m87"),
+            Path::new("/home/a/.config/m87/known_hosts"),
+        )
     }
 
     #[test]

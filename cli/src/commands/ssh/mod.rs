@@ -90,7 +90,10 @@ pub fn enable() -> anyhow::Result<()> {
     println!(
         "OpenSSH reaches m87 devices as DEVICE.m87 (`ssh robot-1.m87`, `scp f robot-1.m87:/tmp/`)"
     );
-    println!("block written to {file}; host keys are kept in {}", known.display());
+    println!(
+        "block written to {file}; host keys are kept in {}",
+        known.display()
+    );
     Ok(())
 }
 
