@@ -13,6 +13,7 @@ use anyhow::Context;
 use m87_events::token::Operation;
 use m87_events::tunnel::{Channel, Control};
 use m87_transport::private_file::write_private_file;
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::remote::{ChannelOpener, OpenedChannel};
 use crate::session::QuicSession;
@@ -149,10 +150,18 @@ async fn relay(host: &str, user: Option<String>) -> anyhow::Result<()> {
         Ok(other) => anyhow::bail!("the device answered {other:?} instead of its SSH host key"),
         Err(e) => anyhow::bail!("the session broke before the device's SSH host key: {e}"),
     }
+    // OpenSSH ends its ProxyCommand with SIGHUP when it is done: end the session then, so
+    // the device and the audit trail see the end at once rather than at QUIC's idle timeout.
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
     let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
-    let result = m87_transport::stream::splice(&mut stdio, reader, writer).await;
+    let result = tokio::select! {
+        r = m87_transport::stream::splice(&mut stdio, reader, writer) => r.map(|_| ()),
+        _ = hangup.recv() => Ok(()),
+        _ = terminate.recv() => Ok(()),
+    };
     session.close_within(CLOSE_WAIT).await;
-    result.map(|_| ()).context("relaying the SSH connection")
+    result.context("relaying the SSH connection")
 }
 
 /// Writes `host`'s key to m87's known_hosts file (replacing an older one).
