@@ -163,8 +163,15 @@ fn ssh_runs_commands_with_their_exit_codes_and_they_are_audited() {
         text(&out.stderr)
     );
 
-    let details = ssh_details(&a.alice, |d| has(d, "ssh_exec", "exit 7"));
+    let details = ssh_details(&a.alice, |d| {
+        has(d, "ssh_exec", "exit 7") && has(d, "ssh_refused", "subsystem")
+    });
     assert!(has(&details, "ssh_exec", "uname -a"), "{details:?}");
+    assert!(has(&details, "ssh_refused", "login nobody"), "{details:?}");
+    assert!(
+        has(&details, "ssh_refused", "subsystem no-such-subsystem"),
+        "{details:?}"
+    );
     let list = a.alice.ok(&["audit", "--action", "ssh", "--details"]);
     assert!(list.contains("ssh_exec uname -a"), "{list}");
     assert!(list.contains("bob@example.com"), "{list}");

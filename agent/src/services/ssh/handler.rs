@@ -112,7 +112,13 @@ impl russh::server::Handler for SshHandler {
     type Error = russh::Error;
 
     async fn authentication_banner(&mut self) -> Result<Option<String>, Self::Error> {
-        Ok(self.refusal())
+        let refusal = self.refusal();
+        if refusal.is_some() {
+            let asked = self.requested.as_deref().unwrap_or_default();
+            self.ctx
+                .note("ssh_refused", format!("login {}", super::short(asked)));
+        }
+        Ok(refusal)
     }
 
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
