@@ -4,7 +4,6 @@
 //! the session's report.
 
 use std::collections::HashMap;
-use std::io::SeekFrom;
 use std::path::{Component, Path, PathBuf};
 
 use russh::Channel;
@@ -13,7 +12,6 @@ use russh_sftp::protocol::{
     Attrs, Data, File, FileAttributes, Handle, Name, OpenFlags, Status, StatusCode, Version,
 };
 use russh_sftp::server::StatusReply;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::services::ServiceContext;
 
@@ -118,9 +116,10 @@ pub(super) fn serve(
     tokio::spawn(russh_sftp::server::run_with_config(stream, handler, config));
 }
 
-/// An open handle.
+/// An open handle. Files are read and written with positioned calls made inline: each is one
+/// page-cache copy of at most [`MAX_READ`] bytes, cheaper than a hand-off to a blocking thread.
 enum Open {
-    File(tokio::fs::File),
+    File(std::fs::File),
     /// A directory's entries, handed out at the first read.
     Dir(Option<Vec<File>>),
 }
@@ -186,7 +185,7 @@ impl Sftp {
         handle
     }
 
-    fn file(&mut self, handle: &str) -> Result<&mut tokio::fs::File, StatusReply> {
+    fn file(&mut self, handle: &str) -> Result<&mut std::fs::File, StatusReply> {
         match self.handles.get_mut(handle) {
             Some(Open::File(f)) => Ok(f),
             _ => Err(StatusReply::new(StatusCode::Failure)),
@@ -271,18 +270,13 @@ impl russh_sftp::server::Handler for Sftp {
         self.note(if writes { "sftp_write" } else { "sftp_read" }, &path);
         let mut options: std::fs::OpenOptions = pflags.into();
         options.mode(attrs.permissions.unwrap_or(0o644) & 0o7777);
-        let file = tokio::fs::OpenOptions::from(options)
-            .open(&path)
-            .await
-            .map_err(fail)?;
+        let file = options.open(&path).map_err(fail)?;
         let handle = self.keep(Open::File(file));
         Ok(Handle { id, handle })
     }
 
     async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
-        if let Some(Open::File(mut f)) = self.handles.remove(&handle) {
-            f.flush().await.map_err(fail)?;
-        }
+        self.handles.remove(&handle);
         Ok(ok(id))
     }
 
@@ -293,12 +287,14 @@ impl russh_sftp::server::Handler for Sftp {
         offset: u64,
         len: u32,
     ) -> Result<Data, Self::Error> {
+        use std::os::unix::fs::FileExt;
         let file = self.file(&handle)?;
-        file.seek(SeekFrom::Start(offset)).await.map_err(fail)?;
         let mut data = vec![0u8; len.min(MAX_READ) as usize];
         let mut filled = 0;
         while filled < data.len() {
-            let n = file.read(&mut data[filled..]).await.map_err(fail)?;
+            let n = file
+                .read_at(&mut data[filled..], offset + filled as u64)
+                .map_err(fail)?;
             if n == 0 {
                 break;
             }
@@ -318,9 +314,9 @@ impl russh_sftp::server::Handler for Sftp {
         offset: u64,
         data: Vec<u8>,
     ) -> Result<Status, Self::Error> {
+        use std::os::unix::fs::FileExt;
         let file = self.file(&handle)?;
-        file.seek(SeekFrom::Start(offset)).await.map_err(fail)?;
-        file.write_all(&data).await.map_err(fail)?;
+        file.write_all_at(&data, offset).map_err(fail)?;
         Ok(ok(id))
     }
 
@@ -343,7 +339,7 @@ impl russh_sftp::server::Handler for Sftp {
     }
 
     async fn fstat(&mut self, id: u32, handle: String) -> Result<Attrs, Self::Error> {
-        let meta = self.file(&handle)?.metadata().await.map_err(fail)?;
+        let meta = self.file(&handle)?.metadata().map_err(fail)?;
         Ok(Attrs {
             id,
             attrs: FileAttributes::from(&meta),
@@ -366,14 +362,9 @@ impl russh_sftp::server::Handler for Sftp {
         handle: String,
         attrs: FileAttributes,
     ) -> Result<Status, Self::Error> {
-        let file = self.file(&handle)?;
-        file.flush().await.map_err(fail)?;
-        let std_file = file.try_clone().await.map_err(fail)?.into_std().await;
-        let path = std::fs::read_link(format!("/proc/self/fd/{}", {
-            use std::os::fd::AsRawFd;
-            std_file.as_raw_fd()
-        }))
-        .map_err(fail)?;
+        use std::os::fd::AsRawFd;
+        let fd = self.file(&handle)?.as_raw_fd();
+        let path = std::fs::read_link(format!("/proc/self/fd/{fd}")).map_err(fail)?;
         set_attrs(&path, &attrs).await.map_err(fail)?;
         Ok(ok(id))
     }

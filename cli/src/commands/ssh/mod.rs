@@ -13,6 +13,7 @@ use anyhow::Context;
 use m87_events::token::Operation;
 use m87_events::tunnel::{Channel, Control};
 use m87_transport::private_file::write_private_file;
+use m87_transport::stream::{BoxRead, BoxWrite};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::remote::{ChannelOpener, OpenedChannel};
@@ -154,7 +155,8 @@ async fn relay(host: &str, user: Option<String>) -> anyhow::Result<()> {
     // the device and the audit trail see the end at once rather than at QUIC's idle timeout.
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
+    let (input, output) = stdio();
+    let mut stdio = tokio::io::join(input, output);
     let result = tokio::select! {
         r = m87_transport::stream::splice(&mut stdio, reader, writer) => r.map(|_| ()),
         _ = hangup.recv() => Ok(()),
@@ -162,6 +164,31 @@ async fn relay(host: &str, user: Option<String>) -> anyhow::Result<()> {
     };
     session.close_within(CLOSE_WAIT).await;
     result.context("relaying the SSH connection")
+}
+
+/// Standard input and output as async streams: non-blocking pipes when they are pipes (OpenSSH
+/// gives its ProxyCommand two pipes), which move bytes without a thread hand-off per read;
+/// else tokio's standard streams (a terminal, a socket).
+fn stdio() -> (BoxRead, BoxWrite) {
+    use std::os::fd::AsFd;
+    use tokio::net::unix::pipe;
+    let input: BoxRead = match std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(pipe::Receiver::from_owned_fd)
+    {
+        Ok(p) => Box::new(p),
+        Err(_) => Box::new(tokio::io::stdin()),
+    };
+    let output: BoxWrite = match std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(pipe::Sender::from_owned_fd)
+    {
+        Ok(p) => Box::new(p),
+        Err(_) => Box::new(tokio::io::stdout()),
+    };
+    (input, output)
 }
 
 /// Writes `host`'s key to m87's known_hosts file (replacing an older one).
