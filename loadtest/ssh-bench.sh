@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # OpenSSH through m87 against OpenSSH to a local sshd, side by side in one run:
 #   exec:  `ssh bench.m87 true`  vs  `ssh -p PORT 127.0.0.1 true` (a private sshd)
-#   scp:   200 MB (SSH_BENCH_MB) up to the device through m87  vs  scp to the same sshd
+#   scp:   200 MB (SSH_BENCH_MB) up to the device and back down through m87  vs  scp with the
+#          same sshd
 #
 #   sudo loadtest/ssh-bench.sh [BIN_DIR]        (default BIN_DIR: target/release)
 #
@@ -55,6 +56,9 @@ UsePAM no
 StrictModes no
 PidFile $W/sshd/pid
 Subsystem sftp internal-sftp
+# Debian's bash sources ~/.bashrc when sshd runs it (SSH_CLIENT set, SHLVL < 2); m87's device
+# runs `bash -c` without that. SHLVL=1 makes the sshd side run the same work (no ~/.bashrc).
+SetEnv SHLVL=1
 CFG
 /usr/sbin/sshd -D -e -f "$W/sshd/sshd_config" 2>"$W/sshd/log" &
 PIDS+=($!)
@@ -98,10 +102,13 @@ ms() { # command... → wall ms of one run
   awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f\n", (b - a) / 1e6 }'
 }
 direct_true() { "${SSH[@]}" direct true; }
+# The same sshd with the key exchange russh uses (OpenSSH 9 prefers sntrup761x25519-sha512).
+direct_x25519_true() { "${SSH[@]}" -o KexAlgorithms=curve25519-sha256 direct true; }
 m87_true() { "${OP[@]}" "${SSH[@]}" bench.m87 true; }
-for _ in 1 2 3; do ms direct_true >/dev/null; ms m87_true >/dev/null; done
+for _ in 1 2 3; do ms direct_true >/dev/null; ms direct_x25519_true >/dev/null; ms m87_true >/dev/null; done
 for ((i = 0; i < RUNS; i++)); do
   ms direct_true >>"$W/exec-direct"
+  ms direct_x25519_true >>"$W/exec-direct-x25519"
   ms m87_true >>"$W/exec-m87"
 done
 stats() { # file → median p90 min max
@@ -111,12 +118,14 @@ stats() { # file → median p90 min max
     printf "%.1f %.1f %.1f %.1f\n", m, v[p], v[1], v[NR] }'
 }
 read -r dm dp dmin dmax < <(stats "$W/exec-direct")
+read -r xm xp xmin xmax < <(stats "$W/exec-direct-x25519")
 read -r mm mp mmin mmax < <(stats "$W/exec-m87")
 echo "ssh exec round trips, $RUNS runs each, interleaved ($(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
 printf '  %-36s median %7.1f ms  p90 %7.1f ms  min %7.1f  max %7.1f\n' \
   "ssh direct true (local sshd)" "$dm" "$dp" "$dmin" "$dmax" \
+  "ssh direct true (x25519 kex)" "$xm" "$xp" "$xmin" "$xmax" \
   "ssh bench.m87 true" "$mm" "$mp" "$mmin" "$mmax"
-awk -v a="$mm" -v b="$dm" 'BEGIN { printf "  ratio m87/direct (medians): %.2fx (goal <= 1.2x)\n", a / b }'
+awk -v a="$mm" -v b="$dm" -v c="$xm" 'BEGIN { printf "  ratio m87/direct (medians): %.2fx; against the x25519 run %.2fx (goal <= 1.2x)\n", a / b, a / c }'
 
 head -c $((MB * 1024 * 1024)) /dev/urandom >"$W/blob"
 rate() { # seconds-ms → MB/s
@@ -129,6 +138,12 @@ for ((i = 0; i < SCP_RUNS; i++)); do
   rm -f "$W/dst/blob"
   rate "$(ms "${OP[@]}" "${SCP[@]}" "$W/blob" "bench.m87:$W/dst/blob")" >>"$W/scp-m87"
   cmp -s "$W/blob" "$W/dst/blob" || { echo "ssh-bench: m87 scp corrupted the file" >&2; exit 1; }
+  rm -f "$W/down"
+  rate "$(ms "${SCP[@]}" "direct:$W/dst/blob" "$W/down")" >>"$W/down-direct"
+  cmp -s "$W/blob" "$W/down" || { echo "ssh-bench: direct scp down corrupted the file" >&2; exit 1; }
+  rm -f "$W/down"
+  rate "$(ms "${OP[@]}" "${SCP[@]}" "bench.m87:$W/dst/blob" "$W/down")" >>"$W/down-m87"
+  cmp -s "$W/blob" "$W/down" || { echo "ssh-bench: m87 scp down corrupted the file" >&2; exit 1; }
 done
 med() { sort -n "$1" | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.1f\n", m }'; }
 sd=$(med "$W/scp-direct") sm=$(med "$W/scp-m87")
@@ -136,3 +151,8 @@ echo "scp of $MB MB up, $SCP_RUNS runs each, interleaved"
 echo "  scp to local sshd:      $(paste -sd' ' "$W/scp-direct") MB/s (median $sd)"
 echo "  scp to bench.m87:       $(paste -sd' ' "$W/scp-m87") MB/s (median $sm)"
 awk -v a="$sm" -v b="$sd" 'BEGIN { printf "  ratio m87/direct (medians): %.2fx (goal >= 0.8x)\n", a / b }'
+dd=$(med "$W/down-direct") dm2=$(med "$W/down-m87")
+echo "scp of $MB MB down, $SCP_RUNS runs each, interleaved"
+echo "  scp from local sshd:    $(paste -sd' ' "$W/down-direct") MB/s (median $dd)"
+echo "  scp from bench.m87:     $(paste -sd' ' "$W/down-m87") MB/s (median $dm2)"
+awk -v a="$dm2" -v b="$dd" 'BEGIN { printf "  ratio m87/direct (medians): %.2fx (goal >= 0.8x)\n", a / b }'
