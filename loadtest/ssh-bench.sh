@@ -57,7 +57,7 @@ StrictModes no
 PidFile $W/sshd/pid
 Subsystem sftp internal-sftp
 # Debian's bash sources ~/.bashrc when sshd runs it (SSH_CLIENT set, SHLVL < 2); m87's device
-# runs `bash -c` without that. SHLVL=1 makes the sshd side run the same work (no ~/.bashrc).
+# runs bash -c without that. SHLVL=1 makes the sshd side run the same work (no ~/.bashrc).
 SetEnv SHLVL=1
 CFG
 /usr/sbin/sshd -D -e -f "$W/sshd/sshd_config" 2>"$W/sshd/log" &
