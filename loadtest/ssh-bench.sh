@@ -93,6 +93,8 @@ CFG
 CFG_FILE=$W/home/.ssh/config
 SSH=(ssh -F "$CFG_FILE" -o BatchMode=yes)
 SCP=(scp -F "$CFG_FILE" -o BatchMode=yes)
+# SSH_BENCH_CIPHER=aes128-gcm@openssh.com (for instance) makes both scp paths use that cipher.
+[[ -n ${SSH_BENCH_CIPHER:-} ]] && SCP+=(-c "$SSH_BENCH_CIPHER")
 
 ms() { # command... → wall ms of one run
   local t0 t1
