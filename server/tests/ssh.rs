@@ -1,10 +1,7 @@
-//! OpenSSH through m87, with Debian's real `ssh`, `scp`, `sftp` and `rsync` and the real
-//! binaries, on a device with no sshd: `m87 ssh enable` writes the `Host *.m87` block (the test's
-//! HOME; OpenSSH reads it with `-F`, since it takes `~` from the password database), and every
-//! tool reaches `acme-bot.m87` through `m87 ssh-proxy`. Exit codes pass through, files arrive
-//! intact (SHA-256), `ssh -L` forwards, an interactive shell runs in a real terminal (tmux),
-//! each session is in the audit trail with its commands and paths, a removed member's session
-//! ends, and an unknown device fails at once with m87's reason.
+//! OpenSSH through m87 with Debian's real `ssh`, `scp`, `sftp`, `rsync` and the real binaries,
+//! on a device with no sshd: `m87 ssh enable` writes the block (the test's HOME; OpenSSH reads it
+//! with `-F`: it takes `~` from the password database). Exit codes, files (SHA-256), `ssh -L`, a
+//! shell in tmux, the audit trail, a removed member, an unknown device and a viewer.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -179,13 +176,13 @@ fn ssh_runs_commands_with_their_exit_codes_and_they_are_audited() {
 }
 
 #[test]
-fn an_unknown_device_fails_at_once_with_m87s_reason() {
+fn an_unknown_device_or_a_viewer_fails_at_once_with_m87s_reason() {
     let a = acme();
     let client = Client::enable(&a.bob, &a.tmp.path().join("home"));
     let started = Instant::now();
     let out = client.ssh(&["no-such-device.m87", "true"]);
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );
@@ -193,6 +190,13 @@ fn an_unknown_device_fails_at_once_with_m87s_reason() {
     let err = text(&out.stderr);
     assert!(
         err.contains("m87: device \"no-such-device\" not found"),
+        "{err}"
+    );
+    // An organization viewer may not reach a shell, so no SSH either.
+    let carol = Client::enable(&a.carol, &a.tmp.path().join("home-carol"));
+    let err = text(&carol.ssh(&["acme-bot.m87", "true"]).stderr);
+    assert!(
+        err.contains("m87: ") && err.contains("viewers may read"),
         "{err}"
     );
     drop(a.runtime);
