@@ -199,9 +199,39 @@ pub(crate) enum Command {
         #[command(flatten)]
         args: UpdateArgs,
     },
+    /// Reach devices with OpenSSH tools (`ssh`, `scp`, `sftp`, `rsync -e ssh`) as DEVICE.m87.
+    ///
+    /// Examples:
+    ///   m87 ssh enable       (adds a `Host *.m87` block to ~/.ssh/config)
+    ///   ssh robot-1.m87 uname -a
+    ///   scp build.tar robot-1.m87:/tmp/
+    ///   m87 ssh disable      (removes exactly that block)
+    #[command(verbatim_doc_comment)]
+    Ssh {
+        #[command(subcommand)]
+        command: SshCommand,
+    },
+    /// OpenSSH's ProxyCommand for `*.m87` hosts (written by `m87 ssh enable`): opens an ssh
+    /// session on the device and relays standard input and output through it.
+    #[command(name = "ssh-proxy", hide = true)]
+    SshProxy {
+        /// The host as OpenSSH names it (`%h`): `robot-1.m87`.
+        host: String,
+        /// The login asked for (`%r`); the device refuses one that is not its runtime's user.
+        user: Option<String>,
+    },
     /// `m87 <device> exec|shell|forward …`: operate one device (see `m87 <device> --help`).
     #[command(external_subcommand)]
     Device(Vec<String>),
+}
+
+/// `m87 ssh …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum SshCommand {
+    /// Add the m87 block to ~/.ssh/config (created 0600 when missing; the rest is untouched).
+    Enable,
+    /// Remove the m87 block from ~/.ssh/config.
+    Disable,
 }
 
 #[derive(Debug, Subcommand)]

@@ -29,6 +29,7 @@ mod session;
 use std::process::ExitCode;
 
 pub use args::Cli;
+use args::SshCommand;
 use args::{
     ApiKeysCommand, AuditCommand, Command, DevicePolicyCommand, DevicesCommand, MembersCommand,
     OrgCommand, OrgPolicyCommand, RuntimeCommand,
@@ -72,6 +73,9 @@ async fn dispatch(cli: Cli, runtime_log: Option<std::path::PathBuf>) -> anyhow::
     if let Command::Version { device } = &cli.command {
         return commands::version::run(device.as_deref(), out).await;
     }
+    if let Command::SshProxy { host, user } = cli.command {
+        return Ok(commands::ssh::proxy(&host, user).await);
+    }
     dispatch_local(cli.command, out, runtime_log)
         .await
         .map(|()| 0)
@@ -83,7 +87,7 @@ async fn dispatch_local(
     runtime_log: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
     match command {
-        Command::Device(_) | Command::Version { .. } => Ok(()),
+        Command::Device(_) | Command::Version { .. } | Command::SshProxy { .. } => Ok(()),
         // --- profiles, completions (i13-cli) ---
         Command::Profile { command } => match command {
             ProfileCommand::Add {
@@ -100,6 +104,10 @@ async fn dispatch_local(
             commands::version::completion(shell, &mut command)
         }
         // --- end i13-cli ---
+        Command::Ssh { command } => match command {
+            SshCommand::Enable => commands::ssh::enable(),
+            SshCommand::Disable => commands::ssh::disable(),
+        },
         Command::Login {
             api_key,
             api_url,

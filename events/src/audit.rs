@@ -111,6 +111,7 @@ pub const ACTIONS: &[&str] = &[
     "serial",
     "status",
     "ls",
+    "ssh",
     "register",
     "approve",
     "reject",
@@ -143,6 +144,7 @@ pub fn operation_action(op: crate::token::Operation) -> &'static str {
         crate::token::Operation::Serial => "serial",
         crate::token::Operation::Status => "status",
         crate::token::Operation::List => "ls",
+        crate::token::Operation::Ssh => "ssh",
     }
 }
 

@@ -59,6 +59,8 @@ pub enum Operation {
     Status,
     /// List a directory.
     List,
+    /// An SSH connection to the device's embedded SSH server (`m87 ssh-proxy`, for OpenSSH).
+    Ssh,
 }
 
 impl Operation {
@@ -76,6 +78,7 @@ impl Operation {
             Operation::Serial => "serial",
             Operation::Status => "status",
             Operation::List => "list",
+            Operation::Ssh => "ssh",
         }
     }
 

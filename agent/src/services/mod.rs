@@ -12,6 +12,7 @@
 //! - [`serial`]: serial ports.
 //! - [`status`]: the health report.
 //! - [`listing`]: directory listings.
+//! - [`ssh`]: the embedded SSH server behind `m87 ssh-proxy` (OpenSSH's `ssh`, `scp`, `sftp`).
 //!
 //! Unix-socket forwards live in [`forward`] beside the TCP and UDP ones.
 
@@ -24,6 +25,7 @@ pub mod logs;
 pub mod metrics;
 pub mod serial;
 pub mod shell;
+pub mod ssh;
 pub mod status;
 
 use std::path::PathBuf;
@@ -94,6 +96,17 @@ pub struct ServiceContext {
     pub metrics: Arc<metrics::Hub>,
     /// The tunnel connection the channel arrived on.
     pub link: Arc<LinkInfo>,
+    /// Where a channel notes what it did inside it (an SSH session's commands and file
+    /// paths), for the session's closing report; none outside a session.
+    pub activity: Option<Arc<dyn Activity>>,
+}
+
+/// The session's record of what happens inside one channel (the commands an SSH connection
+/// runs, the paths its SFTP reads and writes): each note becomes one entry of the session's
+/// closing report, as a channel of its own does.
+pub trait Activity: Send + Sync {
+    /// Notes one action: a kind (`ssh_exec`, `sftp_write`, …) and its target.
+    fn note(&self, kind: &'static str, target: String);
 }
 
 impl ServiceContext {
@@ -105,6 +118,14 @@ impl ServiceContext {
             settings: Arc::new(settings),
             metrics: Arc::default(),
             link: Arc::default(),
+            activity: None,
+        }
+    }
+
+    /// Notes an action in the session's report, when there is a session.
+    pub fn note(&self, kind: &'static str, target: String) {
+        if let Some(a) = &self.activity {
+            a.note(kind, target);
         }
     }
 }
@@ -163,5 +184,6 @@ pub async fn serve(
         Channel::Serial(settings) => serial::serve(settings, reader, writer).await,
         Channel::Status => status::serve(reader, writer, ctx).await,
         Channel::List(request) => listing::serve(request, reader, writer).await,
+        Channel::Ssh { user } => ssh::serve(user, reader, writer, ctx).await,
     }
 }

@@ -13,7 +13,7 @@
 //! - After the child exits, what it wrote is drained from the master (until EIO, within
 //!   [`DRAIN_IDLE`], [`DRAIN_MAX`] and [`DRAIN_MAX_BYTES`]) before the `Exit` frame is sent.
 
-mod account;
+pub(crate) mod account;
 pub mod record;
 
 use std::collections::VecDeque;

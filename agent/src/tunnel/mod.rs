@@ -177,6 +177,7 @@ async fn connect_once(
             settings: Arc::clone(&shared.0),
             metrics: Arc::clone(&shared.1),
             link: Arc::new(link),
+            activity: None,
         },
     });
     let outcome = serve(&conn, state, shutdown).await;

@@ -13,6 +13,7 @@ pub mod profile;
 pub mod recording;
 pub mod remote;
 pub mod runtime;
+pub mod ssh;
 pub mod suggest;
 pub mod update;
 pub mod version;

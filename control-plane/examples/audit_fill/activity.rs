@@ -70,6 +70,7 @@ fn args_for(f: &mut Fill, op: Operation) -> Value {
                                      "parity": "none", "stop_bits": 1 }),
         Operation::Status => Value::Null,
         Operation::List => json!({ "path": "/var/log", "all": false }),
+        Operation::Ssh => json!({ "user": "pi" }),
     }
 }
 

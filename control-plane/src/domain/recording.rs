@@ -48,11 +48,13 @@ pub fn effective(device: &Device, org: Option<&Org>) -> Effective {
     }
 }
 
-/// Whether a session of `operation` with `args` has a terminal to record: a shell, or an exec
-/// granted with `"tty": true`. Nothing else is ever recorded.
+/// Whether a session of `operation` with `args` has a terminal to record: a shell, an SSH
+/// connection (its terminals: shells and `ssh -t`), or an exec granted with `"tty": true`.
+/// Nothing else is ever recorded.
 pub fn has_terminal(operation: Operation, args: &serde_json::Value) -> bool {
     match operation {
-        Operation::Shell => true,
+        // An SSH connection may open a terminal (a shell, `ssh -t`): recorded like a shell.
+        Operation::Shell | Operation::Ssh => true,
         Operation::Exec => args.get("tty").and_then(serde_json::Value::as_bool) == Some(true),
         Operation::Forward
         | Operation::Copy

@@ -99,6 +99,11 @@ fn validate_args(op: Operation, args: &Value) -> Result<(), DomainError> {
             r if r.path.is_empty() => bad("ls needs a path"),
             _ => Ok(()),
         },
+        Operation::Ssh => match args.get("user") {
+            Some(Value::Null) | None => Ok(()),
+            Some(Value::String(u)) if !u.is_empty() && u.len() <= 64 => Ok(()),
+            _ => bad("ssh needs args {\"user\": the login asked for (1-64 characters) or null}"),
+        },
     }
 }
 
@@ -313,6 +318,8 @@ mod tests {
             (Operation::Serial, serial.clone()),
             (Operation::Status, Value::Null),
             (Operation::List, json!({"path": "/var/log", "all": true})),
+            (Operation::Ssh, json!({"user": "pi"})),
+            (Operation::Ssh, json!({"user": null})),
             (
                 Operation::Forward,
                 json!({"targets": [{"path": "/run/app.sock", "proto": "unix"}]}),
@@ -336,6 +343,7 @@ mod tests {
             ),
             (Operation::Serial, bad_baud, "baud rate 0"),
             (Operation::List, json!({"path": ""}), "ls needs a path"),
+            (Operation::Ssh, json!({"user": 7}), "ssh needs"),
             (
                 Operation::Forward,
                 json!({"targets": [{"path": "run.sock", "proto": "unix"}]}),

@@ -124,6 +124,13 @@ pub enum Control {
         /// The device whose tunnel the answering relay holds.
         device_id: DeviceId,
     },
+    /// Device → client, on an `ssh` channel right after `ChannelAccepted`: the device's SSH
+    /// host key (OpenSSH public key line), so `m87 ssh-proxy` can write it to m87's own
+    /// known_hosts before any SSH byte flows. Raw SSH bytes follow.
+    SshHostKey {
+        /// `ssh-ed25519 AAAA…`.
+        public_key: String,
+    },
     /// Anyone: refused, with a reason for the user.
     Refused {
         /// A stable code (`unauthenticated`, `token_expired`, `device_offline`, …).
@@ -203,6 +210,13 @@ pub enum Channel {
     Status,
     /// A directory listing (see [`listing`]).
     List(listing::ListRequest),
+    /// An SSH connection to the device's embedded SSH server: after `ChannelAccepted` and
+    /// [`Control::SshHostKey`], raw SSH bytes both ways.
+    Ssh {
+        /// The login the SSH client asks for (`%r`), checked by the device's SSH server.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+    },
 }
 
 impl Channel {
@@ -222,6 +236,7 @@ impl Channel {
             Channel::Serial(_) => Operation::Serial,
             Channel::Status => Operation::Status,
             Channel::List(_) => Operation::List,
+            Channel::Ssh { .. } => Operation::Ssh,
         }
     }
 

@@ -12,7 +12,7 @@ const FALLBACK_SHELL: &str = "/bin/sh";
 
 /// The fields of an `/etc/passwd` line this module uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct PasswdEntry {
+pub(crate) struct PasswdEntry {
     /// Login name.
     pub name: String,
     /// Home directory.
@@ -38,7 +38,7 @@ pub(super) fn passwd_entry(passwd: &str, uid: u32) -> Option<PasswdEntry> {
 
 /// The account the agent runs as.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Account {
+pub(crate) struct Account {
     /// Login name, if known.
     pub name: Option<String>,
     /// Home directory (`/` when none is known).

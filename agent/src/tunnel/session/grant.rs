@@ -26,6 +26,7 @@ pub(super) fn describe(channel: &Channel) -> (&'static str, String) {
         Channel::Serial(s) => ("serial", format!("{} at {} baud", s.path, s.baud)),
         Channel::Status => ("status", String::new()),
         Channel::List(r) => ("ls", r.path.clone()),
+        Channel::Ssh { user } => ("ssh", user.clone().unwrap_or_default()),
     }
 }
 
@@ -81,6 +82,12 @@ pub(super) fn allowed(claims: &SessionClaims, channel: &Channel) -> Result<(), S
             }
         }
         Channel::Shell { .. } | Channel::Docker | Channel::Status => {}
+        Channel::Ssh { user } => {
+            let granted = args.get("user").and_then(|u| u.as_str());
+            if granted != user.as_deref() {
+                return Err("this session was granted for another SSH login".into());
+            }
+        }
         Channel::Logs(_) | Channel::Serial(_) | Channel::List(_) | Channel::Metrics { .. } => {
             return request_allowed(args, channel);
         }

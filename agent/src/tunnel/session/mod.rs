@@ -242,6 +242,24 @@ async fn session_end(reader: &mut FrameReader<BoxRead>) -> String {
     }
 }
 
+impl services::Activity for ActiveSession {
+    fn note(&self, kind: &'static str, target: String) {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if channels.len() >= MAX_CHANNEL_SUMMARIES {
+            self.channels_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        channels.push(ChannelRecord {
+            kind,
+            target,
+            started: Instant::now(),
+            to_device: Arc::default(),
+            from_device: Arc::default(),
+            ended: Some((0, None)),
+        });
+    }
+}
+
 impl ActiveSession {
     /// Starts the record of a channel; returns its counters (to the device, from the device)
     /// and its index among the recorded channels (none past the first
@@ -379,6 +397,7 @@ async fn open_channel<W: AsyncWrite + Unpin + Send + 'static>(
     });
     let ctx = ServiceContext {
         recorder: session.recorder.clone(),
+        activity: Some(Arc::clone(&session) as Arc<dyn services::Activity>),
         ..state.ctx.clone()
     };
     let outcome = services::serve(channel, reader, writer, &ctx).await;

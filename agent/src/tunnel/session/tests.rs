@@ -281,3 +281,26 @@ async fn a_token_admitted_before_a_reconnect_is_refused_after_it() {
     let second = connection(signer.verifier(), seen);
     assert_eq!(code(answer(&second, token).await), "token_replayed");
 }
+
+#[test]
+fn an_ssh_channel_must_ask_for_the_granted_login() {
+    let ssh = claims(Operation::Ssh, serde_json::json!({"user": "pi"}));
+    let channel = |u: Option<&str>| Channel::Ssh {
+        user: u.map(str::to_owned),
+    };
+    assert!(allowed(&ssh, &channel(Some("pi"))).is_ok());
+    let err = allowed(&ssh, &channel(Some("root"))).unwrap_err();
+    assert!(err.contains("another SSH login"), "{err}");
+    assert!(allowed(&ssh, &channel(None)).is_err());
+    let any = claims(Operation::Ssh, serde_json::json!({"user": null}));
+    assert!(allowed(&any, &channel(None)).is_ok());
+    // An ssh grant opens no shell channel, and a shell grant no ssh channel.
+    let tty = m87_events::tunnel::Tty {
+        cols: 1,
+        rows: 1,
+        term: "x".into(),
+    };
+    assert!(allowed(&ssh, &Channel::Shell { tty }).is_err());
+    let shell = claims(Operation::Shell, serde_json::Value::Null);
+    assert!(allowed(&shell, &channel(Some("pi"))).is_err());
+}
