@@ -598,3 +598,69 @@ fn ssh_enable_writes_one_private_block_disable_removes_exactly_it() {
         "Host a\n\nHost *.m87\n    User x\n"
     );
 }
+
+/// Ansible as an operator runs it: an inventory of `*.m87` hosts, OpenSSH with m87's block
+/// (ControlMaster on, as Ansible's defaults have it), host-key checking on, modules sent with
+/// sftp and run with the device's python3.
+#[test]
+fn ansible_reaches_m87_hosts_through_the_block() {
+    let ansible = ansible_bin();
+    let a = acme();
+    let client = Client::enable(&a.bob, &a.tmp.path().join("home-bob"));
+    let work = a.tmp.path().join("ansible");
+    std::fs::create_dir_all(&work).unwrap();
+    let payload = work.join("payload.txt");
+    std::fs::write(&payload, "delivered by ansible through m87\n").unwrap();
+    let remote = a.tmp.path().join("device-copy.txt");
+    let run = |module: &str, args: &str| {
+        let ssh_args = format!(
+            "-F {} -o ControlMaster=auto -o ControlPersist=2s",
+            client.config().display()
+        );
+        let mut cmd = client.tool(ansible.to_str().unwrap(), &[]);
+        // The device's own python (this machine's PATH may lead to a pyenv shim first).
+        cmd.args(["all", "-i", "acme-bot.m87,", "-m", module])
+            .args(["-e", "ansible_python_interpreter=/usr/bin/python3"])
+            .args(if args.is_empty() { vec![] } else { vec!["-a", args] })
+            .env("ANSIBLE_SSH_ARGS", ssh_args)
+            .env("ANSIBLE_HOME", work.join("home"))
+            .env("ANSIBLE_LOCAL_TEMP", work.join("local"))
+            .env("ANSIBLE_CONFIG", work.join("none.cfg"))
+            .env("ANSIBLE_NOCOLOR", "1")
+            .env("ANSIBLE_HOST_KEY_CHECKING", "True")
+            .current_dir(&work)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run("ansible.builtin.ping", "");
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{said}{}", text(&out.stderr));
+    assert!(said.contains("acme-bot.m87 | SUCCESS") && said.contains("\"ping\": \"pong\""));
+
+    let args = format!("src={} dest={}", payload.display(), remote.display());
+    let out = run("ansible.builtin.copy", &args);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert_eq!(sha256(&remote), sha256(&payload));
+
+    let out = run("ansible.builtin.command", "uname -s");
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("Linux"), "{}", text(&out.stdout));
+
+    // Each module ran as an exec of the device's python, on the record as bob's ssh session.
+    let details = ssh_details(&a.alice, |d| has(d, "sftp_write", "AnsiballZ_command"));
+    assert!(has(&details, "ssh_exec", "python3"), "{details:?}");
+}
+
+/// Ansible from `scripts/setup-test-env` (.test-env/ansible), else ANSIBLE_BIN.
+fn ansible_bin() -> PathBuf {
+    let bin = std::env::var_os("ANSIBLE_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../.test-env/ansible/bin/ansible")
+    });
+    assert!(
+        bin.exists(),
+        "{} is missing: scripts/setup-test-env installs ansible-core from PyPI",
+        bin.display()
+    );
+    bin
+}
