@@ -8,14 +8,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::time::Duration;
 
+use common::pty::Terminal;
 use common::{M87, Proc, Server, acme, enrolled_device, request_id_of};
 use m87_test_support::oidc::DEFAULT_AUDIENCE;
 use m87_test_support::tokens::{LocalIssuer, generate_rsa_key};
-use portable_pty::{CommandBuilder, PtySize, native_pty_system};
 use serde_json::Value;
 
 #[test]
@@ -66,80 +65,6 @@ fn typos_global_flags_sync_exclude_and_prefixes() {
     let shown: Value =
         serde_json::from_str(&admin.ok(&["devices", "show", "stau", "-o", "json"])).unwrap();
     assert_eq!(shown["name"], "stauts", "{shown}");
-}
-
-/// `m87 <device> shell` as `who`, in a real pseudo-terminal; what it printed so far.
-struct Terminal {
-    child: Box<dyn portable_pty::Child + Send + Sync>,
-    screen: Arc<Mutex<String>>,
-    keys: Box<dyn Write + Send>,
-    _master: Box<dyn portable_pty::MasterPty + Send>,
-}
-
-impl Terminal {
-    fn shell(who: &M87, device: &str) -> Self {
-        let pty = native_pty_system()
-            .openpty(PtySize {
-                rows: 24,
-                cols: 80,
-                pixel_width: 0,
-                pixel_height: 0,
-            })
-            .unwrap();
-        let mut cmd = CommandBuilder::new(common::bin("m87"));
-        cmd.args([device, "shell"]);
-        cmd.env("M87_CONFIG_DIR", &who.config_dir);
-        cmd.env("M87_API_URL", &who.url);
-        cmd.env("M87_API_FINGERPRINT", common::pin_of(&who.url).unwrap());
-        cmd.env("M87_API_KEY", who.api_key.as_deref().unwrap());
-        cmd.env("TERM", "xterm");
-        let child = pty.slave.spawn_command(cmd).unwrap();
-        drop(pty.slave);
-        let screen = Arc::new(Mutex::new(String::new()));
-        let mut reader = pty.master.try_clone_reader().unwrap();
-        let sink = Arc::clone(&screen);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let keys = pty.master.take_writer().unwrap();
-        Self {
-            child,
-            screen,
-            keys,
-            _master: pty.master,
-        }
-    }
-
-    fn wait_for(&self, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.screen.lock().unwrap().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "{needle:?} never appeared:\n{}",
-                self.screen.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn wait_exit(&mut self) -> u32 {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s.exit_code();
-            }
-            assert!(Instant::now() < deadline, "m87 shell did not exit");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
 }
 
 #[test]

@@ -7,13 +7,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{M87, Proc, Server, bin, request_id_of, user};
-use portable_pty::{CommandBuilder, PtySize, native_pty_system};
+use common::pty::Terminal;
+use common::{M87, Proc, Server, request_id_of, user};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -38,39 +37,13 @@ fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
 
 /// Runs `m87 DEVICE shell` as `who` in a pseudo-terminal, types `echo secret-word` and `exit`;
 /// returns everything the terminal showed.
-fn shell_session(server: &Server, who: &M87, device: &str) -> String {
-    let pty = native_pty_system()
-        .openpty(PtySize {
-            rows: 24,
-            cols: 80,
-            pixel_width: 0,
-            pixel_height: 0,
-        })
-        .unwrap();
-    let mut cmd = CommandBuilder::new(bin("m87"));
-    cmd.args([device, "shell"]);
-    cmd.env("M87_CONFIG_DIR", &who.config_dir);
-    cmd.env("M87_API_URL", &server.url);
-    cmd.env("M87_API_FINGERPRINT", &server.fingerprint);
-    cmd.env("M87_API_KEY", who.api_key.as_deref().unwrap());
-    cmd.env("TERM", "xterm");
-    let mut child = pty.slave.spawn_command(cmd).unwrap();
-    drop(pty.slave);
-    let screen = Arc::new(Mutex::new(String::new()));
-    let mut reader = pty.master.try_clone_reader().unwrap();
-    let sink = Arc::clone(&screen);
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    let mut keys = pty.master.take_writer().unwrap();
+fn shell_session(who: &M87, device: &str) -> String {
+    let Terminal {
+        mut child,
+        screen,
+        mut keys,
+        ..
+    } = Terminal::shell(who, device);
     // The word is printed by the shell as well as echoed: split it in what is typed, so the
     // output (the joined word) shows the command ran.
     keys.write_all(b"echo secret-\"word\"\r").unwrap();
@@ -154,7 +127,7 @@ fn a_shell_on_an_org_device_is_recorded_replayed_saved_and_shown_only_to_those_a
     );
 
     // Bob, a member, opens a shell; he is told it is recorded.
-    let screen = shell_session(&server, &bob, "rec-bot");
+    let screen = shell_session(&bob, "rec-bot");
     assert!(
         screen.contains("m87: this session is recorded (policy of org acme)"),
         "{screen}"
@@ -220,7 +193,7 @@ fn a_shell_on_an_org_device_is_recorded_replayed_saved_and_shown_only_to_those_a
     let err = bob.fails(&["org", "policy", "set", "acme", "record-sessions", "off"]);
     assert!(err.contains("only admins"), "{err}");
     alice.ok(&["org", "policy", "set", "acme", "record-sessions", "off"]);
-    let screen = shell_session(&server, &bob, "rec-bot");
+    let screen = shell_session(&bob, "rec-bot");
     assert!(!screen.contains("recorded"), "{screen}");
     let opened = last_session(&data);
     assert_ne!(opened["session_id"].as_str().unwrap(), session);

@@ -5,12 +5,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{M87, Server, bin, enrolled_device};
-use portable_pty::{CommandBuilder, PtySize, native_pty_system};
+use common::pty::Terminal;
+use common::{M87, Server, enrolled_device};
+use portable_pty::PtySize;
 
 struct Screen(Arc<Mutex<String>>);
 
@@ -42,39 +43,13 @@ fn shell_in_a_real_terminal_runs_resizes_and_exits_with_status() {
     );
     let (_runtime, _device) = enrolled_device(&server, &admin, &tmp.path().join("dev"), "term-dev");
 
-    let pty = native_pty_system()
-        .openpty(PtySize {
-            rows: 24,
-            cols: 80,
-            pixel_width: 0,
-            pixel_height: 0,
-        })
-        .unwrap();
-    let mut cmd = CommandBuilder::new(bin("m87"));
-    cmd.args(["term-dev", "shell"]);
-    cmd.env("M87_CONFIG_DIR", tmp.path().join("admin"));
-    cmd.env("M87_API_URL", &server.url);
-    cmd.env("M87_API_FINGERPRINT", &server.fingerprint);
-    cmd.env("M87_API_KEY", server.admin_key());
-    cmd.env("TERM", "xterm");
-    let mut child = pty.slave.spawn_command(cmd).unwrap();
-    drop(pty.slave);
-    let screen = Arc::new(Mutex::new(String::new()));
-    let mut reader = pty.master.try_clone_reader().unwrap();
-    let sink = Arc::clone(&screen);
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
+    let Terminal {
+        mut child,
+        screen,
+        mut keys,
+        master,
+    } = Terminal::shell(&admin, "term-dev");
     let screen = Screen(screen);
-    let mut keys = pty.master.take_writer().unwrap();
 
     // A command runs and its output comes back.
     keys.write_all(b"echo result-$((6*7))\r").unwrap();
@@ -82,7 +57,7 @@ fn shell_in_a_real_terminal_runs_resizes_and_exits_with_status() {
     // The remote side sees our terminal size, and a resize.
     keys.write_all(b"stty size\r").unwrap();
     screen.wait_for("24 80");
-    pty.master
+    master
         .resize(PtySize {
             rows: 33,
             cols: 111,

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::tmux::{Tmux, shell_line};
 use common::{Acme, M87, Proc, acme, audit_until};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -436,98 +437,11 @@ fn a_removed_members_ssh_session_ends() {
     drop(a.runtime);
 }
 
-/// A tmux server of the test's own (its socket in a temporary directory).
-struct Tmux {
-    socket: PathBuf,
-}
-
-impl Tmux {
-    fn start(dir: &Path) -> Self {
-        need("tmux", "tmux");
-        let tmux = Self {
-            socket: dir.join("tmux.sock"),
-        };
-        tmux.ok(&[
-            "new-session",
-            "-d",
-            "-s",
-            "m87",
-            "-x",
-            "100",
-            "-y",
-            "30",
-            "env PS1='$ ' sh",
-        ]);
-        tmux
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux")
-            .arg("-S")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "tmux {args:?}: {}", text(&out.stderr));
-        text(&out.stdout)
-    }
-
-    fn type_line(&self, line: &str) {
-        self.ok(&["send-keys", "-t", "m87", "-l", line]);
-        self.ok(&["send-keys", "-t", "m87", "Enter"]);
-    }
-
-    fn wait(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let screen = self.ok(&["capture-pane", "-p", "-t", "m87"]);
-            if done(&screen) {
-                return screen;
-            }
-            assert!(Instant::now() < deadline, "never {what}; screen:\n{screen}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .arg("-S")
-            .arg(&self.socket)
-            .arg("kill-server")
-            .output();
-    }
-}
-
-/// `cmd` as one shell command line, its environment spelled out.
-fn shell_line(cmd: &Command) -> String {
-    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
-    let mut parts = vec!["env".to_owned()];
-    for (key, value) in cmd.get_envs() {
-        if value.is_none() {
-            parts.push(format!("-u {}", key.to_string_lossy()));
-        }
-    }
-    for (key, value) in cmd.get_envs() {
-        if let Some(v) = value {
-            parts.push(quote(&format!(
-                "{}={}",
-                key.to_string_lossy(),
-                v.to_string_lossy()
-            )));
-        }
-    }
-    parts.push(quote(&cmd.get_program().to_string_lossy()));
-    parts.extend(cmd.get_args().map(|a| quote(&a.to_string_lossy())));
-    parts.join(" ")
-}
-
 #[test]
 fn an_interactive_shell_in_a_real_terminal_resizes_takes_ctrl_c_and_exits_with_its_code() {
     let a = acme();
     let client = Client::enable(&a.bob, &a.tmp.path().join("home"));
-    let tmux = Tmux::start(a.tmp.path());
+    let tmux = Tmux::start(a.tmp.path(), 100, 30);
     let config = client.config();
     let ssh = client.tool("ssh", &["-F", config.to_str().unwrap(), "acme-bot.m87"]);
     tmux.wait("a local prompt", |s| s.contains('$'));
@@ -621,7 +535,11 @@ fn ansible_reaches_m87_hosts_through_the_block() {
         // The device's own python (this machine's PATH may lead to a pyenv shim first).
         cmd.args(["all", "-i", "acme-bot.m87,", "-m", module])
             .args(["-e", "ansible_python_interpreter=/usr/bin/python3"])
-            .args(if args.is_empty() { vec![] } else { vec!["-a", args] })
+            .args(if args.is_empty() {
+                vec![]
+            } else {
+                vec!["-a", args]
+            })
             .env("ANSIBLE_SSH_ARGS", ssh_args)
             .env("ANSIBLE_HOME", work.join("home"))
             .env("ANSIBLE_LOCAL_TEMP", work.join("local"))
@@ -654,9 +572,11 @@ fn ansible_reaches_m87_hosts_through_the_block() {
 
 /// Ansible from `scripts/setup-test-env` (.test-env/ansible), else ANSIBLE_BIN.
 fn ansible_bin() -> PathBuf {
-    let bin = std::env::var_os("ANSIBLE_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../.test-env/ansible/bin/ansible")
-    });
+    let bin = std::env::var_os("ANSIBLE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../.test-env/ansible/bin/ansible")
+        });
     assert!(
         bin.exists(),
         "{} is missing: scripts/setup-test-env installs ansible-core from PyPI",
