@@ -117,12 +117,25 @@ impl QuicSession {
     }
 
     /// `result`, its error replaced by why the session ended when the relay or the network
-    /// ended it (instead of "stream error: connection lost").
-    pub fn explain<T>(&self, result: anyhow::Result<T>) -> anyhow::Result<T> {
-        result.map_err(|e| match self.ended_because() {
-            Some(why) => anyhow::anyhow!(why),
-            None => e,
-        })
+    /// ended it (instead of "stream error: connection lost"). A stream can fail a moment before
+    /// its connection's close arrives (a relay shutting down ends the device's side first): after
+    /// a stream error, the close is waited for up to a second.
+    pub async fn explain<T>(&self, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        let e = match result {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let why = match self.ended_because() {
+            Some(why) => Some(why),
+            None if is_stream_failure(&e) => {
+                tokio::time::timeout(std::time::Duration::from_secs(1), self.closed())
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            None => None,
+        };
+        Err(why.map_or(e, |why| anyhow::anyhow!(why)))
     }
 
     pub async fn close(self) {
@@ -248,6 +261,17 @@ const CLOSE_SESSION_ENDED: u32 = 4;
 
 /// The relay's close code when it shuts down (relay-node `io::CLOSE_SHUTDOWN`).
 const CLOSE_SHUTDOWN: u32 = 0;
+
+/// Whether `e` is a stream or connection failing (rather than an answer from the device).
+fn is_stream_failure(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<m87_transport::frames::FrameIoError>()
+            || c.is::<std::io::Error>()
+            || c.is::<quinn::ConnectionError>()
+            || c.is::<quinn::ReadError>()
+            || c.is::<quinn::WriteError>()
+    })
+}
 
 /// What a closed session's connection tells a person.
 fn ended_because(e: &quinn::ConnectionError) -> Option<String> {

@@ -130,7 +130,7 @@ pub(crate) async fn copy(
     } else {
         remote::cp::pull(&session, &t.remote, &t.local, recursive, progress).await
     };
-    let result = session.explain(result);
+    let result = session.explain(result).await;
     session.close().await;
     let stats = result?;
     Ok(Copied {

@@ -299,7 +299,7 @@ pub async fn run(args: Vec<String>, output: crate::output::Output) -> anyhow::Re
             } else {
                 remote::exec::run(&session, command, stdin).await
             };
-            let result = session.explain(result);
+            let result = session.explain(result).await;
             session.close().await;
             Ok(remote::exec::exit_code(result?))
         }
@@ -307,7 +307,7 @@ pub async fn run(args: Vec<String>, output: crate::output::Output) -> anyhow::Re
             let session =
                 QuicSession::open(&client, device, Operation::Shell, serde_json::Value::Null)
                     .await?;
-            let result = session.explain(remote::shell::shell(&session).await);
+            let result = session.explain(remote::shell::shell(&session).await).await;
             session.close().await;
             Ok(remote::exec::exit_code(result?))
         }

@@ -108,7 +108,7 @@ pub async fn run(
     let request = request(&args, Utc::now())?;
     let grant = serde_json::to_value(&request)?;
     let session = QuicSession::open(client, device, Operation::Logs, grant).await?;
-    let result = session.explain(read(&session, request, output).await);
+    let result = session.explain(read(&session, request, output).await).await;
     session.close().await;
     result
 }

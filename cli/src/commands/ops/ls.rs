@@ -41,7 +41,7 @@ pub async fn run(
         serde_json::to_value(&request)?,
     )
     .await?;
-    let entries = session.explain(fetch(&session, request).await);
+    let entries = session.explain(fetch(&session, request).await).await;
     session.close().await;
     let entries = entries?;
     match output {

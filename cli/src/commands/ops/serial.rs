@@ -78,7 +78,9 @@ pub async fn run(
     }
     let grant = serde_json::to_value(&settings)?;
     let session = QuicSession::open(client, device, Operation::Serial, grant).await?;
-    let result = session.explain(serve(&session, settings, args.link).await);
+    let result = session
+        .explain(serve(&session, settings, args.link).await)
+        .await;
     session.close().await;
     result
 }

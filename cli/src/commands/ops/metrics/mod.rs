@@ -66,8 +66,9 @@ pub async fn run(
     let grant = serde_json::json!({ "interval_ms": interval_ms });
     let session = QuicSession::open(client, device, Operation::Metrics, grant).await?;
     let name = session.device.name.to_string();
-    let result =
-        session.explain(view_samples(&session, &name, interval_ms, args.count, mode).await);
+    let result = session
+        .explain(view_samples(&session, &name, interval_ms, args.count, mode).await)
+        .await;
     session.close().await;
     result
 }
