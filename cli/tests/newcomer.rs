@@ -120,6 +120,23 @@ fn completions_for_bash_zsh_and_fish() {
 }
 
 #[test]
+fn a_completion_script_read_by_a_reader_that_stops_early_ends_quietly() {
+    // `m87 completion bash | head -1`: the reader is gone before m87 writes.
+    let dir = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_m87"))
+        .args(["completion", "bash"])
+        .env("M87_CONFIG_DIR", dir.path())
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
 fn version_says_what_it_could_not_reach() {
     let dir = tempfile::tempdir().unwrap();
     let out = m87(dir.path(), &["version"]);

@@ -3,7 +3,10 @@
 //!
 //! Whatever cannot be reached says so on its own line; the command still succeeds.
 
+use std::io::Write;
 use std::time::Duration;
+
+use anyhow::Context;
 
 use m87_events::api::{DeviceStatus, DeviceSummary, Health};
 use m87_events::token::Operation;
@@ -172,6 +175,13 @@ pub fn completion(shell: CompletionShell, command: &mut clap::Command) -> anyhow
         CompletionShell::Zsh => clap_complete::Shell::Zsh,
         CompletionShell::Fish => clap_complete::Shell::Fish,
     };
-    clap_complete::generate(shell, command, "m87", &mut std::io::stdout());
-    Ok(())
+    // Generated into memory, then written: a reader that stops early (`| head`) ends the
+    // command quietly instead of a panic inside clap_complete.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, command, "m87", &mut script);
+    let mut out = std::io::stdout().lock();
+    match out.write_all(&script).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing the completion script"),
+    }
 }
